@@ -1,0 +1,1 @@
+"""Commands for this stage (filled in by its issue)."""
