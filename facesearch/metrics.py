@@ -228,10 +228,21 @@ def dir_at_fpir(mated, truth, nonmated, fpir: float) -> float | None:
         than ``1 / fpir`` non-mated probes exist.
     """
     top, correct = _mated_top(mated, truth)
-    threshold = threshold_at_rate(np.asarray(nonmated, dtype=np.float64).max(axis=1), fpir)
-    if threshold is None:
+    return dir_from_top(top, correct, np.asarray(nonmated, dtype=np.float64).max(axis=1), fpir)
+
+
+def dir_from_top(top, correct, nonmated_top, fpir: float) -> float | None:
+    """:func:`dir_at_fpir` from each probe's best score alone (cheap enough to bootstrap).
+
+    Args:
+        top: (n_mated,) best gallery score of each mated probe.
+        correct: (n_mated,) bool, whether that best score is the probe's own identity.
+        nonmated_top: (n_nonmated,) best gallery score of each non-mated probe.
+    """
+    threshold = threshold_at_rate(nonmated_top, fpir)
+    if threshold is None or len(top) == 0:
         return None
-    return float(np.mean(correct & (top >= threshold)))
+    return float(np.mean(np.asarray(correct) & (np.asarray(top) >= threshold)))
 
 
 def dir_fpir_curve(mated, truth, nonmated) -> DirFpirCurve:

@@ -1,0 +1,181 @@
+"""evaluate: pairs files, folds, the open-set split, figures on synthetic embeddings, photo sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facesearch import evaluate
+from facesearch.data.manifest import ManifestRow, write_manifest, write_settings
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_parse_pairs_without_header_both_line_kinds(tmp_path):
+    path = _write(tmp_path, "pairs.txt", "Aaron_Peirsol\t1\t2\nAbdullah\t1\t3\n\nAJ_Cook\t1\tMarsha_Thomason\t1\n")
+    parsed = evaluate.parse_pairs(path)
+    assert parsed.n_folds is None
+    assert [p.same for p in parsed.pairs] == [True, True, False]
+    assert parsed.pairs[0].paths == ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Aaron_Peirsol/Aaron_Peirsol_0002.jpg")
+    assert parsed.pairs[2].paths == ("AJ_Cook/AJ_Cook_0001.jpg", "Marsha_Thomason/Marsha_Thomason_0001.jpg")
+
+
+def test_parse_pairs_with_fold_header_and_count_header(tmp_path):
+    lines = "a 1 2\nb 1 c 1\n" * 2  # 2 folds x (1 matched + 1 mismatched)
+    assert evaluate.parse_pairs(_write(tmp_path, "v2.txt", "2\t1\n" + lines)).n_folds == 2
+    view1 = evaluate.parse_pairs(_write(tmp_path, "v1.txt", "2\n" + lines))  # count-only header
+    assert view1.n_folds is None and len(view1.pairs) == 4
+
+
+def test_parse_pairs_reports_file_and_line(tmp_path):
+    with pytest.raises(ValueError, match=r"bad.txt, line 2"):
+        evaluate.parse_pairs(_write(tmp_path, "bad.txt", "a 1 2\na one 2\n"))
+    with pytest.raises(ValueError, match="promises 6 pairs, found 4"):
+        evaluate.parse_pairs(_write(tmp_path, "hdr.txt", "3\n" + "a 1 2\nb 1 c 1\n" * 2))
+
+
+def test_real_view1_file_parses_and_is_refused_as_a_10_fold_file():
+    parsed = evaluate.parse_pairs("/work/shared/data/lfw-view1/pairsDevTest.txt")
+    assert len(parsed.pairs) == 1000 and sum(p.same for p in parsed.pairs) == 500
+    # View 1 lists all matched pairs first: consecutive folds would hold one kind only.
+    with pytest.raises(ValueError, match="train file and a test file"):
+        evaluate.pair_folds(parsed)
+
+
+def test_pair_folds_are_the_files_consecutive_blocks(tmp_path):
+    lines = "".join(f"p{i} 1 2\nq{i} 1 r{i} 1\n" for i in range(10))  # 10 folds of 2
+    folds = evaluate.pair_folds(evaluate.parse_pairs(_write(tmp_path, "f.txt", "10 1\n" + lines)))
+    assert [f.tolist() for f in folds[:3]] == [[0, 1], [2, 3], [4, 5]]
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_pair_scores_skip_pairs_with_a_missing_photo():
+    pairs = [evaluate.Pair("a", 1, "a", 2, True), evaluate.Pair("a", 1, "b", 1, False), evaluate.Pair("c", 1, "c", 2, True)]
+    emb = evaluate.Embedded(
+        vectors={"a/a_0001.jpg": _unit([1, 0]), "a/a_0002.jpg": _unit([1, 1]), "b/b_0001.jpg": _unit([0, 1])}
+    )
+    scores, labels, kept = evaluate.pair_scores(emb, pairs)
+    assert kept.tolist() == [0, 1]
+    assert scores == pytest.approx([np.sqrt(0.5), 0.0])
+    assert labels.tolist() == [True, False]
+
+
+def test_train_test_threshold_comes_from_train_only():
+    train = (np.array([0.9, 0.8, 0.2, 0.1]), np.array([True, True, False, False]))  # cut at 0.5
+    test = (np.array([0.6, 0.45, 0.4, 0.3]), np.array([True, True, False, False]))  # own best cut ~0.425
+    figures, threshold = evaluate.train_test_figures(train, test, n_boot=50)
+    assert threshold == pytest.approx(0.5)
+    assert figures["accuracy"] == 0.75 and figures["train_accuracy"] == 1.0
+    low, high = figures["accuracy_ci95"]
+    assert low <= 0.75 <= high
+
+
+def test_verification_figures_say_not_measurable_with_few_impostors():
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(1, 0.3, 200), rng.normal(0, 0.3, 200)]
+    labels = np.r_[np.ones(200, bool), np.zeros(200, bool)]
+    figures = evaluate.verification_figures(scores, labels, far_targets=(1e-2, 1e-3), n_boot=50)
+    assert isinstance(figures["tar_at_far"]["0.01"], float)
+    assert figures["tar_at_far"]["0.001"] == evaluate.NOT_MEASURABLE  # 200 impostors < 1000
+    assert 0.95 < figures["auc"] <= 1.0
+    assert figures["auc_ci95"][0] <= figures["auc"] <= figures["auc_ci95"][1]
+
+
+def test_split_open_set_enrolls_k_and_keeps_singletons_as_distractors():
+    photos = {"ann": ["a1", "a2", "a3"], "bob": ["b1"], "cy": ["c1", "c2"]}
+    split = evaluate.split_open_set(photos, enroll_per_identity=1, seed=0)
+    assert sorted(i for _, i in split.enrolled) == ["ann", "cy"]
+    assert split.nonmated == [("b1", "bob")]
+    assert sorted(k for k, _ in split.enrolled + split.mated) == ["a1", "a2", "a3", "c1", "c2"]
+    assert split == evaluate.split_open_set(photos, enroll_per_identity=1, seed=0)  # reproducible
+    two = evaluate.split_open_set(photos, enroll_per_identity=2, seed=0)
+    assert {i for _, i in two.enrolled} == {"ann"} and {i for _, i in two.nonmated} == {"bob", "cy"}
+
+
+def test_identification_figures_on_synthetic_embeddings():
+    # 4 enrolled people on the axes of R^8; mated probes sit near their person, except one that sits
+    # near someone else; 200 strangers are random directions in the other 4 dimensions, plus noise.
+    rng = np.random.default_rng(0)
+    eye = np.eye(8, dtype=np.float32)
+    gallery, gallery_ids = eye[:4], ["p0", "p1", "p2", "p3"]
+    mated = [eye[i] + 0.1 * eye[4] for i in range(4)] + [eye[1] + 0.05 * eye[5]]
+    mated_ids = ["p0", "p1", "p2", "p3", "p0"]  # the last one is nearest p1: rank 2
+    strangers = np.c_[0.2 * rng.random((200, 4)), rng.normal(size=(200, 4))]
+    probes = np.array([_unit(v) for v in list(mated) + list(strangers)])
+    figures, curve = evaluate.identification_figures(gallery, gallery_ids, probes, mated_ids + ["x"] * 200, n_boot=50)
+    assert figures["n_mated_probes"] == 5 and figures["n_nonmated_probes"] == 200
+    assert figures["rank1"] == pytest.approx(0.8) and figures["rank5"] == 1.0
+    assert figures["dir_at_fpir"]["0.01"] == pytest.approx(0.8)  # strangers score < 0.2, mated ~0.99
+    assert curve.dir[-1] == pytest.approx(0.8)
+
+
+def test_identification_figures_without_strangers_are_not_measurable():
+    eye = np.eye(3, dtype=np.float32)
+    figures, _ = evaluate.identification_figures(eye[:2], ["a", "b"], eye[:2], ["a", "b"], n_boot=10)
+    assert figures["rank1"] == 1.0
+    assert figures["dir_at_fpir"]["0.1"] == evaluate.NOT_MEASURABLE
+
+
+class ColourEmbedder:
+    """Stands in for ``Embedder``: the embedding of a crop is its mean colour, normalised."""
+
+    def embed_crops(self, crops):
+        means = np.array([np.asarray(c.convert("RGB"), dtype=np.float32).mean(axis=(0, 1)) + 1 for c in crops])
+        return means / np.linalg.norm(means, axis=1, keepdims=True)
+
+
+def _row(path, status, crop=None, sha="", identity=None):
+    return ManifestRow(path=path, identity=identity or path.split("/")[0], sha256=sha, size=1, mtime_ns=0, status=status, reason="", crop=crop)
+
+
+def test_embed_images_from_a_prepare_output(tmp_path):
+    out, raw = tmp_path / "out", tmp_path / "raw"
+    (out / "A").mkdir(parents=True)
+    (raw / "A").mkdir(parents=True)
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(out / "A" / "h1.jpg")
+    Image.new("RGB", (64, 64), (0, 0, 255)).save(raw / "A" / "A_0003.jpg")
+    rows = [
+        _row("A/A_0001.jpg", "ok", crop="A/h1.jpg", sha="h1"),
+        _row("A/A_0002.jpg", "duplicate", sha="h1"),  # same bytes as A_0001: shares its crop
+        _row("A/A_0003.jpg", "no_face", sha="h3"),  # centre crop of the original
+        _row("A/A_0004.jpg", "unreadable", sha="h4"),  # nothing to fall back on
+    ]
+    write_manifest(out, rows)
+    write_settings(out, {"size": 16})
+    wanted = [f"A/A_000{i}.jpg" for i in range(1, 6)]
+    embedded = evaluate.embed_images(ColourEmbedder(), wanted, out, raw_dir=raw)
+    assert sorted(embedded.vectors) == wanted[:3]
+    assert embedded.fallback == ["A/A_0003.jpg"]
+    assert embedded.missing == ["A/A_0004.jpg", "A/A_0005.jpg"]
+    assert np.argmax(embedded.vectors["A/A_0001.jpg"]) == 0  # red crop
+    assert np.argmax(embedded.vectors["A/A_0003.jpg"]) == 2  # blue original
+    without_raw = evaluate.embed_images(ColourEmbedder(), wanted, out)
+    assert "A/A_0003.jpg" in without_raw.missing
+
+
+def test_list_photos_of_a_raw_folder_and_a_prepare_output(tmp_path):
+    for rel in ["ann/1.jpg", "ann/2.png", "bob/1.jpg"]:
+        (tmp_path / "raw" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "raw" / rel)
+    (tmp_path / "raw" / "notes.txt").write_text("not a photo")
+    assert evaluate.list_photos(tmp_path / "raw") == {"ann": ["ann/1.jpg", "ann/2.png"], "bob": ["bob/1.jpg"]}
+    write_manifest(tmp_path / "out", [_row("ann/1.jpg", "ok", crop="ann/x.jpg"), _row("bob/1.jpg", "no_face")])
+    assert evaluate.list_photos(tmp_path / "out") == {"ann": ["ann/1.jpg"]}
+
+
+def test_results_file_appends_with_date(tmp_path):
+    path = tmp_path / "results" / "evaluations.jsonl"
+    evaluate.append_result(path, {"kind": "pairs", "fingerprint": "abc", "model": {"accuracy": 0.9}})
+    evaluate.append_result(path, {"kind": "open-set", "fingerprint": "abc"})
+    records = evaluate.read_results(path)
+    assert [r["kind"] for r in records] == ["pairs", "open-set"]
+    assert records[0]["date"][:2] == "20" and records[0]["model"]["accuracy"] == 0.9
