@@ -179,3 +179,19 @@ def test_results_file_appends_with_date(tmp_path):
     records = evaluate.read_results(path)
     assert [r["kind"] for r in records] == ["pairs", "open-set"]
     assert records[0]["date"][:2] == "20" and records[0]["model"]["accuracy"] == 0.9
+
+
+def test_plots_are_written(tmp_path):
+    from facesearch import evaluate_plots, metrics
+
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(50, bool), np.zeros(50, bool)]
+    scores = {"model": np.r_[rng.normal(0.7, 0.1, 50), rng.normal(0.2, 0.1, 50)], "random_baseline": rng.random(100)}
+    pairs = evaluate.PairsReport({}, labels, scores, {"model": 0.45, "random_baseline": 0.5})
+    mated = rng.normal(size=(20, 5))
+    curve = metrics.dir_fpir_curve(mated, mated.argmax(axis=1), rng.normal(size=(30, 5)))
+    open_set = evaluate.OpenSetReport({"model": {"n_nonmated_probes": 30}}, {"model": curve})
+    paths = evaluate_plots.save_pairs_plots(pairs, tmp_path) + evaluate_plots.save_open_set_plots(open_set, tmp_path)
+    assert [p.name for p in paths] == ["roc.png", "similarity_histogram.png", "dir_fpir.png"]
+    for p in paths:
+        assert Image.open(p).size[0] > 300
