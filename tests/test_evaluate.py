@@ -195,3 +195,18 @@ def test_plots_are_written(tmp_path):
     assert [p.name for p in paths] == ["roc.png", "similarity_histogram.png", "dir_fpir.png"]
     for p in paths:
         assert Image.open(p).size[0] > 300
+
+
+def test_calibrate_choose_threshold_meets_the_target_fpir():
+    from facesearch.calibrate import choose_threshold
+
+    strangers = np.arange(200) / 200.0  # best scores 0.000 .. 0.995
+    mated_top = np.array([0.999, 0.99, 0.5, 0.999])
+    mated_hit = np.array([True, True, True, False])  # the last one matched the wrong person
+    cal = choose_threshold(mated_top, mated_hit, strangers, target_fpir=0.01)
+    assert 0.985 < cal.threshold <= 0.99  # 2 of 200 strangers (0.99, 0.995) may pass
+    assert cal.fpir == pytest.approx(0.01)
+    assert cal.dir == pytest.approx(0.5)  # 0.999 and 0.99 right; 0.5 below; wrong match never counts
+    assert (cal.n_mated, cal.n_nonmated) == (4, 200)
+    with pytest.raises(ValueError, match="at least 1000 are needed"):
+        choose_threshold(mated_top, mated_hit, strangers, target_fpir=0.001)
