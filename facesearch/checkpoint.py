@@ -1,0 +1,172 @@
+"""Self-describing checkpoints: everything ``enroll``/``who``/``explain`` need comes from the file alone.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)`` (no pickled classes)::
+
+    format          "facesearch-checkpoint/1"
+    model_config    VGGConfig as a dict
+    class_names     list[str], index = class id
+    preprocess      {"input_size", "mean", "std"}
+    model           state dict (fp32, unwrapped from DDP / torch.compile)
+    training state  optimizer, scheduler, rng, sampler, epoch, step, elapsed, metrics, history, train_config,
+                    dataset (all optional: a checkpoint made for inference only may leave them out)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+FORMAT = "facesearch-checkpoint/1"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB image becomes a model input: resize to a square, scale to [0, 1], normalise per channel."""
+
+    input_size: int
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def to_dict(self) -> dict:
+        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(int(d["input_size"]), tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # VGG16 in eval mode on the requested device
+    config: "VGGConfig"  # noqa: F821 (facesearch.models.vgg.VGGConfig)
+    class_names: list[str]
+    preprocess: Preprocess
+    fingerprint: str  # stable hash of the weights: tells two checkpoints (and their embeddings) apart
+    path: Path | None = None
+    extra: dict = field(default_factory=dict)  # epoch, step, metrics of the file (no training state)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DistributedDataParallel and/or torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over parameter names and bytes (sorted by name), first 16 hex digits."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().to("cpu").contiguous().reshape(-1)
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    class_names: Sequence[str],
+    preprocess: Preprocess,
+    **state,
+) -> Path:
+    """Write a checkpoint atomically (temp file + rename: a crash never leaves a half-written file).
+
+    Args:
+        path: target file, e.g. ``RUN_DIR/last.pt``.
+        model: the VGG16, possibly wrapped in DDP / torch.compile (unwrapped here).
+        class_names: index = class id.
+        preprocess: input size and normalisation the model was trained with.
+        **state: plain-data training state (optimizer, scheduler, rng, sampler, epoch, step, metrics, ...).
+    Returns:
+        The path written.
+    """
+    net = unwrap(model)
+    payload = {
+        "format": FORMAT,
+        "model_config": net.config.to_dict(),
+        "class_names": list(class_names),
+        "preprocess": preprocess.to_dict(),
+        "model": {k: v.detach().to("cpu") for k, v in net.state_dict().items()},
+        **state,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The raw checkpoint dict (CPU tensors), loaded safely; a clear error for a missing or foreign file."""
+    path = Path(path)
+    if path.is_dir():  # a run directory: its best checkpoint, else its last one
+        path = next((p for p in (path / "best.pt", path / "last.pt") if p.is_file()), path / "best.pt")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a facesearch checkpoint (format {FORMAT!r} expected)")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the model from a checkpoint file (or a run directory: ``best.pt``, else ``last.pt``).
+
+    Returns:
+        LoadedModel with the VGG16 in eval mode on ``device`` ("auto": CUDA when available).
+    """
+    from facesearch.models.vgg import VGG16, VGGConfig
+
+    payload = read_checkpoint(path)
+    config = VGGConfig(**payload["model_config"])
+    model = VGG16(config)
+    model.load_state_dict(payload["model"])
+    model.to(resolve_device(device)).eval()
+    extra = {k: payload[k] for k in ("epoch", "step", "metrics") if k in payload}
+    return LoadedModel(
+        model=model,
+        config=config,
+        class_names=list(payload["class_names"]),
+        preprocess=Preprocess.from_dict(payload["preprocess"]),
+        fingerprint=fingerprint(payload["model"]),
+        path=Path(path),
+        extra=extra,
+    )
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def preprocess_batch(images: Sequence, preprocess: Preprocess) -> torch.Tensor:
+    """PIL images -> normalised float tensor (n, 3, S, S), the way the model was trained.
+
+    Each image is converted to RGB, centre-cropped to a square (face crops already are) and resized to
+    ``input_size`` with Pillow's antialiased bilinear filter, as the training cache was built.
+    """
+    from facesearch.data.datasets import to_square_rgb
+
+    import numpy as np
+
+    size = preprocess.input_size
+    arrays = np.stack([np.asarray(to_square_rgb(im, size)) for im in images])  # (n, S, S, 3) uint8
+    x = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255)  # (n, 3, S, S) in [0, 1]
+    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
+    return (x - mean) / std

@@ -1,0 +1,146 @@
+"""VGG16 identity classifier: torchvision's VGG16 convolutional layers with a head sized for the input.
+
+One contract, pinned by ``tests/test_vgg.py``:
+
+- ``forward_features(x)``: the last conv map, ``(n, 512, s, s)`` with ``s = input_size // 32``
+  (7 at 224 px, 3 at 112 px, 1 at 32 px);
+- ``forward_embedding(x)``: fc7, the penultimate fully connected layer, ``(n, fc_width)``, not normalised
+  (callers L2-normalise); before or after its ReLU as ``VGGConfig.embedding`` says;
+- ``forward(x, labels=None)``: logits ``(n, num_classes)``; with a CosFace head and ``labels`` given (training)
+  the margin is subtracted from the true class.
+
+The head is never an upsampled 7x7 map: fc6 reads the flattened natural map (512 * s * s inputs: 25,088 at
+224 px, 4,608 at 112 px, 512 at 32 px). An adaptive average pool to ``s x s`` sits in front only so that an
+off-size input (say 120 px) still fits; at the sizes above it is the identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EMBEDDINGS = ("pre_relu", "post_relu")
+HEADS = ("softmax", "cosface")
+
+
+@dataclass(frozen=True)
+class VGGConfig:
+    num_classes: int
+    input_size: int = 112  # square input side in px; 32, 64, 112, 224, ... (multiples of 32 fit exactly)
+    batch_norm: bool = True  # vgg16_bn layers; False gives the plain 2014 VGG16 layers
+    fc_width: int = 4096  # width of fc6 and fc7 (4,096 classic; a few hundred identities need far fewer)
+    # fc7 read before or after its ReLU. Post-ReLU is the classic "penultimate layer" feature; pre-ReLU keeps
+    # the sign, which helps cosine similarity. With a CosFace head the head reads pre-ReLU fc7 either way.
+    embedding: str = "post_relu"
+    head: str = "softmax"  # "softmax" (plain linear fc8) or "cosface" (normalised weights, additive cos margin)
+    dropout: float = 0.5  # after fc6 and fc7 (classic 0.5)
+    cosface_scale: float = 30.0  # s in s * (cos - m); CosFace paper values
+    cosface_margin: float = 0.35  # m
+
+    def __post_init__(self) -> None:
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {EMBEDDINGS}, not {self.embedding!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, not {self.head!r}")
+        if self.input_size < 32:
+            raise ValueError(f"input_size must be at least 32 px (five 2x2 poolings), not {self.input_size}")
+        if self.num_classes < 2 or self.fc_width < 1:
+            raise ValueError("num_classes must be >= 2 and fc_width >= 1")
+
+    @property
+    def map_size(self) -> int:
+        """Side of the last conv map that fc6 reads (5 poolings halve the input 5 times, rounding down)."""
+        return self.input_size // 32
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CosFaceHead(nn.Module):
+    """Large-margin cosine head (Wang et al., CosFace, 2018): logits = s * (cos(w_j, x) - m * [j == y])."""
+
+    def __init__(self, in_features: int, num_classes: int, scale: float, margin: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
+        nn.init.normal_(self.weight, std=0.01)
+        self.scale, self.margin = scale, margin
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        cos = F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))  # (n, classes)
+        if labels is not None:
+            cos = cos - self.margin * F.one_hot(labels, cos.shape[1]).to(cos.dtype)
+        return self.scale * cos
+
+
+class VGG16(nn.Module):
+    """VGG16 (13 convs from torchvision, ``weights=None``) + fc6, fc7 and an N-way head (fc8)."""
+
+    def __init__(self, config: VGGConfig) -> None:
+        super().__init__()
+        from torchvision.models.vgg import cfgs, make_layers  # lazy: importing facesearch.models stays cheap
+
+        self.config = config
+        # The conv stack of torchvision.models.vgg16(_bn): 13 conv (+BN) + ReLU, 5 max-pools. Built with
+        # make_layers, as vgg16_bn(weights=None) builds it, without allocating its 25,088-wide classifier.
+        self.features = make_layers(cfgs["D"], batch_norm=config.batch_norm)
+        side = config.map_size
+        self.pool = nn.AdaptiveAvgPool2d(side)  # identity at multiples of 32 px
+        width = config.fc_width
+        self.fc6 = nn.Linear(512 * side * side, width)
+        self.fc7 = nn.Linear(width, width)
+        self.dropout = nn.Dropout(config.dropout)
+        if config.head == "cosface":
+            self.head = CosFaceHead(width, config.num_classes, config.cosface_scale, config.cosface_margin)
+        else:
+            self.head = nn.Linear(width, config.num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """torchvision's VGG initialisation: Kaiming convs, unit BN, N(0, 0.01) linear layers."""
+        for m in self.features.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for fc in (self.fc6, self.fc7, self.head):
+            if isinstance(fc, nn.Linear):
+                nn.init.normal_(fc.weight, 0, 0.01)
+                nn.init.zeros_(fc.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Last conv map (after the fifth max-pool): (n, 3, H, W) -> (n, 512, H//32, W//32)."""
+        return self.features(x)
+
+    def _fc7(self, x: torch.Tensor) -> torch.Tensor:
+        """fc7 before its ReLU, (n, fc_width)."""
+        x = torch.flatten(self.pool(self.forward_features(x)), 1)  # (n, 512 * s * s)
+        x = self.dropout(F.relu(self.fc6(x)))
+        return self.fc7(x)
+
+    def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """fc7 as ``config.embedding`` says, (n, fc_width); not normalised."""
+        fc7 = self._fc7(x)
+        return F.relu(fc7) if self.config.embedding == "post_relu" else fc7
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (n, num_classes). ``labels`` only matters for the CosFace head (training margin)."""
+        fc7 = self._fc7(x)
+        if self.config.head == "cosface":
+            return self.head(fc7, labels)  # the cosine head reads signed fc7
+        return self.head(self.dropout(F.relu(fc7)))
+
+    def conv_layers(self) -> list[tuple[str, nn.Conv2d]]:
+        """The 13 convolutions in order, named ``conv1_1`` .. ``conv5_3`` (VGG's block_index names)."""
+        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        per_block = (2, 2, 3, 3, 3)
+        names = [f"conv{b + 1}_{i + 1}" for b, n in enumerate(per_block) for i in range(n)]
+        return list(zip(names, convs))
+
+    def fc_layers(self) -> list[tuple[str, nn.Module]]:
+        """The fully connected layers in order: fc6, fc7 and the head (fc8: Linear or CosFaceHead)."""
+        return [("fc6", self.fc6), ("fc7", self.fc7), ("fc8", self.head)]

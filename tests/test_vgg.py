@@ -1,0 +1,107 @@
+"""VGG16 contract: the three entry points' shapes, layer listings, heads, and the checkpoint round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from facesearch.checkpoint import Preprocess, load_checkpoint, preprocess_batch, save_checkpoint
+from facesearch.models import VGG16, VGGConfig
+
+torch.set_num_threads(2)
+
+
+@pytest.mark.parametrize("size, side", [(32, 1), (112, 3), (224, 7)])
+@pytest.mark.parametrize("head", ["softmax", "cosface"])
+def test_entry_point_shapes(size, side, head):
+    # Shapes propagate on the meta device without computing anything: 224 px costs nothing on a 2-core CPU.
+    with torch.device("meta"):
+        model = VGG16(VGGConfig(num_classes=5, input_size=size, head=head)).eval()
+        x = torch.empty(2, 3, size, size)
+    assert model.forward_features(x).shape == (2, 512, side, side)
+    assert model.forward_embedding(x).shape == (2, 4096)
+    assert model(x).shape == (2, 5)
+    assert model.fc6.in_features == 512 * side * side  # 25,088 only at 224 px: no upsampled 7x7 map
+
+
+def test_real_forward_is_finite_and_batch_independent_in_eval():
+    torch.manual_seed(0)
+    model = VGG16(VGGConfig(num_classes=5, input_size=32, fc_width=32)).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        logits, one = model(x), model(x[:1])
+    assert logits.shape == (3, 5) and torch.isfinite(logits).all()
+    torch.testing.assert_close(logits[:1], one, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_listings():
+    model = VGG16(VGGConfig(num_classes=3, input_size=32, fc_width=8))
+    convs = model.conv_layers()
+    assert [n for n, _ in convs][:3] == ["conv1_1", "conv1_2", "conv2_1"] and convs[-1][0] == "conv5_3"
+    assert len(convs) == 13 and all(isinstance(m, torch.nn.Conv2d) for _, m in convs)
+    assert [n for n, _ in model.fc_layers()] == ["fc6", "fc7", "fc8"]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    plain = VGG16(VGGConfig(num_classes=3, input_size=32, fc_width=8, batch_norm=False))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+
+
+def test_embedding_pre_and_post_relu():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    post = VGG16(VGGConfig(num_classes=3, input_size=32, fc_width=16)).eval()
+    pre = VGG16(VGGConfig(num_classes=3, input_size=32, fc_width=16, embedding="pre_relu")).eval()
+    pre.load_state_dict(post.state_dict())
+    with torch.no_grad():
+        e_post, e_pre = post.forward_embedding(x), pre.forward_embedding(x)
+    assert (e_post >= 0).all() and (e_pre < 0).any()
+    torch.testing.assert_close(e_post, e_pre.clamp(min=0))
+
+
+def test_cosface_margin_applies_to_true_class_only():
+    torch.manual_seed(0)
+    config = VGGConfig(num_classes=4, input_size=32, fc_width=16, head="cosface")
+    model = VGG16(config).eval()
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        diff = model(x) - model(x, y)
+    expected = config.cosface_scale * config.cosface_margin * torch.nn.functional.one_hot(y, 4).float()
+    torch.testing.assert_close(diff, expected)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="head"):
+        VGGConfig(num_classes=3, head="arcface-ish")
+    with pytest.raises(ValueError, match="input_size"):
+        VGGConfig(num_classes=3, input_size=16)
+
+
+def test_checkpoint_round_trip_reproduces_outputs(tmp_path):
+    torch.manual_seed(0)
+    model = VGG16(VGGConfig(num_classes=3, input_size=32, fc_width=16, head="cosface")).eval()
+    with torch.no_grad():  # move BN statistics off their defaults so they are part of what is checked
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+    prep = Preprocess(32, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    path = save_checkpoint(tmp_path / "best.pt", model, ["a", "b", "c"], prep, epoch=2, step=7)
+    loaded = load_checkpoint(path)
+    assert loaded.config == model.config and loaded.class_names == ["a", "b", "c"]
+    assert loaded.preprocess == prep and loaded.extra["step"] == 7 and not loaded.model.training
+    images = [Image.new("RGB", (40, 30), (200, 100, 50)), Image.new("L", (32, 32), 128)]
+    x = preprocess_batch(images, loaded.preprocess)
+    assert x.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(x[0, 0, 0, 0], torch.tensor((200 / 255 - 0.4) / 0.2))
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded.model(x))
+        assert torch.equal(model.forward_embedding(x), loaded.model.forward_embedding(x))
+    assert loaded.fingerprint == load_checkpoint(tmp_path).fingerprint  # a run dir finds its checkpoint
+
+
+def test_fingerprint_tells_weights_apart(tmp_path):
+    prep = Preprocess(32)
+    a = VGG16(VGGConfig(num_classes=3, input_size=32, fc_width=8))
+    b = VGG16(VGGConfig(num_classes=3, input_size=32, fc_width=8))
+    fa = load_checkpoint(save_checkpoint(tmp_path / "a.pt", a, ["x", "y", "z"], prep)).fingerprint
+    fb = load_checkpoint(save_checkpoint(tmp_path / "b.pt", b, ["x", "y", "z"], prep)).fingerprint
+    assert fa != fb and len(fa) == 16
