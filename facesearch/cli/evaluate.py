@@ -1,1 +1,204 @@
-"""Commands for this stage (filled in by its issue)."""
+"""``facesearch evaluate pairs|open-set|closed-set`` and ``facesearch calibrate``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from facesearch.cli._app import app, evaluate_app
+
+DEFAULT_RESULTS = Path("results/evaluations.jsonl")
+
+Checkpoint = Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint file or training run folder.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")]
+OutDir = Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG plots.")]
+Results = Annotated[Path, typer.Option("--results", help="JSONL file each evaluation is appended to.")]
+Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" or "cpu".')]
+Baseline = Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also score a random-weights model.")]
+Boot = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95 % intervals.")]
+Seed = Annotated[int, typer.Option(help="Seed of the enrolment choice, the baseline's weights and the bootstrap.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+@contextmanager
+def _progress(length: int, label: str):
+    """A progress bar on stderr; yields the callback the library calls with finished counts."""
+    with typer.progressbar(length=max(length, 1), label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def _fmt(value, pct: bool = True) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{100 * value:.2f} %" if pct else f"{value:.4f}"
+    return str(value)
+
+
+def _ci(interval) -> str:
+    return "" if not interval else f" (95 % CI {100 * interval[0]:.2f}-{100 * interval[1]:.2f})"
+
+
+def _finish(summary: dict, results: Path, as_json: bool, lines: list[str]) -> None:
+    from facesearch.evaluate import append_result
+
+    record = append_result(results, summary)
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+    else:
+        typer.echo("\n".join(lines + [f"appended to {results}"]))
+
+
+def _pairs_lines(s: dict) -> list[str]:
+    lines = [f"{s['protocol']} pairs, {s['n_images']} photos ({s['n_center_crop_fallback']} without a detected face: "
+             f"centre crop; {s['n_missing_images']} missing)"]
+    for name in ("model", "random_baseline"):
+        if name in s:
+            m = s[name]
+            std = f" ± {100 * m['accuracy_std']:.2f}" if "accuracy_std" in m else ""
+            tar = ", ".join(f"TAR@FAR={k}: {_fmt(v)}" for k, v in m["tar_at_far"].items())
+            lines.append(f"{name}: accuracy {_fmt(m['accuracy'])}{std}{_ci(m['accuracy_ci95'])}, threshold "
+                         f"{m['threshold']:.4f}, AUC {m['auc']:.4f}, {tar}  [{m['n_pairs']} pairs]")
+    return lines
+
+
+@evaluate_app.command("pairs")
+def pairs(
+    paths: Annotated[list[Path], typer.Argument(help="PAIRS_FILE [PAIRS_FILE2] IMAGES_DIR: one 10-fold file, or a train "
+                                                     "and a test file (LFW View 1); then the images or a prepare output.")],
+    checkpoint: Checkpoint,
+    raw_dir: Annotated[Optional[Path], typer.Option(help="For a prepare output: the raw photos, for centre crops.")] = None,
+    out: OutDir = None,
+    results: Results = DEFAULT_RESULTS,
+    device: Device = "auto",
+    baseline: Baseline = True,
+    bootstrap: Boot = 1000,
+    seed: Seed = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """LFW pairs protocol: accuracy (threshold chosen on train folds), AUC, TAR at FAR, with 95 % CIs."""
+    from facesearch import evaluate
+
+    if len(paths) not in (2, 3):
+        raise _fail("give PAIRS_FILE [PAIRS_FILE2] IMAGES_DIR")
+    *pair_files, images = paths
+    for p in paths:
+        if not p.exists():
+            raise _fail(f"{p}: no such file or folder")
+    try:
+        n = len({x for f in pair_files for pair in evaluate.parse_pairs(f).pairs for x in pair.paths})
+        with _progress(n * (2 if baseline else 1), "embedding") as update:
+            report = evaluate.evaluate_pairs(checkpoint, pair_files, images, device=device, raw_dir=raw_dir, baseline=baseline,
+                                             n_boot=bootstrap, seed=seed, progress=update)
+    except (ValueError, FileNotFoundError) as err:
+        raise _fail(str(err))
+    lines = _pairs_lines(report.summary)
+    if out is not None:
+        from facesearch.evaluate_plots import save_pairs_plots
+
+        lines += [f"plot: {p}" for p in save_pairs_plots(report, out)]
+    _finish(report.summary, results, as_json, lines)
+
+
+def _open_set_lines(s: dict) -> list[str]:
+    lines = [f"{s['n_enrolled_identities']} people enrolled ({s['n_templates']} photos), "
+             f"{s['n_distractor_identities']} never-enrolled people as distractors"]
+    for name in ("model", "random_baseline"):
+        if name in s:
+            m = s[name]
+            dirs = ", ".join(f"DIR@FPIR={k}: {_fmt(v)}{_ci(m['dir_at_fpir_ci95'][k])}" for k, v in m["dir_at_fpir"].items())
+            lines.append(f"{name}: rank-1 {_fmt(m['rank1'])}{_ci(m['rank1_ci95'])}, rank-5 {_fmt(m['rank5'])}, {dirs}  "
+                         f"[{m['n_mated_probes']} mated, {m['n_nonmated_probes']} non-mated probes]")
+    return lines
+
+
+@evaluate_app.command("open-set")
+def open_set(
+    data_dir: Annotated[Path, typer.Argument(help="<identity>/*.jpg photos, or a prepare output.")],
+    checkpoint: Checkpoint,
+    enroll: Annotated[int, typer.Option(help="Photos enrolled per person; people with no more are distractors.")] = 1,
+    out: OutDir = None,
+    results: Results = DEFAULT_RESULTS,
+    device: Device = "auto",
+    baseline: Baseline = True,
+    bootstrap: Boot = 1000,
+    seed: Seed = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Open-set identification: rank-1, rank-5 and DIR at FPIR 1e-2 / 1e-1 over enrolled people and strangers."""
+    from facesearch import evaluate
+
+    if not data_dir.is_dir():
+        raise _fail(f"{data_dir}: no such folder")
+    try:
+        n = sum(len(v) for v in evaluate.list_photos(data_dir).values())
+        with _progress(n * (2 if baseline else 1), "embedding") as update:
+            report = evaluate.evaluate_open_set(checkpoint, data_dir, enroll_per_identity=enroll, device=device,
+                                                baseline=baseline, n_boot=bootstrap, seed=seed, progress=update)
+    except (ValueError, FileNotFoundError) as err:
+        raise _fail(str(err))
+    lines = _open_set_lines(report.summary)
+    if out is not None:
+        from facesearch.evaluate_plots import save_open_set_plots
+
+        lines += [f"plot: {p}" for p in save_open_set_plots(report, out)]
+    _finish(report.summary, results, as_json, lines)
+
+
+@evaluate_app.command("closed-set")
+def closed_set(
+    run_dir: Annotated[Path, typer.Argument(help="Training run folder (or checkpoint file).")],
+    data: Annotated[Optional[Path], typer.Option(help="Dataset; default: the one the run was trained on.")] = None,
+    split: Annotated[str, typer.Option(help="Manifest split to score (faces).")] = "test",
+    results: Results = DEFAULT_RESULTS,
+    device: Device = "auto",
+    baseline: Baseline = True,
+    as_json: JsonFlag = False,
+) -> None:
+    """Classifier accuracy on the held-out test split, and the most-confused pairs."""
+    from facesearch.evaluate_closed import evaluate_closed_set
+
+    if not run_dir.exists():
+        raise _fail(f"{run_dir}: no such run folder or checkpoint")
+    try:
+        summary = evaluate_closed_set(run_dir, data_dir=data, split=split, device=device, baseline=baseline)
+    except (ValueError, FileNotFoundError) as err:
+        raise _fail(str(err))
+    lines = [f"{summary['n_images']} {split} images of {summary['n_classes']} classes"]
+    for name in ("model", "random_baseline"):
+        if name in summary:
+            lines.append(f"{name}: accuracy {_fmt(summary[name]['accuracy'])}")
+    lines += [f"  {c['true']} -> {c['predicted']}: {c['count']}" for c in summary["model"]["most_confused"]]
+    _finish(summary, results, as_json, lines)
+
+
+@app.command("calibrate")
+def calibrate(
+    data_dir: Annotated[Path, typer.Argument(help="<identity>/*.jpg photos of enrolled people and of people not enrolled.")],
+    gallery: Annotated[Path, typer.Option("--gallery", "-g", help="Gallery folder.")],
+    fpir: Annotated[float, typer.Option(help="Target share of strangers given a name (false-positive identification rate).")] = 0.01,
+    device: Device = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Pick the gallery's unknown-threshold at a target FPIR from data, and store it; `who` then uses it."""
+    from facesearch.calibrate import calibrate_gallery
+
+    if not data_dir.is_dir():
+        raise _fail(f"{data_dir}: no such folder")
+    try:
+        cal = calibrate_gallery(gallery, data_dir, target_fpir=fpir, device=device)
+    except (ValueError, FileNotFoundError) as err:
+        raise _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(cal.to_dict(), indent=2))
+        return
+    dir_text = "n/a" if cal.dir is None else _fmt(cal.dir)
+    typer.echo(f"threshold {cal.threshold:.4f} stored in {gallery}: names {_fmt(cal.fpir)} of {cal.n_nonmated} strangers "
+               f"(target {_fmt(cal.target_fpir)}), identifies {dir_text} of {cal.n_mated} enrolled people's photos")
