@@ -1,0 +1,25 @@
+"""The gallery: identities and faces in SQL (the source of truth), their embeddings in a FAISS index.
+
+``Gallery`` (store.py) ties the two; ``models`` is the schema, ``db`` the engine and migrations,
+``index`` the FAISS side, ``sync`` keeps the index in line with SQL.
+"""
+
+from facesearch.gallery.index import FaceIndex, IndexSettings
+from facesearch.gallery.store import (
+    DEFAULT_THRESHOLD,
+    AddResult,
+    CheckReport,
+    FaceHit,
+    FaceInfo,
+    Gallery,
+    GalleryError,
+    IdentityInfo,
+    IdentityNotFound,
+    ModelMismatchError,
+    NewFace,
+)
+
+__all__ = [
+    "DEFAULT_THRESHOLD", "AddResult", "CheckReport", "FaceHit", "FaceIndex", "FaceInfo", "Gallery", "GalleryError",
+    "IdentityInfo", "IdentityNotFound", "IndexSettings", "ModelMismatchError", "NewFace",
+]

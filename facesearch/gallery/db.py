@@ -1,0 +1,152 @@
+"""Database plumbing: engines (SQLite in WAL mode, or PostgreSQL by URL) and Alembic run from code.
+
+The Alembic scripts live in the top-level ``migrations/`` folder of a checkout and ship inside the wheel
+as ``facesearch.migrations``; ``alembic_config`` points Alembic at that package's folder, so upgrades
+work from an installed package with no ``alembic.ini``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, make_url
+
+logger = logging.getLogger(__name__)
+
+DB_NAME = "gallery.db"
+ENV_VAR = "FACESEARCH_DB"
+SQLITE_BUSY_TIMEOUT_MS = 60_000  # writers queue behind each other instead of failing
+
+
+def default_url(folder: str | os.PathLike) -> str:
+    """The SQLite database inside a gallery folder."""
+    return f"sqlite:///{Path(folder).resolve() / DB_NAME}"
+
+
+def resolve_url(folder: str | os.PathLike, url: str | None = None) -> str:
+    """``url`` when given, else ``$FACESEARCH_DB``, else the gallery folder's own SQLite file."""
+    return url or os.environ.get(ENV_VAR) or default_url(folder)
+
+
+def is_sqlite(url_or_engine: str | Engine) -> bool:
+    url = url_or_engine.url if isinstance(url_or_engine, Engine) else make_url(url_or_engine)
+    return url.get_backend_name() == "sqlite"
+
+
+def masked(url: str | Engine) -> str:
+    """The URL with its password hidden, for messages."""
+    url = url.url if isinstance(url, Engine) else make_url(url)
+    return url.render_as_string(hide_password=True)
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for a gallery database; SQLite gets WAL, foreign keys and a long busy timeout."""
+    if not is_sqlite(url):
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection, _record) -> None:
+    # Let SQLAlchemy, not the sqlite3 module, issue BEGIN (so SAVEPOINT and transactional DDL work):
+    # https://docs.sqlalchemy.org/en/20/dialects/sqlite.html#serializable-isolation-savepoints-transactional-ddl
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+    cursor.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    # Writers begin IMMEDIATE: they take the write lock up front (waiting up to the busy timeout) instead
+    # of failing when a read transaction has to be upgraded after another writer committed.
+    conn.exec_driver_sql("BEGIN " + conn.get_execution_options().get("sqlite_begin", ""))
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine, for read-write transactions (BEGIN IMMEDIATE on SQLite)."""
+    return engine.execution_options(sqlite_begin="IMMEDIATE")
+
+
+@contextlib.contextmanager
+def snapshot(engine: Engine) -> Iterator[Connection]:
+    """A read-only transaction whose statements all see one snapshot of the database.
+
+    SQLite in WAL mode gives that to any transaction; PostgreSQL needs REPEATABLE READ (its default,
+    READ COMMITTED, takes a new snapshot per statement).
+    """
+    options = {} if is_sqlite(engine) else {"isolation_level": "REPEATABLE READ"}
+    with engine.connect().execution_options(**options) as conn, conn.begin():
+        yield conn
+
+
+# -- Alembic ----------------------------------------------------------------------------------------
+
+
+def migrations_dir() -> Path:
+    """The folder holding ``env.py`` and ``versions/``: top-level ``migrations/`` in a checkout,
+    ``facesearch/migrations/`` in an installed wheel (both import as ``facesearch.migrations``)."""
+    import facesearch.migrations
+
+    return Path(facesearch.migrations.__file__).resolve().parent
+
+
+def alembic_config(connection: Connection | None = None):
+    """An Alembic ``Config`` built in code; ``env.py`` runs on ``connection`` when one is given."""
+    from alembic.config import Config
+
+    cfg = Config(stdout=io.StringIO())  # Alembic prints progress; the library does not
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None: empty, no schema yet)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply migrations up to ``revision``, in one transaction."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), revision)
+    logger.info("database %s upgraded to %s", masked(engine), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Revert migrations down to ``revision`` ("base": drop every gallery table)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), revision)
+    logger.info("database %s downgraded to %s", masked(engine), revision)
+
+
+def check(engine: Engine) -> None:
+    """Raise ``alembic.util.exc.AutogenerateDiffsDetected`` when the models and the migrations disagree."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.check(alembic_config(conn))

@@ -1,0 +1,91 @@
+"""The gallery's SQL schema (SQLAlchemy 2 ORM). Alembic migrations in ``migrations/`` own the tables.
+
+Three tables:
+
+- ``identities``: one row per person, ``name`` unique and stored verbatim (never used in a path).
+- ``faces``: one row per enrolled face. Its primary key *is* the FAISS id, never reused
+  (SQLite ``AUTOINCREMENT``, PostgreSQL identity column backed by a sequence).
+- ``gallery_state``: exactly one row; the gallery's model, threshold, index settings and the
+  ``epoch`` every face mutation bumps, which tells a stale index file from a fresh one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names, so migrations can drop and alter them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT on PostgreSQL; SQLite's AUTOINCREMENT needs the column to be exactly INTEGER PRIMARY KEY.
+FaceId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Identity(Base):
+    __tablename__ = "identities"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    faces: Mapped[list[Face]] = relationship(back_populates="identity", passive_deletes=True)
+
+
+class Face(Base):
+    __tablename__ = "faces"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(FaceId, sa.Identity(), primary_key=True)
+    identity_id: Mapped[int] = mapped_column(sa.ForeignKey("identities.id", ondelete="CASCADE"), index=True)
+    source_path: Mapped[str | None] = mapped_column(sa.Text)  # the enrolled photo, absolute, as given
+    # sha256 of the photo's bytes; unique so the same photo is never enrolled twice, even by two
+    # processes at once (the second insert fails and is reported as a duplicate).
+    source_sha256: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    crop_path: Mapped[str | None] = mapped_column(sa.Text)  # relative to the gallery folder
+    box: Mapped[list[float] | None] = mapped_column(sa.JSON)  # x1, y1, x2, y2 in photo pixels
+    landmarks: Mapped[list[list[float]] | None] = mapped_column(sa.JSON)  # (5, 2)
+    det_prob: Mapped[float | None] = mapped_column(sa.Float)
+    embedding: Mapped[bytes] = mapped_column(sa.LargeBinary)  # float32 (d,), L2-normalised
+    model_fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+    identity: Mapped[Identity] = relationship(back_populates="faces")
+
+    @property
+    def vector(self) -> np.ndarray:
+        return np.frombuffer(self.embedding, dtype=np.float32)
+
+
+class GalleryState(Base):
+    __tablename__ = "gallery_state"
+    __table_args__ = (sa.CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    uid: Mapped[str] = mapped_column(sa.String(32))  # random; ties an index file to this database
+    epoch: Mapped[int] = mapped_column(sa.BigInteger, default=0)  # bumped by every face mutation
+    model_fingerprint: Mapped[str | None] = mapped_column(sa.String(64))  # None until the first enroll
+    embedding_dim: Mapped[int | None] = mapped_column(sa.Integer)
+    threshold: Mapped[float | None] = mapped_column(sa.Float)  # None: use search.DEFAULT_THRESHOLD
+    threshold_meta: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)  # how it was calibrated
+    index_settings: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)  # IndexSettings as a dict
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -1,0 +1,607 @@
+"""The gallery: SQL (the source of truth) and a FAISS index (rebuilt from it), one key — the face id.
+
+A gallery folder holds::
+
+    gallery.db      SQLite database (unless --db / $FACESEARCH_DB names another, e.g. PostgreSQL)
+    index.faiss     the FAISS index, with the database uid and epoch it reflects (see index.py)
+    gallery.lock    fcntl lock: index writers and schema upgrades take turns
+    crops/          the enrolled face crops, named by face id (never by identity name)
+
+Every change to the set of faces runs in one SQL transaction that also bumps ``gallery_state.epoch``;
+only after it commits is the index brought up to date, under the lock, by comparing its ids with the
+database's and written to a temp file that is atomically renamed into place. A process killed at any
+point therefore leaves committed faces in SQL and an index file that is either current or stale; a stale,
+missing, torn or foreign index is detected by epoch, uid or checksum and synchronised on the next open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from facesearch.gallery import db, sync
+from facesearch.gallery.index import FaceIndex, IndexFileError, IndexSettings, read_header
+from facesearch.gallery.models import Face, GalleryState, Identity, utcnow
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "index.faiss"
+LOCK_NAME = "gallery.lock"
+CROPS_DIR = "crops"
+# Cosine similarity below which `who` answers "unknown" when the gallery has no calibrated threshold
+# (`facesearch evaluate` stores one). Higher is stricter. A placeholder: calibrate on your own data.
+DEFAULT_THRESHOLD = 0.5
+
+
+class GalleryError(Exception):
+    """A gallery operation failed for a reason the user can act on (message says which)."""
+
+
+class ModelMismatchError(GalleryError):
+    """The checkpoint is not the model whose embeddings the gallery holds."""
+
+
+class IdentityNotFound(GalleryError):
+    pass
+
+
+@dataclass(frozen=True)
+class NewFace:
+    """One face to enroll: its embedding and where it came from."""
+
+    name: str  # identity, stored verbatim
+    embedding: np.ndarray  # (d,) float32, L2-normalised
+    source_path: str | None = None
+    source_sha256: str | None = None  # content hash of the photo: the same photo is enrolled once
+    box: Sequence[float] | None = None  # x1, y1, x2, y2 in photo pixels
+    landmarks: Sequence[Sequence[float]] | None = None  # (5, 2)
+    det_prob: float | None = None
+    crop: Any = None  # PIL image stored as crops/<id>.jpg, or None
+
+
+@dataclass(frozen=True)
+class AddResult:
+    ids: list[int]  # new face ids, in input order (skipped faces left out)
+    duplicates: list[tuple[int, str]]  # (input position, identity already holding that photo)
+
+
+@dataclass(frozen=True)
+class FaceHit:
+    face_id: int
+    identity: str
+    similarity: float  # cosine similarity to the query
+    crop_path: Path | None
+    source_path: str | None
+
+
+@dataclass(frozen=True)
+class FaceInfo:
+    id: int
+    identity: str
+    source_path: str | None
+    source_sha256: str | None
+    crop_path: Path | None
+    box: list[float] | None
+    det_prob: float | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class IdentityInfo:
+    name: str
+    n_faces: int
+    created_at: datetime
+    updated_at: datetime
+    faces: list[FaceInfo] = field(default_factory=list)  # filled by Gallery.identity()
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    problems: list[str]  # empty: consistent
+    details: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class Gallery:
+    """A face gallery in ``folder`` (created when missing), on SQLite by default or on ``url``.
+
+    SQLite databases are upgraded to the latest schema on open; PostgreSQL ones must be upgraded
+    explicitly (``facesearch db upgrade``) unless ``migrate=True``.
+    """
+
+    def __init__(self, folder: str | os.PathLike, url: str | None = None, *, create: bool = True, migrate: bool | None = None):
+        self.folder = Path(folder).resolve()
+        if not self.folder.is_dir():
+            if not create:
+                raise GalleryError(f"{self.folder}: no such gallery folder")
+            self.folder.mkdir(parents=True)
+        self.url = db.resolve_url(self.folder, url)
+        self.engine = db.create_engine(self.url)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(db.writer(self.engine), expire_on_commit=False)
+        self._index: FaceIndex | None = None
+        self._prepare_database(db.is_sqlite(self.url) if migrate is None else migrate)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def index_path(self) -> Path:
+        return self.folder / INDEX_NAME
+
+    # -- setup --------------------------------------------------------------------------------------
+
+    def _prepare_database(self, migrate: bool) -> None:
+        head = db.head_revision()
+        if db.current_revision(self.engine) != head:
+            if not migrate:
+                raise GalleryError(
+                    f"{db.masked(self.url)}: database schema is not at revision {head}; "
+                    f"run `facesearch db upgrade --db URL` first"
+                )
+            with self._lock():
+                if db.current_revision(self.engine) != head:
+                    db.upgrade(self.engine)
+        with self._write() as s, s.begin():
+            if s.get(GalleryState, 1) is None:
+                s.add(GalleryState(id=1, uid=uuid.uuid4().hex, epoch=0, index_settings=IndexSettings().to_dict()))
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Exclusive lock across processes (and across Gallery objects of one process)."""
+        with open(self.folder / LOCK_NAME, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _mutation(self) -> Iterator[Session]:
+        """A write transaction that changes the set of faces: it bumps the epoch first, which also
+        serialises mutations (SQLite write lock, PostgreSQL row lock on gallery_state)."""
+        with self._write() as s, s.begin():
+            s.execute(sa.update(GalleryState).where(GalleryState.id == 1).values(epoch=GalleryState.epoch + 1))
+            yield s
+
+    def _state(self, s: Session) -> GalleryState:
+        return s.get(GalleryState, 1, populate_existing=True)
+
+    # -- model and threshold ------------------------------------------------------------------------
+
+    @property
+    def model_fingerprint(self) -> str | None:
+        with self._read() as s:
+            return self._state(s).model_fingerprint
+
+    def check_model(self, fingerprint: str) -> None:
+        """Raise ModelMismatchError unless the gallery is empty or holds this model's embeddings."""
+        with self._read() as s:
+            self._check_model(s, fingerprint)
+
+    def _check_model(self, s: Session, fingerprint: str) -> None:
+        held = self._state(s).model_fingerprint
+        if held is not None and held != fingerprint and s.scalar(sa.select(sa.func.count(Face.id))):
+            raise ModelMismatchError(
+                f"{self.folder}: the gallery holds embeddings of model {held}, the checkpoint is model "
+                f"{fingerprint}; use the gallery's checkpoint, or move the gallery to the new model with "
+                f"`facesearch gallery reembed --checkpoint NEW`"
+            )
+
+    def threshold(self) -> tuple[float, dict[str, Any] | None]:
+        """The similarity threshold `who` uses and how it was set (None: the documented default)."""
+        with self._read() as s:
+            state = self._state(s)
+            if state.threshold is None:
+                return DEFAULT_THRESHOLD, None
+            return state.threshold, state.threshold_meta
+
+    def set_threshold(self, value: float, meta: dict[str, Any] | None = None) -> None:
+        """Store a calibrated threshold (e.g. from `facesearch evaluate`), with how it was obtained."""
+        with self._write() as s, s.begin():
+            state = self._state(s)
+            state.threshold, state.threshold_meta = float(value), meta
+
+    # -- enrolling ----------------------------------------------------------------------------------
+
+    def enrolled_as(self, sha256: str) -> str | None:
+        """The identity a photo (by content hash) is already enrolled under, or None."""
+        with self._read() as s:
+            return s.scalar(sa.select(Identity.name).join(Face).where(Face.source_sha256 == sha256))
+
+    def add_faces(self, faces: Sequence[NewFace], fingerprint: str) -> AddResult:
+        """Enroll faces (one transaction), then bring the index up to date.
+
+        Args:
+            faces: the faces, possibly of several identities (created when new).
+            fingerprint: the model that computed the embeddings (``LoadedModel.fingerprint``).
+        Returns:
+            The new face ids and the faces skipped because their photo is already enrolled.
+        Raises:
+            ModelMismatchError: the gallery holds another model's embeddings.
+        """
+        ids: list[int] = []
+        duplicates: list[tuple[int, str]] = []
+        written: list[Path] = []
+        try:
+            with self._mutation() as s:
+                self._claim_model(s, fingerprint, faces)
+                for i, face in enumerate(faces):
+                    holder = face.source_sha256 and s.scalar(
+                        sa.select(Identity.name).join(Face).where(Face.source_sha256 == face.source_sha256)
+                    )
+                    if holder:
+                        duplicates.append((i, holder))
+                        continue
+                    ids.append(self._insert_face(s, face, fingerprint, written))
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        if ids:
+            self._sync_index()
+        return AddResult(ids, duplicates)
+
+    def _claim_model(self, s: Session, fingerprint: str, faces: Sequence[NewFace]) -> None:
+        self._check_model(s, fingerprint)
+        state = self._state(s)
+        dims = {int(np.asarray(f.embedding).size) for f in faces}
+        if len(dims) > 1:
+            raise GalleryError(f"embeddings of different sizes in one batch: {sorted(dims)}")
+        has_faces = s.scalar(sa.select(sa.func.count(Face.id)))
+        if has_faces and dims and state.embedding_dim not in dims:
+            raise GalleryError(f"embedding size {dims.pop()} does not match the gallery's {state.embedding_dim}")
+        if dims and (state.model_fingerprint != fingerprint or not has_faces):
+            state.model_fingerprint, state.embedding_dim = fingerprint, dims.pop()
+
+    def _insert_face(self, s: Session, face: NewFace, fingerprint: str, written: list[Path]) -> int:
+        identity = s.scalar(sa.select(Identity).where(Identity.name == face.name))
+        if identity is None:
+            identity = Identity(name=face.name)
+            s.add(identity)
+        vector = np.ascontiguousarray(face.embedding, dtype=np.float32).reshape(-1)
+        row = Face(
+            identity=identity, source_path=face.source_path, source_sha256=face.source_sha256,
+            box=_floats(face.box), landmarks=_floats(face.landmarks), det_prob=face.det_prob,
+            embedding=vector.tobytes(), model_fingerprint=fingerprint,
+        )
+        s.add(row)
+        s.flush()  # assigns row.id, the FAISS id
+        identity.updated_at = utcnow()
+        if face.crop is not None:
+            row.crop_path = f"{CROPS_DIR}/{row.id // 10_000}/{row.id}.jpg"  # by id: names never become paths
+            path = self.folder / row.crop_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            face.crop.save(tmp, format="JPEG", quality=95)
+            os.replace(tmp, path)
+            written.append(path)
+        return row.id
+
+    # -- identities ---------------------------------------------------------------------------------
+
+    def identities(self) -> list[IdentityInfo]:
+        """Every identity with its number of faces, by name."""
+        n_faces = sa.func.count(Face.id)
+        query = sa.select(Identity, n_faces).outerjoin(Face).group_by(Identity.id).order_by(Identity.name)
+        with self._read() as s:
+            return [IdentityInfo(i.name, n, i.created_at, i.updated_at) for i, n in s.execute(query)]
+
+    def identity(self, name: str) -> IdentityInfo:
+        """One identity with its faces; raises IdentityNotFound."""
+        with self._read() as s:
+            ident = self._identity(s, name)
+            faces = s.scalars(sa.select(Face).where(Face.identity_id == ident.id).order_by(Face.id)).all()
+            infos = [self._face_info(f, name) for f in faces]
+            return IdentityInfo(ident.name, len(infos), ident.created_at, ident.updated_at, infos)
+
+    def _face_info(self, f: Face, name: str) -> FaceInfo:
+        crop = self.folder / f.crop_path if f.crop_path else None
+        return FaceInfo(f.id, name, f.source_path, f.source_sha256, crop, f.box, f.det_prob, f.created_at)
+
+    def _identity(self, s: Session, name: str) -> Identity:
+        ident = s.scalar(sa.select(Identity).where(Identity.name == name))
+        if ident is None:
+            raise IdentityNotFound(f"no identity named {name!r} in {self.folder}")
+        return ident
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename an identity (the index is keyed by face, so it does not change)."""
+        with self._write() as s, s.begin():
+            ident = self._identity(s, old)
+            if old != new and s.scalar(sa.select(Identity.id).where(Identity.name == new)) is not None:
+                raise GalleryError(f"an identity named {new!r} exists already; merge into it instead")
+            ident.name = new
+
+    def merge(self, source: str, target: str) -> int:
+        """Move every face of ``source`` to ``target`` (created when missing) and delete ``source``.
+
+        Returns:
+            The number of faces moved.
+        """
+        if source == target:
+            raise GalleryError("cannot merge an identity into itself")
+        with self._write() as s, s.begin():
+            src = self._identity(s, source)
+            dst = s.scalar(sa.select(Identity).where(Identity.name == target)) or Identity(name=target)
+            s.add(dst)
+            s.flush()
+            moved = s.execute(sa.update(Face).where(Face.identity_id == src.id).values(identity_id=dst.id))
+            dst.updated_at = utcnow()
+            s.delete(src)
+            return moved.rowcount
+
+    def remove(self, name: str) -> int:
+        """Delete an identity, its faces, their vectors and their stored crops. Returns faces removed."""
+        with self._mutation() as s:
+            ident = self._identity(s, name)
+            crops = s.scalars(sa.select(Face.crop_path).where(Face.identity_id == ident.id)).all()
+            s.execute(sa.delete(Face).where(Face.identity_id == ident.id))
+            s.delete(ident)
+        self._delete_crops(crops)
+        self._sync_index()
+        return len(crops)
+
+    def remove_faces(self, face_ids: Sequence[int]) -> int:
+        """Delete single faces (and their crops); identities left without faces stay. Returns faces removed."""
+        ids = [int(i) for i in face_ids]
+        with self._mutation() as s:
+            crops = s.scalars(sa.select(Face.crop_path).where(Face.id.in_(ids))).all()
+            s.execute(sa.delete(Face).where(Face.id.in_(ids)))
+        self._delete_crops(crops)
+        self._sync_index()
+        return len(crops)
+
+    def _delete_crops(self, crops: Sequence[str | None]) -> None:
+        for rel in crops:
+            path = self._inside(rel)
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+    def _inside(self, rel: str | None) -> Path | None:
+        """``folder / rel`` when it stays inside the gallery folder (a tampered row cannot reach out)."""
+        if not rel:
+            return None
+        path = (self.folder / rel).resolve()
+        return path if path.is_relative_to(self.folder) else None
+
+    # -- search -------------------------------------------------------------------------------------
+
+    def search(self, xq: np.ndarray, k: int = 50) -> list[list[FaceHit]]:
+        """The ``k`` most similar enrolled faces for each query, best first.
+
+        Args:
+            xq: (nq, d) float32 L2-normalised query embeddings, from the gallery's model.
+            k: faces per query, before any aggregation by identity.
+        Returns:
+            One list of FaceHit per query; similarities are exact cosines (re-scored from the stored
+            embeddings when the index approximates them).
+        """
+        xq = np.atleast_2d(np.asarray(xq, dtype=np.float32))
+        index = self._fresh_index()
+        if index is None or len(index.ids) == 0:
+            return [[] for _ in xq]
+        if xq.shape[1] != index.dim:
+            raise GalleryError(f"query embeddings have {xq.shape[1]} dimensions, the gallery {index.dim}")
+        S, I = index.search(xq, k)
+        rows = self._hit_rows(np.unique(I[I >= 0]), with_vectors=not index.exact)
+        return [self._hits(q, s, i, rows) for q, s, i in zip(xq, S, I)]
+
+    def _hit_rows(self, ids: np.ndarray, with_vectors: bool) -> dict[int, tuple]:
+        cols = [Face.id, Identity.name, Face.crop_path, Face.source_path]
+        if with_vectors:
+            cols.append(Face.embedding)
+        query = sa.select(*cols).join(Identity).where(Face.id.in_([int(i) for i in ids]))
+        with self._read() as s:
+            return {row[0]: row[1:] for row in s.execute(query)}
+
+    def _hits(self, q: np.ndarray, sims: np.ndarray, ids: np.ndarray, rows: dict[int, tuple]) -> list[FaceHit]:
+        hits = []
+        for sim, face_id in zip(sims, ids):
+            row = rows.get(int(face_id))
+            if row is None:  # -1 padding, or a face deleted since the index was read
+                continue
+            if len(row) == 4:
+                sim = float(np.frombuffer(row[3], dtype=np.float32) @ q)
+            hits.append(FaceHit(int(face_id), row[0], float(sim), self._inside(row[1]), row[2]))
+        return sorted(hits, key=lambda h: -h.similarity)
+
+    # -- the index ----------------------------------------------------------------------------------
+
+    def _fresh_index(self) -> FaceIndex | None:
+        """The index matching the database now: in memory, else from the file, else synchronised."""
+        with self._read() as s:
+            state = self._state(s)
+            key = (state.uid, state.epoch, IndexSettings.from_dict(state.index_settings), state.embedding_dim)
+        if state.embedding_dim is None:
+            return None
+        if self._index is not None and sync.index_key(self._index) == key:
+            return self._index
+        with contextlib.suppress(IndexFileError):
+            if sync.header_key(read_header(self.index_path)) == key:
+                self._index = FaceIndex.read(self.index_path)
+                return self._index
+        return self._sync_index()
+
+    def _sync_index(self, rebuild: bool = False) -> FaceIndex | None:
+        """Bring the index file up to date with SQL (under the lock) and keep it in memory."""
+        with self._lock():
+            index = None if rebuild else self._current_file()
+            with db.snapshot(self.engine) as conn:
+                state = conn.execute(sa.select(GalleryState.__table__)).one()
+                key = (state.uid, state.epoch, IndexSettings.from_dict(state.index_settings), state.embedding_dim)
+                if state.embedding_dim is None:
+                    index = None
+                elif index is None or sync.index_key(index) != key:
+                    index = self._synced(conn, index, key)
+                    self._write_index(index)
+            self._index = index
+            return index
+
+    def _synced(self, conn, index: FaceIndex | None, key: sync.IndexKey) -> FaceIndex:
+        uid, epoch, settings, dim = key
+        ids = np.asarray(conn.execute(sa.select(Face.id)).scalars().all(), dtype=np.int64)
+        if index is not None and (index.uid, index.settings, index.dim) == (uid, settings, dim):
+            sync.apply_diff(conn, index, ids)
+        else:
+            index = None
+        if index is None or index.needs_rebuild(len(ids)):
+            index = sync.build(conn, ids, settings, dim, uid)
+        index.epoch = epoch
+        return index
+
+    def _current_file(self) -> FaceIndex | None:
+        """The index file's content (the in-memory copy when it is the same), None when unusable."""
+        try:
+            header = read_header(self.index_path)
+            if self._index is not None and sync.header_key(header) == sync.index_key(self._index):
+                return self._index
+            return FaceIndex.read(self.index_path)
+        except IndexFileError as e:
+            if self.index_path.exists():
+                logger.warning("index file unusable, rebuilding from the database: %s", e)
+            return None
+
+    def _write_index(self, index: FaceIndex) -> None:
+        """Temp file + atomic rename; the caller holds the lock."""
+        tmp = self.folder / f".{INDEX_NAME}.{os.getpid()}.tmp"
+        try:
+            index.write(tmp)
+            os.replace(tmp, self.index_path)  # atomic: readers see the old file or the new one
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            logger.warning("could not write %s (%s); the index lives in memory only", self.index_path, e)
+
+    # -- maintenance --------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, model, threshold, index layout and sizes."""
+        with self._read() as s:
+            state = self._state(s)
+            n_ids = s.scalar(sa.select(sa.func.count(Identity.id)))
+            n_faces = s.scalar(sa.select(sa.func.count(Face.id)))
+        try:
+            header = read_header(self.index_path)
+        except IndexFileError:
+            header = {}
+        threshold, meta = self.threshold()
+        return {
+            "folder": str(self.folder), "database": db.masked(self.url), "identities": n_ids, "faces": n_faces,
+            "model_fingerprint": state.model_fingerprint, "embedding_dim": state.embedding_dim,
+            "threshold": threshold, "threshold_calibrated": meta is not None, "epoch": state.epoch,
+            "index_settings": IndexSettings.from_dict(state.index_settings).to_dict(),
+            "index_layout": header.get("layout"), "index_faces": header.get("n_ids"),
+            "index_tombstones": header.get("n_tombstones"), "index_epoch": header.get("epoch"),
+            "index_bytes": self.index_path.stat().st_size if self.index_path.exists() else None,
+        }
+
+    def check(self) -> CheckReport:
+        """Compare the index file, the crops and the embeddings with SQL; changes nothing."""
+        problems: list[str] = []
+        with db.snapshot(self.engine) as conn:
+            state = conn.execute(sa.select(GalleryState.__table__)).one()
+            faces = conn.execute(sa.select(Face.id, Face.crop_path, Face.model_fingerprint)).all()
+        ids = np.asarray([f[0] for f in faces], dtype=np.int64)
+        problems += self._check_index(state, ids)
+        mixed = sum(1 for f in faces if f[2] != state.model_fingerprint)
+        if mixed:
+            problems.append(f"{mixed} faces were embedded by a model other than the gallery's {state.model_fingerprint}")
+        referenced = {self._inside(f[1]) for f in faces if f[1]}
+        missing_crops = sum(1 for p in referenced if p is None or not p.exists())
+        orphan_crops = self._orphan_crops(referenced)
+        if missing_crops:
+            problems.append(f"{missing_crops} stored crops are missing")
+        if orphan_crops:
+            problems.append(f"{len(orphan_crops)} crop files belong to no face (rebuild deletes them)")
+        details = {"faces": len(ids), "epoch": state.epoch, "missing_crops": missing_crops, "orphan_crops": len(orphan_crops)}
+        return CheckReport(problems, details)
+
+    def _check_index(self, state, ids: np.ndarray) -> list[str]:
+        if state.embedding_dim is None:
+            return []
+        try:
+            index = FaceIndex.read(self.index_path)
+        except IndexFileError as e:
+            return [f"index file unusable ({e}); rebuild will recreate it"]
+        problems = []
+        if index.uid != state.uid:
+            problems.append(f"{self.index_path} belongs to another database (uid {index.uid}, expected {state.uid})")
+        if index.epoch != state.epoch:
+            problems.append(f"index is stale: it reflects epoch {index.epoch}, the database is at {state.epoch}")
+        if index.settings != IndexSettings.from_dict(state.index_settings):
+            problems.append("index was built with other settings than the database's")
+        missing = len(np.setdiff1d(ids, index.ids))
+        orphans = len(np.setdiff1d(index.ids, ids))
+        if missing or orphans:
+            problems.append(f"index lacks {missing} faces and holds {orphans} vectors of deleted faces")
+        if index.needs_rebuild(len(ids)):
+            problems.append(f"index {index.layout} should be rebuilt ({index.n_tombstones} tombstones, target {index.target_layout()})")
+        return problems
+
+    def _orphan_crops(self, referenced: set[Path | None]) -> list[Path]:
+        crops = self.folder / CROPS_DIR
+        if not crops.is_dir():
+            return []
+        return [p for p in crops.rglob("*") if p.is_file() and p.resolve() not in referenced]
+
+    def rebuild(self, settings: IndexSettings | None = None) -> dict[str, Any]:
+        """Rebuild the index from SQL (optionally with new settings) and delete orphan crop files."""
+        if settings is not None:
+            with self._mutation() as s:
+                self._state(s).index_settings = settings.to_dict()
+        index = self._sync_index(rebuild=True)
+        with self._read() as s:
+            crops = s.scalars(sa.select(Face.crop_path).where(Face.crop_path.is_not(None))).all()
+        for path in self._orphan_crops({self._inside(c) for c in crops}):
+            path.unlink(missing_ok=True)
+        return {"layout": index.layout if index else None, "faces": len(index.ids) if index else 0}
+
+    def face_sources(self) -> list[FaceInfo]:
+        """Every face (no embeddings): what `reembed` recomputes from."""
+        query = sa.select(Face, Identity.name).join(Identity).order_by(Face.id)
+        with self._read() as s:
+            return [self._face_info(f, name) for f, name in s.execute(query)]
+
+    def replace_embeddings(self, face_ids: Sequence[int], vectors: np.ndarray, fingerprint: str) -> None:
+        """Move the whole gallery to another model: every face gets its new embedding in one transaction.
+
+        Args:
+            face_ids: every face of the gallery, exactly once (a gallery never mixes models).
+            vectors: (n, d) float32 L2-normalised, in the order of ``face_ids``.
+            fingerprint: the new model.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        with self._mutation() as s:
+            have = set(s.scalars(sa.select(Face.id)).all())
+            if have != {int(i) for i in face_ids}:
+                raise GalleryError("re-embedding must cover every face of the gallery exactly once")
+            for face_id, vector in zip(face_ids, vectors):
+                s.execute(sa.update(Face).where(Face.id == int(face_id)).values(embedding=vector.tobytes(), model_fingerprint=fingerprint))
+            state = self._state(s)
+            state.model_fingerprint, state.embedding_dim = fingerprint, int(vectors.shape[1])
+        self._sync_index(rebuild=True)
+
+
+def _floats(value) -> list | None:
+    """Boxes and landmarks as plain JSON lists of floats."""
+    return None if value is None else np.asarray(value, dtype=float).round(2).tolist()

@@ -1,0 +1,89 @@
+"""Bringing a FAISS index in line with the faces table: diff by id, or build from scratch.
+
+All functions read through one connection whose transaction is a snapshot (``db.snapshot``), so the
+vectors added and the epoch recorded describe the same database state.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterator
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from facesearch.gallery.index import FaceIndex, IndexSettings
+from facesearch.gallery.models import Face
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 2000  # ids per IN (...) query, vectors per index add
+
+IndexKey = tuple[str, int, IndexSettings, int]  # (database uid, epoch, settings, embedding dim)
+
+
+def index_key(index: FaceIndex) -> IndexKey:
+    return index.uid, index.epoch, index.settings, index.dim
+
+
+def header_key(header: dict[str, Any]) -> IndexKey:
+    return header["uid"], header["epoch"], IndexSettings.from_dict(header["settings"]), header["dim"]
+
+
+def decode(blobs: list[bytes], dim: int) -> np.ndarray:
+    """Stored embeddings → (n, dim) float32; a blob of the wrong size means a mixed-model gallery."""
+    if any(len(b) != 4 * dim for b in blobs):
+        raise ValueError(f"stored embeddings of a size other than {dim} floats: run `facesearch gallery reembed`")
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+
+
+def fetch_vectors(conn: Connection, ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, (n, dim) vectors) for these face ids, in chunks; ids no longer present are left out."""
+    out_ids, out_x = [], []
+    for start in range(0, len(ids), CHUNK):
+        chunk = [int(i) for i in ids[start : start + CHUNK]]
+        rows = conn.execute(sa.select(Face.id, Face.embedding).where(Face.id.in_(chunk))).all()
+        out_ids.append(np.asarray([r[0] for r in rows], dtype=np.int64))
+        out_x.append(decode([r[1] for r in rows], dim))
+    if not out_ids:
+        return np.empty(0, np.int64), np.empty((0, dim), np.float32)
+    return np.concatenate(out_ids), np.concatenate(out_x)
+
+
+def iter_vectors(conn: Connection, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every stored embedding, streamed in chunks of (ids, (n, dim) vectors)."""
+    result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(
+        sa.select(Face.id, Face.embedding).order_by(Face.id)
+    )
+    for rows in result.partitions():
+        yield np.asarray([r[0] for r in rows], dtype=np.int64), decode([r[1] for r in rows], dim)
+
+
+def apply_diff(conn: Connection, index: FaceIndex, ids: np.ndarray) -> tuple[int, int]:
+    """Add the faces SQL has and the index lacks; remove those the index has and SQL lacks.
+
+    Returns:
+        (added, removed) counts.
+    """
+    missing = np.setdiff1d(ids, index.ids, assume_unique=True)
+    orphans = np.setdiff1d(index.ids, ids, assume_unique=True)
+    index.remove(orphans)
+    add_ids, xb = fetch_vectors(conn, missing, index.dim)
+    index.add(add_ids, xb)
+    if len(missing) or len(orphans):
+        logger.info("index synchronised: %d faces added, %d removed", len(add_ids), len(orphans))
+    return len(add_ids), len(orphans)
+
+
+def build(conn: Connection, ids: np.ndarray, settings: IndexSettings, dim: int, uid: str, seed: int = 0) -> FaceIndex:
+    """A fresh index over every face in the database (trained on a random sample when needed)."""
+    train = None
+    if settings.needs_training() and len(ids) >= settings.min_train:
+        sample = np.random.default_rng(seed).choice(ids, min(len(ids), settings.train_size), replace=False)
+        train = fetch_vectors(conn, np.sort(sample), dim)[1]
+    index = FaceIndex.create(settings, dim, len(ids), train, uid=uid)
+    for chunk_ids, xb in iter_vectors(conn, dim):
+        index.add(chunk_ids, xb)
+    logger.info("index built: %s, %d faces", index.layout, len(index.ids))
+    return index
