@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from facesearch import evaluate
 from facesearch.data.manifest import ManifestRow, write_manifest, write_settings
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
 
 
 def _write(tmp_path, name, text):
@@ -210,3 +214,49 @@ def test_calibrate_choose_threshold_meets_the_target_fpir():
     assert (cal.n_mated, cal.n_nonmated) == (4, 200)
     with pytest.raises(ValueError, match="at least 1000 are needed"):
         choose_threshold(mated_top, mated_hit, strangers, target_fpir=0.001)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A random-weight VGG16 at 32 px with a 16-wide fc7, for 3 classes: fast to save, load and run."""
+    import torch
+
+    from facesearch.checkpoint import Preprocess, save_checkpoint
+    from facesearch.models.vgg import VGG16, VGGConfig
+
+    torch.manual_seed(123)  # not the baseline's seed 0: the "trained" weights must differ from it
+    model = VGG16(VGGConfig(num_classes=3, input_size=32, fc_width=16, embedding="pre_relu"))
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    save_checkpoint(path, model, ["07201", "07203", "07206"], Preprocess(32))
+    return path
+
+
+def test_random_baseline_has_the_same_architecture_and_fixed_fresh_weights(tiny_checkpoint):
+    loaded = evaluate.load_model(tiny_checkpoint, "cpu")
+    a, b = evaluate.random_baseline(loaded, seed=0), evaluate.random_baseline(loaded, seed=0)
+    assert a.config == loaded.config and a.class_names == loaded.class_names
+    assert a.fingerprint == b.fingerprint != loaded.fingerprint
+    assert evaluate.random_baseline(loaded, seed=1).fingerprint != a.fingerprint
+
+
+def test_closed_set_scores_the_test_split(tiny_checkpoint, tmp_path):
+    from facesearch.evaluate_closed import confused_pairs, evaluate_closed_set
+
+    rows = []
+    for identity, source in [("07201", "07201"), ("07203", "07203"), ("07206", "07206"), ("stranger", "07209")]:
+        (tmp_path / identity).mkdir()
+        for i, src in enumerate(sorted((SAMPLE / source).glob("*.jpg"))[:2]):
+            Image.open(src).convert("RGB").resize((32, 32)).save(tmp_path / identity / f"{i}.jpg")
+            row = _row(f"{identity}/{i}.jpg", "ok", crop=f"{identity}/{i}.jpg", identity=identity)
+            row.split = "test"
+            rows.append(row)
+    write_manifest(tmp_path, rows)
+    summary = evaluate_closed_set(tiny_checkpoint, data_dir=tmp_path, device="cpu")
+    assert summary["n_images"] == 6 and summary["n_skipped_unknown_class"] == 2
+    assert 0.0 <= summary["model"]["accuracy"] <= 1.0
+    assert summary["random_baseline"]["fingerprint"] != summary["fingerprint"]
+    labels, predicted = np.array([0, 0, 1, 2, 2]), np.array([1, 1, 1, 0, 2])
+    assert confused_pairs(labels, predicted, ["a", "b", "c"]) == [
+        {"true": "a", "predicted": "b", "count": 2},
+        {"true": "c", "predicted": "a", "count": 1},
+    ]
