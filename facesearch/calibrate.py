@@ -9,8 +9,12 @@ probes), and picks the lowest threshold at which at most ``target_fpir`` of the 
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import logging
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -66,3 +70,80 @@ def choose_threshold(mated_top, mated_hit, nonmated_top, target_fpir: float = DE
         n_mated=int(len(mated_top)),
         n_nonmated=int(len(nonmated_top)),
     )
+
+
+def probe_outcomes(gallery, vectors: np.ndarray, identities: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Search the gallery with each probe and split the best matches into mated and non-mated.
+
+    Args:
+        gallery: an open ``facesearch.gallery.Gallery``.
+        vectors: (n, d) L2-normalised probe embeddings from the gallery's model.
+        identities: (n,) who each probe shows; names enrolled in the gallery make mated probes.
+    Returns:
+        ``(mated_top, mated_hit, nonmated_top)`` as :func:`choose_threshold` takes them.
+    """
+    enrolled = {info.name for info in gallery.identities()}
+    best = [hits[0] if hits else None for hits in gallery.search(vectors, k=1)]  # best face = best identity
+    top = np.array([h.similarity if h else -np.inf for h in best])
+    named = [h.identity if h else None for h in best]
+    mated = np.array([name in enrolled for name in identities], dtype=bool)
+    hit = np.array([n == i for n, i in zip(named, identities)], dtype=bool)
+    return top[mated], hit[mated], top[~mated]
+
+
+def calibrate_gallery(
+    gallery_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    *,
+    target_fpir: float = DEFAULT_FPIR,
+    device: str = "auto",
+    db_url: str | None = None,
+    select: str = "largest",
+    progress=None,
+) -> Calibration:
+    """Calibrate and store the gallery's unknown-threshold from ``<identity>/*.jpg`` photos.
+
+    Folders named like an enrolled identity are that person's photos (mated probes); any other folder
+    is a person not enrolled (non-mated). Photos already enrolled in the gallery (same bytes) are
+    skipped: they would match themselves.
+
+    Args:
+        gallery_dir: the gallery folder.
+        data_dir: the calibration photos (or a ``prepare`` output of them).
+        checkpoint: the gallery's model (its fingerprint is checked against the gallery's).
+        target_fpir: share of strangers that may be given a name, e.g. 0.01.
+        select: which face of each photo to use ("largest" or "center").
+    Raises:
+        ValueError: too few photos of people not enrolled to measure ``target_fpir``.
+        facesearch.gallery.GalleryError: no such gallery, or another model's gallery.
+    """
+    from facesearch.checkpoint import resolve_device
+    from facesearch.evaluate import make_embedder, embed_images, list_photos, load_model
+    from facesearch.gallery import Gallery
+
+    device = str(resolve_device(device))
+    with Gallery(gallery_dir, db_url, create=False) as gallery:
+        loaded = load_model(checkpoint, device)
+        gallery.check_model(loaded.fingerprint)
+        photos = {key: identity for identity, keys in list_photos(data_dir).items() for key in keys}
+        fresh = [k for k in photos if not _already_enrolled(gallery, Path(data_dir) / k)]
+        embedded = embed_images(make_embedder(loaded, device), fresh, data_dir, crop_size=loaded.preprocess.input_size,
+                                select=select, progress=progress)
+        keys = sorted(embedded.vectors)
+        if not keys:
+            raise ValueError(f"{data_dir}: no usable calibration photos")
+        vectors = np.stack([embedded.vectors[k] for k in keys])  # (n, d)
+        calibration = choose_threshold(*probe_outcomes(gallery, vectors, [photos[k] for k in keys]), target_fpir)
+        meta = {**calibration.to_dict(), "data_dir": str(data_dir), "fingerprint": loaded.fingerprint,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "n_skipped_enrolled": len(photos) - len(fresh), "n_unusable": len(embedded.missing)}
+        gallery.set_threshold(calibration.threshold, meta)
+        log.info("threshold %.4f stored in %s (%s)", calibration.threshold, gallery_dir, meta)
+    return calibration
+
+
+def _already_enrolled(gallery, path: Path) -> bool:
+    if not path.is_file():
+        return False
+    return gallery.enrolled_as(hashlib.sha256(path.read_bytes()).hexdigest()) is not None

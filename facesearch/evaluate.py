@@ -169,6 +169,7 @@ def embed_images(
     *,
     raw_dir: str | os.PathLike | None = None,
     crop_size: int = 112,
+    select: str = "center",
     batch_size: int = 128,
     progress: Progress | None = None,
 ) -> Embedded:
@@ -181,6 +182,8 @@ def embed_images(
         raw_dir: for a ``prepare`` output, the raw folder it was made from: photos without a usable
             crop are then centre-cropped from the original instead of counted missing.
         crop_size: side of the centre crop used when no face is found in a raw photo.
+        select: which face of a raw photo to keep: "center" (LFW photos are centred on their
+            person, often with others around) or "largest".
     """
     relpaths = sorted(set(relpaths))
     if is_prepared(images_dir):
@@ -189,7 +192,7 @@ def embed_images(
         vectors = _embed_in_batches(embedder, [sources[k] for k in keys], batch_size, progress)
         embedded.vectors.update(zip(keys, vectors))
         return embedded
-    return _embed_raw_photos(embedder, relpaths, Path(images_dir), crop_size, batch_size, progress)
+    return _embed_raw_photos(embedder, relpaths, Path(images_dir), crop_size, select, batch_size, progress)
 
 
 def _prepared_sources(relpaths: list[str], out_dir: Path, raw_dir) -> tuple[dict[str, Callable], Embedded]:
@@ -232,8 +235,8 @@ def _embed_in_batches(embedder, loaders: Sequence[Callable], batch_size: int, pr
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def _embed_raw_photos(embedder, relpaths, images_dir: Path, crop_size, batch_size, progress) -> Embedded:
-    """Detect, keep the most central face and embed, as ``who`` does; centre crop when no face is found."""
+def _embed_raw_photos(embedder, relpaths, images_dir: Path, crop_size, select, batch_size, progress) -> Embedded:
+    """Detect, keep one face (``select``) and embed, as ``who`` does; centre crop when no face is found."""
     from facesearch.data.detect import center_crop
     from facesearch.data.images import ImageError, load_image
 
@@ -245,7 +248,7 @@ def _embed_raw_photos(embedder, relpaths, images_dir: Path, crop_size, batch_siz
             log.warning("%s: %s", images_dir / rel, err)
             embedded.missing.append(rel)
             continue
-        faces = embedder.embed_photo(image, select="center")
+        faces = embedder.embed_photo(image, select=select)
         if faces:
             embedded.vectors[rel] = np.asarray(faces[0][1], dtype=np.float32)
         else:
@@ -258,7 +261,8 @@ def _embed_raw_photos(embedder, relpaths, images_dir: Path, crop_size, batch_siz
     return embedded
 
 
-def _embedder(loaded, device: str):
+def make_embedder(loaded, device: str):
+    """The ``Embedder`` that ``who`` uses, for this model."""
     from facesearch.embed import Embedder
 
     return Embedder(loaded, device=device)
@@ -392,7 +396,7 @@ def evaluate_pairs(
     report = PairsReport(summary, np.zeros(0, bool), {}, {})
     for name, loaded in _models(model, device, baseline, seed):
         crop_size = loaded.preprocess.input_size
-        embedded = embed_images(_embedder(loaded, device), relpaths, images_dir, raw_dir=raw_dir, crop_size=crop_size, progress=progress)
+        embedded = embed_images(make_embedder(loaded, device), relpaths, images_dir, raw_dir=raw_dir, crop_size=crop_size, progress=progress)
         if name == "model":
             summary.update(checkpoint=str(loaded.path), fingerprint=loaded.fingerprint)
             summary.update(n_center_crop_fallback=len(embedded.fallback), n_missing_images=len(embedded.missing))
@@ -571,7 +575,7 @@ def evaluate_open_set(
     }
     report = OpenSetReport(summary, {})
     for name, loaded in _models(model, device, baseline, seed):
-        embedded = embed_images(_embedder(loaded, device), keys, data_dir, crop_size=loaded.preprocess.input_size, progress=progress)
+        embedded = embed_images(make_embedder(loaded, device), keys, data_dir, crop_size=loaded.preprocess.input_size, progress=progress)
         if name == "model":
             summary.update(checkpoint=str(loaded.path), fingerprint=loaded.fingerprint)
             summary.update(n_center_crop_fallback=len(embedded.fallback), n_missing_images=len(embedded.missing))

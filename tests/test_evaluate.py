@@ -260,3 +260,23 @@ def test_closed_set_scores_the_test_split(tiny_checkpoint, tmp_path):
         {"true": "a", "predicted": "b", "count": 2},
         {"true": "c", "predicted": "a", "count": 1},
     ]
+
+
+def test_calibrate_probe_outcomes_and_stored_threshold_with_a_real_gallery(tmp_path):
+    from facesearch.calibrate import choose_threshold, probe_outcomes
+    from facesearch.gallery import Gallery, NewFace
+
+    rng = np.random.default_rng(0)
+    eye = np.eye(16, dtype=np.float32)
+    with Gallery(tmp_path / "g") as gallery:
+        gallery.add_faces([NewFace("ann", eye[0]), NewFace("bob", eye[1])], fingerprint="fp")
+        mated = np.array([_unit(eye[0] + 0.1 * eye[5]), _unit(eye[1] + 0.1 * eye[6]), _unit(0.9 * eye[1] + eye[0])])
+        strangers = np.array([_unit(np.r_[0.3 * rng.random(2), rng.normal(size=14)]) for _ in range(100)])
+        top, hit, non_top = probe_outcomes(gallery, np.r_[mated, strangers].astype(np.float32), ["ann", "bob", "bob"] + ["zed"] * 100)
+        assert hit.tolist() == [True, True, False]  # the third is nearer ann
+        assert len(non_top) == 100 and top[0] == pytest.approx(np.float32(1 / np.sqrt(1.01)), abs=1e-5)
+        cal = choose_threshold(top, hit, non_top, 0.01)
+        gallery.set_threshold(cal.threshold, cal.to_dict())
+        assert cal.dir == pytest.approx(2 / 3) and cal.fpir <= 0.01
+    with Gallery(tmp_path / "g", create=False) as reopened:
+        assert reopened.threshold() == (pytest.approx(cal.threshold), cal.to_dict())

@@ -183,18 +183,21 @@ def closed_set(
 def calibrate(
     data_dir: Annotated[Path, typer.Argument(help="<identity>/*.jpg photos of enrolled people and of people not enrolled.")],
     gallery: Annotated[Path, typer.Option("--gallery", "-g", help="Gallery folder.")],
+    checkpoint: Checkpoint,
     fpir: Annotated[float, typer.Option(help="Target share of strangers given a name (false-positive identification rate).")] = 0.01,
+    db: Annotated[Optional[str], typer.Option("--db", envvar="FACESEARCH_DB", help="Database URL (default: the gallery's SQLite).")] = None,
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Pick the gallery's unknown-threshold at a target FPIR from data, and store it; `who` then uses it."""
     from facesearch.calibrate import calibrate_gallery
+    from facesearch.gallery import GalleryError
 
     if not data_dir.is_dir():
         raise _fail(f"{data_dir}: no such folder")
     try:
-        cal = calibrate_gallery(gallery, data_dir, target_fpir=fpir, device=device)
-    except (ValueError, FileNotFoundError) as err:
+        cal = calibrate_gallery(gallery, data_dir, checkpoint, target_fpir=fpir, device=device, db_url=db)
+    except (ValueError, FileNotFoundError, GalleryError) as err:
         raise _fail(str(err))
     if as_json:
         typer.echo(json.dumps(cal.to_dict(), indent=2))
