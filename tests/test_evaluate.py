@@ -280,3 +280,79 @@ def test_calibrate_probe_outcomes_and_stored_threshold_with_a_real_gallery(tmp_p
         assert cal.dir == pytest.approx(2 / 3) and cal.fpir <= 0.01
     with Gallery(tmp_path / "g", create=False) as reopened:
         assert reopened.threshold() == (pytest.approx(cal.threshold), cal.to_dict())
+
+
+class ModelEmbedder:
+    """The model's fc7 on crops, L2-normalised (stands in for ``facesearch.embed.Embedder`` on crops)."""
+
+    def __init__(self, loaded, device="cpu"):
+        self.loaded = loaded
+
+    def embed_crops(self, crops):
+        import torch
+
+        from facesearch.checkpoint import preprocess_batch
+
+        with torch.inference_mode():
+            x = self.loaded.model.forward_embedding(preprocess_batch(crops, self.loaded.preprocess))
+        return torch.nn.functional.normalize(x, dim=1).numpy()
+
+
+@pytest.fixture(scope="module")
+def lfw_like(tmp_path_factory):
+    """A prepare output in LFW's naming: 5 people x 4 photos (sample crops at 32 px) + 3 single-photo people."""
+    out = tmp_path_factory.mktemp("lfw_prepared")
+    people = sorted(p.name for p in SAMPLE.iterdir())[:8]
+    rows = []
+    for n, person in enumerate(people):
+        for i, src in enumerate(sorted((SAMPLE / person).glob("*.jpg"))[: 4 if n < 5 else 1], start=1):
+            rel = f"{person}/{person}_{i:04d}.jpg"
+            (out / person).mkdir(exist_ok=True)
+            Image.open(src).convert("RGB").resize((32, 32)).save(out / person / f"h{i}.jpg")
+            rows.append(_row(rel, "ok", crop=f"{person}/h{i}.jpg", sha=f"{person}{i}"))
+    write_manifest(out, rows)
+    write_settings(out, {"size": 32})
+    return out, people
+
+
+def _pairs_text(people, n_folds):
+    lines = []
+    for f in range(n_folds):
+        a, b = people[f % 5], people[(f + 1) % 5]
+        lines += [f"{a}\t{1 + f % 3}\t4", f"{a}\t1\t{b}\t{1 + f % 4}"]
+    return "\n".join(lines) + "\n"
+
+
+def test_evaluate_pairs_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like, tmp_path, monkeypatch):
+    out, people = lfw_like
+    monkeypatch.setattr(evaluate, "make_embedder", lambda loaded, device: ModelEmbedder(loaded))
+    ten_fold = _write(tmp_path, "tenfold.txt", "10\t1\n" + _pairs_text(people, 10) + f"{people[0]}\t1\t9\n" * 0)
+    report = evaluate.evaluate_pairs(tiny_checkpoint, [ten_fold], out, device="cpu", n_boot=20)
+    s = report.summary
+    assert s["protocol"] == "10-fold" and s["model"]["n_pairs"] == 20 and s["n_missing_images"] == 0
+    assert len(s["model"]["fold_accuracies"]) == 10
+    assert s["model"]["tar_at_far"]["0.001"] == evaluate.NOT_MEASURABLE
+    assert s["random_baseline"]["fingerprint"] != s["fingerprint"]
+    assert set(report.scores) == {"model", "random_baseline"} and report.scores["model"].shape == (20,)
+
+    train = _write(tmp_path, "train.txt", _pairs_text(people, 6))
+    test = _write(tmp_path, "test.txt", _pairs_text(people, 4) + f"{people[7]}\t1\t{people[0]}\t9\n")  # _0009 is missing
+    report = evaluate.evaluate_pairs(tiny_checkpoint, [train, test], out, device="cpu", baseline=False, n_boot=20)
+    s = report.summary
+    assert s["protocol"] == "train/test" and "random_baseline" not in s
+    assert s["model"]["n_pairs"] == 8 and s["model"]["n_pairs_skipped"] == 1 and s["n_missing_images"] == 1
+    assert 0 <= s["model"]["accuracy"] <= 1 and s["model"]["n_impostor"] == 4
+
+
+def test_evaluate_open_set_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like, monkeypatch):
+    out, people = lfw_like
+    monkeypatch.setattr(evaluate, "make_embedder", lambda loaded, device: ModelEmbedder(loaded))
+    report = evaluate.evaluate_open_set(tiny_checkpoint, out, device="cpu", n_boot=20, fpir_targets=(0.5, 0.01))
+    s = report.summary
+    assert (s["n_enrolled_identities"], s["n_distractor_identities"], s["n_templates"]) == (5, 3, 5)
+    m = s["model"]
+    assert (m["n_mated_probes"], m["n_nonmated_probes"]) == (15, 3)
+    assert m["rank5"] == 1.0  # only 5 people are enrolled
+    assert m["dir_at_fpir"]["0.01"] == evaluate.NOT_MEASURABLE  # 3 strangers cannot show 1 %
+    assert isinstance(m["dir_at_fpir"]["0.5"], float)
+    assert set(report.curves) == {"model", "random_baseline"}
