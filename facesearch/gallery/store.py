@@ -178,11 +178,16 @@ class Gallery:
 
     @contextlib.contextmanager
     def _mutation(self) -> Iterator[Session]:
-        """A write transaction that changes the set of faces: it bumps the epoch first, which also
-        serialises mutations (SQLite write lock, PostgreSQL row lock on gallery_state)."""
+        """A write transaction, serialised with every other one (SQLite: BEGIN IMMEDIATE takes the write
+        lock; PostgreSQL: a row lock on gallery_state), so check-then-insert cannot race."""
         with self._write() as s, s.begin():
-            s.execute(sa.update(GalleryState).where(GalleryState.id == 1).values(epoch=GalleryState.epoch + 1))
+            s.execute(sa.select(GalleryState.id).where(GalleryState.id == 1).with_for_update())
             yield s
+
+    @staticmethod
+    def _bump(s: Session) -> None:
+        """Record that the set of faces (or their vectors, or the index settings) changed."""
+        s.execute(sa.update(GalleryState).where(GalleryState.id == 1).values(epoch=GalleryState.epoch + 1))
 
     def _state(self, s: Session) -> GalleryState:
         return s.get(GalleryState, 1, populate_existing=True)
@@ -254,6 +259,8 @@ class Gallery:
                         duplicates.append((i, holder))
                         continue
                     ids.append(self._insert_face(s, face, fingerprint, written))
+                if ids:
+                    self._bump(s)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -358,6 +365,7 @@ class Gallery:
             crops = s.scalars(sa.select(Face.crop_path).where(Face.identity_id == ident.id)).all()
             s.execute(sa.delete(Face).where(Face.identity_id == ident.id))
             s.delete(ident)
+            self._bump(s)
         self._delete_crops(crops)
         self._sync_index()
         return len(crops)
@@ -368,6 +376,7 @@ class Gallery:
         with self._mutation() as s:
             crops = s.scalars(sa.select(Face.crop_path).where(Face.id.in_(ids))).all()
             s.execute(sa.delete(Face).where(Face.id.in_(ids)))
+            self._bump(s)
         self._delete_crops(crops)
         self._sync_index()
         return len(crops)
@@ -569,6 +578,7 @@ class Gallery:
         if settings is not None:
             with self._mutation() as s:
                 self._state(s).index_settings = settings.to_dict()
+                self._bump(s)
         index = self._sync_index(rebuild=True)
         with self._read() as s:
             crops = s.scalars(sa.select(Face.crop_path).where(Face.crop_path.is_not(None))).all()
@@ -599,6 +609,7 @@ class Gallery:
                 s.execute(sa.update(Face).where(Face.id == int(face_id)).values(embedding=vector.tobytes(), model_fingerprint=fingerprint))
             state = self._state(s)
             state.model_fingerprint, state.embedding_dim = fingerprint, int(vectors.shape[1])
+            self._bump(s)
         self._sync_index(rebuild=True)
 
 

@@ -1,0 +1,45 @@
+"""Database backends for the gallery tests: SQLite always, PostgreSQL when ``FACESEARCH_TEST_PG_URL`` is set.
+
+Each PostgreSQL test gets a schema of its own (selected through ``search_path`` in the URL), dropped
+afterwards. ``FACESEARCH_REQUIRE_PG=1`` (set by ``.ci/run``) turns a missing server into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def pg_base_url() -> str:
+    url = os.environ.get("FACESEARCH_TEST_PG_URL")
+    if not url:
+        if os.environ.get("FACESEARCH_REQUIRE_PG") == "1":
+            pytest.fail("FACESEARCH_REQUIRE_PG=1 but FACESEARCH_TEST_PG_URL is not set")
+        pytest.skip("set FACESEARCH_TEST_PG_URL to run the PostgreSQL gallery tests")
+    return url
+
+
+def database_url(backend: str, tmp_path):
+    """A generator yielding a fresh database URL (None for SQLite: the gallery folder's own file)."""
+    if backend == "sqlite":
+        yield None
+        return
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    base = pg_base_url()
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()

@@ -1,0 +1,285 @@
+"""The gallery core on synthetic embeddings, against SQLite and PostgreSQL: SQL and index stay one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gallery_backends import BACKENDS, database_url
+
+DIM = 32
+FP = "model-a"
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request, tmp_path):
+    yield from database_url(request.param, tmp_path)
+
+
+@pytest.fixture
+def open_gallery(tmp_path, url):
+    """Open (or reopen) the test gallery; every opened one is closed at the end."""
+    from facesearch.gallery import Gallery
+
+    opened = []
+
+    def _open(**kwargs):
+        g = Gallery(tmp_path / "g", url, migrate=True, **kwargs)
+        opened.append(g)
+        return g
+
+    yield _open
+    for g in opened:
+        g.close()
+
+
+def unit(rng, n, d=DIM):
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def new_faces(names, x, tag="p", crops=False):
+    from facesearch.gallery import NewFace
+
+    crop = Image.new("RGB", (8, 8), (200, 100, 50)) if crops else None
+    return [
+        NewFace(name=n, embedding=v, source_path=f"/photos/{tag}{i}.jpg", source_sha256=f"{tag}-{i}", crop=crop)
+        for i, (n, v) in enumerate(zip(names, x))
+    ]
+
+
+def assert_consistent(g):
+    """Every face in SQL is its own top-1 (searching brings a stale index up to date first), and then
+    check() finds nothing: no face missing from the index, no orphan vector."""
+    import sqlalchemy as sa
+    from facesearch.gallery.models import Face
+
+    with g.engine.connect() as conn:
+        rows = conn.execute(sa.select(Face.id, Face.embedding).order_by(Face.id)).all()
+    if rows:
+        xq = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+        top1 = [hits[0].face_id for hits in g.search(xq, k=1)]
+        assert top1 == [r[0] for r in rows]
+    report = g.check()
+    assert report.ok, report.problems
+
+
+def test_enrolled_face_is_its_own_top1_and_duplicates_are_skipped(open_gallery):
+    g = open_gallery()
+    x = unit(np.random.default_rng(0), 12)
+    result = g.add_faces(new_faces([f"person {i % 4}" for i in range(12)], x), FP)
+    assert len(result.ids) == 12 and result.duplicates == []
+    hits = g.search(x[5], k=3)[0]
+    assert hits[0].face_id == result.ids[5] and hits[0].identity == "person 1"
+    assert hits[0].similarity == pytest.approx(1.0, abs=1e-5)
+    again = g.add_faces(new_faces(["someone else"], x[:1]), FP)  # same content hash as photo 0
+    assert again.ids == [] and again.duplicates == [(0, "person 0")]
+    assert g.enrolled_as("p-0") == "person 0"
+    assert_consistent(g)
+
+
+def test_rename_merge_remove_keep_sql_and_index_consistent(open_gallery, tmp_path):
+    from facesearch.gallery import GalleryError, IdentityNotFound
+
+    g = open_gallery()
+    x = unit(np.random.default_rng(1), 9)
+    ids = g.add_faces(new_faces(["ann"] * 3 + ["bob"] * 3 + ["cy"] * 3, x, crops=True), FP).ids
+    g.rename("ann", "anne")
+    with pytest.raises(GalleryError):
+        g.rename("anne", "bob")
+    assert g.merge("cy", "bob") == 3
+    assert {i.name: i.n_faces for i in g.identities()} == {"anne": 3, "bob": 6}
+    crops = [f.crop_path for f in g.identity("bob").faces]
+    assert all(p.is_file() and p.is_relative_to(tmp_path / "g" / "crops") for p in crops)
+    assert g.remove("bob") == 6
+    assert not any(p.exists() for p in crops)
+    with pytest.raises(IdentityNotFound):
+        g.identity("bob")
+    assert {h.face_id for h in g.search(x, k=9)[0]} == set(ids[:3])
+    assert_consistent(g)
+
+
+def test_face_ids_are_never_reused(open_gallery):
+    g = open_gallery()
+    rng = np.random.default_rng(2)
+    first = g.add_faces(new_faces(["a", "a", "b"], unit(rng, 3), tag="x"), FP).ids
+    g.remove("b")
+    later = g.add_faces(new_faces(["c"], unit(rng, 1), tag="y"), FP).ids
+    assert later[0] > max(first)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "flip", "stale", "foreign"])
+def test_damaged_or_stale_index_is_rebuilt(open_gallery, tmp_path, damage):
+    g = open_gallery()
+    rng = np.random.default_rng(3)
+    g.add_faces(new_faces(["a"] * 5, unit(rng, 5), tag="old"), FP)
+    path = g.index_path
+    old = path.read_bytes()
+    g.add_faces(new_faces(["b"] * 5, unit(rng, 5), tag="new"), FP)
+    data = path.read_bytes()
+    if damage == "delete":
+        path.unlink()
+    elif damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        path.write_bytes(data[:-40] + bytes([data[-40] ^ 0xFF]) + data[-39:])
+    elif damage == "stale":
+        path.write_bytes(old)  # an older, intact index: epoch behind the database
+    else:
+        from facesearch.gallery import Gallery
+
+        with Gallery(tmp_path / "other") as other:  # a different database's index, same face ids
+            other.add_faces(new_faces(["z"] * 10, unit(rng, 10), tag="o"), FP)
+            path.write_bytes(other.index_path.read_bytes())
+    fresh = open_gallery()
+    assert not fresh.check().ok
+    assert len(fresh.search(unit(rng, 1), k=20)[0]) == 10  # searching synchronises the index
+    assert_consistent(fresh)
+
+
+def test_crash_between_commit_and_index_write_leaves_no_orphans(open_gallery, monkeypatch):
+    from facesearch.gallery import Gallery
+
+    g = open_gallery()
+    rng = np.random.default_rng(4)
+    g.add_faces(new_faces(["a"] * 4, unit(rng, 4), tag="a"), FP)
+    monkeypatch.setattr(Gallery, "_sync_index", lambda self, rebuild=False: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        g.add_faces(new_faces(["b"] * 4, unit(rng, 4), tag="b"), FP)  # committed, index not written
+    with pytest.raises(KeyboardInterrupt):
+        g.remove("a")
+    monkeypatch.undo()
+    fresh = open_gallery()
+    assert [i.name for i in fresh.identities()] == ["b"]
+    assert not fresh.check().ok  # the file on disk is stale until the next search or rebuild
+    assert_consistent(fresh)
+
+
+ENROLL_LOOP = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from facesearch.gallery import Gallery, NewFace
+    folder, url, tag, batches = sys.argv[1], sys.argv[2] or None, sys.argv[3], int(sys.argv[4])
+    rng = np.random.default_rng(abs(hash(tag)) % 1000)
+    g = Gallery(folder, url, migrate=True)
+    for b in range(batches if batches > 0 else 10**9):
+        x = rng.standard_normal((5, 256)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        g.add_faces([NewFace(name=f"{tag} {b}", embedding=v, source_sha256=f"{tag}-{b}-{i}") for i, v in enumerate(x)], "fp")
+        print(b, flush=True)
+    """
+)
+
+
+def _enroller(tmp_path, url, tag, batches):
+    return subprocess.Popen(
+        [sys.executable, "-c", ENROLL_LOOP, str(tmp_path / "g"), url or "", tag, str(batches)],
+        stdout=subprocess.PIPE, text=True,
+    )
+
+
+def test_killed_enrollment_leaves_a_consistent_gallery(open_gallery, tmp_path, url):
+    proc = _enroller(tmp_path, url, "kill", 0)
+    for _ in range(6):  # let a few batches commit, then kill without warning
+        assert proc.stdout.readline(), "enrolling process died"
+    time.sleep(np.random.default_rng().uniform(0, 0.05))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    g = open_gallery()
+    assert len(g.face_sources()) >= 30
+    assert_consistent(g)
+
+
+def test_two_concurrent_enrollments_lose_nothing(open_gallery, tmp_path, url):
+    open_gallery()  # create the schema first, so both writers find it
+    procs = [_enroller(tmp_path, url, tag, 6) for tag in ("left", "right")]
+    for p in procs:
+        p.communicate(timeout=120)
+        assert p.returncode == 0
+    g = open_gallery()
+    assert len(g.face_sources()) == 60
+    assert len(g.identities()) == 12
+    assert_consistent(g)
+
+
+def test_hostile_names_are_stored_verbatim_and_never_become_paths(open_gallery, tmp_path):
+    names = ["../../escape", "a/b", "..", "O'Brien \"Bob\"", "x'); DROP TABLE faces; --", "/etc/passwd", "ünï ✓"]
+    outside = set(tmp_path.parent.iterdir())
+    g = open_gallery()
+    g.add_faces(new_faces(names, unit(np.random.default_rng(5), len(names)), crops=True), FP)
+    assert sorted(i.name for i in g.identities()) == sorted(names)
+    for name in names:
+        (face,) = g.identity(name).faces
+        assert face.crop_path.resolve().is_relative_to((tmp_path / "g" / "crops").resolve())
+    files = {p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()}
+    assert all(str(p).startswith("g/") for p in files), files
+    assert set(tmp_path.parent.iterdir()) == outside
+    g.rename(names[0], names[1] + "/..")
+    assert g.remove(names[1] + "/..") == 1
+    assert_consistent(g)
+
+
+def test_a_gallery_never_mixes_models(open_gallery):
+    from facesearch.gallery import ModelMismatchError
+
+    g = open_gallery()
+    rng = np.random.default_rng(6)
+    g.add_faces(new_faces(["a", "b"], unit(rng, 2)), FP)
+    with pytest.raises(ModelMismatchError, match="reembed"):
+        g.add_faces(new_faces(["c"], unit(rng, 1), tag="c"), "model-b")
+    with pytest.raises(ModelMismatchError):
+        g.check_model("model-b")
+    ids = [f.id for f in g.face_sources()]
+    g.replace_embeddings(ids, unit(rng, len(ids), d=16), "model-b")  # what `gallery reembed` does
+    assert g.model_fingerprint == "model-b"
+    g.add_faces(new_faces(["c"], unit(rng, 1, d=16), tag="c"), "model-b")
+    assert_consistent(g)
+
+
+def test_hnsw_tombstones_are_filtered_then_rebuilt(open_gallery):
+    from facesearch.gallery import IndexSettings
+
+    g = open_gallery()
+    g.rebuild(IndexSettings(kind="hnsw", max_tombstone_ratio=0.3))
+    x = unit(np.random.default_rng(7), 40)
+    ids = g.add_faces(new_faces([f"p{i}" for i in range(40)], x), FP).ids
+    g.remove("p0")
+    assert ids[0] not in {h.face_id for h in g.search(x[0], k=5)[0]}
+    assert g.stats()["index_tombstones"] == 1
+    for i in range(1, 13):  # 13 / 40 deleted > 0.3: the next sync rebuilds
+        g.remove(f"p{i}")
+    assert g.stats()["index_tombstones"] == 0
+    assert_consistent(g)
+
+
+def test_ivf_with_pca_is_trained_once_the_gallery_is_large_enough(open_gallery):
+    from facesearch.gallery import IndexSettings
+
+    g = open_gallery()
+    g.rebuild(IndexSettings(kind="ivf", pca_dim=8, min_train=150, ivf_nlist=4, ivf_nprobe=4))
+    rng = np.random.default_rng(8)
+    g.add_faces(new_faces(["a"] * 100, unit(rng, 100), tag="a"), FP)
+    assert g.stats()["index_layout"] == "flat"
+    x = unit(rng, 100)
+    g.add_faces(new_faces(["b"] * 100, x, tag="b"), FP)
+    assert g.stats()["index_layout"] == "ivf+pca"
+    hits = g.search(x[3], k=5)[0]  # re-scored exactly from SQL even though the index is approximate
+    assert hits[0].identity == "b" and hits[0].similarity == pytest.approx(1.0, abs=1e-5)
+
+
+def test_threshold_defaults_then_stores_calibration(open_gallery):
+    from facesearch.gallery import DEFAULT_THRESHOLD
+
+    g = open_gallery()
+    assert g.threshold() == (DEFAULT_THRESHOLD, None)
+    g.set_threshold(0.42, {"far": 0.001, "source": "lfw"})
+    assert open_gallery().threshold() == (0.42, {"far": 0.001, "source": "lfw"})
