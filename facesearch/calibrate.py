@@ -56,10 +56,10 @@ def choose_threshold(mated_top, mated_hit, nonmated_top, target_fpir: float = DE
     mated_top = np.asarray(mated_top, dtype=np.float64)
     threshold = metrics.threshold_at_rate(nonmated_top, target_fpir)
     if threshold is None:
-        need = metrics.min_negatives(target_fpir)
+        need, have = metrics.min_negatives(target_fpir), len(nonmated_top)
         raise ValueError(
-            f"{len(nonmated_top)} photos of people not in the gallery cannot measure a false-positive rate of "
-            f"{target_fpir:g}: at least {need} are needed (or raise the target, e.g. --fpir {1 / max(len(nonmated_top), 1):.2g})"
+            f"{have} photos of people not in the gallery cannot measure a false-positive rate of {target_fpir:g}: "
+            f"at least {need} are needed (or raise the target: --fpir {1 / max(have, 1):.2g})"
         )
     hit = np.asarray(mated_hit, dtype=bool) & (mated_top >= threshold)
     return Calibration(

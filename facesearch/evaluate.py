@@ -83,7 +83,8 @@ def parse_pairs(path: str | os.PathLike) -> PairsFile:
     if header is not None:
         expected = 2 * header[-1] * (header[0] if len(header) == 2 else 1)
         if expected != len(pairs):
-            raise ValueError(f"{path}: header {' '.join(map(str, header))} promises {expected} pairs, found {len(pairs)}")
+            said = " ".join(map(str, header))
+            raise ValueError(f"{path}: header {said} promises {expected} pairs, found {len(pairs)}")
     return PairsFile(str(path), pairs, header[0] if header and len(header) == 2 else None)
 
 
@@ -137,7 +138,9 @@ def random_baseline(loaded, seed: int = 0):
         model = VGG16(loaded.config)
     device = next(loaded.model.parameters()).device
     model.to(device).eval()
-    return dataclasses.replace(loaded, model=model, fingerprint=fingerprint(model.state_dict()), path=None, extra={"random_seed": seed})
+    return dataclasses.replace(
+        loaded, model=model, fingerprint=fingerprint(model.state_dict()), path=None, extra={"random_seed": seed}
+    )
 
 
 def _models(model, device: str, baseline: bool, seed: int) -> list[tuple[str, object]]:
@@ -332,7 +335,12 @@ def train_test_figures(train, test, n_boot: int = 1000, seed: int = 0) -> tuple[
     scores, labels = test
     correct = (scores >= threshold) == labels
     ci = metrics.bootstrap_ci(lambda idx: correct[idx].mean(), len(correct), strata=labels, n_boot=n_boot, seed=seed)
-    figures = {"accuracy": float(correct.mean()), "accuracy_ci95": ci, "threshold": threshold, "train_accuracy": train_accuracy}
+    figures = {
+        "accuracy": float(correct.mean()),
+        "accuracy_ci95": ci,
+        "threshold": threshold,
+        "train_accuracy": train_accuracy,
+    }
     return figures, threshold
 
 
@@ -395,12 +403,12 @@ def evaluate_pairs(
     }
     report = PairsReport(summary, np.zeros(0, bool), {}, {})
     for name, loaded in _models(model, device, baseline, seed):
-        crop_size = loaded.preprocess.input_size
-        embedded = embed_images(make_embedder(loaded, device), relpaths, images_dir, raw_dir=raw_dir, crop_size=crop_size, progress=progress)
+        embedded = embed_images(
+            make_embedder(loaded, device), relpaths, images_dir,
+            raw_dir=raw_dir, crop_size=loaded.preprocess.input_size, progress=progress,
+        )
         if name == "model":
-            summary.update(checkpoint=str(loaded.path), fingerprint=loaded.fingerprint)
-            summary.update(n_center_crop_fallback=len(embedded.fallback), n_missing_images=len(embedded.missing))
-            summary["missing_images"] = embedded.missing[:20]
+            _note_photos(summary, loaded, embedded)
         figures, scores, labels, threshold = _score_pairs(embedded, files, folds, far_targets, n_boot, seed)
         summary[name] = {"fingerprint": loaded.fingerprint, **figures}
         report.labels, report.scores[name], report.thresholds[name] = labels, scores, threshold
@@ -488,11 +496,14 @@ def identification_figures(
 
 
 def _rank_figures(rank: np.ndarray, n_boot: int, seed: int, ks: Sequence[int] = (1, 5)) -> dict:
+    """Rank-k identification rate of mated probes, with bootstrap CIs."""
     figures = {}
     for k in ks:
-        within = rank <= k
+        within = rank <= k  # (n_mated,) bool
         figures[f"rank{k}"] = float(within.mean())
-        figures[f"rank{k}_ci95"] = metrics.bootstrap_ci(lambda idx: within[idx].mean(), len(rank), n_boot=n_boot, seed=seed)
+        figures[f"rank{k}_ci95"] = metrics.bootstrap_ci(
+            lambda idx: within[idx].mean(), len(rank), n_boot=n_boot, seed=seed  # noqa: B023 (called at once)
+        )
     return figures
 
 
@@ -531,7 +542,8 @@ def list_photos(data_dir: str | os.PathLike) -> dict[str, list[str]]:
     else:
         for path in sorted(data_dir.rglob("*")):
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and path.parent != data_dir:
-                photos.setdefault(path.parent.relative_to(data_dir).as_posix(), []).append(path.relative_to(data_dir).as_posix())
+                identity = path.parent.relative_to(data_dir).as_posix()
+                photos.setdefault(identity, []).append(path.relative_to(data_dir).as_posix())
     return photos
 
 
@@ -562,7 +574,9 @@ def evaluate_open_set(
     device = str(resolve_device(device))
     split = split_open_set(list_photos(data_dir), enroll_per_identity, seed)
     if not split.enrolled:
-        raise ValueError(f"{data_dir}: nobody has more than {enroll_per_identity} photo(s), so nobody can be enrolled and probed")
+        raise ValueError(
+            f"{data_dir}: nobody has more than {enroll_per_identity} photo(s), so nobody can be enrolled and probed"
+        )
     keys = [k for k, _ in split.enrolled + split.mated + split.nonmated]
     summary = {
         "kind": "open-set",
@@ -575,24 +589,36 @@ def evaluate_open_set(
     }
     report = OpenSetReport(summary, {})
     for name, loaded in _models(model, device, baseline, seed):
-        embedded = embed_images(make_embedder(loaded, device), keys, data_dir, crop_size=loaded.preprocess.input_size, progress=progress)
-        if name == "model":
-            summary.update(checkpoint=str(loaded.path), fingerprint=loaded.fingerprint)
-            summary.update(n_center_crop_fallback=len(embedded.fallback), n_missing_images=len(embedded.missing))
-        gallery = [(k, i) for k, i in split.enrolled if k in embedded.vectors]
-        probes = [(k, i) for k, i in split.mated + split.nonmated if k in embedded.vectors]
-        figures, curve = identification_figures(
-            np.stack([embedded.vectors[k] for k, _ in gallery]),
-            [i for _, i in gallery],
-            np.stack([embedded.vectors[k] for k, _ in probes]),
-            [i for _, i in probes],
-            fpir_targets,
-            n_boot,
-            seed,
+        embedded = embed_images(
+            make_embedder(loaded, device), keys, data_dir, crop_size=loaded.preprocess.input_size, progress=progress
         )
+        if name == "model":
+            _note_photos(summary, loaded, embedded)
+        figures, report.curves[name] = _open_set_figures(embedded, split, fpir_targets, n_boot, seed)
         summary[name] = {"fingerprint": loaded.fingerprint, **figures}
-        report.curves[name] = curve
     return report
+
+
+def _open_set_figures(embedded: Embedded, split: OpenSetSplit, fpir_targets, n_boot: int, seed: int):
+    """:func:`identification_figures` of the split's photos that were embedded."""
+    gallery = [(k, i) for k, i in split.enrolled if k in embedded.vectors]
+    probes = [(k, i) for k, i in split.mated + split.nonmated if k in embedded.vectors]
+    return identification_figures(
+        np.stack([embedded.vectors[k] for k, _ in gallery]),  # (n_templates, d)
+        [i for _, i in gallery],
+        np.stack([embedded.vectors[k] for k, _ in probes]),  # (n_probes, d)
+        [i for _, i in probes],
+        fpir_targets,
+        n_boot,
+        seed,
+    )
+
+
+def _note_photos(summary: dict, loaded, embedded: Embedded) -> None:
+    """Record the model and how many photos fell back to a centre crop or were missing."""
+    summary.update(checkpoint=str(loaded.path), fingerprint=loaded.fingerprint)
+    summary.update(n_center_crop_fallback=len(embedded.fallback), n_missing_images=len(embedded.missing))
+    summary["missing_images"] = embedded.missing[:20]  # a sample, to look at
 
 
 # ---------------------------------------------------------------- results file

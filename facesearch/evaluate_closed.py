@@ -32,12 +32,15 @@ def dataset_of_run(run_dir: str | os.PathLike) -> tuple[str | None, str | None]:
     return None, None
 
 
-def held_out_items(kind: str, data_dir: str | os.PathLike, class_names: list[str], split: str = "test") -> tuple[list[Path], np.ndarray, int]:
+def held_out_items(
+    kind: str, data_dir: str | os.PathLike, class_names: list[str], split: str = "test"
+) -> tuple[list[Path], np.ndarray, int]:
     """Image files and class labels of the held-out split, and how many photos were of unknown classes."""
     data_dir = Path(data_dir)
     index = {name: i for i, name in enumerate(class_names)}
     if kind == "cifar10":
-        pairs = [(p, p.parent.name) for p in sorted((data_dir / "test").glob("*/*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+        files = sorted(p for p in (data_dir / "test").glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        pairs = [(p, p.parent.name) for p in files]
     else:
         from facesearch.data.manifest import ok_rows, read_manifest
 
@@ -113,9 +116,11 @@ def evaluate_closed_set(
     files, labels, n_unknown = held_out_items(kind, data_dir, loaded.class_names, split)
     if not files:
         raise ValueError(f"{data_dir}: no {split} images of the {len(loaded.class_names)} trained classes")
-    summary = {"kind": "closed-set", "run": str(run_dir), "data_dir": str(data_dir), "split": split,
-               "checkpoint": str(loaded.path), "fingerprint": loaded.fingerprint, "n_images": len(files),
-               "n_skipped_unknown_class": n_unknown, "n_classes": len(loaded.class_names)}
+    summary = {
+        "kind": "closed-set", "run": str(run_dir), "data_dir": str(data_dir), "split": split,
+        "checkpoint": str(loaded.path), "fingerprint": loaded.fingerprint, "n_images": len(files),
+        "n_skipped_unknown_class": n_unknown, "n_classes": len(loaded.class_names),
+    }
     models = [("model", loaded)] + ([("random_baseline", random_baseline(loaded, seed))] if baseline else [])
     for name, model in models:
         predicted = predict(model, files, device)

@@ -50,7 +50,8 @@ def plot_similarity_histogram(report, path: str | os.PathLike) -> Path:
         bins = np.linspace(scores.min(), scores.max(), 41)
         ax.hist(scores[report.labels], bins=bins, alpha=0.6, label="same person")
         ax.hist(scores[~report.labels], bins=bins, alpha=0.6, label="different people")
-        ax.axvline(report.thresholds[name], color="k", linestyle="--", label=f"threshold {report.thresholds[name]:.3f}")
+        threshold = report.thresholds[name]
+        ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.3f}")
         ax.set(title=_LABELS.get(name, name), xlabel="cosine similarity", ylabel="pairs")
         ax.legend(fontsize=8)
     return _save(fig, path)
@@ -63,9 +64,11 @@ def plot_dir_fpir(report, path: str | os.PathLike) -> Path:
     floor = 1.0
     for name, curve in report.curves.items():
         n_nonmated = report.summary.get(name, {}).get("n_nonmated_probes", 1)
-        floor = min(floor, 1.0 / max(n_nonmated, 1))
-        ax.plot(np.maximum(curve.fpir, 1.0 / max(n_nonmated, 1)), curve.dir, label=_LABELS.get(name, name), drawstyle="steps-post")
-    ax.set(xscale="log", xlim=(floor, 1), ylim=(0, 1.01), xlabel="false positive identification rate", ylabel="detection and identification rate")
+        floor = min(floor, 1.0 / max(n_nonmated, 1))  # one stranger: the left end of a log axis
+        fpir = np.maximum(curve.fpir, 1.0 / max(n_nonmated, 1))
+        ax.plot(fpir, curve.dir, label=_LABELS.get(name, name), drawstyle="steps-post")
+    ax.set(xscale="log", xlim=(floor, 1), ylim=(0, 1.01))
+    ax.set(xlabel="false positive identification rate", ylabel="detection and identification rate")
     ax.set_title("Open-set identification")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
@@ -75,7 +78,10 @@ def plot_dir_fpir(report, path: str | os.PathLike) -> Path:
 def save_pairs_plots(report, out_dir: str | os.PathLike) -> list[Path]:
     """``roc.png`` and ``similarity_histogram.png`` in ``out_dir``."""
     out_dir = Path(out_dir)
-    return [plot_roc(report, out_dir / "roc.png"), plot_similarity_histogram(report, out_dir / "similarity_histogram.png")]
+    return [
+        plot_roc(report, out_dir / "roc.png"),
+        plot_similarity_histogram(report, out_dir / "similarity_histogram.png"),
+    ]
 
 
 def save_open_set_plots(report, out_dir: str | os.PathLike) -> list[Path]:

@@ -118,6 +118,8 @@ def test_identification_figures_on_synthetic_embeddings():
     figures, curve = evaluate.identification_figures(gallery, gallery_ids, probes, mated_ids + ["x"] * 200, n_boot=50)
     assert figures["n_mated_probes"] == 5 and figures["n_nonmated_probes"] == 200
     assert figures["rank1"] == pytest.approx(0.8) and figures["rank5"] == 1.0
+    low, high = figures["rank1_ci95"]
+    assert 0.0 <= low <= 0.8 <= high <= 1.0 and low < high
     assert figures["dir_at_fpir"]["0.01"] == pytest.approx(0.8)  # strangers score < 0.2, mated ~0.99
     assert curve.dir[-1] == pytest.approx(0.8)
 

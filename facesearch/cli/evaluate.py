@@ -22,6 +22,10 @@ Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" 
 Baseline = Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also score a random-weights model.")]
 Boot = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95 % intervals.")]
 Seed = Annotated[int, typer.Option(help="Seed of the enrolment choice, the baseline's weights and the bootstrap.")]
+PAIRS_HELP = (
+    "PAIRS_FILE [PAIRS_FILE2] IMAGES_DIR: one 10-fold file, or a train and a test file (LFW View 1); "
+    "then the images folder or a prepare output made from it."
+)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -71,10 +75,11 @@ def _pairs_lines(s: dict) -> list[str]:
 
 @evaluate_app.command("pairs")
 def pairs(
-    paths: Annotated[list[Path], typer.Argument(help="PAIRS_FILE [PAIRS_FILE2] IMAGES_DIR: one 10-fold file, or a train "
-                                                     "and a test file (LFW View 1); then the images or a prepare output.")],
+    paths: Annotated[list[Path], typer.Argument(help=PAIRS_HELP)],
     checkpoint: Checkpoint,
-    raw_dir: Annotated[Optional[Path], typer.Option(help="For a prepare output: the raw photos, for centre crops.")] = None,
+    raw_dir: Annotated[
+        Optional[Path], typer.Option(help="For a prepare output: the raw photos, to centre-crop those without a crop.")
+    ] = None,
     out: OutDir = None,
     results: Results = DEFAULT_RESULTS,
     device: Device = "auto",
@@ -95,8 +100,10 @@ def pairs(
     try:
         n = len({x for f in pair_files for pair in evaluate.parse_pairs(f).pairs for x in pair.paths})
         with _progress(n * (2 if baseline else 1), "embedding") as update:
-            report = evaluate.evaluate_pairs(checkpoint, pair_files, images, device=device, raw_dir=raw_dir, baseline=baseline,
-                                             n_boot=bootstrap, seed=seed, progress=update)
+            report = evaluate.evaluate_pairs(
+                checkpoint, pair_files, images, device=device, raw_dir=raw_dir, baseline=baseline,
+                n_boot=bootstrap, seed=seed, progress=update,
+            )
     except (ValueError, FileNotFoundError) as err:
         raise _fail(str(err))
     lines = _pairs_lines(report.summary)
@@ -113,7 +120,8 @@ def _open_set_lines(s: dict) -> list[str]:
     for name in ("model", "random_baseline"):
         if name in s:
             m = s[name]
-            dirs = ", ".join(f"DIR@FPIR={k}: {_fmt(v)}{_ci(m['dir_at_fpir_ci95'][k])}" for k, v in m["dir_at_fpir"].items())
+            ci = m["dir_at_fpir_ci95"]
+            dirs = ", ".join(f"DIR@FPIR={k}: {_fmt(v)}{_ci(ci[k])}" for k, v in m["dir_at_fpir"].items())
             lines.append(f"{name}: rank-1 {_fmt(m['rank1'])}{_ci(m['rank1_ci95'])}, rank-5 {_fmt(m['rank5'])}, {dirs}  "
                          f"[{m['n_mated_probes']} mated, {m['n_nonmated_probes']} non-mated probes]")
     return lines
@@ -181,11 +189,17 @@ def closed_set(
 
 @app.command("calibrate")
 def calibrate(
-    data_dir: Annotated[Path, typer.Argument(help="<identity>/*.jpg photos of enrolled people and of people not enrolled.")],
+    data_dir: Annotated[
+        Path, typer.Argument(help="<identity>/*.jpg photos of enrolled people and of people not enrolled.")
+    ],
     gallery: Annotated[Path, typer.Option("--gallery", "-g", help="Gallery folder.")],
     checkpoint: Checkpoint,
-    fpir: Annotated[float, typer.Option(help="Target share of strangers given a name (false-positive identification rate).")] = 0.01,
-    db: Annotated[Optional[str], typer.Option("--db", envvar="FACESEARCH_DB", help="Database URL (default: the gallery's SQLite).")] = None,
+    fpir: Annotated[
+        float, typer.Option(help="Target share of strangers given a name (false-positive identification rate).")
+    ] = 0.01,
+    db: Annotated[
+        Optional[str], typer.Option("--db", envvar="FACESEARCH_DB", help="Database URL (default: the gallery SQLite).")
+    ] = None,
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:
@@ -203,5 +217,7 @@ def calibrate(
         typer.echo(json.dumps(cal.to_dict(), indent=2))
         return
     dir_text = "n/a" if cal.dir is None else _fmt(cal.dir)
-    typer.echo(f"threshold {cal.threshold:.4f} stored in {gallery}: names {_fmt(cal.fpir)} of {cal.n_nonmated} strangers "
-               f"(target {_fmt(cal.target_fpir)}), identifies {dir_text} of {cal.n_mated} enrolled people's photos")
+    typer.echo(
+        f"threshold {cal.threshold:.4f} stored in {gallery}: names {_fmt(cal.fpir)} of {cal.n_nonmated} strangers "
+        f"(target {_fmt(cal.target_fpir)}), identifies {dir_text} of {cal.n_mated} enrolled people's photos"
+    )
