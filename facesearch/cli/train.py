@@ -1,1 +1,134 @@
-"""Commands for this stage (filled in by its issue)."""
+"""``facesearch train DATA_DIR --out RUN_DIR`` and ``facesearch cifar10 train --data DIR --out RUN_DIR``.
+
+Both call ``facesearch.train.train``; under ``torchrun --nproc-per-node N`` the same command trains with DDP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from facesearch.cli._app import app, cifar10_app
+
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder: checkpoints, metrics.jsonl, curves.png.")]
+Resume = Annotated[Optional[Path], typer.Option(help="Run folder whose last.pt to continue at its exact step.")]
+Epochs = Annotated[Optional[int], typer.Option(help="Epochs (the schedule spans them). [preset]")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Global batch size (all GPUs together). [preset]")]
+Lr = Annotated[Optional[float], typer.Option(help="Peak learning rate after warm-up. [preset]")]
+Optim = Annotated[str, typer.Option(help='"sgd" (Nesterov momentum) or "adamw".')]
+WeightDecay = Annotated[Optional[float], typer.Option(help="Weight decay on weights (not biases/BN). [preset]")]
+Warmup = Annotated[Optional[float], typer.Option(help="Warm-up epochs before the cosine decay. [preset]")]
+InputSize = Annotated[Optional[int], typer.Option(help="Model input side in px. [faces: crop size; CIFAR: 32]")]
+FcWidth = Annotated[Optional[int], typer.Option(help="Width of fc6/fc7 (4096 classic). [preset]")]
+Head = Annotated[Optional[str], typer.Option(help='"softmax" or "cosface" (margin-based, still N-way). [preset]')]
+Embedding = Annotated[Optional[str], typer.Option(help='fc7 read "pre_relu" or "post_relu". [preset]')]
+Dropout = Annotated[Optional[float], typer.Option(help="Dropout after fc6 and fc7. [preset]")]
+Budget = Annotated[Optional[float], typer.Option(help="Seconds of training; the schedule ends then, last.pt saved.")]
+MaxSteps = Annotated[Optional[int], typer.Option(help="Stop after this many steps.")]
+Every = Annotated[float, typer.Option(help="Seconds between mid-epoch saves of last.pt.")]
+Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda", "cuda:1" or "cpu".')]
+Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")]
+Workers = Annotated[int, typer.Option(help="Threads decoding images into the uint8 cache.")]
+Cache = Annotated[Optional[Path], typer.Option(help="uint8 cache folder (reused across runs). [RUN_DIR/cache]")]
+Seed = Annotated[int, typer.Option(help="Seed of weights, batch order and augmentation.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+class _Progress:
+    """A progress bar on stderr fed by the trainer's callback (created once the step count is known)."""
+
+    def __init__(self) -> None:
+        self.bar, self.done = None, 0
+
+    def __call__(self, p: dict) -> None:
+        if self.bar is None:
+            self.bar = typer.progressbar(length=p["total_steps"], label="training", file=sys.stderr)
+            self.bar.__enter__()
+        self.bar.label = f"epoch {p['epoch'] + 1} loss {p['loss']:.3f} lr {p['lr']:.4f} {p['images_per_s']:.0f} img/s"
+        self.bar.update(p["step"] - self.done)
+        self.done = p["step"]
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], train_options: dict,
+         model_options: dict, input_size: Optional[int], cache_dir: Optional[Path], as_json: bool) -> None:
+    from facesearch import train as training
+
+    run_dir = out or resume
+    if run_dir is None:
+        raise _fail("give --out RUN_DIR (or --resume RUN_DIR)")
+    if resume is not None and not (resume / "last.pt").is_file():
+        raise _fail(f"{resume / 'last.pt'}: no checkpoint to resume")
+    progress = _Progress()
+    try:
+        cfg = training.train_config(kind, **train_options)
+        model = training.model_options(kind, **model_options)
+        result = training.train(kind, data, run_dir, cfg, model, input_size=input_size, cache_dir=cache_dir,
+                                resume=resume is not None, on_progress=progress)
+    except (FileNotFoundError, ValueError) as e:
+        raise _fail(str(e))
+    finally:
+        progress.close()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    summary = {"run_dir": str(result.run_dir), "epochs": result.epoch, "steps": result.step,
+               "seconds": round(result.elapsed, 1), "images_per_s": round(result.images_per_s, 1),
+               "best_val_acc": result.best_val_acc, "last": result.history[-1] if result.history else None}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    best = "n/a" if result.best_val_acc is None else f"{100 * result.best_val_acc:.2f} %"
+    typer.echo(f"{result.epoch} epochs, {result.step} steps in {result.elapsed:.0f} s "
+               f"({result.images_per_s:.0f} images/s); best validation accuracy {best}")
+    typer.echo(f"checkpoints: {result.run_dir / 'best.pt'}, {result.run_dir / 'last.pt'}")
+
+
+@app.command("train")
+def train_faces(
+    data_dir: Annotated[Path, typer.Argument(help="A `facesearch prepare` output (its train/val split is used).")],
+    out: Out = None, resume: Resume = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
+    optimizer: Optim = "sgd", weight_decay: WeightDecay = None, warmup_epochs: Warmup = None,
+    input_size: InputSize = None, fc_width: FcWidth = None, head: Head = None, embedding: Embedding = None,
+    dropout: Dropout = None, time_budget: Budget = None, max_steps: MaxSteps = None, checkpoint_every: Every = 600.0,
+    device: Device = "auto", compile: Compile = False, workers: Workers = 4, cache_dir: Cache = None,
+    seed: Seed = 0, as_json: JsonFlag = False,
+) -> None:
+    """Train the VGG16 identity classifier on face crops (no label smoothing: it hurts the embedding)."""
+    train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                         warmup_epochs=warmup_epochs, time_budget=time_budget, max_steps=max_steps,
+                         checkpoint_every=checkpoint_every, device=device, compile=compile, workers=workers, seed=seed)
+    model_options = dict(fc_width=fc_width, head=head, embedding=embedding, dropout=dropout)
+    _run("faces", data_dir, out, resume, train_options, model_options, input_size, cache_dir, as_json)
+
+
+@cifar10_app.command("train")
+def train_cifar10(
+    data: Annotated[Path, typer.Option(help="CIFAR-10: train|test/<class>/ image folders or cifar-10-batches-py.")],
+    out: Out = None, resume: Resume = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
+    optimizer: Optim = "sgd", weight_decay: WeightDecay = None, warmup_epochs: Warmup = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing. [preset 0.1]")] = None,
+    input_size: InputSize = None, fc_width: FcWidth = None, head: Head = None, dropout: Dropout = None,
+    time_budget: Budget = None, max_steps: MaxSteps = None, checkpoint_every: Every = 600.0,
+    device: Device = "auto", compile: Compile = False, workers: Workers = 4, cache_dir: Cache = None,
+    seed: Seed = 0, as_json: JsonFlag = False,
+) -> None:
+    """Train VGG16 on CIFAR-10 with the same trainer (validation = the 10,000 test images)."""
+    train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, time_budget=time_budget,
+                         max_steps=max_steps, checkpoint_every=checkpoint_every, device=device, compile=compile,
+                         workers=workers, seed=seed)
+    model_options = dict(fc_width=fc_width, head=head, dropout=dropout)
+    _run("cifar10", data, out, resume, train_options, model_options, input_size, cache_dir, as_json)

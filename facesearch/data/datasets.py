@@ -250,3 +250,12 @@ def load_dataset(kind: str, data_dir: str | os.PathLike, input_size: int, cache_
         log.warning("%s: no validation images; best.pt will follow training accuracy", data_dir)
     return Dataset(kind, str(data_dir), tuple(class_names), sets["train"], sets.get("val"),
                    tuple(stats["train"]["mean"]), tuple(stats["train"]["std"]), input_size)
+
+
+def default_input_size(kind: str, data_dir: str | os.PathLike) -> int:
+    """Faces: the crop size the prepare output was made with (dataset.json, else 112); CIFAR-10: 32."""
+    if kind == "cifar10":
+        return 32
+    from facesearch.data.manifest import read_settings
+
+    return int(read_settings(data_dir).get("size", 112))

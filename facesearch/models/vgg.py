@@ -99,7 +99,11 @@ class VGG16(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        """torchvision's VGG initialisation: Kaiming convs, unit BN, N(0, 0.01) linear layers."""
+        """torchvision's VGG initialisation for the convs (Kaiming) and BN (unit scale, zero shift).
+
+        The linear layers keep PyTorch's default U(+-1/sqrt(fan_in)): at the classic 4,096 width that is the
+        scale of torchvision's N(0, 0.01), and unlike a fixed 0.01 it stays trainable at narrow widths.
+        """
         for m in self.features.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -107,10 +111,6 @@ class VGG16(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        for fc in (self.fc6, self.fc7, self.head):
-            if isinstance(fc, nn.Linear):
-                nn.init.normal_(fc.weight, 0, 0.01)
-                nn.init.zeros_(fc.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last conv map (after the fifth max-pool): (n, 3, H, W) -> (n, 512, H//32, W//32)."""

@@ -1,0 +1,518 @@
+"""One trainer for the face identity classifier and CIFAR-10: same model, loop, checkpoints and metrics.
+
+The dataset differences live in ``facesearch.data.datasets``; this module sees a ``Dataset`` of uint8
+arrays. Per step: take a batch of indices from the epoch's permutation, gather the uint8 images (resident on
+the device when they fit), augment and normalise on the device, bf16 autocast forward (CUDA), backward, step.
+
+Multi-GPU: start the same command under ``torchrun``; RANK / WORLD_SIZE / LOCAL_RANK select
+DistributedDataParallel (NCCL + SyncBatchNorm on CUDA, gloo + plain BatchNorm on CPU). ``batch_size`` is the
+global batch, split evenly over the processes. Rank 0 alone writes checkpoints, metrics and progress.
+
+Run directory::
+
+    RUN_DIR/last.pt        full state (model, optimizer, scheduler, RNG, sampler, step), every
+                           ``checkpoint_every`` seconds and at each epoch's end; ``--resume`` reads it
+    RUN_DIR/best.pt        model + metadata at the best validation accuracy (what enroll/who/explain load)
+    RUN_DIR/metrics.jsonl  one JSON line per epoch
+    RUN_DIR/curves.png     loss and accuracy per epoch (when matplotlib is installed)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from facesearch.checkpoint import Preprocess, read_checkpoint, resolve_device, save_checkpoint, unwrap
+from facesearch.data.augment import AugmentConfig, augment, normalize
+from facesearch.data.datasets import Dataset, ImageSet, load_dataset
+from facesearch.models.vgg import VGG16, VGGConfig
+
+log = logging.getLogger(__name__)
+
+# Settings that may differ on --resume without changing what is computed (where and how fast, not what).
+RUNTIME_FIELDS = ("device", "compile", "workers", "time_budget", "max_steps", "checkpoint_every", "log_every")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 128  # global batch (all DDP processes together)
+    lr: float = 0.05  # peak learning rate, reached after warm-up
+    optimizer: str = "sgd"  # "sgd" (momentum, Nesterov) or "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # on conv/linear weights only, not on biases and BatchNorm
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine to zero
+    label_smoothing: float = 0.0  # keep 0 for faces: smoothing hurts penultimate-layer embeddings
+    eval_flip: bool = False  # validation averages the logits of the image and its mirror image
+    seed: int = 0
+    time_budget: float | None = None  # seconds of training (compilation and evaluation included); then stop
+    max_steps: int | None = None  # stop after this many steps (the schedule still spans ``epochs``)
+    checkpoint_every: float = 600.0  # seconds between mid-epoch saves of last.pt
+    log_every: int = 20  # steps between progress reports
+    device: str = "auto"
+    compile: bool = False  # torch.compile the model (CUDA: a one-off compile, then faster steps)
+    workers: int = 4  # threads decoding images when the uint8 cache is built
+    eval_batch_size: int = 500
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    epoch: int  # completed epochs
+    elapsed: float  # seconds of training
+    images_per_s: float  # mean training throughput (all processes)
+    best_val_acc: float | None
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> tuple[Distributed, torch.device]:
+    """Join the torchrun process group when WORLD_SIZE > 1; pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device)
+    if world <= 1:
+        return Distributed(), device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank), device
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up over the first ``warmup`` fraction of training, then cosine from 1 to 0."""
+    if progress < warmup:
+        return progress / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / max(1e-8, 1 - warmup))))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; weight decay on weight matrices/kernels only."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+class Batches:
+    """Index permutations per epoch (seeded by seed and epoch: resumable) and uint8 batch gathering."""
+
+    def __init__(self, data: ImageSet, batch_size: int, seed: int, ddp: Distributed, device: torch.device):
+        self.n, self.seed, self.ddp, self.device = len(data), seed, ddp, device
+        self.global_batch = max(ddp.world, min(batch_size, self.n - self.n % ddp.world))
+        if self.global_batch % ddp.world:
+            raise ValueError(f"batch size {batch_size} does not split over {ddp.world} processes")
+        self.local_batch = self.global_batch // ddp.world
+        self.steps_per_epoch = self.n // self.global_batch  # drop the ragged last batch
+        self.labels = torch.from_numpy(data.labels).to(device)
+        self.images = _resident(data.images, device)  # device tensor, or the memmap itself
+        self._perm_epoch, self._perm = -1, None
+
+    def indices(self, epoch: int, step: int) -> torch.Tensor:
+        """This process's share of batch ``step`` of ``epoch`` (on the device when the images are)."""
+        if self._perm_epoch != epoch:  # one permutation per epoch, copied to the device once
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            perm = torch.randperm(self.n, generator=g)
+            self._perm = perm.to(self.device) if isinstance(self.images, torch.Tensor) else perm
+            self._perm_epoch = epoch
+        start = step * self.global_batch + self.ddp.rank * self.local_batch
+        return self._perm[start:start + self.local_batch]
+
+    def shard(self) -> torch.Tensor:
+        """All indices in order, this process's share (rank::world): for evaluation."""
+        idx = torch.arange(self.ddp.rank, self.n, self.ddp.world)
+        return idx.to(self.device) if isinstance(self.images, torch.Tensor) else idx
+
+    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images (b, S, S, 3) and labels (b,) on the device."""
+        if isinstance(self.images, torch.Tensor):
+            return self.images[idx], self.labels[idx]
+        x = torch.from_numpy(self.images[idx.numpy()])
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True), self.labels[idx.to(self.device)]
+
+
+def _resident(images: np.ndarray, device: torch.device):
+    """Copy the whole uint8 set onto the GPU when it takes under a quarter of the free memory."""
+    if device.type == "cuda" and images.nbytes < torch.cuda.mem_get_info(device)[0] / 4:
+        return torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    return images  # CPU: gather from the memmap (the OS page cache keeps it in memory)
+
+
+class Trainer:
+    """Holds the model, optimizer, data and counters of one run; ``run()`` trains until done or out of time."""
+
+    def __init__(self, data: Dataset, run_dir: Path, cfg: TrainConfig, model_config: VGGConfig,
+                 aug: AugmentConfig, ddp: Distributed, device: torch.device,
+                 on_progress: Callable[[dict], None] | None = None, state: dict | None = None):
+        self.data, self.run_dir, self.cfg, self.aug = data, run_dir, cfg, aug
+        self.ddp, self.device, self.on_progress = ddp, device, on_progress
+        self.cuda = device.type == "cuda"
+        self.preprocess = Preprocess(data.input_size, data.mean, data.std)
+        torch.manual_seed(cfg.seed)  # same initial weights in every process
+        net = VGG16(model_config)
+        if ddp.world > 1 and self.cuda:
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # keys unchanged: checkpoints load into VGG16
+        self.net = net.to(device, memory_format=torch.channels_last if self.cuda else torch.contiguous_format)
+        self.optimizer = build_optimizer(self.net, cfg)
+        self.batches = Batches(data.train, cfg.batch_size, cfg.seed, ddp, device)
+        self.val_batches = Batches(data.val, cfg.batch_size, cfg.seed, ddp, device) if data.val else None
+        self.total_steps = cfg.epochs * self.batches.steps_per_epoch
+        self.aug_generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + ddp.rank)
+        self.epoch = self.step = self.step_in_epoch = 0
+        self.elapsed_before, self.history, self.best = 0.0, [], None
+        self._budget_elapsed = 0.0  # seconds trained, as all processes last agreed on it
+        if state is not None:
+            self._restore(state)
+        model = self.net
+        if ddp.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if self.cuda else None)
+        self.model = torch.compile(model) if cfg.compile else model
+
+    # --- the loop -----------------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        self._t0 = time.perf_counter()
+        self._last_save = self._synced_elapsed()
+        self._train_images, self._train_seconds = 0, 0.0
+        stop = self.step >= self._step_limit()
+        while self.epoch < self.cfg.epochs and not stop:
+            epoch_start, first = time.perf_counter(), self.step_in_epoch
+            sums, stop = self._train_epoch()
+            self._sync()
+            self._train_seconds += time.perf_counter() - epoch_start
+            steps = (self.step_in_epoch or self.batches.steps_per_epoch) - first
+            self._train_images += steps * self.batches.global_batch
+            self._end_epoch(sums, partial=self.step_in_epoch != 0)
+        return self._result()
+
+    def _train_epoch(self) -> tuple[torch.Tensor, bool]:
+        """Steps from ``step_in_epoch`` to the epoch's end, or until the budget/step limit says stop."""
+        self.model.train()
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, count
+        window = (time.perf_counter(), self.step)
+        stop = False
+        for s in range(self.step_in_epoch, self.batches.steps_per_epoch):
+            x, y = self.batches.take(self.batches.indices(self.epoch, s))
+            self._train_step(x, y, sums)
+            self.step, self.step_in_epoch = self.step + 1, s + 1
+            if self.on_progress and self.ddp.main and self.step % self.cfg.log_every == 0:
+                window = self._report(sums, window)
+            if self._check_stop():
+                stop = True
+                break
+        if self.step_in_epoch == self.batches.steps_per_epoch:  # epoch complete (also when stopped on its end)
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        return sums, stop
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor) -> None:
+        self._set_lr()
+        x = normalize(augment(x, self.aug, self.aug_generator), self.data.mean, self.data.std)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            logits = self.model(x, y)  # y: the CosFace margin's true class; ignored by softmax
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():  # accumulated on the device: no host sync per step
+            sums[0] += loss.detach() * len(y)
+            sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += len(y)
+
+    def _set_lr(self) -> None:
+        progress = self.step / self.total_steps
+        if self.cfg.time_budget:  # anneal by time too, so the cosine ends when the budget does
+            progress = max(progress, self._budget_elapsed / self.cfg.time_budget)
+        warmup = min(0.5, self.cfg.warmup_epochs / self.cfg.epochs)
+        self.lr = self.cfg.lr * lr_factor(progress, warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def _check_stop(self) -> bool:
+        """Stop at the step limit or the time budget; save last.pt on the time interval."""
+        if self.step >= self._step_limit():
+            return True
+        if self.ddp.world > 1 and self.step % 20:  # DDP: agree on the clock only every 20 steps
+            return False
+        elapsed = self._synced_elapsed()
+        if self.cfg.time_budget and elapsed >= self.cfg.time_budget:
+            return True
+        if elapsed - self._last_save >= self.cfg.checkpoint_every:
+            self._save_last()
+            self._last_save = elapsed
+        return False
+
+    def _step_limit(self) -> int:
+        return min(self.total_steps, self.cfg.max_steps or self.total_steps)
+
+    # --- time, progress, evaluation ------------------------------------------------------------------
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self._t0
+
+    def _synced_elapsed(self) -> float:
+        """Rank 0's clock, so that every process takes the same learning rate and stop decision."""
+        elapsed = self._elapsed()
+        if self.ddp.world > 1:
+            t = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
+            dist.broadcast(t, 0)
+            elapsed = t.item()
+        self._budget_elapsed = elapsed
+        return elapsed
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def _report(self, sums: torch.Tensor, window: tuple[float, int]) -> tuple[float, int]:
+        loss_sum, _, count = sums.tolist()  # a host sync, once every log_every steps
+        now = time.perf_counter()
+        images = (self.step - window[1]) * self.batches.global_batch
+        self.on_progress({"step": self.step, "total_steps": self._step_limit(), "epoch": self.epoch,
+                          "loss": loss_sum / max(1, count), "lr": self.lr,
+                          "images_per_s": images / max(1e-9, now - window[0])})
+        return now, self.step
+
+    @torch.no_grad()
+    def evaluate(self, batches: "Batches") -> dict:
+        """Loss and accuracy over a whole split (eval mode, plain un-compiled module; shards under DDP)."""
+        was_training = self.net.training
+        self.net.eval()
+        sums = torch.zeros(3, device=self.device, dtype=torch.float64)
+        for idx in batches.shard().split(self.cfg.eval_batch_size):
+            x, y = batches.take(idx)
+            x = normalize(x, self.data.mean, self.data.std)
+            if self.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+                logits = self.net(x).float()
+                if self.cfg.eval_flip:
+                    logits = (logits + self.net(x.flip(3)).float()) / 2
+            sums[0] += F.cross_entropy(logits, y, reduction="sum")
+            sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += len(y)
+        self.net.train(was_training)
+        return _rates(self._all_reduce(sums))
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.ddp.world > 1:
+            dist.all_reduce(t)
+        return t
+
+    def _end_epoch(self, sums: torch.Tensor, partial: bool) -> None:
+        """Evaluate, log one metrics line, keep best.pt, save last.pt."""
+        train = _rates(self._all_reduce(sums))
+        val = self.evaluate(self.val_batches) if self.val_batches else None
+        record = {"epoch": self.epoch if not partial else self.epoch + 1, "step": self.step, "partial": partial,
+                  "lr": self.lr, "train_loss": train["loss"], "train_acc": train["acc"],
+                  "val_loss": val["loss"] if val else None, "val_acc": val["acc"] if val else None,
+                  "images_per_s": self._train_images / max(1e-9, self._train_seconds),
+                  "elapsed": self._synced_elapsed()}
+        self.history.append(record)
+        score = record["val_acc"] if val else record["train_acc"]
+        if self.best is None or score > self.best:
+            self.best = score
+            if self.ddp.main:
+                save_checkpoint(self.run_dir / "best.pt", self.net, self.data.class_names, self.preprocess,
+                                **self._meta())
+        self._save_last()
+        if self.ddp.main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            write_curves(self.history, self.run_dir / "curves.png")
+        log.info("epoch %s: %s", record["epoch"], record)
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+
+    def _meta(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "elapsed": self._elapsed(),
+                "metrics": self.history[-1] if self.history else {}, "history": list(self.history),
+                "best_val_acc": self.best, "train_config": asdict(self.cfg), "augment": asdict(self.aug),
+                "dataset": {"kind": self.data.kind, "root": self.data.root, "n_train": len(self.data.train),
+                            "n_val": len(self.data.val) if self.data.val else 0}}
+
+    def _save_last(self) -> None:
+        """Full training state to last.pt (collective under DDP: every process's RNG states are gathered)."""
+        rng = {"torch": torch.get_rng_state(), "augment": self.aug_generator.get_state(),
+               "cuda": torch.cuda.get_rng_state(self.device) if self.cuda else None}
+        states = [None] * self.ddp.world
+        if self.ddp.world > 1:
+            dist.all_gather_object(states, rng)
+        else:
+            states = [rng]
+        if not self.ddp.main:
+            return
+        sched = {"kind": "warmup_cosine", "total_steps": self.total_steps, "lr": self.lr,
+                 "time_budget": self.cfg.time_budget, "budget_elapsed": self._budget_elapsed}
+        sampler = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "seed": self.cfg.seed,
+                   "global_batch": self.batches.global_batch, "world": self.ddp.world}
+        save_checkpoint(self.run_dir / "last.pt", self.net, self.data.class_names, self.preprocess,
+                        optimizer=self.optimizer.state_dict(), scheduler=sched, sampler=sampler, rng=states,
+                        **self._meta())
+
+    def _restore(self, state: dict) -> None:
+        """Continue exactly where ``state`` (a last.pt) stopped: weights, optimizer, counters, RNG."""
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step_in_epoch = state["sampler"]["epoch"], state["sampler"]["step_in_epoch"]
+        self.step, self.elapsed_before = state["step"], state["elapsed"]
+        self._budget_elapsed = state["scheduler"].get("budget_elapsed", state["elapsed"])
+        self.history, self.best = list(state["history"]), state["best_val_acc"]
+        rng = state["rng"]
+        if len(rng) != self.ddp.world:
+            log.warning("resuming on %d processes, saved on %d: augmentation draws differ", self.ddp.world, len(rng))
+            return
+        mine = rng[self.ddp.rank]
+        torch.set_rng_state(mine["torch"])
+        self.aug_generator.set_state(mine["augment"])
+        if self.cuda and mine["cuda"] is not None:
+            torch.cuda.set_rng_state(mine["cuda"], self.device)
+
+    def _result(self) -> TrainResult:
+        return TrainResult(self.run_dir, self.step, self.epoch, self._elapsed(),
+                           self._train_images / max(1e-9, self._train_seconds), self.best, list(self.history))
+
+
+def _rates(sums: torch.Tensor) -> dict:
+    loss_sum, correct, count = sums.tolist()
+    return {"loss": loss_sum / max(1, count), "acc": correct / max(1, count)}
+
+
+def write_curves(history: list[dict], path: Path) -> Path | None:
+    """Loss and accuracy per epoch as a PNG; skipped (None) where matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", ax_loss), ("acc", ax_acc)):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
+        if any(h[f"val_{key}"] is not None for h in history):
+            ax.plot(epochs, [h[f"val_{key}"] for h in history], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy" if key == "acc" else "cross-entropy loss")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- entry point ---------------------------------------------------------------------------------------
+
+# Defaults per dataset: what `facesearch train` and `facesearch cifar10 train` use unless told otherwise.
+PRESETS = {
+    "faces": {
+        "train": {"epochs": 40, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4, "warmup_epochs": 2.0},
+        "model": {"fc_width": 1024, "head": "softmax", "embedding": "post_relu", "dropout": 0.5},
+    },
+    "cifar10": {
+        "train": {"epochs": 60, "batch_size": 512, "lr": 0.2, "weight_decay": 5e-4, "warmup_epochs": 3.0,
+                  "label_smoothing": 0.1, "eval_flip": True},
+        "model": {"fc_width": 512, "head": "softmax", "embedding": "post_relu", "dropout": 0.2},
+    },
+}
+
+
+def train_config(kind: str, **overrides) -> TrainConfig:
+    """The preset TrainConfig of a dataset kind, with ``overrides`` (None values ignored) applied."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    values = dict(PRESETS[kind]["train"])
+    if overrides.get("optimizer") == "adamw":  # the SGD presets' lr and decay are far too high for AdamW
+        values.update(lr=1e-3, weight_decay=0.05)
+    return TrainConfig(**{**values, **overrides})
+
+
+def model_options(kind: str, **overrides) -> dict:
+    """The preset VGGConfig fields (all but num_classes/input_size) with ``overrides`` applied."""
+    return {**PRESETS[kind]["model"], **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
+          model: dict | None = None, aug: AugmentConfig | None = None, input_size: int | None = None,
+          cache_dir: str | os.PathLike | None = None, resume: bool = False,
+          on_progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train a VGG16 on faces (a ``prepare`` output) or CIFAR-10; the same code path for both.
+
+    Args:
+        kind: "faces" or "cifar10".
+        data_dir: the prepare output, or the CIFAR-10 folder.
+        run_dir: where checkpoints, metrics.jsonl and curves.png go.
+        cfg: training settings (default: the kind's preset).
+        model: VGGConfig fields other than num_classes/input_size (default: the kind's preset).
+        aug: augmentation (default: AugmentConfig.faces() or .cifar()).
+        input_size: model input side (default: the crops' size from dataset.json for faces, 32 for CIFAR).
+        cache_dir: uint8 cache folder (default RUN_DIR/cache).
+        resume: continue RUN_DIR/last.pt at its exact step; model, schedule and augmentation come from the
+            checkpoint, only runtime settings (device, compile, workers, time budget, ...) from ``cfg``.
+        on_progress: called on rank 0 every ``log_every`` steps with step/total_steps/loss/lr/images_per_s.
+    """
+    from facesearch.data.datasets import default_input_size
+
+    cfg = cfg or train_config(kind)
+    run_dir = Path(run_dir)
+    state = read_checkpoint(run_dir / "last.pt") if resume else None
+    if state is not None:
+        runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS}
+        cfg = replace(TrainConfig(**state["train_config"]), **runtime)
+        model, aug = _model_fields(state["model_config"]), _augment_from_dict(state["augment"])
+        input_size = state["model_config"]["input_size"]
+    ddp, device = setup_distributed(cfg.device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    input_size = input_size or default_input_size(kind, data_dir)
+    data = load_dataset(kind, data_dir, input_size, cache_dir or run_dir / "cache", cfg.workers)
+    if state is not None and list(data.class_names) != list(state["class_names"]):
+        raise ValueError(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
+    model_config = VGGConfig(num_classes=len(data.class_names), input_size=input_size,
+                             **(model or model_options(kind)))
+    aug = aug or (AugmentConfig.faces() if kind == "faces" else AugmentConfig.cifar())
+    log.info("training %s on %s: %d classes, %d train images, device %s, %d process(es)", kind, data_dir,
+             len(data.class_names), len(data.train), device, ddp.world)
+    return Trainer(data, run_dir, cfg, model_config, aug, ddp, device, on_progress, state).run()
+
+
+def _model_fields(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in ("num_classes", "input_size")}
+
+
+def _augment_from_dict(d: dict) -> AugmentConfig:
+    return AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -1,0 +1,137 @@
+"""The trainer on a tiny prepare-like output: loss falls, outputs are written, resume is exact, CLI works."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from facesearch.checkpoint import load_checkpoint, read_checkpoint
+from facesearch.data.augment import AugmentConfig, augment
+from facesearch.data.datasets import load_dataset
+from facesearch.data.manifest import ManifestRow, write_manifest, write_settings
+from facesearch.train import TrainConfig, train
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
+TINY_MODEL = {"fc_width": 16, "dropout": 0.0}
+
+
+def make_prepared_faces(out: Path, n_ids: int = 3, per_id: int = 5, size: int = 32) -> Path:
+    """A prepare-like output: manifest + dataset.json + square crops (first photo of each person -> val)."""
+    rows = []
+    for person in sorted(p for p in SAMPLE.iterdir() if p.is_dir())[:n_ids]:
+        for j, photo in enumerate(sorted(person.glob("*.jpg"))[:per_id]):
+            sha = hashlib.sha256(photo.read_bytes()).hexdigest()
+            crop = f"{person.name}/{sha[:16]}.jpg"
+            (out / person.name).mkdir(parents=True, exist_ok=True)
+            with Image.open(photo) as im:
+                side = min(im.size)
+                im.convert("RGB").crop((0, 0, side, side)).resize((size, size)).save(out / crop)
+            rows.append(ManifestRow(path=f"{person.name}/{photo.name}", identity=person.name, sha256=sha,
+                                    size=photo.stat().st_size, mtime_ns=0, status="ok", reason="", prob=0.99,
+                                    n_faces=1, crop=crop, split="val" if j == 0 else "train"))
+    write_manifest(out, rows)
+    write_settings(out, {"size": size, "margin": 0.2, "align": False, "select": "largest", "seed": 0})
+    return out
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory) -> Path:
+    return make_prepared_faces(tmp_path_factory.mktemp("prepared"))  # 3 people: 12 train + 3 val crops
+
+
+@pytest.fixture(scope="module")
+def trained(faces, tmp_path_factory):
+    """3 epochs of one full batch each, no augmentation: the loss must fall."""
+    run = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(epochs=3, batch_size=12, lr=0.02, warmup_epochs=0, log_every=1)
+    events = []
+    result = train("faces", faces, run, cfg, TINY_MODEL, AugmentConfig.none(), on_progress=events.append)
+    return run, result, events
+
+
+def test_a_few_steps_lower_the_loss(trained):
+    _, result, events = trained
+    assert result.step == 3 and result.epoch == 3
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    assert [e["step"] for e in events] == [1, 2, 3] and all(e["images_per_s"] > 0 for e in events)
+
+
+def test_run_dir_holds_metrics_curves_and_loadable_checkpoints(trained, faces):
+    run, result, _ = trained
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3] and all(r["val_acc"] is not None for r in lines)
+    assert (run / "curves.png").stat().st_size > 0
+    best = load_checkpoint(run / "best.pt")
+    assert best.class_names == sorted(p.name for p in faces.iterdir() if p.is_dir())
+    assert best.preprocess.input_size == 32 and best.config.fc_width == 16
+    assert best.extra["metrics"]["val_acc"] == result.best_val_acc
+    last = read_checkpoint(run / "last.pt")
+    assert last["step"] == 3 and {"optimizer", "scheduler", "rng", "sampler"} <= set(last)
+
+
+def test_resume_continues_at_the_exact_step(faces, tmp_path):
+    # 1 epoch of 3 steps (batch 4), with augmentation and dropout so that the RNG state matters too.
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=0.02, warmup_epochs=0)
+    model = {"fc_width": 16, "dropout": 0.5}
+    straight = train("faces", faces, tmp_path / "a", cfg, model, cache_dir=tmp_path / "cache")
+    stopped = train("faces", faces, tmp_path / "b", TrainConfig(**{**cfg.__dict__, "max_steps": 2}), model,
+                    cache_dir=tmp_path / "cache")
+    assert stopped.step == 2 and read_checkpoint(tmp_path / "b" / "last.pt")["sampler"]["step_in_epoch"] == 2
+    resumed = train("faces", faces, tmp_path / "b", cfg, cache_dir=tmp_path / "cache", resume=True)
+    assert resumed.step == straight.step == 3
+    a, b = read_checkpoint(tmp_path / "a" / "last.pt"), read_checkpoint(tmp_path / "b" / "last.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_cli_time_budget_stops_cleanly_and_saves(faces, tmp_path):
+    from facesearch.cli import app
+
+    args = ["train", str(faces), "--out", str(tmp_path / "run"), "--time-budget", "0.001", "--batch-size", "4",
+            "--fc-width", "8", "--epochs", "5", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{"):])
+    assert summary["steps"] == 1 and summary["last"]["partial"] is True
+    assert read_checkpoint(tmp_path / "run" / "last.pt")["step"] == 1
+
+
+def test_cifar_missing_dataset_says_where_to_put_it(tmp_path):
+    from facesearch.cli import app
+
+    result = CliRunner().invoke(app, ["cifar10", "train", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert "no CIFAR-10 found" in result.stderr and "nothing is downloaded" in result.stderr
+
+
+def test_cifar_folders_load_with_test_as_validation(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("test", 2)):
+        for name in ("cat", "airplane"):
+            (tmp_path / "c" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "c" / split / name / f"{i:04d}.jpg")
+    data = load_dataset("cifar10", tmp_path / "c", 32, tmp_path / "cache")
+    assert data.class_names == ("airplane", "cat") and len(data.train) == 6 and len(data.val) == 4
+    assert data.train.images.shape == (6, 32, 32, 3) and data.train.images.dtype == np.uint8
+    assert data.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_augment_is_batched_seeded_and_in_range():
+    x = torch.randint(0, 256, (5, 32, 32, 3), dtype=torch.uint8)
+    plain = augment(x, AugmentConfig.none(), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain, x.permute(0, 3, 1, 2).float() / 255)
+    for cfg in (AugmentConfig.cifar(), AugmentConfig.faces()):
+        a = augment(x, cfg, torch.Generator().manual_seed(1))
+        b = augment(x, cfg, torch.Generator().manual_seed(1))
+        assert a.shape == (5, 3, 32, 32) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+        assert not torch.equal(a, plain)
