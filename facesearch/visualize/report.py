@@ -1,0 +1,225 @@
+"""Drawing: tile mosaics, the per-layer charts, and one self-contained HTML report.
+
+Everything renders with matplotlib's Agg backend (no display needed). Mosaics are composed as one
+numpy canvas and drawn on a single axes — a figure with 150 subplots takes seconds, one image with
+labels takes a fraction of that. The HTML report embeds every image as base64, so it is one file
+that can be mailed or archived.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+MATCH, RUNNER, OTHER, RANDOM = "#1a9850", "#d73027", "#9e9e9e", "#878787"
+
+
+def _agg():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def colourise(values: np.ndarray, cmap: str = "viridis") -> np.ndarray:
+    """A 2-D map scaled to its own min..max -> RGB uint8 (h, w, 3)."""
+    from matplotlib import colormaps
+
+    lo, hi = float(values.min()), float(values.max())
+    scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    return (colormaps[cmap](scaled)[..., :3] * 255).astype(np.uint8)
+
+
+def fit_tile(image: np.ndarray, size: int, smooth: bool = True) -> np.ndarray:
+    """Resize an RGB uint8 image to (size, size, 3); ``smooth=False`` keeps feature-map cells square."""
+    resample = Image.BILINEAR if smooth else Image.NEAREST
+    return np.asarray(Image.fromarray(image).resize((size, size), resample))
+
+
+@dataclass
+class Mosaic:
+    """Rows of equal-sized RGB tiles with a label per row and a caption above each tile."""
+
+    rows: list[list[np.ndarray]]
+    row_labels: list[str]
+    captions: list[list[str]] | None = None
+    title: str = ""
+    tile: int = 72
+    gap: int = 4
+    label_width: int = 96
+    caption_height: int = 13
+    title_height: int = 26
+
+    def draw(self, path: Path, dpi: int = 100) -> Path:
+        """Compose the canvas and write it as a PNG of exactly the canvas' pixel size."""
+        plt = _agg()
+        step_y = self.caption_height + self.tile + self.gap
+        width = self.label_width + max(len(r) for r in self.rows) * (self.tile + self.gap)
+        height = self.title_height + len(self.rows) * step_y
+        canvas = np.full((height, width, 3), 255, np.uint8)
+        for r, row in enumerate(self.rows):
+            y = self.title_height + r * step_y + self.caption_height
+            for c, tile in enumerate(row):
+                x = self.label_width + c * (self.tile + self.gap)
+                canvas[y : y + self.tile, x : x + self.tile] = fit_tile(tile, self.tile) if tile.shape[0] != self.tile else tile
+        fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.imshow(canvas, interpolation="nearest")
+        ax.set_axis_off()
+        ax.text(width / 2, self.title_height / 2, self.title, ha="center", va="center", fontsize=10, weight="bold")
+        for r, label in enumerate(self.row_labels):
+            y = self.title_height + r * step_y + self.caption_height + self.tile / 2
+            ax.text(self.label_width - 6, y, label, ha="right", va="center", fontsize=7.5)
+            for c, caption in enumerate((self.captions or [[]] * len(self.rows))[r]):
+                x = self.label_width + c * (self.tile + self.gap) + self.tile / 2
+                ax.text(x, y - self.tile / 2 - 2, caption, ha="center", va="bottom", fontsize=6, color="#333")
+        path = Path(path)
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+        return path
+
+
+def draw_similarity_chart(names: Sequence[str], identities: Sequence[str], similarity: np.ndarray,
+                          path: Path, emerges_at: str | None = None) -> Path:
+    """Per-layer cosine of the query to each candidate (top) and the match margin (bottom)."""
+    plt = _agg()
+    x = np.arange(len(names))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 4.6), sharex=True, height_ratios=(2, 1))
+    for k in range(len(identities) - 1, -1, -1):  # match drawn last, on top
+        colour, width = (MATCH, 2.4) if k == 0 else (RUNNER, 2.0) if k == 1 else (OTHER, 1.0)
+        top.plot(x, similarity[:, k], "o-", color=colour, lw=width, ms=3.5,
+                 label=f"{identities[k]}" + (" (match)" if k == 0 else " (runner-up)" if k == 1 else ""))
+    top.axhline(0, color="#bbb", lw=0.8)
+    top.set_ylabel("cosine (centred,\npooled activations)", fontsize=8)
+    top.legend(fontsize=7, loc="upper left", ncol=2, frameon=False)
+    margin = similarity[:, 0] - similarity[:, 1]
+    bottom.bar(x, margin, color=[MATCH if m > 0 else RUNNER for m in margin], width=0.7)
+    bottom.axhline(0, color="#555", lw=0.8)
+    bottom.set_ylabel("margin", fontsize=8)
+    if emerges_at in names:
+        for ax in (top, bottom):
+            ax.axvline(list(names).index(emerges_at) - 0.5, color=MATCH, ls="--", lw=1)
+        top.set_title(f"The match leads from {emerges_at} onwards", fontsize=9)
+    else:
+        top.set_title("The match does not lead consistently up to the last layer", fontsize=9)
+    _layer_axis(bottom, names)
+    return _save(fig, path)
+
+
+def draw_ablation_chart(names: Sequence[str], top: np.ndarray, random_mean: np.ndarray, random_sd: np.ndarray,
+                        base: float, fraction: float, seeds: int, path: Path, target_label: str = "match margin") -> Path:
+    """Per-layer fall of the target: top-k % attributed channels off vs k % random channels off."""
+    plt = _agg()
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8.5, 3.6))
+    ax.bar(x - 0.2, top, width=0.4, color="#2c7bb6", label=f"top {fraction:.0%} channels by grad×activation")
+    ax.bar(x + 0.2, random_mean, width=0.4, color=RANDOM, yerr=random_sd, capsize=2,
+           error_kw={"lw": 0.8}, label=f"random {fraction:.0%} channels (mean ± sd, {seeds} seeds)")
+    ax.axhline(0, color="#555", lw=0.8)
+    if base > 0:
+        ax.axhline(base, color=RUNNER, ls="--", lw=1)
+        ax.text(len(names) - 0.5, base, f"  {target_label} {base:.3f}: a fall above this flips the decision",
+                fontsize=7, color=RUNNER, ha="right", va="bottom")
+    ax.set_ylabel(f"fall in {target_label}", fontsize=8)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    ax.set_title("Which layers carry the decision: switching off one layer's channels at a time", fontsize=9)
+    _layer_axis(ax, names)
+    return _save(fig, path)
+
+
+def _layer_axis(ax, names: Sequence[str]) -> None:
+    ax.set_xticks(np.arange(len(names)))
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    ax.tick_params(axis="y", labelsize=7)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    fig.clf()
+    _agg().close(fig)
+    return path
+
+
+# --- HTML -----------------------------------------------------------------------------------------
+
+
+def data_uri(source: Path | np.ndarray) -> str:
+    """A PNG file or an RGB array as a ``data:image/png;base64,...`` URI."""
+    if isinstance(source, np.ndarray):
+        buffer = io.BytesIO()
+        Image.fromarray(source).save(buffer, format="PNG")
+        raw = buffer.getvalue()
+    else:
+        raw = Path(source).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(raw).decode("ascii")
+
+
+@dataclass
+class Section:
+    heading: str
+    text: str = ""  # plain text; paragraphs separated by blank lines
+    images: list[Path] = field(default_factory=list)
+    table: tuple[list[str], list[list[str]]] | None = None  # (columns, rows)
+
+
+@dataclass
+class Face:
+    label: str
+    image: np.ndarray  # RGB uint8
+    caption: str = ""
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f4f5f7;color:#222}
+main{max-width:1000px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.sub{color:#666;font-size:13px;margin-bottom:16px}
+.faces{display:flex;gap:18px;flex-wrap:wrap}
+.face{background:#fff;border-radius:8px;padding:10px;box-shadow:0 1px 3px rgba(0,0,0,.12);text-align:center}
+.face img{width:168px;height:168px;image-rendering:auto;border-radius:4px}
+.face b{display:block;margin-top:6px} .face span{font-size:12px;color:#555}
+.card{background:#fff;border-radius:8px;padding:14px;box-shadow:0 1px 3px rgba(0,0,0,.12);margin-bottom:14px}
+.card img{max-width:100%} p{font-size:14px;line-height:1.45;margin:6px 0}
+table{border-collapse:collapse;font-size:12px;width:100%} th,td{padding:3px 8px;text-align:right}
+th{background:#eef0f3} td:first-child,th:first-child{text-align:left} tr:nth-child(even) td{background:#fafafa}
+dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px;font-size:13px;margin:10px 0}
+dt{color:#666} dd{margin:0}
+"""
+
+
+def render_html(title: str, subtitle: str, faces: Sequence[Face], facts: Sequence[tuple[str, str]],
+                sections: Sequence[Section]) -> str:
+    """The whole report as one HTML string with every image inlined."""
+    e = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>",
+             f"<style>{_CSS}</style></head><body><main>", f"<h1>{e(title)}</h1><div class='sub'>{e(subtitle)}</div>",
+             "<div class='faces'>"]
+    for face in faces:
+        parts.append(f"<div class='face'><img src='{data_uri(face.image)}' alt='{e(face.label)}'>"
+                     f"<b>{e(face.label)}</b><span>{e(face.caption)}</span></div>")
+    parts.append("</div><dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts) + "</dl>")
+    for section in sections:
+        parts.append(f"<h2>{e(section.heading)}</h2><div class='card'>")
+        parts.extend(f"<p>{e(p.strip())}</p>" for p in section.text.split("\n\n") if p.strip())
+        parts.extend(f"<img src='{data_uri(p)}' alt='{e(Path(p).name)}'>" for p in section.images)
+        if section.table:
+            columns, rows = section.table
+            parts.append("<table><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>")
+            parts.extend("<tr>" + "".join(f"<td>{e(v)}</td>" for v in row) + "</tr>" for row in rows)
+            parts.append("</table>")
+        parts.append("</div>")
+    parts.append("</main></body></html>")
+    return "\n".join(parts)
