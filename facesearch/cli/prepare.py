@@ -1,1 +1,123 @@
-"""Commands for this stage (filled in by its issue)."""
+"""``facesearch prepare RAW_DIR OUT_DIR``: photos → face crops + manifest (see ``facesearch.data.prepare``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from facesearch.cli._app import app
+
+_STATUS_ORDER = (
+    "ok", "duplicate", "conflict", "no_face", "too_small", "too_large", "truncated", "unreadable", "not_an_image",
+    "no_identity",
+)
+
+
+class _Bar:
+    """A progress bar opened once the library knows how many photos need decoding."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar = enabled, None
+
+    def start(self, total: int) -> None:
+        if self.enabled and total:
+            self.bar = typer.progressbar(length=total, label="detecting faces", file=sys.stderr)
+            self.bar.__enter__()
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@app.command()
+def prepare(
+    raw_dir: Annotated[Path, typer.Argument(help="Photos, one sub-folder per identity (nested folders allowed).")],
+    out_dir: Annotated[Path, typer.Argument(help="Where crops, manifest.csv and dataset.json go; reruns resume.")],
+    size: Annotated[int, typer.Option(help="Crop side in pixels.")] = 112,
+    margin: Annotated[float, typer.Option(help="Context around the face box, as a fraction of its side.")] = 0.2,
+    align: Annotated[bool, typer.Option(help="Align by the 5 landmarks (similarity transform).")] = False,
+    select: Annotated[str, typer.Option(help='Face kept from group photos: "largest" or "center" (LFW-style).')] = "largest",
+    device: Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" or "cpu".')] = "auto",
+    workers: Annotated[int, typer.Option(help="Detection processes on CPU, each single-threaded.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the train/val/test and holdout assignment.")] = 0,
+    val: Annotated[float, typer.Option(help="Fraction of each identity's photos for validation.")] = 0.1,
+    test: Annotated[float, typer.Option(help="Fraction of each identity's photos for test.")] = 0.1,
+    min_photos: Annotated[int, typer.Option(help="Identities with fewer ok photos stay train-only.")] = 5,
+    holdout_identities: Annotated[int, typer.Option(help="Whole identities kept out for open-set evaluation.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Detect, crop and split every photo; one manifest row per file, with a status and a reason."""
+    from facesearch.data.prepare import PrepareSettings
+    from facesearch.data.prepare import prepare as run_prepare
+
+    if select not in ("largest", "center"):
+        _fail(f"--select must be 'largest' or 'center', not {select!r}")
+    if not raw_dir.is_dir():
+        _fail(f"{raw_dir}: not a folder")
+    if not (0 <= val and 0 <= test and val + test < 1):
+        _fail(f"--val {val} and --test {test} must be fractions that leave some photos for training")
+    settings = PrepareSettings(
+        size=size, margin=margin, align=align, select=select, seed=seed, val=val, test=test,
+        min_photos=min_photos, holdout_identities=holdout_identities,
+    )
+    bar = _Bar(enabled=not as_json)
+    try:
+        report = run_prepare(raw_dir, out_dir, settings, device=device, workers=workers,
+                             progress=bar.update, on_total=bar.start)
+    except OSError as e:
+        _fail(f"{getattr(e, 'filename', None) or out_dir}: {e.strerror or e}")
+    finally:
+        bar.close()
+    typer.echo(json.dumps(_summary(report, out_dir), indent=2) if as_json else _table(report, out_dir))
+
+
+def _fail(message: str):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=1)
+
+
+def _summary(report, out_dir: Path) -> dict:
+    total = len(report.rows)
+    return {
+        "out_dir": str(out_dir),
+        "photos": total,
+        "counts": {s: report.counts.get(s, 0) for s in _STATUS_ORDER if report.counts.get(s, 0)},
+        "ok_rate": report.counts.get("ok", 0) / total if total else 0.0,
+        "multi_face": report.multi_face,
+        "splits": report.split_counts,
+        "detected": report.detected,
+        "recropped": report.recropped,
+        "reused": report.reused,
+        "train_only_identities": report.train_only,
+        "holdout_identities": report.holdout,
+        "seconds": round(report.seconds, 2),
+    }
+
+
+def _table(report, out_dir: Path) -> str:
+    s = _summary(report, out_dir)
+    total = max(s["photos"], 1)
+    lines = [f"{'status':<14}{'photos':>8}{'share':>9}"]
+    lines += [f"{k:<14}{v:>8}{100 * v / total:>8.1f}%" for k, v in s["counts"].items()]
+    lines.append(f"{'total':<14}{s['photos']:>8}")
+    lines.append("")
+    lines.append(f"ok photos with several faces: {s['multi_face']}")
+    lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(s["splits"].items())))
+    if report.train_only:
+        lines.append(f"train-only (fewer ok photos than --min-photos): {len(report.train_only)} identities: "
+                     + ", ".join(report.train_only[:10]) + (" ..." if len(report.train_only) > 10 else ""))
+    if report.holdout:
+        lines.append(f"held out: {', '.join(report.holdout)}")
+    rate = report.detected / report.seconds if report.seconds else 0.0
+    lines.append(f"this run: {report.detected} photos detected, {report.recropped} re-cropped, {report.reused} "
+                 f"reused, {report.seconds:.1f} s ({rate:.1f} photos/s)")
+    lines.append(f"manifest: {out_dir / 'manifest.csv'}")
+    return "\n".join(lines)

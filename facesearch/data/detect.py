@@ -67,8 +67,8 @@ class FaceDetector:
             side (0 = off). Small faces are what make MTCNN slow: its image pyramid starts at
             12 / min_face of the photo's size.
         max_side: speed knob; photos with a longer side are searched at this size (None = off).
-        retry_missed: when a speed knob is on, search photos where nothing was found once more at
-            ``min_face_size`` and full size, so the knobs never lose a face the plain search finds.
+        retry_missed: with ``min_face_ratio`` on, search each photo where nothing was found once more,
+            alone and at ``min_face_size``, so the knob never loses a face the plain search finds.
     """
 
     def __init__(
@@ -92,19 +92,17 @@ class FaceDetector:
 
     def detect(self, images: list[Image.Image]) -> list[list[Face]]:
         """All faces in each photo (RGB PIL images of any sizes), in the photo's own pixels."""
-        fast = self.min_face_ratio > 0 or self.max_side is not None
-        faces = self._detect_all(images, self.min_face_ratio, self.max_side)
-        if fast and self.retry_missed:
-            missed = [i for i, found in enumerate(faces) if not found]
-            if missed:
-                logger.debug("retrying %d photos at full size and min_face_size", len(missed))
-                again = self._detect_all([images[i] for i in missed], 0.0, None)
-                for i, found in zip(missed, again):
-                    faces[i] = found
+        faces = self._detect_all(images, self.min_face_ratio)
+        if self.min_face_ratio > 0 and self.retry_missed:
+            for i, found in enumerate(faces):
+                if not found:  # alone and unpadded: exactly MTCNN's own search at min_face_size
+                    scale = _working_scale(images[i].size, self.max_side)
+                    again = self._detect_canvas([_working_array(images[i], scale)], float(self.min_face_size))[0]
+                    faces[i] = [_rescale(f, 1.0 / scale) for f in again]
         return faces
 
-    def _detect_all(self, images, min_face_ratio: float, max_side: int | None) -> list[list[Face]]:
-        scales = [_working_scale(im.size, max_side) for im in images]
+    def _detect_all(self, images, min_face_ratio: float) -> list[list[Face]]:
+        scales = [_working_scale(im.size, self.max_side) for im in images]
         arrays = [_working_array(im, s) for im, s in zip(images, scales)]  # each (h, w, 3) uint8
         results: list[list[Face]] = [[] for _ in images]
         for batch in _group_by_shape([a.shape[:2] for a in arrays], self.batch_size):

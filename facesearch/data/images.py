@@ -103,9 +103,7 @@ def _decode_errors_as_image_errors():
 def _check_pixels(image: Image.Image, limit: int | None) -> None:
     w, h = image.size
     if limit is not None and w * h > limit:
-        raise ImageError(
-            "too_large", f"{w}x{h} = {w * h / 1e6:.0f} M pixels exceeds the {limit / 1e6:.0f} M-pixel limit"
-        )
+        raise ImageError("too_large", f"{w}x{h} = {w * h:,} pixels is over the {limit:,}-pixel decompression-bomb limit")
 
 
 def _exif_transpose(image: Image.Image, path) -> Image.Image:

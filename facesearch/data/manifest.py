@@ -32,6 +32,7 @@ STATUSES = (
     "too_large",  # over the decompression-bomb pixel limit
     "too_small",  # below the minimum side length
     "no_face",  # decoded fine, MTCNN found no face
+    "no_identity",  # a file directly in RAW_DIR, not inside an identity folder
 )
 SPLITS = ("train", "val", "test", "holdout")
 

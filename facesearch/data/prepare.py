@@ -1,0 +1,503 @@
+"""``prepare``: a folder of labelled photos → face crops on disk + a manifest row for every input file.
+
+    RAW_DIR/<identity>/.../*.jpg  ──scan──▶ hash ──dedupe──▶ decode ──detect (batched MTCNN)──▶ select
+    ──crop──▶ OUT_DIR/<identity>/<sha256[:16]>.jpg  +  OUT_DIR/manifest.csv  +  OUT_DIR/dataset.json
+
+Every file gets exactly one row with a status (see ``manifest.STATUSES``) and a readable reason; no file
+stops the run. Runs are resumable and idempotent: a file whose path, size, modification time and hash
+match an earlier row is not decoded or detected again; a file changed in place is; removed files drop out.
+Detection uses worker processes, each running single-threaded batched MTCNN (small convolutions scale
+better across processes than across threads); on CUDA one process feeds the GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+from facesearch.data.manifest import ManifestRow, read_manifest, read_settings, write_manifest, write_settings
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]  # called with the number of photos just finished
+
+# Statuses that record a finished look at a file's content (reusable while the file is unchanged).
+_PROCESSED = ("ok", "no_face", "unreadable", "truncated", "not_an_image", "too_large", "too_small")
+_CHECKPOINT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """How ``prepare`` cleans, crops and splits. Saved to ``dataset.json``."""
+
+    size: int = 112  # crop side, px
+    margin: float = 0.2  # context around the box, as a fraction of its longer side (half each side)
+    align: bool = False  # 5-point similarity alignment instead of a plain box crop
+    select: str = "largest"  # which face of a group photo: "largest" or "center"
+    seed: int = 0  # split assignment
+    val: float = 0.1  # fraction of each identity's photos for validation
+    test: float = 0.1  # ... and for test
+    min_photos: int = 5  # identities with fewer ok photos stay train-only
+    holdout_identities: int = 0  # whole identities kept out (split "holdout") for open-set evaluation
+    min_side: int = 32  # px; smaller photos are "too_small"
+    max_pixels: int | None = None  # decompression-bomb limit; None = Pillow's
+    # Detection speed knobs (see FaceDetector); photos with no face found are retried without them.
+    min_face_ratio: float = 0.2
+    max_side: int = 640
+    batch_size: int = 16
+    jpeg_quality: int = 95
+
+    def crop_key(self) -> dict:
+        """What a crop's pixels depend on, given the face: change any and crops are re-cut."""
+        return {"size": self.size, "margin": self.margin, "align": self.align}
+
+    def content_key(self) -> dict:
+        """What a row's status and kept face depend on: change any and every photo is re-done."""
+        return {"select": self.select, "min_side": self.min_side, "max_pixels": self.max_pixels}
+
+
+@dataclass
+class PrepareReport:
+    """What a run did. ``rows`` is the whole manifest as written."""
+
+    rows: list[ManifestRow]
+    detected: int  # photos decoded and sent to the face detector in this run
+    recropped: int  # crops re-cut from a stored face (crop settings changed)
+    reused: int  # rows carried over from the previous run untouched
+    train_only: list[str] = field(default_factory=list)  # identities with too few ok photos
+    holdout: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(r.status for r in self.rows))
+
+    @property
+    def multi_face(self) -> int:
+        return sum(r.multi_face for r in self.rows if r.status == "ok")
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        return dict(Counter(r.split for r in self.rows if r.status == "ok"))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One photo to decode, plus (when only re-cropping) the face found in an earlier run."""
+
+    row: ManifestRow  # path/identity/sha256/size/mtime filled in; the rest is the outcome's
+    source: str  # absolute path
+    crop: str  # relative to OUT_DIR
+    face: tuple | None = None  # (box, landmarks, prob, n_faces) to re-crop without detecting
+
+
+def prepare(
+    raw_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: PrepareSettings = PrepareSettings(),
+    device: str = "auto",
+    workers: int = 2,
+    progress: Progress | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> PrepareReport:
+    """Clean, crop and split a folder of labelled photos; see the module docstring.
+
+    Args:
+        raw_dir: one sub-folder per identity (nested folders become "a/b" identities).
+        out_dir: where crops, ``manifest.csv`` and ``dataset.json`` go; an earlier run's output is reused.
+        settings: crop, split and detection settings.
+        device: "auto" (CUDA if present), "cpu", "cuda", ...
+        workers: CPU detection processes (each single-threaded); 1 runs in this process.
+        progress: called with the number of photos finished, as they finish.
+        on_total: called once with the number of photos that need decoding (before any work).
+
+    Returns:
+        A ``PrepareReport``; the manifest and settings are on disk.
+    """
+    start = time.perf_counter()
+    raw_dir, out_dir = Path(raw_dir).resolve(), Path(out_dir).resolve()
+    if not raw_dir.is_dir():
+        raise NotADirectoryError(f"{raw_dir}: not a folder")
+    all_old_rows, old_rows, old_settings = _previous_run(out_dir, settings)
+    files = scan(raw_dir, exclude=out_dir)
+    rows, jobs, reused = _plan(files, raw_dir, out_dir, old_rows, old_settings, settings)
+    if on_total:
+        on_total(len(jobs))
+    # Before any crop is written: the manifest holds only rows valid under the new settings.
+    write_manifest(out_dir, rows)
+    write_settings(out_dir, _settings_record(settings, raw_dir))
+    done = _run_jobs(jobs, out_dir, settings, device, workers, rows, progress)
+    train_only, holdout = assign_splits(done, settings)
+    _remove_stale_crops(out_dir, all_old_rows, done)
+    write_manifest(out_dir, done)
+    return PrepareReport(
+        rows=sorted(done, key=lambda r: r.path),
+        detected=sum(j.face is None for j in jobs),
+        recropped=sum(j.face is not None for j in jobs),
+        reused=reused,
+        train_only=train_only,
+        holdout=holdout,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _previous_run(out_dir: Path, settings: PrepareSettings) -> tuple[list[ManifestRow], list[ManifestRow], dict]:
+    """The earlier run's rows, those still reusable (none when its content settings differ: everything
+    is redone), and its settings."""
+    try:
+        old_rows = read_manifest(out_dir)
+    except FileNotFoundError:
+        return [], [], {}
+    old_settings = read_settings(out_dir)
+    old_content = {k: old_settings.get(k) for k in settings.content_key()}
+    if old_content != settings.content_key():
+        logger.warning("%s: settings %s changed to %s; every photo is redone", out_dir, old_content, settings.content_key())
+        return old_rows, [], old_settings
+    return old_rows, old_rows, old_settings
+
+
+def _settings_record(settings: PrepareSettings, raw_dir: Path) -> dict:
+    return {**asdict(settings), "raw_dir": str(raw_dir)}
+
+
+# --- scan and hash -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _File:
+    path: str  # relative to RAW_DIR, POSIX
+    identity: str
+    size: int
+    mtime_ns: int
+
+
+def scan(raw_dir: Path, exclude: Path | None = None) -> list[_File]:
+    """Every non-hidden file under ``raw_dir`` (sorted), skipping ``exclude`` (an OUT_DIR inside it)."""
+    files = []
+    for folder, dirs, names in os.walk(raw_dir):
+        folder = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (exclude is None or folder / d != exclude))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            full = folder / name
+            try:
+                stat = full.stat()
+            except OSError:
+                stat = None
+            rel = full.relative_to(raw_dir)
+            files.append(
+                _File(
+                    path=rel.as_posix(),
+                    identity=rel.parent.as_posix() if rel.parent != Path(".") else "",
+                    size=stat.st_size if stat else -1,
+                    mtime_ns=stat.st_mtime_ns if stat else -1,
+                )
+            )
+    return files
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hash_files(files: list[_File], raw_dir: Path, old_by_path: dict[str, ManifestRow]) -> list[ManifestRow]:
+    """A row skeleton per file with its hash (reused while size and mtime are unchanged)."""
+    rows = []
+    for f in files:
+        row = ManifestRow(f.path, f.identity, "", f.size, f.mtime_ns, status="", reason="")
+        old = old_by_path.get(f.path)
+        if old is not None and old.sha256 and (old.size, old.mtime_ns) == (f.size, f.mtime_ns):
+            row.sha256 = old.sha256
+        else:
+            try:
+                row.sha256 = file_sha256(raw_dir / f.path)
+            except OSError as e:
+                row.status, row.reason = "unreadable", f"cannot read the file: {e.strerror or e}"
+        rows.append(row)
+    return rows
+
+
+# --- plan: dedupe, reuse, jobs -------------------------------------------------------------------------
+
+
+def _plan(files, raw_dir, out_dir, old_rows, old_settings, settings):
+    """Rows settled without decoding (duplicates, conflicts, reused) and jobs for the rest."""
+    rows = _hash_files(files, raw_dir, {r.path: r for r in old_rows})
+    _mark_duplicates(rows)
+    old_by_content = {(r.identity, r.sha256): r for r in old_rows if r.status in _PROCESSED and r.sha256}
+    same_crops = {k: old_settings.get(k) for k in settings.crop_key()} == settings.crop_key()
+    settled, jobs, reused = [], [], 0
+    for row in rows:
+        if row.status:  # unreadable, no_identity, duplicate or conflict
+            settled.append(row)
+            continue
+        crop = crop_path(row.identity, row.sha256)
+        old = old_by_content.get((row.identity, row.sha256))
+        if old is not None and (old.status != "ok" or (same_crops and (out_dir / crop).is_file())):
+            settled.append(_carry_over(old, row))
+            reused += 1
+        elif old is not None and old.box is not None and old.landmarks is not None:
+            face = (old.box, old.landmarks, old.prob, old.n_faces)
+            jobs.append(_Job(row, str(raw_dir / row.path), crop, face))
+        else:
+            jobs.append(_Job(row, str(raw_dir / row.path), crop))
+    return settled, jobs, reused
+
+
+def _mark_duplicates(rows: list[ManifestRow]) -> None:
+    """Same bytes twice: ``duplicate`` within one identity (the first path is kept), ``conflict`` across
+    identities (none of the copies is kept: we cannot tell whose photo it is)."""
+    by_hash: dict[str, list[ManifestRow]] = defaultdict(list)
+    for row in rows:
+        if not row.status and not row.identity:
+            row.status, row.reason = "no_identity", "not inside an identity folder (RAW_DIR/<identity>/...)"
+        elif not row.status:
+            by_hash[row.sha256].append(row)
+    for copies in by_hash.values():
+        identities = sorted({r.identity for r in copies})
+        if len(identities) > 1:
+            for row in copies:
+                others = [f"{r.identity!r} ({r.path})" for r in copies if r.identity != row.identity]
+                row.status, row.reason = "conflict", "same content also under " + ", ".join(others)
+            continue
+        first = min(copies, key=lambda r: r.path)
+        for row in copies:
+            if row is not first:
+                row.status, row.reason = "duplicate", f"same content as {first.path}"
+
+
+def _carry_over(old: ManifestRow, row: ManifestRow) -> ManifestRow:
+    """The earlier outcome for the same content, under this file's path, size and mtime."""
+    return replace(old, path=row.path, identity=row.identity, size=row.size, mtime_ns=row.mtime_ns, split=None)
+
+
+_UNSAFE = re.compile(r"[^\w\-. ]", re.UNICODE)
+
+
+def safe_folder(identity: str) -> str:
+    """An identity as a relative folder that cannot leave OUT_DIR: each part keeps letters, digits,
+    ``-_. `` and spaces; ``..``, empty and hidden parts are defused."""
+    parts = []
+    for part in identity.split("/"):
+        part = _UNSAFE.sub("_", part).strip()
+        if not part or part.startswith("."):
+            part = "_" + part.lstrip(".")
+        parts.append(part)
+    return "/".join(parts)
+
+
+def crop_path(identity: str, sha256: str) -> str:
+    return f"{safe_folder(identity)}/{sha256[:16]}.jpg"
+
+
+# --- decode, detect, crop ------------------------------------------------------------------------------
+
+
+def _run_jobs(jobs, out_dir, settings, device, workers, settled, progress) -> list[ManifestRow]:
+    """Run every job (in worker processes on CPU), checkpointing the manifest as rows come back."""
+    from facesearch.data.detect import resolve_device
+
+    device = resolve_device(device)
+    done = list(settled)
+    chunks = _chunks(jobs, 2 * settings.batch_size)
+    last_write = time.monotonic()
+    try:
+        for rows in _map_chunks(chunks, out_dir, settings, device, workers):
+            done.extend(rows)
+            if progress:
+                progress(len(rows))
+            if time.monotonic() - last_write > _CHECKPOINT_SECONDS:
+                write_manifest(out_dir, done)
+                last_write = time.monotonic()
+    finally:  # an interrupted run keeps what it finished
+        write_manifest(out_dir, done)
+    return done
+
+
+def _chunks(jobs: list[_Job], n: int) -> list[list[_Job]]:
+    return [jobs[i : i + n] for i in range(0, len(jobs), n)]
+
+
+def _map_chunks(chunks, out_dir, settings, device, workers) -> Iterable[list[ManifestRow]]:
+    if not chunks:
+        return
+    if device != "cpu" or workers <= 1:
+        _init_worker(str(out_dir), settings, device, threads=None)
+        for chunk in chunks:
+            yield _process_chunk(chunk)
+        return
+    import multiprocessing
+
+    # spawn, not fork: forking a process that already runs torch's thread pools can deadlock.
+    context = multiprocessing.get_context("spawn")
+    init = (str(out_dir), settings, device, 1)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
+        futures = [pool.submit(_process_chunk, chunk) for chunk in chunks]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+_worker: dict = {}  # per process: out_dir, settings, detector
+
+
+def _init_worker(out_dir: str, settings: PrepareSettings, device: str, threads: int | None) -> None:
+    from facesearch.data.detect import FaceDetector
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    detector = FaceDetector(
+        device=device,
+        batch_size=settings.batch_size if device == "cpu" else 4 * settings.batch_size,
+        min_face_ratio=settings.min_face_ratio,
+        max_side=settings.max_side,
+    )
+    _worker.update(out_dir=Path(out_dir), settings=settings, detector=detector)
+
+
+def _process_chunk(jobs: list[_Job]) -> list[ManifestRow]:
+    """Decode every photo of the chunk, detect faces in one batched call, crop and save."""
+    from facesearch.data.images import ImageError, load_image
+
+    settings: PrepareSettings = _worker["settings"]
+    results: dict[int, ManifestRow] = {}
+    images = {}
+    for k, job in enumerate(jobs):
+        try:
+            images[k] = load_image(job.source, min_side=settings.min_side, max_pixels=settings.max_pixels)
+        except ImageError as e:
+            results[k] = replace(job.row, status=e.status, reason=e.reason)
+        except Exception as e:  # noqa: BLE001 - one odd file must never stop the run
+            results[k] = replace(job.row, status="unreadable", reason=f"cannot decode: {type(e).__name__}: {e}")
+    to_detect = [k for k in images if jobs[k].face is None]
+    found = _detect(_worker["detector"], [images[k] for k in to_detect])
+    faces = dict(zip(to_detect, found))
+    for k, image in images.items():
+        results[k] = _crop_one(jobs[k], image, faces.get(k))
+    return [results[k] for k in range(len(jobs))]
+
+
+def _detect(detector, images) -> list:
+    """Faces per photo; if the batched call fails, photo by photo (an error becomes that photo's row)."""
+    if not images:
+        return []
+    try:
+        return detector.detect(images)
+    except Exception:  # noqa: BLE001
+        logger.exception("batched detection failed; retrying photo by photo")
+    found = []
+    for image in images:
+        try:
+            found.extend(detector.detect([image]))
+        except Exception as e:  # noqa: BLE001
+            found.append(e)
+    return found
+
+
+def _crop_one(job: _Job, image, faces) -> ManifestRow:
+    from facesearch.data.detect import Face, select_face
+
+    settings: PrepareSettings = _worker["settings"]
+    if isinstance(faces, Exception):
+        return replace(job.row, status="unreadable", reason=f"face detector failed: {faces}")
+    if job.face is not None:
+        box, landmarks, prob, n_faces = job.face
+        face = Face(box=_f32(box), landmarks=_f32(landmarks), prob=float(prob or 0.0))
+    else:
+        n_faces = len(faces)
+        face = select_face(faces, image.size, settings.select)
+    if face is None:
+        return replace(job.row, status="no_face", reason="MTCNN found no face")
+    try:
+        _save_crop(image, face, _worker["out_dir"] / job.crop, settings)
+    except OSError as e:
+        return replace(job.row, status="unreadable", reason=f"cannot write the crop: {e}")
+    reason = f"{n_faces} faces found; kept the {settings.select} one" if n_faces > 1 else ""
+    return replace(
+        job.row, status="ok", reason=reason, prob=round(face.prob, 5), n_faces=n_faces, crop=job.crop,
+        box=tuple(round(float(v), 2) for v in face.box),
+        landmarks=tuple((round(float(x), 2), round(float(y), 2)) for x, y in face.landmarks),
+    )
+
+
+def _f32(values):
+    import numpy as np
+
+    return np.asarray(values, dtype=np.float32)
+
+
+def _save_crop(image, face, target: Path, settings: PrepareSettings) -> None:
+    """Write atomically, so a crash never leaves half a JPEG under a manifest's crop path."""
+    from facesearch.data.detect import crop_face
+
+    crop = crop_face(image, face, size=settings.size, margin=settings.margin, align=settings.align)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+    crop.save(tmp, format="JPEG", quality=settings.jpeg_quality)
+    os.replace(tmp, target)
+
+
+# --- split and tidy ------------------------------------------------------------------------------------
+
+
+def _unit_hash(*parts) -> float:
+    """A deterministic number in [0, 1) from the parts."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).hexdigest()
+    return int(digest[:13], 16) / 16**13
+
+
+def assign_splits(rows: list[ManifestRow], settings: PrepareSettings) -> tuple[list[str], list[str]]:
+    """Set ``split`` on every ok row, in place.
+
+    A photo's split is a hash of (seed, content hash), so adding photos never moves the others. Identities
+    with fewer than ``min_photos`` ok photos are train-only; ``holdout_identities`` whole identities
+    (chosen by a hash of seed and name among those with enough photos) get split "holdout".
+
+    Returns:
+        (train-only identities, holdout identities), each sorted.
+    """
+    by_identity: dict[str, list[ManifestRow]] = defaultdict(list)
+    for row in rows:
+        row.split = None
+        if row.status == "ok":
+            by_identity[row.identity].append(row)
+    small = sorted(i for i, rs in by_identity.items() if len(rs) < settings.min_photos)
+    eligible = sorted((i for i in by_identity if i not in small), key=lambda i: _unit_hash(settings.seed, "holdout", i))
+    holdout = sorted(eligible[: settings.holdout_identities])
+    if len(holdout) < settings.holdout_identities:
+        logger.warning("only %d identities have %d+ photos to hold out", len(holdout), settings.min_photos)
+    for identity, members in by_identity.items():
+        for row in members:
+            row.split = "holdout" if identity in holdout else _split_of(row, identity in small, settings)
+    return small, holdout
+
+
+def _split_of(row: ManifestRow, train_only: bool, settings: PrepareSettings) -> str:
+    if train_only:
+        return "train"
+    u = _unit_hash(settings.seed, row.sha256)
+    return "val" if u < settings.val else "test" if u < settings.val + settings.test else "train"
+
+
+def _remove_stale_crops(out_dir: Path, old_rows: list[ManifestRow], rows: list[ManifestRow]) -> None:
+    """Delete crops the previous manifest listed and this one does not (removed or now-conflicting files)."""
+    keep = {r.crop for r in rows if r.status == "ok" and r.crop}
+    for crop in {r.crop for r in old_rows if r.status == "ok" and r.crop} - keep:
+        target = (out_dir / crop).resolve()
+        if target.is_relative_to(out_dir) and target.is_file():
+            target.unlink()
+            logger.info("removed stale crop %s", crop)
