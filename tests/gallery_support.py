@@ -1,4 +1,6 @@
-"""Database backends for the gallery tests: SQLite always, PostgreSQL when ``FACESEARCH_TEST_PG_URL`` is set.
+"""Support for the gallery tests: database backends and a tiny random-weight checkpoint.
+
+Backends: SQLite always, PostgreSQL when ``FACESEARCH_TEST_PG_URL`` is set.
 
 Each PostgreSQL test gets a schema of its own (selected through ``search_path`` in the URL), dropped
 afterwards. ``FACESEARCH_REQUIRE_PG=1`` (set by ``.ci/run``) turns a missing server into a failure.
@@ -43,3 +45,16 @@ def database_url(backend: str, tmp_path):
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+def tiny_checkpoint(path, input_size: int = 32, fc_width: int = 64, seed: int = 0):
+    """A random-weight VGG16 checkpoint small enough to run in milliseconds (pre-ReLU fc7, so no
+    embedding is all zeros)."""
+    import torch
+
+    from facesearch.checkpoint import Preprocess, save_checkpoint
+    from facesearch.models.vgg import VGG16, VGGConfig
+
+    torch.manual_seed(seed)
+    model = VGG16(VGGConfig(num_classes=3, input_size=input_size, fc_width=fc_width, embedding="pre_relu"))
+    return save_checkpoint(path, model, ["a", "b", "c"], Preprocess(input_size))

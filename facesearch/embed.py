@@ -1,0 +1,201 @@
+"""Photos → face embeddings: detect and crop exactly as ``prepare`` does, then the model's fc7, L2-normalised.
+
+``Embedder`` wraps a checkpoint for inference (eval, ``torch.inference_mode``, channels-last, batched)
+and optionally averages each face with its mirror image, a cheap and well-known gain for verification.
+Detection, face selection and cropping are ``facesearch.data.detect``'s, shared with ``prepare``, so a
+gallery face is cut the same way as the training crops were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SELECT_RULES = ("all", "largest", "center")
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """How faces are cut out of photos; must match the ``prepare`` run the model was trained on."""
+
+    size: int = 112  # crop side in px (prepare's default); the model input is resized from it
+    margin: float = 0.2
+    align: bool = False
+
+    @classmethod
+    def from_checkpoint(cls, loaded) -> CropSettings:
+        """The crop settings recorded in the checkpoint (``extra["crop"]``), else prepare's defaults."""
+        recorded = dict(getattr(loaded, "extra", {}).get("crop") or {})
+        return cls(**{k: recorded[k] for k in ("size", "margin", "align") if k in recorded})
+
+
+@dataclass(frozen=True)
+class PhotoFace:
+    """One embedded face of one photo."""
+
+    path: str | None  # the photo (None for an image passed in memory)
+    face: object  # facesearch.data.detect.Face: box, landmarks, prob in photo pixels
+    crop: object  # the PIL crop that was embedded
+    embedding: np.ndarray  # (d,) float32, L2-normalised
+
+
+class Embedder:
+    """A checkpoint ready to embed faces.
+
+    Args:
+        model: a checkpoint path (or run folder), or a ``LoadedModel``.
+        device: "auto" (CUDA when available), "cpu", "cuda", ...
+        flip: average each face's embedding with its horizontal mirror's (2x the compute).
+        batch_size: crops per forward pass.
+        crop: how to cut faces; default: recorded in the checkpoint, else prepare's defaults.
+        detector: a ``FaceDetector`` to share; default: one on the same device.
+    """
+
+    def __init__(self, model, device: str = "auto", flip: bool = True, batch_size: int = 32,
+                 crop: CropSettings | None = None, detector=None):
+        import torch
+
+        from facesearch.checkpoint import LoadedModel, load_checkpoint, resolve_device
+
+        self.device = resolve_device(device)
+        self.loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model, self.device)
+        self.model = self.loaded.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.flip = flip
+        self.batch_size = batch_size
+        self.crop = crop or CropSettings.from_checkpoint(self.loaded)
+        self._detector = detector
+
+    @property
+    def fingerprint(self) -> str:
+        """The model's fingerprint: galleries refuse embeddings of any other model."""
+        return self.loaded.fingerprint
+
+    @property
+    def dim(self) -> int:
+        return self.loaded.config.fc_width
+
+    @property
+    def detector(self):
+        if self._detector is None:
+            from facesearch.data.detect import FaceDetector
+
+            self._detector = FaceDetector(device=str(self.device))
+        return self._detector
+
+    def embed_crops(self, crops: Sequence) -> np.ndarray:
+        """Face crops (PIL, any square size) → (n, d) float32 L2-normalised embeddings."""
+        out = [self._embed_batch(crops[i : i + self.batch_size]) for i in range(0, len(crops), self.batch_size)]
+        return np.concatenate(out) if out else np.empty((0, self.dim), dtype=np.float32)
+
+    def _embed_batch(self, crops: Sequence) -> np.ndarray:
+        import torch
+
+        from facesearch.checkpoint import preprocess_batch
+
+        x = preprocess_batch(list(crops), self.loaded.preprocess)  # (n, 3, S, S)
+        if self.flip:
+            x = torch.cat([x, x.flip(3)])  # (2n, 3, S, S): one forward pass for both views
+        x = x.to(self.device, memory_format=torch.channels_last)
+        with torch.inference_mode():
+            e = self.model.forward_embedding(x).float()  # (n or 2n, d)
+        if self.flip:
+            e = e[: len(crops)] + e[len(crops) :]
+        e = torch.nn.functional.normalize(e, dim=1)
+        return e.cpu().numpy().astype(np.float32, copy=False)
+
+    def embed_photo(self, photo, select: str = "all") -> list[tuple[object, np.ndarray]]:
+        """Faces of one photo (path or PIL image) with their embeddings, as ``(Face, (d,) array)`` pairs.
+
+        Args:
+            select: "all" faces, or the one "largest" / nearest the "center" (empty list: no face).
+        """
+        from facesearch.data.images import load_image
+
+        image = load_image(photo) if isinstance(photo, (str, os.PathLike)) else photo.convert("RGB")
+        return [(f.face, f.embedding) for f in self.embed_images([image], select)[0]]
+
+    def embed_images(self, images: Sequence, select: str = "all", paths: Sequence | None = None) -> list[list[PhotoFace]]:
+        """Detect (batched), select, crop and embed (batched) the faces of several RGB PIL images."""
+        from facesearch.data.detect import crop_face, select_face
+
+        if select not in SELECT_RULES:
+            raise ValueError(f"select must be one of {SELECT_RULES}, not {select!r}")
+        found = self.detector.detect(list(images))
+        chosen = []  # (image number, Face, crop)
+        for n, (image, faces) in enumerate(zip(images, found)):
+            if select != "all":
+                faces = [f for f in [select_face(faces, image.size, select)] if f is not None]
+            for face in faces:
+                chosen.append((n, face, crop_face(image, face, self.crop.size, self.crop.margin, self.crop.align)))
+        vectors = self.embed_crops([c for _, _, c in chosen])
+        out: list[list[PhotoFace]] = [[] for _ in images]
+        for (n, face, crop), v in zip(chosen, vectors):
+            out[n].append(PhotoFace(str(paths[n]) if paths is not None else None, face, crop, v))
+        return out
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file (what a gallery uses to recognise a photo it already holds)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class EmbeddedFiles:
+    faces: list[PhotoFace]  # in input order; several per photo with select="all"
+    vectors: np.ndarray  # (len(faces), d) float32
+    failures: dict[str, str]  # photo → reason (unreadable, no face)
+
+
+def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], select: str = "largest",
+                batch_size: int = 16, progress: Callable[[int], None] | None = None) -> EmbeddedFiles:
+    """Embed the faces of many photo files, a batch of photos at a time.
+
+    Returns:
+        Every embedded face, their stacked vectors, and why each other photo gave nothing.
+    """
+    from facesearch.data.images import ImageError, load_image
+
+    faces: list[PhotoFace] = []
+    failures: dict[str, str] = {}
+    for start in range(0, len(paths), batch_size):
+        batch, images = [], []
+        for path in paths[start : start + batch_size]:
+            try:
+                images.append(load_image(path))
+                batch.append(path)
+            except (ImageError, OSError) as e:
+                failures[str(path)] = str(e)
+        for path, found in zip(batch, embedder.embed_images(images, select, paths=batch)):
+            faces.extend(found)
+            if not found:
+                failures[str(path)] = "no_face: no face detected"
+        if progress:
+            progress(len(paths[start : start + batch_size]))
+    vectors = np.stack([f.embedding for f in faces]) if faces else np.empty((0, embedder.dim), np.float32)
+    return EmbeddedFiles(faces, vectors, failures)
+
+
+def write_embeddings(result: EmbeddedFiles, out: str | os.PathLike) -> tuple[Path, Path]:
+    """``out`` (.npy, (n, d) float32) and a sidecar ``.json`` naming each row's photo, box and probability."""
+    import json
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, result.vectors)
+    rows = [{"path": f.path, "box": [round(float(v), 2) for v in f.face.box], "prob": round(float(f.face.prob), 4)}
+            for f in result.faces]
+    meta = out.with_suffix(".json")
+    meta.write_text(json.dumps({"rows": rows, "failures": result.failures}, indent=1))
+    return out, meta

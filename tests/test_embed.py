@@ -1,0 +1,85 @@
+"""Embedder: shapes, normalisation, flip averaging, batching, and detection through prepare's code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from gallery_support import tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def embedder(checkpoint):
+    from facesearch.embed import Embedder
+
+    return Embedder(checkpoint, device="cpu", batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def crops(sample_photos):
+    paths = sorted(sample_photos.glob("*/*.jpg"))[:5]
+    return [Image.open(p).convert("RGB").resize((64, 64)) for p in paths]
+
+
+def test_embed_crops_are_unit_vectors_of_the_fc7_width(embedder, crops):
+    x = embedder.embed_crops(crops)
+    assert x.shape == (5, 64) and x.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed_crops([]).shape == (0, 64)
+
+
+def test_batching_does_not_change_embeddings(embedder, crops):
+    together = embedder.embed_crops(crops)  # batches of 3 and 2
+    alone = np.concatenate([embedder.embed_crops([c]) for c in crops])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_flip_averaging_makes_a_face_and_its_mirror_identical(checkpoint, crops):
+    from facesearch.checkpoint import load_checkpoint
+    from facesearch.embed import Embedder
+
+    loaded = load_checkpoint(checkpoint)
+    flipped = Embedder(loaded, device="cpu", flip=True)
+    plain = Embedder(loaded, device="cpu", flip=False)
+    mirror = ImageOps.mirror(crops[0])
+    a, b = flipped.embed_crops([crops[0], mirror])
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    c, d = plain.embed_crops([crops[0], mirror])
+    assert not np.allclose(c, d, atol=1e-3)
+    assert flipped.fingerprint == plain.fingerprint == loaded.fingerprint
+
+
+def test_embed_photo_detects_selects_and_crops(embedder, sample_photos):
+    photo = sorted(sample_photos.glob("*/*.jpg"))[0]
+    faces = embedder.embed_photo(photo, select="largest")
+    assert len(faces) == 1
+    face, vector = faces[0]
+    w, h = Image.open(photo).size
+    x1, y1, x2, y2 = face.box
+    assert 0 <= x1 < x2 <= w + 5 and 0 <= y1 < y2 <= h + 5
+    assert vector.shape == (64,) and abs(np.linalg.norm(vector) - 1) < 1e-5
+    assert len(embedder.embed_photo(Image.open(photo), select="all")) >= 1
+    with pytest.raises(ValueError):
+        embedder.embed_photo(photo, select="biggest")
+
+
+def test_embed_files_reports_unreadable_and_faceless_photos(embedder, sample_photos, tmp_path):
+    from facesearch.embed import embed_files, write_embeddings
+
+    photo = sorted(sample_photos.glob("*/*.jpg"))[0]
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    blank = tmp_path / "blank.jpg"
+    Image.new("RGB", (120, 120), (90, 90, 90)).save(blank)
+    result = embed_files(embedder, [photo, text, blank])
+    assert [f.path for f in result.faces] == [str(photo)]
+    assert result.failures[str(text)].startswith("not_an_image")
+    assert result.failures[str(blank)].startswith("no_face")
+    npy, meta = write_embeddings(result, tmp_path / "out" / "x.npy")
+    assert np.load(npy).shape == (1, 64) and meta.is_file()
