@@ -139,7 +139,8 @@ def random_baseline(loaded, seed: int = 0):
     device = next(loaded.model.parameters()).device
     model.to(device).eval()
     return dataclasses.replace(
-        loaded, model=model, fingerprint=fingerprint(model.state_dict()), path=None, extra={"random_seed": seed}
+        loaded, model=model, fingerprint=fingerprint(model.state_dict()), path=None,
+        extra={**loaded.extra, "random_seed": seed},  # keeps e.g. the recorded crop settings
     )
 
 
@@ -179,7 +180,7 @@ def embed_images(
     """Embed the photos ``relpaths`` of a raw folder or of a ``prepare`` output.
 
     Args:
-        embedder: a ``facesearch.embed.Embedder`` (or anything with ``embed_crops``/``embed_photo``).
+        embedder: a ``facesearch.embed.Embedder`` (or anything with its ``embed_crops``/``embed_images``).
         relpaths: photo paths relative to the raw folder, e.g. ``Name/Name_0001.jpg``.
         images_dir: the raw folder, or a ``prepare`` output whose manifest lists those paths.
         raw_dir: for a ``prepare`` output, the raw folder it was made from: photos without a usable
@@ -241,27 +242,38 @@ def _embed_in_batches(embedder, loaders: Sequence[Callable], batch_size: int, pr
 def _embed_raw_photos(embedder, relpaths, images_dir: Path, crop_size, select, batch_size, progress) -> Embedded:
     """Detect, keep one face (``select``) and embed, as ``who`` does; centre crop when no face is found."""
     from facesearch.data.detect import center_crop
-    from facesearch.data.images import ImageError, load_image
 
     embedded, no_face = Embedded(), {}
-    for rel in relpaths:
-        try:
-            image = load_image(images_dir / rel)
-        except (ImageError, FileNotFoundError) as err:
-            log.warning("%s: %s", images_dir / rel, err)
-            embedded.missing.append(rel)
-            continue
-        faces = embedder.embed_photo(image, select=select)
-        if faces:
-            embedded.vectors[rel] = np.asarray(faces[0][1], dtype=np.float32)
-        else:
-            no_face[rel] = lambda im=image: center_crop(im, crop_size)
+    step = 16  # photos per detection batch
+    for start in range(0, len(relpaths), step):
+        batch = relpaths[start : start + step]
+        images = _load_photos(images_dir, batch, embedded.missing)  # rel -> image
+        found = embedder.embed_images(list(images.values()), select=select)  # per photo: [PhotoFace]
+        for (rel, image), faces in zip(images.items(), found):
+            if faces:
+                embedded.vectors[rel] = np.asarray(faces[0].embedding, dtype=np.float32)
+            else:
+                no_face[rel] = lambda im=image: center_crop(im, crop_size)
         if progress:
-            progress(1)
+            progress(len(batch))
     keys = list(no_face)
     embedded.vectors.update(zip(keys, _embed_in_batches(embedder, [no_face[k] for k in keys], batch_size, None)))
     embedded.fallback.extend(keys)
     return embedded
+
+
+def _load_photos(root: Path, relpaths: Sequence[str], missing: list[str]) -> dict:
+    """The decoded photos that exist and decode; the others are appended to ``missing``."""
+    from facesearch.data.images import ImageError, load_image
+
+    images = {}
+    for rel in relpaths:
+        try:
+            images[rel] = load_image(root / rel)
+        except (ImageError, OSError) as err:
+            log.warning("%s: %s", root / rel, err)
+            missing.append(rel)
+    return images
 
 
 def make_embedder(loaded, device: str):

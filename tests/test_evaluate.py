@@ -284,22 +284,6 @@ def test_calibrate_probe_outcomes_and_stored_threshold_with_a_real_gallery(tmp_p
         assert reopened.threshold() == (pytest.approx(cal.threshold), cal.to_dict())
 
 
-class ModelEmbedder:
-    """The model's fc7 on crops, L2-normalised (stands in for ``facesearch.embed.Embedder`` on crops)."""
-
-    def __init__(self, loaded, device="cpu"):
-        self.loaded = loaded
-
-    def embed_crops(self, crops):
-        import torch
-
-        from facesearch.checkpoint import preprocess_batch
-
-        with torch.inference_mode():
-            x = self.loaded.model.forward_embedding(preprocess_batch(crops, self.loaded.preprocess))
-        return torch.nn.functional.normalize(x, dim=1).numpy()
-
-
 @pytest.fixture(scope="module")
 def lfw_like(tmp_path_factory):
     """A prepare output in LFW's naming: 5 people x 4 photos (sample crops at 32 px) + 3 single-photo people."""
@@ -325,30 +309,29 @@ def _pairs_text(people, n_folds):
     return "\n".join(lines) + "\n"
 
 
-def test_evaluate_pairs_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like, tmp_path, monkeypatch):
+def test_evaluate_pairs_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like, tmp_path):
     out, people = lfw_like
-    monkeypatch.setattr(evaluate, "make_embedder", lambda loaded, device: ModelEmbedder(loaded))
-    ten_fold = _write(tmp_path, "tenfold.txt", "10\t1\n" + _pairs_text(people, 10) + f"{people[0]}\t1\t9\n" * 0)
-    report = evaluate.evaluate_pairs(tiny_checkpoint, [ten_fold], out, device="cpu", n_boot=20)
+    ten_fold = _write(tmp_path, "tenfold.txt", "10\t1\n" + _pairs_text(people, 10))
+    report = evaluate.evaluate_pairs(tiny_checkpoint, [ten_fold], out, device="cpu", baseline=False, n_boot=20)
     s = report.summary
     assert s["protocol"] == "10-fold" and s["model"]["n_pairs"] == 20 and s["n_missing_images"] == 0
     assert len(s["model"]["fold_accuracies"]) == 10
     assert s["model"]["tar_at_far"]["0.001"] == evaluate.NOT_MEASURABLE
-    assert s["random_baseline"]["fingerprint"] != s["fingerprint"]
-    assert set(report.scores) == {"model", "random_baseline"} and report.scores["model"].shape == (20,)
+    assert report.scores["model"].shape == (20,)
 
     train = _write(tmp_path, "train.txt", _pairs_text(people, 6))
     test = _write(tmp_path, "test.txt", _pairs_text(people, 4) + f"{people[7]}\t1\t{people[0]}\t9\n")  # _0009 is missing
-    report = evaluate.evaluate_pairs(tiny_checkpoint, [train, test], out, device="cpu", baseline=False, n_boot=20)
+    report = evaluate.evaluate_pairs(tiny_checkpoint, [train, test], out, device="cpu", n_boot=20)
     s = report.summary
-    assert s["protocol"] == "train/test" and "random_baseline" not in s
+    assert s["protocol"] == "train/test"
+    assert s["random_baseline"]["fingerprint"] != s["fingerprint"]
+    assert set(report.scores) == {"model", "random_baseline"}
     assert s["model"]["n_pairs"] == 8 and s["model"]["n_pairs_skipped"] == 1 and s["n_missing_images"] == 1
     assert 0 <= s["model"]["accuracy"] <= 1 and s["model"]["n_impostor"] == 4
 
 
-def test_evaluate_open_set_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like, monkeypatch):
+def test_evaluate_open_set_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like):
     out, people = lfw_like
-    monkeypatch.setattr(evaluate, "make_embedder", lambda loaded, device: ModelEmbedder(loaded))
     report = evaluate.evaluate_open_set(tiny_checkpoint, out, device="cpu", n_boot=20, fpir_targets=(0.5, 0.01))
     s = report.summary
     assert (s["n_enrolled_identities"], s["n_distractor_identities"], s["n_templates"]) == (5, 3, 5)
@@ -358,3 +341,24 @@ def test_evaluate_open_set_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_l
     assert m["dir_at_fpir"]["0.01"] == evaluate.NOT_MEASURABLE  # 3 strangers cannot show 1 %
     assert isinstance(m["dir_at_fpir"]["0.5"], float)
     assert set(report.curves) == {"model", "random_baseline"}
+    assert s["random_baseline"]["n_mated_probes"] == 15
+
+
+def test_evaluate_pairs_on_raw_photos_detects_faces_and_counts_centre_crops(tiny_checkpoint, tmp_path):
+    """Real MTCNN on real photos in LFW's layout; a photo with no face falls back to its centre crop."""
+    people = sorted(p.name for p in SAMPLE.iterdir())[:3]
+    for person in people:
+        (tmp_path / "images" / person).mkdir(parents=True)
+        for i, src in enumerate(sorted((SAMPLE / person).glob("*.jpg"))[:2], start=1):
+            (tmp_path / "images" / person / f"{person}_{i:04d}.jpg").write_bytes(src.read_bytes())
+    (tmp_path / "images" / "Wall").mkdir()
+    Image.new("RGB", (120, 120), (200, 190, 180)).save(tmp_path / "images" / "Wall" / "Wall_0001.jpg")
+    a, b, c = people
+    train = _write(tmp_path, "train.txt", f"{a} 1 2\n{b} 1 2\n{a} 1 {b} 1\n{b} 2 {c} 1\n")
+    test = _write(tmp_path, "test.txt", f"{c} 1 2\n{a} 1 2\n{c} 2 Wall 1\n{a} 2 {c} 1\n")
+    report = evaluate.evaluate_pairs(tiny_checkpoint, [train, test], tmp_path / "images", device="cpu",
+                                     baseline=False, n_boot=20)
+    s = report.summary
+    assert s["n_images"] == 7 and s["n_missing_images"] == 0
+    assert s["n_center_crop_fallback"] == 1  # the wall
+    assert s["model"]["n_pairs"] == 4 and s["model"]["n_pairs_skipped"] == 0
