@@ -54,13 +54,8 @@ def choose_threshold(mated_top, mated_hit, nonmated_top, target_fpir: float = DE
     """
     nonmated_top = np.asarray(nonmated_top, dtype=np.float64)
     mated_top = np.asarray(mated_top, dtype=np.float64)
+    require_strangers(len(nonmated_top), target_fpir)
     threshold = metrics.threshold_at_rate(nonmated_top, target_fpir)
-    if threshold is None:
-        need, have = metrics.min_negatives(target_fpir), len(nonmated_top)
-        raise ValueError(
-            f"{have} photos of people not in the gallery cannot measure a false-positive rate of {target_fpir:g}: "
-            f"at least {need} are needed (or raise the target: --fpir {1 / max(have, 1):.2g})"
-        )
     hit = np.asarray(mated_hit, dtype=bool) & (mated_top >= threshold)
     return Calibration(
         threshold=threshold,
@@ -70,6 +65,16 @@ def choose_threshold(mated_top, mated_hit, nonmated_top, target_fpir: float = DE
         n_mated=int(len(mated_top)),
         n_nonmated=int(len(nonmated_top)),
     )
+
+
+def require_strangers(have: int, target_fpir: float) -> None:
+    """Raise ValueError unless ``have`` non-mated photos can measure ``target_fpir``."""
+    need = metrics.min_negatives(target_fpir)
+    if have < need:
+        raise ValueError(
+            f"{have} photos of people not in the gallery cannot measure a false-positive rate of {target_fpir:g}: "
+            f"at least {need} are needed (or raise the target: --fpir {1 / max(have, 1):.2g})"
+        )
 
 
 def probe_outcomes(gallery, vectors: np.ndarray, identities: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -128,6 +133,8 @@ def calibrate_gallery(
         gallery.check_model(loaded.fingerprint)
         photos = {key: identity for identity, keys in list_photos(data_dir).items() for key in keys}
         fresh = [k for k in photos if not _already_enrolled(gallery, Path(data_dir) / k)]
+        enrolled = {info.name for info in gallery.identities()}
+        require_strangers(sum(photos[k] not in enrolled for k in fresh), target_fpir)  # before the slow part
         embedded = embed_images(make_embedder(loaded, device), fresh, data_dir, crop_size=loaded.preprocess.input_size,
                                 select=select, progress=progress)
         keys = sorted(embedded.vectors)

@@ -344,6 +344,7 @@ def test_evaluate_open_set_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_l
     assert s["random_baseline"]["n_mated_probes"] == 15
 
 
+@pytest.mark.slow  # real MTCNN on CPU
 def test_evaluate_pairs_on_raw_photos_detects_faces_and_counts_centre_crops(tiny_checkpoint, tmp_path):
     """Real MTCNN on real photos in LFW's layout; a photo with no face falls back to its centre crop."""
     people = sorted(p.name for p in SAMPLE.iterdir())[:3]
@@ -362,3 +363,68 @@ def test_evaluate_pairs_on_raw_photos_detects_faces_and_counts_centre_crops(tiny
     assert s["n_images"] == 7 and s["n_missing_images"] == 0
     assert s["n_center_crop_fallback"] == 1  # the wall
     assert s["model"]["n_pairs"] == 4 and s["model"]["n_pairs_skipped"] == 0
+
+
+def test_cli_evaluate_pairs_open_set_and_closed_set(tiny_checkpoint, lfw_like, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from facesearch.cli import app
+
+    out, people = lfw_like
+    runner = CliRunner()
+    results = tmp_path / "results.jsonl"
+    train = _write(tmp_path, "train.txt", _pairs_text(people, 6))
+    test = _write(tmp_path, "test.txt", _pairs_text(people, 4))
+    common = ["--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--results", str(results), "--bootstrap", "20"]
+    r = runner.invoke(app, ["evaluate", "pairs", str(train), str(test), str(out), *common, "--json", "--out", str(tmp_path / "plots")])
+    assert r.exit_code == 0, r.output
+    record = json.loads(r.stdout[r.stdout.index("{"):])
+    assert record["protocol"] == "train/test" and "date" in record and record["fingerprint"]
+    assert (tmp_path / "plots" / "roc.png").is_file() and (tmp_path / "plots" / "similarity_histogram.png").is_file()
+
+    r = runner.invoke(app, ["evaluate", "open-set", str(out), *common, "--no-baseline", "--out", str(tmp_path / "plots")])
+    assert r.exit_code == 0, r.output
+    assert "rank-1" in r.stdout and "DIR@FPIR=0.1: not measurable" in r.stdout  # 3 strangers
+    assert (tmp_path / "plots" / "dir_fpir.png").is_file()
+    assert [x["kind"] for x in evaluate.read_results(results)] == ["pairs", "open-set"]
+
+    r = runner.invoke(app, ["evaluate", "pairs", str(tmp_path / "nope.txt"), str(out), *common])
+    assert r.exit_code == 1 and "nope.txt: no such file" in r.output
+    r = runner.invoke(app, ["evaluate", "pairs", "/work/shared/data/lfw-view1/pairsDevTest.txt", str(out), *common])
+    assert r.exit_code == 1 and "train file and a test file" in r.output
+    r = runner.invoke(app, ["evaluate", "closed-set", str(tiny_checkpoint), "--device", "cpu", "--results", str(results)])
+    assert r.exit_code == 1 and "does not say which data" in r.output  # this checkpoint records no dataset
+
+
+@pytest.mark.slow  # real MTCNN on CPU
+def test_cli_calibrate_stores_the_threshold_in_the_gallery(tiny_checkpoint, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from facesearch.cli import app
+    from facesearch.embed import Embedder
+    from facesearch.gallery import Gallery, NewFace
+
+    people = sorted(p.name for p in SAMPLE.iterdir())[:5]
+    embedder = Embedder(tiny_checkpoint, device="cpu")
+    with Gallery(tmp_path / "g") as gallery:  # enroll the first photo of two people
+        faces = [NewFace(p, embedder.embed_photo(sorted((SAMPLE / p).glob("*.jpg"))[0], "largest")[0][1]) for p in people[:2]]
+        gallery.add_faces(faces, embedder.fingerprint)
+    for p in people:  # calibration photos: 2 more of each enrolled person, 1 of each of 3 strangers
+        (tmp_path / "cal" / p).mkdir(parents=True)
+        for src in sorted((SAMPLE / p).glob("*.jpg"))[1 : 3 if p in people[:2] else 2]:
+            (tmp_path / "cal" / p / src.name).write_bytes(src.read_bytes())
+    args = ["calibrate", str(tmp_path / "cal"), "--gallery", str(tmp_path / "g"), "--checkpoint", str(tiny_checkpoint),
+            "--device", "cpu"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and "at least 100 are needed" in r.output  # 3 strangers cannot show 1 %
+    r = CliRunner().invoke(app, [*args, "--fpir", "0.34", "--json"])
+    assert r.exit_code == 0, r.output
+    cal = json.loads(r.stdout)
+    assert (cal["n_mated"], cal["n_nonmated"]) == (4, 3) and cal["fpir"] <= 0.34
+    with Gallery(tmp_path / "g", create=False) as gallery:
+        threshold, meta = gallery.threshold()
+    assert threshold == pytest.approx(cal["threshold"]) and meta["target_fpir"] == 0.34
