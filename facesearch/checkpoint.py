@@ -79,6 +79,7 @@ def save_checkpoint(
     model: torch.nn.Module,
     class_names: Sequence[str],
     preprocess: Preprocess,
+    weights: dict[str, torch.Tensor] | None = None,
     **state,
 ) -> Path:
     """Write a checkpoint atomically (temp file + rename: a crash never leaves a half-written file).
@@ -88,6 +89,7 @@ def save_checkpoint(
         model: the VGG16, possibly wrapped in DDP / torch.compile (unwrapped here).
         class_names: index = class id.
         preprocess: input size and normalisation the model was trained with.
+        weights: a state dict to store instead of the model's current one (e.g. the best weights, kept aside).
         **state: plain-data training state (optimizer, scheduler, rng, sampler, epoch, step, metrics, ...).
     Returns:
         The path written.
@@ -98,7 +100,7 @@ def save_checkpoint(
         "model_config": net.config.to_dict(),
         "class_names": list(class_names),
         "preprocess": preprocess.to_dict(),
-        "model": {k: v.detach().to("cpu") for k, v in net.state_dict().items()},
+        "model": {k: v.detach().to("cpu") for k, v in (weights or net.state_dict()).items()},
         **state,
     }
     path = Path(path)
