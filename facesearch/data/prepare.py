@@ -69,7 +69,7 @@ class PrepareReport:
     """What a run did. ``rows`` is the whole manifest as written."""
 
     rows: list[ManifestRow]
-    detected: int  # photos decoded and sent to the face detector in this run
+    detected: int  # photos decoded and searched for faces in this run (including those that failed to decode)
     recropped: int  # crops re-cut from a stored face (crop settings changed)
     reused: int  # rows carried over from the previous run untouched
     train_only: list[str] = field(default_factory=list)  # identities with too few ok photos
