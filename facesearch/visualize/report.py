@@ -64,6 +64,7 @@ class Mosaic:
         plt = _agg()
         step_y = self.caption_height + self.tile + self.gap
         width = self.label_width + max(len(r) for r in self.rows) * (self.tile + self.gap)
+        width = max(width, 7 * len(self.title) + 20)  # room for the title
         height = self.title_height + len(self.rows) * step_y
         canvas = np.full((height, width, 3), 255, np.uint8)
         for r, row in enumerate(self.rows):
@@ -72,16 +73,15 @@ class Mosaic:
                 x = self.label_width + c * (self.tile + self.gap)
                 canvas[y : y + self.tile, x : x + self.tile] = fit_tile(tile, self.tile) if tile.shape[0] != self.tile else tile
         fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.imshow(canvas, interpolation="nearest")
-        ax.set_axis_off()
-        ax.text(width / 2, self.title_height / 2, self.title, ha="center", va="center", fontsize=10, weight="bold")
+        fig.figimage(canvas, 0, 0)  # pixels as they are: no resampling
+        text = lambda x, y, s, **kw: fig.text(x / width, 1 - y / height, s, **kw)  # noqa: E731 (pixels, top-left origin)
+        text(width / 2, self.title_height / 2, self.title, ha="center", va="center", fontsize=10, weight="bold")
         for r, label in enumerate(self.row_labels):
             y = self.title_height + r * step_y + self.caption_height + self.tile / 2
-            ax.text(self.label_width - 6, y, label, ha="right", va="center", fontsize=7.5)
+            text(self.label_width - 6, y, label, ha="right", va="center", fontsize=7.5)
             for c, caption in enumerate((self.captions or [[]] * len(self.rows))[r]):
                 x = self.label_width + c * (self.tile + self.gap) + self.tile / 2
-                ax.text(x, y - self.tile / 2 - 2, caption, ha="center", va="bottom", fontsize=6, color="#333")
+                text(x, y - self.tile / 2 - 2, caption, ha="center", va="bottom", fontsize=6, color="#333")
         path = Path(path)
         fig.savefig(path, dpi=dpi)
         plt.close(fig)
@@ -93,14 +93,15 @@ def draw_similarity_chart(names: Sequence[str], identities: Sequence[str], simil
     """Per-layer cosine of the query to each candidate (top) and the match margin (bottom)."""
     plt = _agg()
     x = np.arange(len(names))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 4.6), sharex=True, height_ratios=(2, 1))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9.5, 4.6), sharex=True, height_ratios=(2, 1))
     for k in range(len(identities) - 1, -1, -1):  # match drawn last, on top
         colour, width = (MATCH, 2.4) if k == 0 else (RUNNER, 2.0) if k == 1 else (OTHER, 1.0)
         top.plot(x, similarity[:, k], "o-", color=colour, lw=width, ms=3.5,
                  label=f"{identities[k]}" + (" (match)" if k == 0 else " (runner-up)" if k == 1 else ""))
     top.axhline(0, color="#bbb", lw=0.8)
     top.set_ylabel("cosine (centred,\npooled activations)", fontsize=8)
-    top.legend(fontsize=7, loc="upper left", ncol=2, frameon=False)
+    handles, texts = top.get_legend_handles_labels()
+    top.legend(handles[::-1], texts[::-1], fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     margin = similarity[:, 0] - similarity[:, 1]
     bottom.bar(x, margin, color=[MATCH if m > 0 else RUNNER for m in margin], width=0.7)
     bottom.axhline(0, color="#555", lw=0.8)
@@ -120,17 +121,15 @@ def draw_ablation_chart(names: Sequence[str], top: np.ndarray, random_mean: np.n
     """Per-layer fall of the target: top-k % attributed channels off vs k % random channels off."""
     plt = _agg()
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(8.5, 3.6))
-    ax.bar(x - 0.2, top, width=0.4, color="#2c7bb6", label=f"top {fraction:.0%} channels by grad×activation")
+    fig, ax = plt.subplots(figsize=(9.5, 3.6))
+    ax.bar(x - 0.2, top, width=0.4, color="#2c7bb6", label=f"top {fraction:.0%} channels\n(by grad × activation)")
     ax.bar(x + 0.2, random_mean, width=0.4, color=RANDOM, yerr=random_sd, capsize=2,
-           error_kw={"lw": 0.8}, label=f"random {fraction:.0%} channels (mean ± sd, {seeds} seeds)")
+           error_kw={"lw": 0.8}, label=f"random {fraction:.0%} channels\n(mean ± sd, {seeds} draws)")
     ax.axhline(0, color="#555", lw=0.8)
     if base > 0:
-        ax.axhline(base, color=RUNNER, ls="--", lw=1)
-        ax.text(len(names) - 0.5, base, f"  {target_label} {base:.3f}: a fall above this flips the decision",
-                fontsize=7, color=RUNNER, ha="right", va="bottom")
+        ax.axhline(base, color=RUNNER, ls="--", lw=1, label=f"{target_label} {base:.4g}:\na fall above this line\nflips the answer")
     ax.set_ylabel(f"fall in {target_label}", fontsize=8)
-    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("Which layers carry the decision: switching off one layer's channels at a time", fontsize=9)
     _layer_axis(ax, names)
     return _save(fig, path)
@@ -223,3 +222,18 @@ def render_html(title: str, subtitle: str, faces: Sequence[Face], facts: Sequenc
         parts.append("</div>")
     parts.append("</main></body></html>")
     return "\n".join(parts)
+
+
+def draw_layer_maps(image: np.ndarray, maps: dict[str, np.ndarray], sizes: dict[str, tuple[int, int]],
+                    path: Path, title: str, tile: int = 112) -> Path:
+    """Heat maps (H, W) in [0, 1] overlaid on the image, one row per map resolution (= VGG block)."""
+    from facesearch.visualize.cam import overlay
+
+    rows, captions, labels = [], [], []
+    for name, heat in maps.items():
+        label = "{}×{}".format(*sizes[name])
+        if not labels or labels[-1] != label:
+            rows.append([]), captions.append([]), labels.append(label)
+        rows[-1].append(fit_tile(overlay(image, heat), tile))
+        captions[-1].append(name)
+    return Mosaic(rows, labels, captions, title=title, tile=tile, label_width=64).draw(path)

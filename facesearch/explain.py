@@ -1,0 +1,458 @@
+"""Explain an identification (or a CIFAR-10 prediction): which layers and which regions drive it.
+
+``explain_identification`` finds the face in a photo, searches the gallery, and explains the top match
+(or ``against`` a named identity) against the runner-up identity; ``explain_classification`` explains
+a classifier's predicted class against its runner-up class. Both write PNGs and one self-contained HTML
+report to ``out_dir`` and return an ``Explanation`` with the per-layer figures.
+
+What is explained (targets, see ``facesearch.visualize.targets``):
+
+- heat maps: the evidence FOR the answer — cosine of the query to the match's identity centroid
+  (faces), or the predicted class's logit (CIFAR-10);
+- layer ablation: the DECISION — the margin over the runner-up (cosine to the match minus cosine to
+  the runner-up; or logit minus runner-up logit). A fall larger than the margin flips the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class ExplainError(Exception):
+    """The explanation cannot be made for a reason the user can act on (the message says which)."""
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    fraction: float = 0.10  # share of one layer's channels switched off in the ablation
+    seeds: int = 4  # random channel draws per layer (mean ± sd)
+    candidates: int = 4  # identities / classes compared per layer: match, runner-up, the next best
+    faces_per_identity: int = 3  # gallery faces per candidate identity (its most similar ones)
+    maps_per_layer: int = 10  # columns of the feature-map grid
+    map_rule: str = "strongest"  # "strongest" mean activation, or "random" (seeded)
+    seed: int = 0
+    cam: str = "layercam"  # "layercam" or "gradcam"
+    pool: str = "gap"  # pooling for the per-layer similarity: "gap" or "gem"
+    fuse_last: int = 6  # deepest conv layers fused into the pair-view maps
+
+
+@dataclass(frozen=True)
+class LayerFigures:
+    """One layer's numbers. Similarities are None where no candidates were compared."""
+
+    name: str
+    kind: str  # "conv" or "fc"
+    channels: int
+    size: list[int] | None  # [h, w] of a conv map
+    similarity: dict[str, float] | None  # candidate -> cosine on pooled, centred activations
+    margin: float | None  # similarity to the match minus to the runner-up
+    rank: int | None  # rank of the match among the candidates
+    ablated: int  # channels switched off
+    fall_top: float  # fall of the decision margin, top-attributed channels off
+    fall_random: float  # mean fall, random channels off
+    fall_random_sd: float
+
+
+@dataclass(frozen=True)
+class Explanation:
+    kind: str  # "identification" or "classification"
+    query: str  # the photo / image explained
+    answer: str  # matched identity, or predicted class
+    runner_up: str
+    score: float  # heat-map target: cosine to the match's centroid, or the class logit
+    margin: float  # decision margin over the runner-up (the ablation's target, unablated)
+    layers: list[LayerFigures]
+    emerges_at: str | None  # first layer from which the match leads the candidates to the end
+    ranking: list[str]  # layers by fall under top-channel ablation, largest first
+    files: dict[str, Path]  # figure name -> PNG, plus "report" (HTML) and "json"
+    seconds: float  # time to compute and write everything
+    details: dict = field(default_factory=dict)  # gallery similarities, checkpoint, settings
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["files"] = {k: str(v) for k, v in self.files.items()}
+        return out
+
+
+# --- the model as the visualizer sees it -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _View:
+    forward: object  # images (n, 3, S, S) -> outputs (n, d)
+    sites: list  # conv sites then fc sites
+    preprocess: object  # checkpoint.Preprocess
+
+
+def _view(loaded, output: str) -> _View:
+    from facesearch.visualize.hooks import conv_sites, fc_sites
+
+    model = loaded.model
+    sites = conv_sites(model, model.conv_layers()) + fc_sites(model.fc_layers())
+    forward = model.forward_embedding if output == "embedding" else model.forward
+    return _View(forward, sites, loaded.preprocess)
+
+
+def _tensor(images: Sequence, view: _View):
+    from facesearch.checkpoint import preprocess_batch
+
+    return preprocess_batch(list(images), view.preprocess)  # (n, 3, S, S)
+
+
+def _rgb(image, size: int) -> np.ndarray:
+    """What the model sees, as RGB uint8 (size, size, 3), for overlays."""
+    from facesearch.data.datasets import to_square_rgb
+
+    return np.asarray(to_square_rgb(image, size))
+
+
+# --- identification ----------------------------------------------------------------------------------
+
+
+def explain_identification(
+    photo: str | os.PathLike,
+    gallery: str | os.PathLike,
+    checkpoint,
+    out_dir: str | os.PathLike,
+    *,
+    against: str | None = None,
+    settings: ExplainSettings = ExplainSettings(),
+    device: str = "auto",
+    db_url: str | None = None,
+) -> Explanation:
+    """Explain who the gallery says the (largest) face in ``photo`` is.
+
+    Args:
+        photo: the query photo (uncropped; the largest face is used).
+        gallery: gallery folder, searched with ``checkpoint``'s model (a LoadedModel is accepted too).
+        out_dir: where the PNGs, ``report.html`` and ``explanation.json`` go (created).
+        against: explain the match with this identity instead of the top match.
+    Returns:
+        The per-layer figures and the files written.
+    """
+    from facesearch.gallery import Gallery, GalleryError
+
+    start = time.perf_counter()
+    loaded = _load(checkpoint, device)
+    view = _view(loaded, "embedding")
+    query = _query_face(photo, loaded, device)  # detected, cropped and embedded as `who` does
+    try:
+        with Gallery(gallery, db_url, create=False) as g:
+            g.check_model(loaded.fingerprint)
+            ranked = _rank_identities(g.search(query.embedding[None], k=200)[0])
+            chosen = _choose(ranked, against, settings.candidates, g)
+            candidates = [(name, _gallery_faces(g, name, ranked, settings.faces_per_identity)) for name in chosen]
+    except GalleryError as error:
+        raise ExplainError(str(error)) from error
+    best = {name: sim for name, sim, _ in ranked}
+    details = {"gallery": str(gallery), "gallery_similarity": {n: best.get(n) for n in chosen},
+               "checkpoint": loaded.fingerprint, "settings": asdict(settings)}
+    return _explain_faces(view, query.crop, str(photo), candidates, Path(out_dir), settings, details, start)
+
+
+def _load(checkpoint, device: str):
+    from facesearch.checkpoint import load_checkpoint
+
+    if hasattr(checkpoint, "model"):
+        return checkpoint
+    try:
+        return load_checkpoint(checkpoint, device=device)
+    except (FileNotFoundError, ValueError) as error:
+        raise ExplainError(str(error)) from error
+
+
+def _query_face(photo, loaded, device: str):
+    """The largest face of the photo, detected, cropped and embedded exactly as ``who`` does."""
+    from facesearch.data.images import ImageError, load_image
+    from facesearch.embed import Embedder
+
+    try:
+        image = load_image(photo)
+    except ImageError as error:
+        raise ExplainError(f"{photo}: {error.reason}") from error
+    found = Embedder(loaded, device=device).embed_images([image], select="largest")[0]
+    if not found:
+        raise ExplainError(f"{photo}: no face found")
+    return found[0]
+
+
+def _rank_identities(hits) -> list[tuple[str, float, object]]:
+    """Gallery hits -> (identity, best similarity, face hits best first), best identity first."""
+    by_name: dict[str, list] = {}
+    for hit in hits:
+        by_name.setdefault(hit.identity, []).append(hit)
+    ranked = [(name, faces[0].similarity, faces) for name, faces in by_name.items()]
+    return sorted(ranked, key=lambda r: -r[1])
+
+
+def _choose(ranked, against: str | None, k: int, gallery) -> list[str]:
+    """Candidate identities: the match (top, or ``against``), the runner-up, then the next best."""
+    names = [name for name, _, _ in ranked]
+    if against is not None:
+        gallery.identity(against)  # raises IdentityNotFound with the gallery's message
+        names = [against] + [n for n in names if n != against]
+    if len(names) < 2:
+        raise ExplainError("the gallery needs at least two identities to explain a match against a runner-up")
+    return names[: max(2, k)]
+
+
+def _gallery_faces(gallery, name: str, ranked, m: int) -> list:
+    """Up to m enrolled crops of one identity: those most similar to the query first."""
+    from PIL import Image
+
+    hits = next((faces for n, _, faces in ranked if n == name), [])
+    paths = [h.crop_path for h in hits if h.crop_path]
+    paths += [f.crop_path for f in gallery.identity(name).faces if f.crop_path and f.crop_path not in paths]
+    crops = [Image.open(p).convert("RGB") for p in paths[:m] if Path(p).is_file()]
+    if not crops:
+        raise ExplainError(f"identity {name!r} has no stored face crops in the gallery to compare with")
+    return crops
+
+
+def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, details, start) -> Explanation:
+    """The shared core of a face explanation, from the query crop and candidate crops (match first)."""
+    import torch
+    from facesearch.visualize import cam, layers, pair, targets
+
+    x = _tensor([crop], view)  # (1, 3, S, S)
+    faces = [(name, _tensor(crops, view)) for name, crops in candidates]
+    similarity = layers.layer_similarity(view.forward, view.sites, x, faces, settings.pool)
+    counts = [f.shape[0] for _, f in faces]
+    groups = torch.split(torch.from_numpy(similarity.embeddings[1:]), counts)
+    match, runner = targets.centroid(groups[0]), targets.centroid(groups[1])
+    evidence = cam.attribute(view.forward, view.sites, x, targets.CosineTo(match))
+    decision_target = targets.MatchMargin(match, runner)
+    decision = cam.attribute(view.forward, view.sites, x, decision_target)
+    ablation = layers.layer_ablation(view.forward, view.sites, x, decision_target, decision,
+                                     settings.fraction, settings.seeds)
+    view_pair = pair.pair_view(view.forward, view.sites, x, faces[0][1][:1], settings.fuse_last)
+    size = view.preprocess.input_size
+    images = {"query": _rgb(crop, size), "match": _rgb(candidates[0][1][0], size),
+              "runner_up": _rgb(candidates[1][1][0], size)}
+    names = [c[0] for c in candidates]
+    labels = {"answer": names[0], "runner_up": names[1], "target": f"cosine to {names[0]}"}
+    return _finish("identification", query, labels, evidence, decision, ablation, similarity, view_pair,
+                   images, out_dir, settings, details, start)
+
+
+# --- classification ----------------------------------------------------------------------------------
+
+
+def explain_classification(
+    image: str | os.PathLike,
+    checkpoint,
+    out_dir: str | os.PathLike,
+    *,
+    references: str | os.PathLike | None = None,
+    settings: ExplainSettings = ExplainSettings(),
+    device: str = "auto",
+) -> Explanation:
+    """Explain a classifier's (CIFAR-10) prediction for one image against its runner-up class.
+
+    Args:
+        references: optional folder of ``<class>/*`` images (e.g. the CIFAR-10 test split): when given,
+            the per-layer similarity compares the image with the top candidate classes' images.
+    """
+    import torch
+    from facesearch.data.images import ImageError, load_image
+    from facesearch.visualize import cam, layers, targets
+
+    start = time.perf_counter()
+    loaded = _load(checkpoint, device)
+    view = _view(loaded, "logits")
+    try:
+        picture = load_image(image, min_side=1)
+    except ImageError as error:
+        raise ExplainError(f"{image}: {error.reason}") from error
+    x = _tensor([picture], view)
+    with torch.no_grad():
+        order = torch.argsort(view.forward(x)[0], descending=True).tolist()
+    pred, second = order[0], order[1]
+    evidence = cam.attribute(view.forward, view.sites, x, targets.ClassLogit(pred))
+    decision_target = targets.LogitMargin(pred, second)
+    decision = cam.attribute(view.forward, view.sites, x, decision_target)
+    ablation = layers.layer_ablation(view.forward, view.sites, x, decision_target, decision,
+                                     settings.fraction, settings.seeds)
+    names = loaded.class_names
+    similarity = None
+    if references is not None:
+        chosen = [names[i] for i in order[: max(2, settings.candidates)]]
+        faces = [(n, _tensor(_reference_images(Path(references), n, settings), view)) for n in chosen]
+        similarity = layers.layer_similarity(view.forward, view.sites, x, faces, settings.pool)
+    images = {"query": _rgb(picture, view.preprocess.input_size)}
+    labels = {"answer": names[pred], "runner_up": names[second], "target": f"logit of {names[pred]}"}
+    details = {"checkpoint": loaded.fingerprint, "settings": asdict(settings),
+               "probabilities": {names[i]: float(p) for i, p in enumerate(torch.softmax(evidence.outputs[0], 0))}}
+    return _finish("classification", str(image), labels, evidence, decision, ablation, similarity, None,
+                   images, Path(out_dir), settings, details, start)
+
+
+def _reference_images(root: Path, name: str, settings: ExplainSettings) -> list:
+    """``faces_per_identity`` images of one class folder, a seeded choice."""
+    from facesearch.data.images import load_image
+
+    files = sorted(p for p in (root / name).glob("*") if p.is_file())
+    if not files:
+        raise ExplainError(f"{root / name}: no reference images for class {name!r}")
+    pick = np.random.default_rng(settings.seed).permutation(len(files))[: settings.faces_per_identity]
+    return [load_image(files[i], min_side=1) for i in sorted(pick)]
+
+
+# --- figures, report, numbers --------------------------------------------------------------------------
+
+
+def _finish(kind, query, labels, evidence, decision, ablation, similarity, view_pair, images, out_dir: Path,
+            settings, details, start) -> Explanation:
+    """Draw the figures, write the report and the JSON, and return the Explanation."""
+    from facesearch.visualize import report
+    from facesearch.visualize.cam import layer_cams
+    from facesearch.visualize.feature_maps import grid_from
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    maps = {name: m[0] for name, m in layer_cams(evidence, settings.cam).items()}
+    sizes = {n: tuple(a.shape[-2:]) for n, a in zip(evidence.names, evidence.activations) if a.dim() == 4}
+    grid = grid_from(list(zip(evidence.names, evidence.activations)), settings.maps_per_layer,
+                     settings.map_rule, settings.seed)
+    files = _draw(images, maps, sizes, grid, ablation, similarity, view_pair, labels, out_dir)
+    figures = _layer_figures(evidence, ablation, similarity)
+    explanation = Explanation(
+        kind=kind, query=query, answer=labels["answer"], runner_up=labels["runner_up"],
+        score=float(evidence.scores[0]), margin=ablation.base, layers=figures,
+        emerges_at=similarity.emerges_at if similarity is not None else None, ranking=ablation.ranking(),
+        files=files, seconds=round(time.perf_counter() - start, 3), details=details,
+    )
+    files["report"] = out_dir / "report.html"
+    files["report"].write_text(_html(explanation, images, labels, view_pair, settings), encoding="utf-8")
+    explanation = _replace_seconds(explanation, time.perf_counter() - start)
+    files["json"] = out_dir / "explanation.json"
+    files["json"].write_text(json.dumps(explanation.to_dict(), indent=1, default=_plain), encoding="utf-8")
+    log.info("explanation written to %s in %.1f s", out_dir, explanation.seconds)
+    return explanation
+
+
+def _replace_seconds(explanation: Explanation, seconds: float) -> Explanation:
+    from dataclasses import replace
+
+    return replace(explanation, seconds=round(seconds, 3))
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
+
+
+def _draw(images, maps, sizes, grid, ablation, similarity, view_pair, labels, out_dir: Path) -> dict[str, Path]:
+    from facesearch.visualize import report
+    from facesearch.visualize.feature_maps import draw_feature_grid
+    from facesearch.visualize.pair import draw_pair
+
+    files = {
+        "layer_maps": report.draw_layer_maps(images["query"], maps, sizes, out_dir / "layer_maps.png",
+                                             f"Where each conv layer sees evidence for {labels['answer']} (LayerCAM)"),
+        "ablation": report.draw_ablation_chart(ablation.names, ablation.top, ablation.random_mean, ablation.random_sd,
+                                               ablation.base, ablation.fraction, ablation.seeds,
+                                               out_dir / "layer_ablation.png"),
+        "feature_maps": draw_feature_grid(grid, out_dir / "feature_maps.png", image=images["query"]),
+    }
+    if similarity is not None:
+        files["similarity"] = report.draw_similarity_chart(similarity.names, similarity.identities,
+                                                           similarity.similarity, out_dir / "layer_similarity.png",
+                                                           similarity.emerges_at)
+    if view_pair is not None:
+        files["pair"] = draw_pair(view_pair, images["query"], images["match"], out_dir / "pair.png",
+                                  ("query", labels["answer"]))
+    return files
+
+
+def _layer_figures(evidence, ablation, similarity) -> list[LayerFigures]:
+    sim_rows = {n: i for i, n in enumerate(similarity.names)} if similarity is not None else {}
+    figures = []
+    for i, (name, act) in enumerate(zip(ablation.names, evidence.activations)):
+        row = sim_rows.get(name)
+        sims = None if row is None else {k: round(float(v), 4) for k, v in zip(similarity.identities, similarity.similarity[row])}
+        figures.append(LayerFigures(
+            name=name, kind="conv" if act.dim() == 4 else "fc", channels=int(ablation.channels[i]),
+            size=list(act.shape[-2:]) if act.dim() == 4 else None, similarity=sims,
+            margin=None if row is None else round(float(similarity.margin[row]), 4),
+            rank=None if row is None else int(similarity.rank[row]), ablated=int(ablation.ablated[i]),
+            fall_top=round(float(ablation.top[i]), 5), fall_random=round(float(ablation.random_mean[i]), 5),
+            fall_random_sd=round(float(ablation.random_sd[i]), 5),
+        ))
+    return figures
+
+
+def _html(e: Explanation, images, labels, view_pair, settings) -> str:
+    from facesearch.visualize import report
+
+    decision = "margin" if e.kind == "identification" else "logit margin"
+    faces = [report.Face("query", images["query"], Path(e.query).name)]
+    sims = e.details.get("gallery_similarity", {})
+    if "match" in images:
+        faces.append(report.Face(e.answer, images["match"], f"match · gallery cosine {sims.get(e.answer, 0):.3f}"))
+        faces.append(report.Face(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {sims.get(e.runner_up, 0):.3f}"))
+    top3 = ", ".join(e.ranking[:3])
+    facts = [("answer", e.answer), ("runner-up", e.runner_up), ("heat-map target", f"{labels['target']} = {e.score:.4f}"),
+             (f"decision {decision}", f"{e.margin:.4f} over {e.runner_up}"),
+             ("match emerges at", e.emerges_at or "—"), ("layers carrying it (ablation)", top3),
+             ("model", e.details.get("checkpoint", "")), ("time", f"{e.seconds:.1f} s")]
+    sections = _sections(e, settings, decision)
+    title = f"Why facesearch says: {e.answer}" if e.kind == "identification" else f"Why the model says: {e.answer}"
+    return report.render_html(title, f"{e.kind} of {e.query}", faces, facts, sections)
+
+
+def _sections(e: Explanation, settings, decision: str) -> list:
+    from facesearch.visualize.report import Section
+
+    best = max(e.layers, key=lambda l: l.fall_top)
+    sections = []
+    if "similarity" in e.files:
+        sections.append(Section("Where the match emerges", (
+            "At every layer the query is compared with each candidate on that layer's pooled activations "
+            f"(global {settings.pool.upper()} pooling, centred on the candidates' mean). Green: the answer, red: the "
+            f"runner-up. {'The answer leads from ' + e.emerges_at + ' onwards.' if e.emerges_at else 'The answer does not lead throughout the deep layers.'}"
+        ), [e.files["similarity"]]))
+    sections.append(Section("Which layers carry the decision", (
+        f"One layer at a time, the {settings.fraction:.0%} of its channels that gradient × activation credits most "
+        f"with the {decision} are switched off, against {settings.fraction:.0%} random channels ({settings.seeds} draws). "
+        f"The largest fall is at {best.name}: {best.fall_top:.4f} (random {best.fall_random:.4f} ± {best.fall_random_sd:.4f}); "
+        f"the {decision} itself is {e.margin:.4f}."
+    ), [e.files["ablation"]]))
+    sections.append(Section("Per-layer heat maps", (
+        "LayerCAM maps of the evidence for the answer at each conv layer (red: strong), each scaled to its own peak. "
+        "Shallow layers respond to edges and texture; deep layers to the parts the decision uses."
+    ), [e.files["layer_maps"]]))
+    if "pair" in e.files:
+        sections.append(Section("What makes the two faces similar", (
+            "Gradients of the cosine between the two embeddings, on both faces; lines join mutually most similar "
+            "regions, brighter and thicker for stronger ones."
+        ), [e.files["pair"]]))
+    sections.append(Section("Feature maps", (
+        f"{settings.maps_per_layer} channels per conv layer ({'strongest mean activation' if settings.map_rule == 'strongest' else 'seeded random'}), "
+        "each in its own colour range."
+    ), [e.files["feature_maps"]]))
+    sections.append(Section("The numbers", "", table=_table(e)))
+    return sections
+
+
+def _table(e: Explanation) -> tuple[list[str], list[list[str]]]:
+    columns = ["layer", "channels", "map", f"cos {e.answer}", f"cos {e.runner_up}", "rank",
+               "fall, top channels", "fall, random (± sd)"]
+    rows = []
+    for l in e.layers:
+        sims = l.similarity or {}
+        fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+        rows.append([l.name, str(l.channels), "×".join(map(str, l.size)) if l.size else "—",
+                     fmt(sims.get(e.answer)), fmt(sims.get(e.runner_up)), "—" if l.rank is None else str(l.rank),
+                     f"{l.fall_top:.4f}", f"{l.fall_random:.4f} ± {l.fall_random_sd:.4f}"])
+    return columns, rows
