@@ -235,7 +235,7 @@ class Trainer:
         stop = False
         for s in range(self.step_in_epoch, self.batches.steps_per_epoch):
             x, y = self.batches.take(self.batches.indices(self.epoch, s))
-            self._train_step(x, y, sums)
+            self.train_step(x, y, sums)
             self.step, self.step_in_epoch = self.step + 1, s + 1
             if self._time_origin is None:
                 self._time_origin = self._synced_elapsed()
@@ -248,7 +248,8 @@ class Trainer:
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
         return sums, stop
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor) -> None:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor) -> None:
+        """One optimisation step on a uint8 batch (b, S, S, 3); adds loss sum, correct and count to ``sums``."""
         self._set_lr()
         x = normalize(augment(x, self.aug, self.aug_generator), self.data.mean, self.data.std)
         if self.cuda:

@@ -22,8 +22,8 @@ SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
 TINY_MODEL = {"fc_width": 16, "dropout": 0.0}
 
 
-def make_prepared_faces(out: Path, n_ids: int = 3, per_id: int = 5, size: int = 32) -> Path:
-    """A prepare-like output: manifest + dataset.json + square crops (first photo of each person -> val)."""
+def make_prepared_faces(out: Path, n_ids: int = 3, per_id: int = 5, size: int = 32, n_val: int = 1) -> Path:
+    """A prepare-like output: manifest + dataset.json + square crops (first n_val photos of a person -> val)."""
     rows = []
     for person in sorted(p for p in SAMPLE.iterdir() if p.is_dir())[:n_ids]:
         for j, photo in enumerate(sorted(person.glob("*.jpg"))[:per_id]):
@@ -35,7 +35,7 @@ def make_prepared_faces(out: Path, n_ids: int = 3, per_id: int = 5, size: int = 
                 im.convert("RGB").crop((0, 0, side, side)).resize((size, size)).save(out / crop)
             rows.append(ManifestRow(path=f"{person.name}/{photo.name}", identity=person.name, sha256=sha,
                                     size=photo.stat().st_size, mtime_ns=0, status="ok", reason="", prob=0.99,
-                                    n_faces=1, crop=crop, split="val" if j == 0 else "train"))
+                                    n_faces=1, crop=crop, split="val" if j < n_val else "train"))
     write_manifest(out, rows)
     write_settings(out, {"size": size, "margin": 0.2, "align": False, "select": "largest", "seed": 0})
     return out
@@ -135,3 +135,25 @@ def test_augment_is_batched_seeded_and_in_range():
         b = augment(x, cfg, torch.Generator().manual_seed(1))
         assert a.shape == (5, 3, 32, 32) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
         assert not torch.equal(a, plain)
+
+
+@pytest.mark.slow
+def test_gpu_bench_smoke_runs_every_section_on_cpu(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_gpu", Path(__file__).resolve().parents[1] / "bench" / "gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    faces_dir = make_prepared_faces(tmp_path / "faces", n_ids=2, per_id=4, n_val=2)
+    for split, n in (("train", 2), ("test", 1)):
+        for name in ("cat", "dog"):
+            (tmp_path / "c" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(tmp_path / "c" / split / name / f"{i}.jpg")
+    r = bench.main(["--smoke", "--cifar", str(tmp_path / "c"), "--faces", str(faces_dir), "--budget-cifar", "1",
+                    "--budget-faces", "1", "--out", str(tmp_path / "out")])
+    assert not [k for k, v in r.items() if isinstance(v, dict) and "error" in v], r
+    assert r["throughput_eager"]["images_per_s"] > 0 and r["throughput_eager"]["forward_gflops_per_image"] > 0.6
+    assert 0 <= r["cifar10"]["test_acc_final"] <= 1 and r["faces"]["val_acc_best"] is not None
+    assert {"pre_relu", "post_relu"} <= set(r["faces"]["verification_val"])
+    assert (tmp_path / "out" / "gpu_bench.json").is_file() and "CIFAR-10" in (tmp_path / "out" / "gpu_bench.md").read_text()
