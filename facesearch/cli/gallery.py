@@ -1,1 +1,334 @@
-"""Commands for this stage (filled in by its issue)."""
+"""``facesearch embed | enroll | who``, ``identities ...``, ``gallery ...`` and ``db ...`` commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from facesearch.cli._app import app, db_app, gallery_app, identities_app
+
+GalleryDir = Annotated[Path, typer.Option("--gallery", "-g", envvar="FACESEARCH_GALLERY",
+                                          help="Gallery folder (index, crops and, by default, gallery.db).")]
+DbUrl = Annotated[Optional[str], typer.Option("--db", envvar="FACESEARCH_DB",
+                                              help="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db "
+                                                   "(default: SQLite gallery.db in the gallery folder).")]
+Checkpoint = Annotated[Path, typer.Option("--checkpoint", "-c", envvar="FACESEARCH_CHECKPOINT",
+                                          help="Checkpoint file or training run folder.")]
+Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" or "cpu".')]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Average each face with its mirror image.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=1)
+
+
+@contextmanager
+def _errors():
+    """Library errors → one line on stderr naming the file and the reason, exit code 1."""
+    from facesearch.data.images import ImageError
+    from facesearch.gallery import GalleryError
+
+    try:
+        yield
+    except GalleryError as e:
+        raise _fail(str(e)) from None
+    except ImageError as e:
+        raise _fail(str(e)) from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise _fail(f"{e.filename or ''}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise _fail(str(e)) from None
+
+
+@contextmanager
+def _progress(length: int, label: str, enabled: bool = True):
+    if not enabled or length == 0:
+        yield None
+        return
+    with typer.progressbar(length=length, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def _open(gallery: Path, db: str | None, create: bool = False):
+    from facesearch.gallery import Gallery
+
+    return Gallery(gallery, db, create=create)
+
+
+def _embedder(checkpoint: Path, device: str, flip: bool = True):
+    from facesearch.embed import Embedder
+
+    return Embedder(checkpoint, device=device, flip=flip)
+
+
+def _echo(data, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+# -- embed, enroll, who -----------------------------------------------------------------------------
+
+
+@app.command()
+def embed(
+    photos: Annotated[list[Path], typer.Argument(help="Photo files.")],
+    checkpoint: Checkpoint,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Embeddings (n, d) float32 .npy; rows described in the .json beside it.")],
+    select: Annotated[str, typer.Option(help='Faces per photo: "largest", "center" or "all".')] = "largest",
+    flip: Flip = True,
+    device: Device = "auto",
+) -> None:
+    """Embed the faces of photos (L2-normalised fc7), detected and cropped as `prepare` does."""
+    from facesearch.embed import embed_files, write_embeddings
+
+    with _errors():
+        embedder = _embedder(checkpoint, device, flip)
+        with _progress(len(photos), "embedding") as progress:
+            result = embed_files(embedder, [str(p) for p in photos], select=select, progress=progress)
+        npy, meta = write_embeddings(result, out)
+    for path, reason in result.failures.items():
+        typer.echo(f"{path}: {reason}", err=True)
+    typer.echo(f"{len(result.faces)} faces from {len(photos) - len(result.failures)} photos → {npy} (rows: {meta})")
+
+
+@app.command()
+def enroll(
+    paths: Annotated[list[Path], typer.Argument(help="Photos of one person (with --name), or folders with one sub-folder per person.")],
+    checkpoint: Checkpoint,
+    gallery: GalleryDir = Path("gallery"),
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Who the photos show (stored verbatim).")] = None,
+    largest: Annotated[bool, typer.Option("--largest", help="Enroll the largest face of group photos instead of refusing them.")] = False,
+    db: DbUrl = None,
+    device: Device = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Add faces to the gallery: one face per photo; photos already enrolled are skipped."""
+    from facesearch.gallery.enroll import IMAGE_SUFFIXES, enroll as run_enroll, folder_items
+
+    items = []
+    for path in paths:
+        if name is not None:
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+            items += [(p, name) for p in files]
+        elif path.is_dir():
+            items += folder_items(path)
+        else:
+            raise _fail(f"{path}: not a folder; give --name NAME to enroll single photos")
+    if not items:
+        raise _fail("no photos to enroll")
+    with _errors(), _open(gallery, db, create=True) as g:
+        embedder = _embedder(checkpoint, device)
+        with _progress(len(items), "enrolling", not as_json) as progress:
+            outcomes = run_enroll(g, embedder, items, largest=largest, progress=progress)
+    _print_outcomes(outcomes, as_json)
+
+
+def _print_outcomes(outcomes, as_json: bool) -> None:
+    from collections import Counter
+    from dataclasses import asdict
+
+    counts = Counter(o.status for o in outcomes)
+    if as_json:
+        typer.echo(json.dumps({"counts": dict(counts), "photos": [asdict(o) for o in outcomes]}, indent=2))
+        return
+    for o in outcomes:
+        if o.status != "enrolled" or o.reason:
+            typer.echo(f"{o.path}: {o.status}{': ' + o.reason if o.reason else ''}")
+    typer.echo(", ".join(f"{n} {status}" for status, n in counts.most_common()))
+
+
+@app.command()
+def who(
+    photo: Annotated[Path, typer.Argument(help="The photo to identify (every face in it).")],
+    checkpoint: Checkpoint,
+    gallery: GalleryDir = Path("gallery"),
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Identities listed per face.")] = 5,
+    threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity needed to name a face (default: the gallery's calibrated one).")] = None,
+    annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Save the photo with boxes and names here.")] = None,
+    db: DbUrl = None,
+    device: Device = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Who is this? The top-k enrolled identities of every face in a photo, or "unknown"."""
+    from facesearch.search import annotate as draw, who as run_who
+
+    with _errors(), _open(gallery, db) as g:
+        result = run_who(g, _embedder(checkpoint, device), str(photo), top_k=top_k, threshold=threshold)
+        if annotate is not None:
+            draw(str(photo), result, annotate)
+    _echo(result.to_dict(), as_json, _who_text(result))
+
+
+def _who_text(result) -> str:
+    source = "calibrated" if result.threshold_calibrated else "default"
+    lines = [f"{result.photo}: {len(result.faces)} faces (threshold {result.threshold:.3f}, {source})"]
+    for i, face in enumerate(result.faces, 1):
+        box = ",".join(f"{v:.0f}" for v in face.box)
+        lines.append(f"face {i} [{box}]: {face.identity}")
+        for m in face.matches:
+            lines.append(f"    {m.similarity:6.3f}  {m.name}  (face {m.face_id})")
+    return "\n".join(lines)
+
+
+# -- identities -------------------------------------------------------------------------------------
+
+
+@identities_app.command("list")
+def identities_list(gallery: GalleryDir = Path("gallery"), db: DbUrl = None, as_json: JsonFlag = False) -> None:
+    """Every identity and its number of faces."""
+    with _errors(), _open(gallery, db) as g:
+        infos = g.identities()
+    rows = [{"name": i.name, "faces": i.n_faces, "updated": i.updated_at} for i in infos]
+    _echo(rows, as_json, "\n".join(f"{i.n_faces:6d}  {i.name}" for i in infos) or "(no identities)")
+
+
+@identities_app.command("show")
+def identities_show(name: str, gallery: GalleryDir = Path("gallery"), db: DbUrl = None, as_json: JsonFlag = False) -> None:
+    """One identity's faces: id, source photo, crop, box."""
+    from dataclasses import asdict
+
+    with _errors(), _open(gallery, db) as g:
+        info = g.identity(name)
+    lines = [f"{info.name}: {info.n_faces} faces"]
+    lines += [f"  face {f.id}: {f.source_path}  crop {f.crop_path}  box {f.box}" for f in info.faces]
+    _echo(asdict(info), as_json, "\n".join(lines))
+
+
+@identities_app.command("rename")
+def identities_rename(old: str, new: str, gallery: GalleryDir = Path("gallery"), db: DbUrl = None) -> None:
+    """Rename an identity (fails if NEW exists: merge instead)."""
+    with _errors(), _open(gallery, db) as g:
+        g.rename(old, new)
+    typer.echo(f"renamed {old!r} → {new!r}")
+
+
+@identities_app.command("merge")
+def identities_merge(source: str, target: str, gallery: GalleryDir = Path("gallery"), db: DbUrl = None) -> None:
+    """Move every face of SOURCE to TARGET and delete SOURCE."""
+    with _errors(), _open(gallery, db) as g:
+        moved = g.merge(source, target)
+    typer.echo(f"merged {source!r} into {target!r}: {moved} faces moved")
+
+
+@identities_app.command("remove")
+def identities_remove(
+    name: str,
+    gallery: GalleryDir = Path("gallery"),
+    db: DbUrl = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an identity, its faces, their vectors and their stored crops."""
+    if not yes:
+        typer.confirm(f"remove {name!r} and all its faces?", abort=True)
+    with _errors(), _open(gallery, db) as g:
+        removed = g.remove(name)
+    typer.echo(f"removed {name!r}: {removed} faces")
+
+
+# -- gallery maintenance ----------------------------------------------------------------------------
+
+
+@gallery_app.command("stats")
+def gallery_stats(gallery: GalleryDir = Path("gallery"), db: DbUrl = None, as_json: JsonFlag = False) -> None:
+    """Counts, model, threshold and index of the gallery."""
+    with _errors(), _open(gallery, db) as g:
+        stats = g.stats()
+    _echo(stats, as_json, "\n".join(f"{k}: {v}" for k, v in stats.items()))
+
+
+@gallery_app.command("check")
+def gallery_check(gallery: GalleryDir = Path("gallery"), db: DbUrl = None, as_json: JsonFlag = False) -> None:
+    """Compare the index and the crops with the database; exit code 1 when they disagree."""
+    with _errors(), _open(gallery, db) as g:
+        report = g.check()
+    text = "consistent" if report.ok else "\n".join(["problems (fix with `facesearch gallery rebuild`):"] + [f"  {p}" for p in report.problems])
+    _echo({"ok": report.ok, "problems": report.problems, **report.details}, as_json, text)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+@gallery_app.command("rebuild")
+def gallery_rebuild(
+    gallery: GalleryDir = Path("gallery"),
+    db: DbUrl = None,
+    index: Annotated[Optional[str], typer.Option("--index", help='Index kind: "flat" (exact), "hnsw" or "ivf".')] = None,
+    pca: Annotated[Optional[int], typer.Option("--pca", help="Reduce embeddings to this many dimensions (0: no PCA).")] = None,
+    ivf_codec: Annotated[Optional[str], typer.Option(help='IVF codes: "flat", "sq8" or "pq".')] = None,
+    ef_search: Annotated[Optional[int], typer.Option(help="HNSW search breadth (recall vs speed).")] = None,
+    nprobe: Annotated[Optional[int], typer.Option(help="IVF lists visited per query (recall vs speed).")] = None,
+) -> None:
+    """Rebuild the index from the database (optionally with new index settings); delete orphan crops."""
+    from dataclasses import replace
+
+    changes = {k: v for k, v in dict(kind=index, ivf_codec=ivf_codec, hnsw_ef_search=ef_search, ivf_nprobe=nprobe).items()
+               if v is not None}
+    if pca is not None:
+        changes["pca_dim"] = pca or None
+    with _errors(), _open(gallery, db) as g:
+        result = g.rebuild(replace(g.index_settings, **changes) if changes else None)
+    typer.echo(f"index rebuilt: {result['layout']}, {result['faces']} faces")
+
+
+@gallery_app.command("reembed")
+def gallery_reembed(
+    checkpoint: Checkpoint,
+    gallery: GalleryDir = Path("gallery"),
+    db: DbUrl = None,
+    device: Device = "auto",
+) -> None:
+    """Move the gallery to a new model: recompute every face from its stored photo and box."""
+    from facesearch.gallery.enroll import reembed
+
+    with _errors(), _open(gallery, db) as g:
+        embedder = _embedder(checkpoint, device)
+        with _progress(g.stats()["faces"], "re-embedding") as progress:
+            report = reembed(g, embedder, progress=progress)
+    typer.echo(f"{report.faces} faces re-embedded with model {embedder.fingerprint} "
+               f"({report.from_photo} from their photo, {report.from_crop} from the stored crop)")
+
+
+# -- database schema --------------------------------------------------------------------------------
+
+
+def _engine(gallery: Path, db: str | None):
+    from facesearch.gallery import db as gdb
+
+    gallery.mkdir(parents=True, exist_ok=True)
+    return gdb.create_engine(gdb.resolve_url(gallery, db))
+
+
+@db_app.command("upgrade")
+def db_upgrade(gallery: GalleryDir = Path("gallery"), db: DbUrl = None,
+               revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Apply the schema migrations (needed once for a PostgreSQL gallery; SQLite upgrades itself)."""
+    from facesearch.gallery import db as gdb
+
+    engine = _engine(gallery, db)
+    gdb.upgrade(engine, revision)
+    typer.echo(f"{gdb.masked(engine)}: at revision {gdb.current_revision(engine)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help='Target revision ("base": drop every gallery table).')],
+                 gallery: GalleryDir = Path("gallery"), db: DbUrl = None) -> None:
+    """Revert schema migrations down to REVISION."""
+    from facesearch.gallery import db as gdb
+
+    engine = _engine(gallery, db)
+    gdb.downgrade(engine, revision)
+    typer.echo(f"{gdb.masked(engine)}: at revision {gdb.current_revision(engine)}")
+
+
+@db_app.command("current")
+def db_current(gallery: GalleryDir = Path("gallery"), db: DbUrl = None) -> None:
+    """The database's schema revision and the latest one this version knows."""
+    from facesearch.gallery import db as gdb
+
+    engine = _engine(gallery, db)
+    typer.echo(f"{gdb.masked(engine)}: at revision {gdb.current_revision(engine)} (latest {gdb.head_revision()})")

@@ -93,6 +93,7 @@ class FaceInfo:
     source_sha256: str | None
     crop_path: Path | None
     box: list[float] | None
+    landmarks: list[list[float]] | None
     det_prob: float | None
     created_at: datetime
 
@@ -213,6 +214,11 @@ class Gallery:
                 f"`facesearch gallery reembed --checkpoint NEW`"
             )
 
+    @property
+    def index_settings(self) -> IndexSettings:
+        with self._read() as s:
+            return IndexSettings.from_dict(self._state(s).index_settings)
+
     def threshold(self) -> tuple[float, dict[str, Any] | None]:
         """The similarity threshold `who` uses and how it was set (None: the documented default)."""
         with self._read() as s:
@@ -324,7 +330,7 @@ class Gallery:
 
     def _face_info(self, f: Face, name: str) -> FaceInfo:
         crop = self.folder / f.crop_path if f.crop_path else None
-        return FaceInfo(f.id, name, f.source_path, f.source_sha256, crop, f.box, f.det_prob, f.created_at)
+        return FaceInfo(f.id, name, f.source_path, f.source_sha256, crop, f.box, f.landmarks, f.det_prob, f.created_at)
 
     def _identity(self, s: Session, name: str) -> Identity:
         ident = s.scalar(sa.select(Identity).where(Identity.name == name))

@@ -1,0 +1,195 @@
+"""Photos → gallery faces: ``enroll`` (photos of one person, or a folder of people) and ``reembed``.
+
+One enrolled face per photo: a photo with several faces is refused unless ``largest=True`` (group photos
+are the usual way a wrong face gets enrolled). The same photo (by content hash) is enrolled only once.
+Work goes in batches of photos; each batch is one transaction, so an interrupted run keeps what it
+committed and a rerun skips it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from facesearch.gallery.store import Gallery, GalleryError, NewFace
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
+
+
+@dataclass(frozen=True)
+class EnrollOutcome:
+    path: str
+    name: str
+    status: str  # "enrolled", "duplicate", "no_face", "several_faces", or load_image's status (e.g. "unreadable")
+    reason: str = ""
+    face_id: int | None = None
+    n_faces: int = 0  # faces detected in the photo
+
+
+def folder_items(root: str | os.PathLike) -> list[tuple[Path, str]]:
+    """``(photo, name)`` for every image in ``root/<name>/`` (sub-folders of a person included).
+
+    Names are the folder names, verbatim. Files directly in ``root`` belong to nobody and are skipped.
+    """
+    root = Path(root)
+    items = []
+    for person in sorted(p for p in root.iterdir() if p.is_dir()):
+        photos = sorted(p for p in person.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        items += [(photo, person.name) for photo in photos]
+    return items
+
+
+def enroll(gallery: Gallery, embedder, items: Sequence[tuple[str | os.PathLike, str]], largest: bool = False,
+           batch_size: int = 16, progress: Callable[[int], None] | None = None) -> list[EnrollOutcome]:
+    """Enroll photos, each under its name.
+
+    Args:
+        gallery: the gallery.
+        embedder: a ``facesearch.embed.Embedder``; must be the gallery's model (checked first).
+        items: ``(photo path, identity name)`` pairs.
+        largest: in a photo with several faces, enroll the largest instead of refusing the photo.
+        batch_size: photos per detection batch and per transaction.
+        progress: called with the number of photos done after each batch.
+    Returns:
+        One outcome per photo, in input order.
+    """
+    gallery.check_model(embedder.fingerprint)
+    outcomes: list[EnrollOutcome] = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        outcomes += _enroll_batch(gallery, embedder, batch, largest)
+        if progress:
+            progress(len(batch))
+    return outcomes
+
+
+def _enroll_batch(gallery: Gallery, embedder, batch, largest: bool) -> list[EnrollOutcome]:
+    from facesearch.data.detect import select_face
+
+    done: dict[int, EnrollOutcome] = {}
+    loaded = _load_new_photos(gallery, batch, done)  # position → (sha256, image)
+    positions = list(loaded)
+    found = embedder.detector.detect([loaded[i][1] for i in positions]) if positions else []
+    chosen = {}  # position → Face
+    for i, faces in zip(positions, found):
+        path, name = str(batch[i][0]), batch[i][1]
+        if not faces:
+            done[i] = EnrollOutcome(path, name, "no_face", "no face detected")
+        elif len(faces) > 1 and not largest:
+            done[i] = EnrollOutcome(path, name, "several_faces", f"{len(faces)} faces: refused (pass --largest to "
+                                    "enroll the largest one)", n_faces=len(faces))
+        else:
+            chosen[i] = select_face(faces, loaded[i][1].size, "largest")
+    new = _embed_chosen(embedder, batch, loaded, chosen)
+    result = gallery.add_faces([face for _, face in new], embedder.fingerprint)
+    skipped = {new[k][0]: holder for k, holder in result.duplicates}
+    added = iter(result.ids)
+    for i, face in new:
+        path, name = str(batch[i][0]), batch[i][1]
+        n = len(found[positions.index(i)])
+        if i in skipped:
+            done[i] = EnrollOutcome(path, name, "duplicate", f"already enrolled as {skipped[i]!r}", n_faces=n)
+        else:
+            note = f"largest of {n} faces" if n > 1 else ""
+            done[i] = EnrollOutcome(path, name, "enrolled", note, face_id=next(added), n_faces=n)
+    return [done[i] for i in range(len(batch))]
+
+
+def _load_new_photos(gallery: Gallery, batch, done: dict[int, EnrollOutcome]) -> dict:
+    """Hash and decode the photos not enrolled yet; outcomes for the others go into ``done``."""
+    from facesearch.data.images import ImageError, load_image
+    from facesearch.embed import file_sha256
+
+    loaded = {}
+    for i, (path, name) in enumerate(batch):
+        try:
+            sha = file_sha256(path)
+            holder = gallery.enrolled_as(sha)
+            if holder is not None:
+                done[i] = EnrollOutcome(str(path), name, "duplicate", f"already enrolled as {holder!r}")
+                continue
+            loaded[i] = (sha, load_image(path))
+        except ImageError as e:
+            done[i] = EnrollOutcome(str(path), name, e.status, e.reason)
+        except OSError as e:
+            done[i] = EnrollOutcome(str(path), name, "unreadable", e.strerror or str(e))
+    return loaded
+
+
+def _embed_chosen(embedder, batch, loaded, chosen) -> list[tuple[int, NewFace]]:
+    from facesearch.data.detect import crop_face
+
+    c = embedder.crop
+    crops = {i: crop_face(loaded[i][1], face, c.size, c.margin, c.align) for i, face in chosen.items()}
+    vectors = embedder.embed_crops(list(crops.values()))
+    out = []
+    for (i, face), vector in zip(chosen.items(), vectors):
+        out.append((i, NewFace(
+            name=batch[i][1], embedding=vector, source_path=str(Path(batch[i][0]).resolve()),
+            source_sha256=loaded[i][0], box=face.box, landmarks=face.landmarks, det_prob=face.prob, crop=crops[i],
+        )))
+    return out
+
+
+@dataclass(frozen=True)
+class ReembedReport:
+    faces: int
+    from_photo: int  # re-cropped from the original photo and stored box
+    from_crop: int  # the photo was gone or changed: the stored crop was embedded instead
+
+
+def reembed(gallery: Gallery, embedder, batch_size: int = 64,
+            progress: Callable[[int], None] | None = None) -> ReembedReport:
+    """Recompute every face's embedding with another model (from its photo and box, else its stored crop),
+    then switch the gallery to that model in one transaction. Nothing changes if any face cannot be
+    recomputed: a gallery never mixes models."""
+    faces = gallery.face_sources()
+    vectors, from_crop, lost = [], 0, []
+    for start in range(0, len(faces), batch_size):
+        crops = []
+        for info in faces[start : start + batch_size]:
+            crop, source = _recrop(info, embedder.crop)
+            if crop is None:
+                lost.append(info)
+                continue
+            from_crop += source == "crop"
+            crops.append(crop)
+        vectors.append(embedder.embed_crops(crops))
+        if progress:
+            progress(len(faces[start : start + batch_size]))
+    if lost:
+        names = ", ".join(sorted({f.identity for f in lost})[:5])
+        raise GalleryError(f"{len(lost)} faces ({names}...) have neither their photo nor a stored crop; "
+                           "remove them first (`facesearch identities remove`)")
+    matrix = np.concatenate(vectors) if vectors else np.empty((0, embedder.dim), np.float32)
+    gallery.replace_embeddings([f.id for f in faces], matrix, embedder.fingerprint)
+    return ReembedReport(len(faces), len(faces) - from_crop, from_crop)
+
+
+def _recrop(info, crop_settings):
+    """The face cut again from its unchanged photo, else the stored crop; (None, "") when neither exists."""
+    from PIL import Image
+
+    from facesearch.data.detect import Face, crop_face
+    from facesearch.data.images import ImageError, load_image
+    from facesearch.embed import file_sha256
+
+    c = crop_settings
+    try:
+        if info.source_path and info.box and file_sha256(info.source_path) == info.source_sha256:
+            landmarks = np.asarray(info.landmarks if info.landmarks else np.zeros((5, 2)), dtype=np.float32)
+            face = Face(box=np.asarray(info.box, dtype=np.float32), landmarks=landmarks, prob=info.det_prob or 0.0)
+            return crop_face(load_image(info.source_path), face, c.size, c.margin, c.align and info.landmarks is not None), "photo"
+    except (OSError, ImageError) as e:
+        logger.info("face %d: photo unusable (%s), using the stored crop", info.id, e)
+    if info.crop_path is not None and info.crop_path.is_file():
+        with Image.open(info.crop_path) as im:
+            return im.convert("RGB"), "crop"
+    return None, ""
