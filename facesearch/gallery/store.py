@@ -251,29 +251,26 @@ class Gallery:
         Raises:
             ModelMismatchError: the gallery holds another model's embeddings.
         """
-        ids: list[int] = []
         duplicates: list[tuple[int, str]] = []
         written: list[Path] = []
         try:
             with self._mutation() as s:
                 self._claim_model(s, fingerprint, faces)
-                for i, face in enumerate(faces):
-                    holder = face.source_sha256 and s.scalar(
-                        sa.select(Identity.name).join(Face).where(Face.source_sha256 == face.source_sha256)
-                    )
-                    if holder:
-                        duplicates.append((i, holder))
-                        continue
-                    ids.append(self._insert_face(s, face, fingerprint, written))
-                if ids:
+                with s.no_autoflush:  # one flush for the batch, not one per lookup
+                    rows = self._insert_faces(s, faces, fingerprint, duplicates)
+                s.flush()  # one batched INSERT ... RETURNING assigns the ids, the FAISS ids
+                for face, row in rows:
+                    if face.crop is not None:
+                        row.crop_path = self._write_crop(row.id, face.crop, written)
+                if rows:
                     self._bump(s)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
             raise
-        if ids:
+        if rows:
             self._sync_index()
-        return AddResult(ids, duplicates)
+        return AddResult([row.id for _, row in rows], duplicates)
 
     def _claim_model(self, s: Session, fingerprint: str, faces: Sequence[NewFace]) -> None:
         self._check_model(s, fingerprint)
@@ -287,29 +284,44 @@ class Gallery:
         if dims and (state.model_fingerprint != fingerprint or not has_faces):
             state.model_fingerprint, state.embedding_dim = fingerprint, dims.pop()
 
-    def _insert_face(self, s: Session, face: NewFace, fingerprint: str, written: list[Path]) -> int:
-        identity = s.scalar(sa.select(Identity).where(Identity.name == face.name))
-        if identity is None:
-            identity = Identity(name=face.name)
-            s.add(identity)
-        vector = np.ascontiguousarray(face.embedding, dtype=np.float32).reshape(-1)
-        row = Face(
-            identity=identity, source_path=face.source_path, source_sha256=face.source_sha256,
-            box=_floats(face.box), landmarks=_floats(face.landmarks), det_prob=face.det_prob,
-            embedding=vector.tobytes(), model_fingerprint=fingerprint,
-        )
-        s.add(row)
-        s.flush()  # assigns row.id, the FAISS id
-        identity.updated_at = utcnow()
-        if face.crop is not None:
-            row.crop_path = f"{CROPS_DIR}/{row.id // 10_000}/{row.id}.jpg"  # by id: names never become paths
-            path = self.folder / row.crop_path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            face.crop.save(tmp, format="JPEG", quality=95)
-            os.replace(tmp, path)
-            written.append(path)
-        return row.id
+    def _insert_faces(self, s: Session, faces: Sequence[NewFace], fingerprint: str,
+                      duplicates: list[tuple[int, str]]) -> list[tuple[NewFace, Face]]:
+        """Face rows for the faces whose photo is not enrolled yet (the others go to ``duplicates``)."""
+        identities: dict[str, Identity] = {}
+        in_batch: dict[str, str] = {}  # sha256 → name, for a photo given twice in one call
+        rows = []
+        for i, face in enumerate(faces):
+            sha = face.source_sha256
+            holder = sha and (in_batch.get(sha) or s.scalar(
+                sa.select(Identity.name).join(Face).where(Face.source_sha256 == sha)))
+            if holder:
+                duplicates.append((i, holder))
+                continue
+            if sha:
+                in_batch[sha] = face.name
+            if face.name not in identities:
+                identities[face.name] = s.scalar(sa.select(Identity).where(Identity.name == face.name)) or Identity(name=face.name)
+                identities[face.name].updated_at = utcnow()
+            vector = np.ascontiguousarray(face.embedding, dtype=np.float32).reshape(-1)
+            row = Face(
+                identity=identities[face.name], source_path=face.source_path, source_sha256=sha,
+                box=_floats(face.box), landmarks=_floats(face.landmarks), det_prob=face.det_prob,
+                embedding=vector.tobytes(), model_fingerprint=fingerprint,
+            )
+            s.add(row)
+            rows.append((face, row))
+        return rows
+
+    def _write_crop(self, face_id: int, crop, written: list[Path]) -> str:
+        """Save a crop as crops/<id // 10000>/<id>.jpg (by id: names never become paths); returns that path."""
+        rel = f"{CROPS_DIR}/{face_id // 10_000}/{face_id}.jpg"
+        path = self.folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        crop.save(tmp, format="JPEG", quality=95)
+        os.replace(tmp, path)
+        written.append(path)
+        return rel
 
     # -- identities ---------------------------------------------------------------------------------
 
