@@ -51,7 +51,7 @@ def plot_similarity_histogram(report, path: str | os.PathLike) -> Path:
         ax.hist(scores[report.labels], bins=bins, alpha=0.6, label="same person")
         ax.hist(scores[~report.labels], bins=bins, alpha=0.6, label="different people")
         threshold = report.thresholds[name]
-        ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.3f}")
+        ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.4f}")
         ax.set(title=_LABELS.get(name, name), xlabel="cosine similarity", ylabel="pairs")
         ax.legend(fontsize=8)
     return _save(fig, path)
