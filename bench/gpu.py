@@ -145,7 +145,7 @@ def cifar(args, device: torch.device) -> dict:
     cache_s = time.perf_counter() - t
     overrides = {"batch_size": 8, "max_steps": 2} if args.smoke else {}
     cfg = train_config("cifar10", epochs=args.cifar_epochs, time_budget=args.budget_cifar, device=str(device),
-                       compile=args.compile, eval_every=args.cifar_eval_every, **overrides)
+                       compile=args.compile, eval_every=args.cifar_eval_every, lr=args.cifar_lr, **overrides)
     model = {"fc_width": 16} if args.smoke else None
     result = train("cifar10", args.cifar, args.out / "cifar10-run", cfg, model, cache_dir=cache,
                    on_progress=_printer("cifar10"))
@@ -305,7 +305,8 @@ def markdown(r: dict) -> str:
         t = r.get(key, {})
         if "images_per_s" in t:
             mfu = f", MFU **{100 * t['mfu']:.1f} %**" if t.get("mfu") is not None else ""
-            lines.append(f"- training {t['input_size']} px, batch {t['batch']}, {'compiled' if t['compiled'] else 'eager'}: "
+            mode = "compiled" if t["compiled"] else "eager"
+            lines.append(f"- training {t['input_size']} px, batch {t['batch']}, {mode}: "
                          f"**{t['images_per_s']:.0f} images/s**, {t['achieved_tflops']:.1f} TFLOP/s{mfu} "
                          f"(forward {t['forward_gflops_per_image']:.2f} GFLOP/image, x3 for training)")
     c = r.get("cifar10", {})
@@ -315,7 +316,8 @@ def markdown(r: dict) -> str:
                      f"cache build {c['cache_build_s']:.1f} s not counted)")
     f = r.get("faces", {})
     if "val_acc_best" in f:
-        lines.append(f"- faces ({f['classes']} identities): closed-set validation accuracy **{100 * f['val_acc_best']:.2f} %** "
+        lines.append(f"- faces ({f['classes']} identities): closed-set validation accuracy "
+                     f"**{100 * f['val_acc_best']:.2f} %** "
                      f"(best epoch; final {100 * (f['val_acc_final'] or 0):.2f} %) after {f['trained_s']:.0f} s, "
                      f"{f['epochs']} epochs, {f['images_per_s']:.0f} images/s")
         for split in ("val", "holdout"):
@@ -339,6 +341,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--throughput-steps", type=int, default=30)
     p.add_argument("--cifar-epochs", type=int, default=200, help="upper bound; the time budget ends the run")
     p.add_argument("--cifar-eval-every", type=int, default=5)
+    p.add_argument("--cifar-lr", type=float, default=None, help="peak lr (default: the preset, 0.4 at batch 512)")
     p.add_argument("--face-epochs", type=int, default=400, help="upper bound; the time budget ends the run")
     p.add_argument("--face-lr", type=float, default=None, help="default: 0.05 x batch / 128")
     p.add_argument("--fc-width", type=int, default=None, help="face model fc6/fc7 width (default: preset)")
@@ -361,16 +364,17 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     skip = set(filter(None, args.skip.split(",")))
-    r = {"environment": {"device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    r = {"environment": {"device_name": name,
                          "torch": torch.__version__, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                         "command": " ".join(["python3", "bench/gpu.py"] + (argv if argv is not None else sys.argv[1:])),
+                         "command": " ".join(["python3", "bench/gpu.py", *(argv if argv is not None else sys.argv[1:])]),
                          "smoke": args.smoke}}
     if "peak" not in skip:
         section(r, "matmul_peak", matmul_peak, device, 256 if args.smoke else 8192, 2 if args.smoke else 20)
     peak = r.get("matmul_peak", {}).get("tflops")
     if "throughput" not in skip:
         size, batch, steps = (32, 4, 2) if args.smoke else (112, args.batch, args.throughput_steps)
-        for compiled in ([False] if args.smoke else [False, True]):
+        for compiled in ([False, True] if device.type == "cuda" and args.compile else [False]):
             section(r, f"throughput_{'compiled' if compiled else 'eager'}", throughput, device, size, batch,
                     compiled, steps, 1 if args.smoke else 5, 299, args.fc_width, peak)
     if args.cifar and "cifar10" not in skip:

@@ -17,24 +17,24 @@ from facesearch.cli._app import app, cifar10_app
 
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder: checkpoints, metrics.jsonl, curves.png.")]
 Resume = Annotated[Optional[Path], typer.Option(help="Run folder whose last.pt to continue at its exact step.")]
-Epochs = Annotated[Optional[int], typer.Option(help="Epochs (the schedule spans them). [preset]")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Global batch size (all GPUs together). [preset]")]
-Lr = Annotated[Optional[float], typer.Option(help="Peak learning rate after warm-up. [preset]")]
+Epochs = Annotated[Optional[int], typer.Option(help="Epochs (the schedule spans them). (default: preset)")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Global batch size (all GPUs together). (default: preset)")]
+Lr = Annotated[Optional[float], typer.Option(help="Peak learning rate after warm-up. (default: preset)")]
 Optim = Annotated[str, typer.Option(help='"sgd" (Nesterov momentum) or "adamw".')]
-WeightDecay = Annotated[Optional[float], typer.Option(help="Weight decay on weights (not biases/BN). [preset]")]
-Warmup = Annotated[Optional[float], typer.Option(help="Warm-up epochs before the cosine decay. [preset]")]
-InputSize = Annotated[Optional[int], typer.Option(help="Model input side in px. [faces: crop size; CIFAR: 32]")]
-FcWidth = Annotated[Optional[int], typer.Option(help="Width of fc6/fc7 (4096 classic). [preset]")]
-Head = Annotated[Optional[str], typer.Option(help='"softmax" or "cosface" (margin-based, still N-way). [preset]')]
-Embedding = Annotated[Optional[str], typer.Option(help='fc7 read "pre_relu" or "post_relu". [preset]')]
-Dropout = Annotated[Optional[float], typer.Option(help="Dropout after fc6 and fc7. [preset]")]
+WeightDecay = Annotated[Optional[float], typer.Option(help="Weight decay, not on biases/BN. (default: preset)")]
+Warmup = Annotated[Optional[float], typer.Option(help="Warm-up epochs before the cosine decay. (default: preset)")]
+InputSize = Annotated[Optional[int], typer.Option(help="Model input side in px. (default: crop size; CIFAR 32)")]
+FcWidth = Annotated[Optional[int], typer.Option(help="Width of fc6/fc7 (4096 classic). (default: preset)")]
+Head = Annotated[Optional[str], typer.Option(help='"softmax" or "cosface" (margin, still N-way). (default: preset)')]
+Embedding = Annotated[Optional[str], typer.Option(help='fc7 read "pre_relu" or "post_relu". (default: preset)')]
+Dropout = Annotated[Optional[float], typer.Option(help="Dropout after fc6 and fc7. (default: preset)")]
 Budget = Annotated[Optional[float], typer.Option(help="Seconds of training; the schedule ends then, last.pt saved.")]
 MaxSteps = Annotated[Optional[int], typer.Option(help="Stop after this many steps.")]
 Every = Annotated[float, typer.Option(help="Seconds between mid-epoch saves of last.pt.")]
 Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda", "cuda:1" or "cpu".')]
 Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")]
 Workers = Annotated[int, typer.Option(help="Threads decoding images into the uint8 cache.")]
-Cache = Annotated[Optional[Path], typer.Option(help="uint8 cache folder (reused across runs). [RUN_DIR/cache]")]
+Cache = Annotated[Optional[Path], typer.Option(help="uint8 cache folder, reused across runs. (default: RUN_DIR/cache)")]
 Seed = Annotated[int, typer.Option(help="Seed of weights, batch order and augmentation.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
@@ -119,7 +119,7 @@ def train_cifar10(
     data: Annotated[Path, typer.Option(help="CIFAR-10: train|test/<class>/ image folders or cifar-10-batches-py.")],
     out: Out = None, resume: Resume = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
     optimizer: Optim = "sgd", weight_decay: WeightDecay = None, warmup_epochs: Warmup = None,
-    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing. [preset 0.1]")] = None,
+    label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing. (default: preset, 0.1)")] = None,
     input_size: InputSize = None, fc_width: FcWidth = None, head: Head = None, dropout: Dropout = None,
     time_budget: Budget = None, max_steps: MaxSteps = None, checkpoint_every: Every = 600.0,
     device: Device = "auto", compile: Compile = False, workers: Workers = 4, cache_dir: Cache = None,

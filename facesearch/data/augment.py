@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +50,13 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 (n, S, S, 3) or float [0, 1] (n, 3, S, S) -> normalised float (n, 3, S, S)."""
     if x.dtype == torch.uint8:
         x = x.permute(0, 3, 1, 2).float().div_(255)
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - m) / s
+    return (x - _channels(tuple(mean), x.device, x.dtype)) / _channels(tuple(std), x.device, x.dtype)
+
+
+@lru_cache(maxsize=32)
+def _channels(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A (1, 3, 1, 1) constant, made once per device: a host-to-device copy per step would stall the GPU queue."""
+    return torch.tensor(values, device=device, dtype=dtype).view(1, 3, 1, 1)
 
 
 def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
@@ -105,7 +110,7 @@ def _resized_crop(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
 def _colour_jitter(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Brightness, contrast and saturation factors per image (torchvision's definitions), clamped to [0, 1]."""
     n = x.shape[0]
-    luma = torch.tensor(_LUMA, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    luma = _channels(_LUMA, x.device, x.dtype)
     if cfg.brightness:
         x = x * _uniform(n, generator, 1 - cfg.brightness, 1 + cfg.brightness).view(-1, 1, 1, 1)
     if cfg.contrast:
