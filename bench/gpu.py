@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import platform
 import sys
 import time
@@ -358,6 +359,7 @@ def main(argv=None) -> dict:
 
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
     device = resolve_device("cpu" if args.smoke else args.device)
     if args.smoke:
         args.compile = False
