@@ -518,7 +518,8 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
         input_size: model input side (default: the crops' size from dataset.json for faces, 32 for CIFAR).
         cache_dir: uint8 cache folder (default RUN_DIR/cache).
         resume: continue RUN_DIR/last.pt at its exact step; model, schedule and augmentation come from the
-            checkpoint, only runtime settings (device, compile, workers, time budget, ...) from ``cfg``.
+            checkpoint, only runtime settings (device, compile, workers, max_steps, ...) from ``cfg``; the time
+            budget counts earlier runs too and is the saved one unless ``cfg`` gives another.
         on_progress: called on rank 0 every ``log_every`` steps with step/total_steps/loss/lr/images_per_s.
     """
     from facesearch.data.datasets import default_input_size
@@ -527,8 +528,10 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     run_dir = Path(run_dir)
     state = read_checkpoint(run_dir / "last.pt") if resume else None
     if state is not None:
+        saved = TrainConfig(**state["train_config"])
         runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS}
-        cfg = replace(TrainConfig(**state["train_config"]), **runtime)
+        runtime["time_budget"] = cfg.time_budget or saved.time_budget  # total seconds, earlier runs included
+        cfg = replace(saved, **runtime)
         model, aug = _model_fields(state["model_config"]), _augment_from_dict(state["augment"])
         input_size = state["model_config"]["input_size"]
     ddp, device = setup_distributed(cfg.device)
