@@ -116,8 +116,8 @@ def _table(report, out_dir: Path) -> str:
                      + ", ".join(report.train_only[:10]) + (" ..." if len(report.train_only) > 10 else ""))
     if report.holdout:
         lines.append(f"held out: {', '.join(report.holdout)}")
-    rate = report.detected / report.seconds if report.seconds else 0.0
+    rate = f" ({report.detected / report.seconds:.1f} photos/s)" if report.detected and report.seconds else ""
     lines.append(f"this run: {report.detected} photos detected, {report.recropped} re-cropped, {report.reused} "
-                 f"reused, {report.seconds:.1f} s ({rate:.1f} photos/s)")
+                 f"reused, {report.seconds:.1f} s{rate}")
     lines.append(f"manifest: {out_dir / 'manifest.csv'}")
     return "\n".join(lines)

@@ -50,7 +50,7 @@ class PrepareSettings:
     min_side: int = 32  # px; smaller photos are "too_small"
     max_pixels: int | None = None  # decompression-bomb limit; None = Pillow's
     # Detection speed knobs (see FaceDetector); photos with no face found are retried without them.
-    min_face_ratio: float = 0.2
+    min_face_ratio: float = 0.25
     max_side: int = 640
     batch_size: int = 16
     jpeg_quality: int = 95
@@ -132,12 +132,13 @@ def prepare(
     if on_total:
         on_total(len(jobs))
     # Before any crop is written: the manifest holds only rows valid under the new settings.
-    write_manifest(out_dir, rows)
+    _checkpoint(out_dir, rows, settings)
     write_settings(out_dir, _settings_record(settings, raw_dir))
     done = _run_jobs(jobs, out_dir, settings, device, workers, rows, progress)
-    train_only, holdout = assign_splits(done, settings)
     _remove_stale_crops(out_dir, all_old_rows, done)
-    write_manifest(out_dir, done)
+    train_only, holdout = _checkpoint(out_dir, done, settings)
+    if len(holdout) < settings.holdout_identities:
+        logger.warning("only %d identities have %d+ ok photos to hold out", len(holdout), settings.min_photos)
     return PrepareReport(
         rows=sorted(done, key=lambda r: r.path),
         detected=sum(j.face is None for j in jobs),
@@ -320,11 +321,18 @@ def _run_jobs(jobs, out_dir, settings, device, workers, settled, progress) -> li
             if progress:
                 progress(len(rows))
             if time.monotonic() - last_write > _CHECKPOINT_SECONDS:
-                write_manifest(out_dir, done)
+                _checkpoint(out_dir, done, settings)
                 last_write = time.monotonic()
     finally:  # an interrupted run keeps what it finished
-        write_manifest(out_dir, done)
+        _checkpoint(out_dir, done, settings)
     return done
+
+
+def _checkpoint(out_dir: Path, rows: list[ManifestRow], settings: PrepareSettings) -> tuple[list[str], list[str]]:
+    """Split and write the rows so far (atomically): a crash loses at most the photos since the last one."""
+    split_info = assign_splits(rows, settings)
+    write_manifest(out_dir, rows)
+    return split_info
 
 
 def _chunks(jobs: list[_Job], n: int) -> list[list[_Job]]:
@@ -478,8 +486,6 @@ def assign_splits(rows: list[ManifestRow], settings: PrepareSettings) -> tuple[l
     small = sorted(i for i, rs in by_identity.items() if len(rs) < settings.min_photos)
     eligible = sorted((i for i in by_identity if i not in small), key=lambda i: _unit_hash(settings.seed, "holdout", i))
     holdout = sorted(eligible[: settings.holdout_identities])
-    if len(holdout) < settings.holdout_identities:
-        logger.warning("only %d identities have %d+ photos to hold out", len(holdout), settings.min_photos)
     for identity, members in by_identity.items():
         for row in members:
             row.split = "holdout" if identity in holdout else _split_of(row, identity in small, settings)
