@@ -260,17 +260,30 @@ def _best_accuracy(scores: np.ndarray, truth: np.ndarray) -> float:
 
 
 def evaluate_face_model(loaded, args) -> dict:
-    """HOOK (lead): LFW View 1 pairs and open-set figures of the trained face model.
+    """LFW View 1 pairs and open-set identification of the trained face model, with the random baseline.
 
-    Args:
-        loaded: a ``facesearch.checkpoint.LoadedModel`` (``.model`` in eval mode on the GPU, ``.config``,
-            ``.class_names``, ``.preprocess``, ``.fingerprint``) of RUN_DIR/best.pt.
-        args: this script's arguments (add e.g. ``--lfw DIR`` in ``parse_args``).
-    Returns:
-        A dict of figures; it lands in the report under ``faces.evaluation``. Keep imports lazy and limited to
-        torch, torchvision, numpy, pillow and facenet-pytorch: nothing else exists on the GPU machine.
+    ``--lfw-pairs`` holds pairsDevTrain.txt / pairsDevTest.txt; ``--lfw`` is a ``prepare --select center``
+    output of LFW's images (crops made on the CPU machine: the raw photos do not travel). The threshold comes
+    from pairsDevTrain, the accuracy from pairsDevTest (used once, here). Open-set: one enrolled photo per
+    LFW person with several, the rest probe; single-photo people are never-enrolled distractors.
     """
-    return {}
+    if not (args.lfw and args.lfw_pairs):
+        return {}
+    from facesearch.evaluate import evaluate_open_set, evaluate_pairs
+
+    device = str(next(loaded.model.parameters()).device)
+    files = [args.lfw_pairs / "pairsDevTrain.txt", args.lfw_pairs / "pairsDevTest.txt"]
+    n_boot = 50 if args.smoke else 1000
+    pairs = evaluate_pairs(loaded, files, args.lfw, device=device, n_boot=n_boot)
+    open_set = evaluate_open_set(loaded, args.lfw, device=device, n_boot=n_boot)
+    try:
+        from facesearch.evaluate_plots import save_open_set_plots, save_pairs_plots
+
+        save_pairs_plots(pairs, args.out / "lfw")
+        save_open_set_plots(open_set, args.out / "lfw")
+    except ImportError:  # matplotlib is optional on the GPU machine
+        pass
+    return {"lfw_view1": pairs.summary, "open_set": open_set.summary}
 
 
 # --- report ---------------------------------------------------------------------------------------------
@@ -327,8 +340,29 @@ def markdown(r: dict) -> str:
                 lines.append(f"  - verification on {split} ({v['n_identities']} identities, {v['n_pairs']} pairs): "
                              + ", ".join(f"{k} AUC {v[k]['auc']:.4f} / acc {100 * v[k]['best_accuracy']:.2f} %"
                                          for k in ("pre_relu", "post_relu")))
+    ev = f.get("evaluation", {})
+    lfw, ops = ev.get("lfw_view1"), ev.get("open_set")
+    if lfw and "model" in lfw:
+        m, b = lfw["model"], lfw.get("random_baseline", {})
+        lines.append(f"  - LFW View 1 (threshold from pairsDevTrain, accuracy on pairsDevTest): **{_pct(m['accuracy'])}** "
+                     f"(95 % CI {_ci(m.get('accuracy_ci95'))}), AUC {m.get('auc', float('nan')):.4f}; "
+                     f"random weights {_pct(b.get('accuracy'))} (CI {_ci(b.get('accuracy_ci95'))})")
+    if ops and "model" in ops:
+        m, b = ops["model"], ops.get("random_baseline", {})
+        dirs = m.get("dir_at_fpir", {})
+        lines.append(f"  - open-set on LFW people: rank-1 **{_pct(m.get('rank1'))}** (CI {_ci(m.get('rank1_ci95'))}), "
+                     f"rank-5 {_pct(m.get('rank5'))}, DIR@FPIR 1e-2 {_pct(dirs.get('0.01'))}, "
+                     f"1e-1 {_pct(dirs.get('0.1'))}; random weights rank-1 {_pct(b.get('rank1'))}")
     errors = [f"- {k}: {v['error']}" for k, v in r.items() if isinstance(v, dict) and "error" in v]
     return "\n".join(lines + (["", "Errors:"] + errors if errors else [])) + "\n"
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.2f} %" if isinstance(x, (int, float)) else "not measurable"  # the report says so in words
+
+
+def _ci(ci) -> str:
+    return "n/a" if not ci else f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f} %"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -349,6 +383,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--head", default=None, help='"softmax" or "cosface" (default: preset)')
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager training runs")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: peak,throughput,cifar10,faces")
+    p.add_argument("--lfw", type=Path, help="a `prepare --select center` output of LFW View 1's images")
+    p.add_argument("--lfw-pairs", type=Path, help="folder with pairsDevTrain.txt and pairsDevTest.txt")
     p.add_argument("--device", default="auto")
     p.add_argument("--smoke", action="store_true", help="tiny CPU run of every section (tests)")
     return p.parse_args(argv)

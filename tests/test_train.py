@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from facesearch.checkpoint import load_checkpoint, read_checkpoint
 from facesearch.data.augment import AugmentConfig, augment
 from facesearch.data.datasets import load_dataset
-from facesearch.data.manifest import ManifestRow, write_manifest, write_settings
+from facesearch.data.manifest import ManifestRow, read_manifest, write_manifest, write_settings
 from facesearch.train import TrainConfig, train
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
@@ -137,6 +137,21 @@ def test_augment_is_batched_seeded_and_in_range():
         assert not torch.equal(a, plain)
 
 
+def make_lfw_like(out: Path) -> Path:
+    """A prepare output whose photos are named the LFW way, with View-1-style train and test pair files."""
+    make_prepared_faces(out, n_ids=3, per_id=3, n_val=0)
+    rows = read_manifest(out)
+    counter: dict[str, int] = {}
+    for r in rows:
+        counter[r.identity] = counter.get(r.identity, 0) + 1
+        r.path = f"{r.identity}/{r.identity}_{counter[r.identity]:04d}.jpg"
+    write_manifest(out, rows)
+    a, b, c = sorted(counter)
+    (out / "pairsDevTrain.txt").write_text(f"{a}\t1\t2\n{b}\t1\t3\n{a}\t1\t{b}\t2\n{b}\t3\t{c}\t1\n")
+    (out / "pairsDevTest.txt").write_text(f"{c}\t1\t2\n{a}\t2\t3\n{a}\t3\t{c}\t2\n{c}\t3\t{b}\t1\n")
+    return out
+
+
 @pytest.mark.slow
 def test_gpu_bench_smoke_runs_every_section_on_cpu(tmp_path):
     import importlib.util
@@ -150,11 +165,15 @@ def test_gpu_bench_smoke_runs_every_section_on_cpu(tmp_path):
             (tmp_path / "c" / split / name).mkdir(parents=True)
             for i in range(n):
                 Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(tmp_path / "c" / split / name / f"{i}.jpg")
+    lfw = make_lfw_like(tmp_path / "lfw")
     r = bench.main(["--smoke", "--cifar", str(tmp_path / "c"), "--faces", str(faces_dir), "--budget-cifar", "1",
-                    "--budget-faces", "1", "--out", str(tmp_path / "out")])
+                    "--budget-faces", "1", "--out", str(tmp_path / "out"), "--lfw", str(lfw), "--lfw-pairs", str(lfw)])
     assert not [k for k, v in r.items() if isinstance(v, dict) and "error" in v], r
     assert r["throughput_eager"]["images_per_s"] > 0 and r["throughput_eager"]["forward_gflops_per_image"] > 0.6
     assert 0 <= r["cifar10"]["test_acc_final"] <= 1 and r["faces"]["val_acc_best"] is not None
     assert {"pre_relu", "post_relu"} <= set(r["faces"]["verification_val"])
+    lfw_figures = r["faces"]["evaluation"]["lfw_view1"]["model"]
+    assert 0 <= lfw_figures["accuracy"] <= 1 and "random_baseline" in r["faces"]["evaluation"]["lfw_view1"]
+    assert r["faces"]["evaluation"]["open_set"]["model"]["rank1"] is not None
     assert (tmp_path / "out" / "gpu_bench.json").is_file()
     assert "CIFAR-10" in (tmp_path / "out" / "gpu_bench.md").read_text()
