@@ -252,6 +252,8 @@ def test_cli_json_and_clear_failure(tmp_path, sample_photos):
     assert table.exit_code == 0 and "not_an_image" in table.stdout and "0 photos detected" in table.stdout
     missing = runner.invoke(app, ["prepare", str(tmp_path / "nope"), str(tmp_path / "out")])
     assert missing.exit_code == 1 and "nope" in missing.stderr
+    same = runner.invoke(app, ["prepare", str(tmp_path / "raw"), str(tmp_path / "raw")])
+    assert same.exit_code == 1 and "must differ" in same.stderr
 
 
 @pytest.mark.slow

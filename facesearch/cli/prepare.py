@@ -74,6 +74,8 @@ def prepare(
                              progress=bar.update, on_total=bar.start)
     except OSError as e:
         _fail(f"{getattr(e, 'filename', None) or out_dir}: {e.strerror or e}")
+    except ValueError as e:
+        _fail(str(e))
     finally:
         bar.close()
     typer.echo(json.dumps(_summary(report, out_dir), indent=2) if as_json else _table(report, out_dir))

@@ -126,6 +126,8 @@ def prepare(
     raw_dir, out_dir = Path(raw_dir).resolve(), Path(out_dir).resolve()
     if not raw_dir.is_dir():
         raise NotADirectoryError(f"{raw_dir}: not a folder")
+    if out_dir == raw_dir:
+        raise ValueError(f"{out_dir}: OUT_DIR must differ from RAW_DIR (crops would become inputs)")
     all_old_rows, old_rows, old_settings = _previous_run(out_dir, settings)
     files = scan(raw_dir, exclude=out_dir)
     rows, jobs, reused = _plan(files, raw_dir, out_dir, old_rows, old_settings, settings)
