@@ -78,7 +78,7 @@ def prepare(
         _fail(str(e))
     finally:
         bar.close()
-    typer.echo(json.dumps(_summary(report, out_dir), indent=2) if as_json else _table(report, out_dir))
+    typer.echo(json.dumps(_summary(report, out_dir), indent=2) if as_json else _table(report, out_dir, val + test > 0))
 
 
 def _fail(message: str):
@@ -104,7 +104,7 @@ def _summary(report, out_dir: Path) -> dict:
     }
 
 
-def _table(report, out_dir: Path) -> str:
+def _table(report, out_dir: Path, splitting: bool) -> str:
     s = _summary(report, out_dir)
     total = max(s["photos"], 1)
     lines = [f"{'status':<14}{'photos':>8}{'share':>9}"]
@@ -113,7 +113,7 @@ def _table(report, out_dir: Path) -> str:
     lines.append("")
     lines.append(f"ok photos with several faces: {s['multi_face']}")
     lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(s["splits"].items())))
-    if report.train_only:
+    if report.train_only and splitting:
         lines.append(f"train-only (fewer ok photos than --min-photos): {len(report.train_only)} identities: "
                      + ", ".join(report.train_only[:10]) + (" ..." if len(report.train_only) > 10 else ""))
     if report.holdout:
