@@ -205,7 +205,11 @@ def summarise(curves, fractions, seed: int) -> dict:
 
 
 def plot(curves, fractions, path: Path, title: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the GPU machine has no matplotlib: plot later with --replot
+        log("no matplotlib: curves saved, plot skipped")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

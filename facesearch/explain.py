@@ -92,6 +92,7 @@ class _View:
     forward: object  # images (n, 3, S, S) -> outputs (n, d)
     sites: list  # conv sites then fc sites
     preprocess: object  # checkpoint.Preprocess
+    device: object  # where the model's weights are
 
 
 def _view(loaded, output: str) -> _View:
@@ -100,13 +101,13 @@ def _view(loaded, output: str) -> _View:
     model = loaded.model
     sites = conv_sites(model, model.conv_layers()) + fc_sites(model.fc_layers())
     forward = model.forward_embedding if output == "embedding" else model.forward
-    return _View(forward, sites, loaded.preprocess)
+    return _View(forward, sites, loaded.preprocess, next(model.parameters()).device)
 
 
 def _tensor(images: Sequence, view: _View):
     from facesearch.checkpoint import preprocess_batch
 
-    return preprocess_batch(list(images), view.preprocess)  # (n, 3, S, S)
+    return preprocess_batch(list(images), view.preprocess).to(view.device)  # (n, 3, S, S)
 
 
 def _rgb(image, size: int) -> np.ndarray:
@@ -228,7 +229,7 @@ def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, 
     faces = [(name, _tensor(crops, view)) for name, crops in candidates]
     similarity = layers.layer_similarity(view.forward, view.sites, x, faces, settings.pool)
     counts = [f.shape[0] for _, f in faces]
-    groups = torch.split(torch.from_numpy(similarity.embeddings[1:]), counts)
+    groups = torch.split(torch.from_numpy(similarity.embeddings[1:]).to(view.device), counts)
     match, runner = targets.centroid(groups[0]), targets.centroid(groups[1])
     evidence = cam.attribute(view.forward, view.sites, x, targets.CosineTo(match))
     decision_target = targets.MatchMargin(match, runner)

@@ -97,7 +97,7 @@ def layer_cams(attribution: Attribution, method: str = "layercam") -> dict[str, 
             continue  # fully connected sites have no spatial map
         cam = _cam(act, grad, method).unsqueeze(1)  # (n, 1, h, w)
         cam = F.interpolate(cam, size=attribution.input_size, mode="bilinear", align_corners=False)
-        maps[name] = normalise(cam[:, 0].clamp_min(0)).numpy().astype(np.float32)
+        maps[name] = normalise(cam[:, 0].clamp_min(0)).cpu().numpy().astype(np.float32)
     return maps
 
 

@@ -35,7 +35,7 @@ def choose_channels(activation: torch.Tensor, n: int, rule: str = "strongest", s
     count = activation.shape[0]
     n = min(n, count)
     if rule == "strongest":
-        return torch.topk(activation.flatten(1).mean(1), n).indices.numpy()
+        return torch.topk(activation.flatten(1).mean(1), n).indices.cpu().numpy()
     if rule == "random":
         generator = torch.Generator().manual_seed(seed)
         return torch.sort(torch.randperm(count, generator=generator)[:n]).values.numpy()
@@ -62,7 +62,7 @@ def grid_from(recorded: Sequence[tuple[str, torch.Tensor]], n: int = 10, rule: s
         chosen = choose_channels(act[0], n, rule, seed)
         names.append(name)
         channels.append(chosen)
-        maps.append(act[0, torch.from_numpy(chosen)].float().numpy())  # (N, h, w)
+        maps.append(act[0, torch.from_numpy(chosen).to(act.device)].float().cpu().numpy())  # (N, h, w)
     return FeatureGrid(names, channels, maps, rule, seed)
 
 

@@ -133,7 +133,7 @@ class ChannelAblation(_Hooks):
             if masks.shape[1] != output.shape[1]:
                 raise ValueError(f"{name}: {masks.shape[1]} mask columns for {output.shape[1]} channels")
             shape = (masks.shape[0], output.shape[1]) + (1,) * (output.dim() - 2)
-            copies = output[:1] * masks.to(output.dtype).view(shape)  # (B, C, ...)
+            copies = output[:1] * masks.to(output.device, output.dtype).view(shape)  # (B, C, ...)
             self.slices[name] = slice(n, n + masks.shape[0])
             return torch.cat([output, copies])
 

@@ -95,7 +95,7 @@ def layer_similarity(
         q, c = pooled[0] - centre, centroids - centre
         rows.append(torch.nn.functional.cosine_similarity(q.unsqueeze(0), c, dim=1))  # (K,)
         names.append(name)
-    return LayerSimilarity(names, [n for n, _ in candidates], torch.stack(rows).numpy(), outputs.float().numpy())
+    return LayerSimilarity(names, [n for n, _ in candidates], torch.stack(rows).cpu().numpy(), outputs.float().cpu().numpy())
 
 
 @dataclass(frozen=True)
@@ -153,12 +153,12 @@ def layer_ablation(
     for index, (name, score) in enumerate(zip(attribution.names, channel_scores(attribution))):
         channels = score.shape[1]
         k = max(1, int(round(fraction * channels)))
-        ablations.append((by_name[name], _masks(score[0], k, seeds, layer_seed=index)))
+        ablations.append((by_name[name], _masks(score[0].cpu(), k, seeds, layer_seed=index)))
         counts.append((channels, k))
     with ChannelAblation(ablations) as ablation:
         scores = target(forward(x)).float()  # (1 + layers * (1 + seeds),)
     base = float(scores[0])
-    falls = torch.stack([base - scores[ablation.slices[name]] for name in attribution.names])  # (L, 1 + seeds)
+    falls = torch.stack([base - scores[ablation.slices[name]] for name in attribution.names]).cpu()  # (L, 1 + seeds)
     randoms = falls[:, 1:]
     return LayerAblation(
         names=list(attribution.names),

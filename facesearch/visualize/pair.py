@@ -39,6 +39,7 @@ def _pair_similarity(outputs: torch.Tensor) -> torch.Tensor:
 
 def _correspondences(act: torch.Tensor, q_map: np.ndarray, g_map: np.ndarray, n: int, size: tuple[int, int]):
     """Mutual nearest neighbours between the two faces' positions at one layer (2, C, h, w)."""
+    act = act.float().cpu()
     h, w = act.shape[-2:]
     feats = F.normalize(act.flatten(2), dim=1)  # (2, C, h*w)
     sim = feats[0].T @ feats[1]  # (h*w, h*w) cosine between query and gallery positions
