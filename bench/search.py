@@ -1,0 +1,405 @@
+"""Gallery search benchmarks: index types at 10⁴-10⁶ faces, and end-to-end ``who``.
+
+``index``: latency (one query at a time, as ``who`` searches), recall@10 against exact 4,096-d
+inner-product search, build time and memory per face, for each index type the gallery offers. Each
+index is built through ``FaceIndex`` (the gallery's own code), written to a file, then loaded and
+searched by a fresh process, whose peak resident memory is reported.
+
+The vectors are synthetic but face-like: many identities x several faces each. An identity is a point
+``z_c`` in a ``--latent``-dimensional space with a power-law spectrum (variance of axis j ∝ 1/j); a face
+is ``z_c + w`` with within-identity variation ``w`` (``--spread`` x the identity spread), mapped to
+4,096-d by a fixed random orthonormal map, plus isotropic noise carrying ``--noise`` of the energy, then
+L2-normalised. Queries are new faces of enrolled identities. Vectors are generated in chunks (10⁶ x 4,096
+floats would be 16 GB) and the exact top-10 is kept up to date chunk by chunk. Plain Gaussian vectors
+would have no neighbours worth finding; whether real embeddings have a latent dimension this low is an
+assumption stated with the figures (pass real embeddings to ``spectrum`` to check one model).
+
+``who``: a gallery of ``--faces`` synthetic faces plus a real person's photos, then ``who`` on a one-face
+photo scaled to 640 px: warm in-process (the ``Gallery`` and ``Embedder`` already open) and cold from
+the command line (a new process per call). The model is ``--checkpoint`` or a random-weight VGG16 of the
+default shape (112 px input, fc 4,096): the same compute as a trained one.
+
+From the repo root::
+
+    .venv/bin/python bench/search.py index --sizes 10000 100000
+    .venv/bin/python bench/search.py index --sizes 1000000 --kinds flat+pca ivf+pca ivf-sq8+pca hnsw+pca
+    .venv/bin/python bench/search.py who --faces 100000
+    .venv/bin/python bench/search.py spectrum EMBEDDINGS.npy
+
+Each prints JSON lines (one per measurement) and appends them to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DIM = 4096
+CHUNK = 20_000
+K = 10
+
+
+# -- synthetic faces --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """Clustered unit vectors: identities x faces, generated deterministically chunk by chunk."""
+
+    n: int  # faces in the gallery
+    faces_per_identity: int = 8
+    latent: int = 128
+    spread: float = 0.7  # within-identity std / between-identity std, per latent axis
+    noise: float = 0.1  # share of each vector's energy that is isotropic 4,096-d noise
+    seed: int = 0
+
+    def _basis(self) -> np.ndarray:
+        rng = np.random.default_rng(self.seed)
+        q, _ = np.linalg.qr(rng.standard_normal((DIM, self.latent)).astype(np.float32))
+        return q.T.copy()  # (latent, DIM), orthonormal rows
+
+    def _sigma(self) -> np.ndarray:
+        return (1.0 / np.sqrt(np.arange(1, self.latent + 1))).astype(np.float32)  # (latent,)
+
+    def _centres(self, identities: np.ndarray) -> np.ndarray:
+        out = np.empty((len(identities), self.latent), np.float32)
+        for i, c in enumerate(identities):  # one small generator per identity: any chunk can be redrawn
+            out[i] = np.random.default_rng((self.seed, 1, int(c))).standard_normal(self.latent, dtype=np.float32)
+        return out * self._sigma()
+
+    def _faces(self, identities: np.ndarray, rng: np.random.Generator, basis: np.ndarray) -> np.ndarray:
+        z = self._centres(identities)
+        z += self.spread * rng.standard_normal(z.shape, dtype=np.float32) * self._sigma()
+        x = z @ basis  # (n, DIM)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        eta = np.sqrt(self.noise / (1 - self.noise) / DIM)  # per-dim noise std for that energy share
+        x += eta * rng.standard_normal(x.shape, dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return x
+
+    def chunks(self, size: int = CHUNK):
+        """(ids, (m, DIM) vectors) covering faces 0..n-1; face i belongs to identity i // faces_per_identity."""
+        basis = self._basis()
+        for start in range(0, self.n, size):
+            ids = np.arange(start, min(start + size, self.n), dtype=np.int64)
+            rng = np.random.default_rng((self.seed, 2, start))
+            yield ids, self._faces(ids // self.faces_per_identity, rng, basis)
+
+    def queries(self, nq: int) -> np.ndarray:
+        """New faces of enrolled identities."""
+        rng = np.random.default_rng((self.seed, 3))
+        identities = rng.integers(0, max(self.n // self.faces_per_identity, 1), nq)
+        return self._faces(identities, rng, self._basis())
+
+
+class TopK:
+    """Exact top-k by inner product, merged chunk by chunk."""
+
+    def __init__(self, xq: np.ndarray, k: int = K):
+        self.xq, self.k = xq, k
+        self.D = np.full((len(xq), k), -np.inf, np.float32)
+        self.I = np.full((len(xq), k), -1, np.int64)
+
+    def update(self, ids: np.ndarray, xb: np.ndarray) -> None:
+        S = self.xq @ xb.T  # (nq, m)
+        D = np.concatenate([self.D, S], axis=1)
+        I = np.concatenate([self.I, np.broadcast_to(ids, S.shape)], axis=1)
+        top = np.argpartition(-D, self.k - 1, axis=1)[:, : self.k]
+        self.D, self.I = np.take_along_axis(D, top, 1), np.take_along_axis(I, top, 1)
+
+
+def recall_at_k(I: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a[a >= 0]) & set(b)) / len(b) for a, b in zip(I, truth)]))
+
+
+# -- index benchmark --------------------------------------------------------------------------------
+
+
+def index_settings(kind: str, n: int, pca: int):
+    """The IndexSettings a gallery of ``n`` faces would use for ``kind`` (e.g. "hnsw+pca", "ivf-sq8+pca")."""
+    from facesearch.gallery import IndexSettings
+
+    base, _, reduce = kind.partition("+")
+    family, _, codec = base.partition("-")
+    # 4 sqrt(n) lists, at most 1,024: k-means wants ~39 training points per list and trains on 50,000.
+    nlist = int(min(4 * np.sqrt(n), 1024)) if family == "ivf" else None
+    return IndexSettings(kind=family, pca_dim=pca if reduce == "pca" else None, min_train=1, train_size=50_000,
+                         ivf_codec=codec or "flat", ivf_nlist=nlist, hnsw_m=16 if n > 300_000 else 32,
+                         hnsw_ef_construction=40 if n > 300_000 else 80)
+
+
+def uncompressed(kind: str) -> bool:
+    """Kinds that keep all 4,096 floats per face (16 GB at 10⁶ faces)."""
+    return "+pca" not in kind and not any(c in kind for c in ("-sq8", "-pq"))
+
+
+SWEEPS = {"hnsw": ("hnsw_ef_search", [16, 32, 64, 128, 256]), "ivf": ("ivf_nprobe", [4, 8, 16, 32, 64])}
+
+
+def bench_index(args) -> None:
+    from facesearch.gallery import FaceIndex
+    from facesearch.gallery.index import train_pca
+
+    for n in args.sizes:
+        data = Synthetic(n, latent=args.latent, spread=args.spread, noise=args.noise)
+        xq = data.queries(args.nq)
+        truth = TopK(xq)
+        kinds = [k for k in args.kinds if not (uncompressed(k) and n * DIM * 4 > args.max_flat_bytes)]
+        train = next(data.chunks(50_000))[1] if any("+" in k or k.startswith("ivf") for k in kinds) else None
+        t = time.perf_counter()
+        pca = train_pca(train[:20_000], args.pca) if any("+pca" in k for k in kinds) else None  # shared
+        pca_s = time.perf_counter() - t
+        indexes, build_s = {}, {}
+        for kind in kinds:
+            t = time.perf_counter()
+            indexes[kind] = FaceIndex.create(index_settings(kind, n, args.pca), DIM, n, train, pca=pca)
+            build_s[kind] = time.perf_counter() - t + (pca_s if "+pca" in kind else 0.0)
+        del train
+        for ids, xb in data.chunks():
+            truth.update(ids, xb)
+            for kind, index in indexes.items():
+                t = time.perf_counter()
+                index.add(ids, xb)
+                build_s[kind] += time.perf_counter() - t
+        np.save(args.work / "xq.npy", xq)
+        np.save(args.work / "truth.npy", truth.I)
+        for kind in list(indexes):
+            path = args.work / f"{kind}.faiss"
+            indexes.pop(kind).write(path)  # free it before the probe process loads the file
+            for row in probe(path, args):
+                emit(args, {"bench": "index", "n": n, "kind": kind, "build_s": round(build_s[kind], 1),
+                            "latent": args.latent, "spread": args.spread, "noise": args.noise, **row})
+            path.unlink()
+
+
+def probe(path: Path, args) -> list[dict]:
+    """Load an index file in a fresh process and measure it there (so its RSS is the index's)."""
+    cmd = [sys.executable, __file__, "_probe", str(path), str(args.work), "--latency-queries", str(args.latency_queries)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def run_probe(args) -> None:
+    import faiss
+
+    from facesearch.gallery import FaceIndex
+
+    faiss.omp_set_num_threads(1)  # one query at a time uses one core anyway; keep the other for the box
+    index = FaceIndex.read(args.path)
+    xq, truth = np.load(args.work / "xq.npy"), np.load(args.work / "truth.npy")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    field, values = SWEEPS.get(index.family, (None, [None]))
+    for value in values:
+        if field:
+            index.settings = replace(index.settings, **{field: value})
+        _, I = index.search(xq, K)
+        lat = []
+        for q in xq[: args.latency_queries]:
+            t = time.perf_counter()
+            index.search(q[None], K)
+            lat.append(time.perf_counter() - t)
+        lat_ms = np.array(lat) * 1000
+        print(json.dumps({
+            "layout": index.layout, "param": field, "value": value, "recall_at_10": round(recall_at_k(I, truth), 4),
+            "p50_ms": round(float(np.median(lat_ms)), 3), "p95_ms": round(float(np.percentile(lat_ms, 95)), 3),
+            "bytes_per_face": round(index.memory_bytes() / len(index.ids), 1), "rss_gb": round(rss / 2**30, 2),
+        }))
+
+
+# -- end-to-end who ---------------------------------------------------------------------------------
+
+
+def bench_who(args) -> None:
+    from PIL import Image
+
+    from facesearch.checkpoint import load_checkpoint
+    from facesearch.gallery import Gallery, IndexSettings
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint else random_checkpoint(args.work / "vgg16-112.pt")
+    loaded = load_checkpoint(checkpoint)
+    folder = args.work / "gallery"
+    if not folder.exists():
+        build_gallery(folder, loaded, args)
+    person = sorted((REPO / "sample" / "photos").iterdir())[0]
+    photo = args.work / "query-640.jpg"
+    with Image.open(sorted(person.glob("*.jpg"))[-1]) as im:
+        scale = 640 / max(im.size)
+        im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC).save(photo, quality=92)
+    for kind in args.kinds:
+        with Gallery(folder) as g:
+            settings = replace(index_settings(kind, args.faces, args.pca), min_train=IndexSettings().min_train)
+            if g.index_settings != settings:
+                t = time.perf_counter()
+                g.rebuild(settings)
+                print(f"rebuilt as {kind} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        warm = who_warm(folder, loaded, photo, args.repeats)
+        cold = who_cold(folder, checkpoint, photo, args.cold_repeats)
+        emit(args, {"bench": "who", "faces": args.faces, "kind": kind, "photo_px": list(Image.open(photo).size),
+                    "checkpoint": str(checkpoint) if args.checkpoint else "random VGG16 112 px, fc 4096",
+                    **warm, **cold})
+
+
+def random_checkpoint(path: Path) -> Path:
+    import torch
+
+    from facesearch.checkpoint import Preprocess, save_checkpoint
+    from facesearch.models.vgg import VGG16, VGGConfig
+
+    if not path.exists():
+        torch.manual_seed(0)
+        save_checkpoint(path, VGG16(VGGConfig(num_classes=100)), [str(i) for i in range(100)], Preprocess(112))
+    return path
+
+
+def build_gallery(folder: Path, loaded, args) -> None:
+    """``--faces`` synthetic faces under the checkpoint's fingerprint, then a real person's photos."""
+    from facesearch.embed import Embedder
+    from facesearch.gallery import Gallery, NewFace
+    from facesearch.gallery.enroll import enroll
+
+    data = Synthetic(args.faces, latent=args.latent, spread=args.spread, noise=args.noise, seed=1)
+    t = time.perf_counter()
+    with Gallery(folder) as g:
+        for ids, xb in data.chunks(args.faces):  # one transaction, one index build
+            g.add_faces([NewFace(name=f"synthetic {i // data.faces_per_identity}", embedding=v) for i, v in zip(ids, xb)],
+                        loaded.fingerprint)
+        person = sorted((REPO / "sample" / "photos").iterdir())[0]
+        photos = sorted(person.glob("*.jpg"))[:-1]  # the last one is the query
+        enroll(g, Embedder(loaded, device="cpu"), [(p, "sample person") for p in photos])
+    print(f"gallery of {args.faces} faces built in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+
+def who_warm(folder: Path, loaded, photo: Path, repeats: int) -> dict:
+    from facesearch.embed import Embedder
+    from facesearch.gallery import Gallery
+    from facesearch.search import who
+
+    embedder = Embedder(loaded, device="cpu")
+    with Gallery(folder) as g:
+        first = who(g, embedder, photo)  # loads MTCNN and the index
+        assert len(first.faces) == 1 and first.faces[0].matches[0].name == "sample person", first
+        total, detect, search = [], [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            who(g, embedder, photo)
+            total.append(time.perf_counter() - t0)
+        image = embedder_image(photo)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            faces = embedder.detector.detect([image])
+            detect.append(time.perf_counter() - t0)
+            xq = embedder.embed_crops([crop_of(embedder, image, faces[0][0])])
+            t0 = time.perf_counter()
+            g.search(xq, k=50)
+            search.append(time.perf_counter() - t0)
+    ms = lambda v: round(float(np.median(v)) * 1000, 1)  # noqa: E731
+    return {"warm_p50_ms": ms(total), "warm_p95_ms": round(float(np.percentile(total, 95)) * 1000, 1),
+            "warm_detect_p50_ms": ms(detect), "warm_search_p50_ms": ms(search),
+            "warm_embed_p50_ms": round(ms(total) - ms(detect) - ms(search), 1)}
+
+
+def embedder_image(photo: Path):
+    from facesearch.data.images import load_image
+
+    return load_image(photo)
+
+
+def crop_of(embedder, image, face):
+    from facesearch.data.detect import crop_face
+
+    c = embedder.crop
+    return crop_face(image, face, c.size, c.margin, c.align)
+
+
+def who_cold(folder: Path, checkpoint: Path, photo: Path, repeats: int) -> dict:
+    cmd = [str(Path(sys.executable).parent / "facesearch"), "who", str(photo), "-c", str(checkpoint), "-g", str(folder),
+           "--device", "cpu", "--json"]
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True)
+        times.append(time.perf_counter() - t)
+    return {"cold_median_s": round(float(np.median(times)), 2), "cold_runs_s": [round(t, 2) for t in times]}
+
+
+# -- spectrum of real embeddings --------------------------------------------------------------------
+
+
+def bench_spectrum(args) -> None:
+    """Share of variance in the first 32..1024 principal axes of an (n, d) embeddings file, next to the
+    synthetic data's, to judge whether the synthetic assumption fits a real model."""
+    x = np.load(args.embeddings).astype(np.float32)
+    synth = next(Synthetic(len(x), latent=args.latent, spread=args.spread, noise=args.noise).chunks(len(x)))[1]
+    for name, v in (("real", x), ("synthetic", synth)):
+        v = v - v.mean(0)
+        s = np.linalg.svd(v, compute_uv=False) ** 2
+        share = np.cumsum(s) / s.sum()
+        emit(args, {"bench": "spectrum", "data": name, "n": len(v), **{f"pc{k}": round(float(share[min(k, len(share)) - 1]), 3)
+                                                                     for k in (32, 64, 128, 256, 512, 1024)}})
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def emit(args, row: dict) -> None:
+    row = {**row, "host": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    print(json.dumps(row), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
+    common.add_argument("--out", type=Path, default=REPO / "results" / "bench_search.jsonl")
+    common.add_argument("--latent", type=int, default=128)
+    common.add_argument("--spread", type=float, default=0.7)
+    common.add_argument("--noise", type=float, default=0.1)
+    common.add_argument("--pca", type=int, default=256)
+    q = sub.add_parser("index", parents=[common])
+    q.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    q.add_argument("--kinds", nargs="+", default=["flat", "flat+pca", "hnsw", "hnsw+pca", "ivf+pca", "ivf-sq8+pca"])
+    q.add_argument("--nq", type=int, default=500)
+    q.add_argument("--latency-queries", type=int, default=200)
+    q.add_argument("--max-flat-bytes", type=float, default=2e9, help="skip uncompressed 4,096-d kinds above this size")
+    w = sub.add_parser("who", parents=[common])
+    w.add_argument("--faces", type=int, default=100_000)
+    w.add_argument("--checkpoint", default=None)
+    w.add_argument("--kinds", nargs="+", default=["flat", "hnsw+pca"])
+    w.add_argument("--repeats", type=int, default=20)
+    w.add_argument("--cold-repeats", type=int, default=3)
+    s = sub.add_parser("spectrum", parents=[common])
+    s.add_argument("embeddings", type=Path)
+    r = sub.add_parser("_probe")
+    r.add_argument("path", type=Path)
+    r.add_argument("work", type=Path)
+    r.add_argument("--latency-queries", type=int, default=200)
+    args = p.parse_args()
+    if args.command == "_probe":
+        return run_probe(args)
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="facesearch-bench-"))
+    args.work.mkdir(parents=True, exist_ok=True)
+    {"index": bench_index, "who": bench_who, "spectrum": bench_spectrum}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
