@@ -35,9 +35,9 @@ class ExplainError(Exception):
 @dataclass(frozen=True)
 class ExplainSettings:
     fraction: float = 0.10  # share of one layer's channels switched off in the ablation
-    seeds: int = 4  # random channel draws per layer (mean ± sd)
+    seeds: int = 3  # random channel draws per layer (mean ± sd)
     candidates: int = 4  # identities / classes compared per layer: match, runner-up, the next best
-    faces_per_identity: int = 3  # gallery faces per candidate identity (its most similar ones)
+    faces_per_identity: int = 2  # gallery faces per candidate identity (its most similar ones)
     maps_per_layer: int = 10  # columns of the feature-map grid
     map_rule: str = "strongest"  # "strongest" mean activation, or "random" (seeded)
     seed: int = 0
@@ -93,6 +93,7 @@ class _View:
     sites: list  # conv sites then fc sites
     preprocess: object  # checkpoint.Preprocess
     device: object  # where the model's weights are
+    memory_format: object  # torch.channels_last when the model's weights are
 
 
 def _view(loaded, output: str) -> _View:
@@ -101,13 +102,18 @@ def _view(loaded, output: str) -> _View:
     model = loaded.model
     sites = conv_sites(model, model.conv_layers()) + fc_sites(model.fc_layers())
     forward = model.forward_embedding if output == "embedding" else model.forward
-    return _View(forward, sites, loaded.preprocess, next(model.parameters()).device)
+    import torch
+
+    weight = model.conv_layers()[1][1].weight
+    layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return _View(forward, sites, loaded.preprocess, weight.device, layout)
 
 
 def _tensor(images: Sequence, view: _View):
     from facesearch.checkpoint import preprocess_batch
 
-    return preprocess_batch(list(images), view.preprocess).to(view.device)  # (n, 3, S, S)
+    x = preprocess_batch(list(images), view.preprocess).to(view.device)  # (n, 3, S, S)
+    return x.contiguous(memory_format=view.memory_format)  # as the model's weights (Embedder: channels-last)
 
 
 def _rgb(image, size: int) -> np.ndarray:
@@ -231,9 +237,8 @@ def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, 
     counts = [f.shape[0] for _, f in faces]
     groups = torch.split(torch.from_numpy(similarity.embeddings[1:]).to(view.device), counts)
     match, runner = targets.centroid(groups[0]), targets.centroid(groups[1])
-    evidence = cam.attribute(view.forward, view.sites, x, targets.CosineTo(match))
     decision_target = targets.MatchMargin(match, runner)
-    decision = cam.attribute(view.forward, view.sites, x, decision_target)
+    evidence, decision = cam.attribute_many(view.forward, view.sites, x, [targets.CosineTo(match), decision_target])
     ablation = layers.layer_ablation(view.forward, view.sites, x, decision_target, decision,
                                      settings.fraction, settings.seeds)
     view_pair = pair.pair_view(view.forward, view.sites, x, faces[0][1][:1], settings.fuse_last)
@@ -279,9 +284,8 @@ def explain_classification(
     with torch.no_grad():
         order = torch.argsort(view.forward(x)[0], descending=True).tolist()
     pred, second = order[0], order[1]
-    evidence = cam.attribute(view.forward, view.sites, x, targets.ClassLogit(pred))
     decision_target = targets.LogitMargin(pred, second)
-    decision = cam.attribute(view.forward, view.sites, x, decision_target)
+    evidence, decision = cam.attribute_many(view.forward, view.sites, x, [targets.ClassLogit(pred), decision_target])
     ablation = layers.layer_ablation(view.forward, view.sites, x, decision_target, decision,
                                      settings.fraction, settings.seeds)
     names = loaded.class_names

@@ -43,21 +43,31 @@ def attribute(forward: Forward, sites: Sequence[Site], x: torch.Tensor, target: 
     Images in the batch do not interact (eval mode), so ``scores.sum()`` gives each image its own
     gradients.
     """
+    return attribute_many(forward, sites, x, [target])[0]
+
+
+def attribute_many(forward: Forward, sites: Sequence[Site], x: torch.Tensor,
+                   targets: Sequence[Target]) -> list[Attribution]:
+    """Several targets from ONE forward pass: one backward each, sharing the recorded graph."""
     x = x.detach().requires_grad_(True)  # so a frozen model still builds a graph
+    results = []
     with torch.enable_grad(), Recorder(sites) as recorder:
         outputs = forward(x)
-        scores = target(outputs)  # (n,)
         recorded = recorder.ordered()
-        grads = torch.autograd.grad(scores.sum(), [t for _, t in recorded], allow_unused=True)
-    grads = [torch.zeros_like(t) if g is None else g for (_, t), g in zip(recorded, grads)]
-    return Attribution(
-        names=[name for name, _ in recorded],
-        activations=[t.detach() for _, t in recorded],
-        gradients=[g.detach() for g in grads],
-        scores=scores.detach(),
-        outputs=outputs.detach(),
-        input_size=(x.shape[-2], x.shape[-1]),
-    )
+        tensors = [t for _, t in recorded]
+        for i, target in enumerate(targets):
+            scores = target(outputs)  # (n,)
+            grads = torch.autograd.grad(scores.sum(), tensors, allow_unused=True, retain_graph=i + 1 < len(targets))
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
+            results.append(Attribution(
+                names=[name for name, _ in recorded],
+                activations=[t.detach() for t in tensors],
+                gradients=[g.detach() for g in grads],
+                scores=scores.detach(),
+                outputs=outputs.detach(),
+                input_size=(x.shape[-2], x.shape[-1]),
+            ))
+    return results
 
 
 def channel_scores(attribution: Attribution) -> list[torch.Tensor]:

@@ -140,7 +140,7 @@ def layer_ablation(
     target: Target,
     attribution: Attribution,
     fraction: float = 0.1,
-    seeds: int = 4,
+    seeds: int = 3,
 ) -> LayerAblation:
     """Ablate top-k % vs random k % channels, one layer at a time, for one image x (1, 3, H, W).
 

@@ -88,6 +88,7 @@ def draw_pair(view: PairView, query_image: np.ndarray, gallery_image: np.ndarray
               labels: tuple[str, str] = ("query", "gallery")) -> Path:
     """One PNG: both faces with their maps, and the correspondences as lines between them."""
     import matplotlib.pyplot as plt
+    from matplotlib import patheffects
     from matplotlib.patches import ConnectionPatch
 
     fig, axes = plt.subplots(1, 2, figsize=(7.2, 4.0))
@@ -96,14 +97,14 @@ def draw_pair(view: PairView, query_image: np.ndarray, gallery_image: np.ndarray
         ax.set_title(label, fontsize=10)
         ax.axis("off")
     top = max((m[4] for m in view.matches), default=1.0) or 1.0
-    cmap = plt.get_cmap("autumn")
+    outline = [patheffects.Stroke(linewidth=3.2, foreground="black", alpha=0.6), patheffects.Normal()]
     for qx, qy, gx, gy, strength in view.matches:
-        colour = cmap(1 - strength / top)
-        line = ConnectionPatch((gx, gy), (qx, qy), "data", "data", axesA=axes[1], axesB=axes[0],
-                               color=colour, lw=1.0 + 2.0 * strength / top, alpha=0.9)
+        weight = max(strength / top, 0.0)
+        line = ConnectionPatch((gx, gy), (qx, qy), "data", "data", axesA=axes[1], axesB=axes[0], color="white",
+                               lw=0.6 + 1.6 * weight, alpha=0.35 + 0.65 * weight, path_effects=outline)
         fig.add_artist(line)
-        axes[0].plot(qx, qy, "o", ms=4, color=colour, mec="white", mew=0.6)
-        axes[1].plot(gx, gy, "o", ms=4, color=colour, mec="white", mew=0.6)
+        for ax, (x, y) in ((axes[0], (qx, qy)), (axes[1], (gx, gy))):
+            ax.plot(x, y, "o", ms=4.5, color="white", mec="black", mew=0.8)
     fig.suptitle(f"What makes them similar (cosine {view.similarity:.3f}; maps fused over "
                  f"{view.layers[0]}…{view.layers[-1]}, lines: matching regions at {view.match_layer})", fontsize=8)
     fig.tight_layout()

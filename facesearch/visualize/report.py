@@ -1,14 +1,15 @@
 """Drawing: tile mosaics, the per-layer charts, and one self-contained HTML report.
 
-Everything renders with matplotlib's Agg backend (no display needed). Mosaics are composed as one
-numpy canvas and drawn on a single axes — a figure with 150 subplots takes seconds, one image with
-labels takes a fraction of that. The HTML report embeds every image as base64, so it is one file
+Charts render with matplotlib's Agg backend (no display needed). Mosaics (feature-map grid, per-layer
+heat maps) are composed as one canvas and lettered with Pillow — a matplotlib figure with 150 subplots
+takes seconds, this takes a fraction of one. The HTML report embeds every image as base64, so it is one file
 that can be mailed or archived.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ def colourise(values: np.ndarray, cmap: str = "viridis") -> np.ndarray:
 
 def fit_tile(image: np.ndarray, size: int, smooth: bool = True) -> np.ndarray:
     """Resize an RGB uint8 image to (size, size, 3); ``smooth=False`` keeps feature-map cells square."""
+    if image.shape[:2] == (size, size):
+        return image
     resample = Image.BILINEAR if smooth else Image.NEAREST
     return np.asarray(Image.fromarray(image).resize((size, size), resample))
 
@@ -59,33 +62,52 @@ class Mosaic:
     caption_height: int = 13
     title_height: int = 26
 
-    def draw(self, path: Path, dpi: int = 100) -> Path:
-        """Compose the canvas and write it as a PNG of exactly the canvas' pixel size."""
-        plt = _agg()
+    def draw(self, path: Path) -> Path:
+        """Compose the canvas, letter it with Pillow (DejaVu Sans, matplotlib's font) and write a PNG."""
+        from PIL import ImageDraw
+
         step_y = self.caption_height + self.tile + self.gap
         width = self.label_width + max(len(r) for r in self.rows) * (self.tile + self.gap)
-        width = max(width, 7 * len(self.title) + 20)  # room for the title
+        width = max(width, int(_font(14, True).getlength(self.title)) + 24)  # room for the title
         height = self.title_height + len(self.rows) * step_y
-        canvas = np.full((height, width, 3), 255, np.uint8)
+        canvas = Image.new("RGB", (width, height), "white")
+        draw = ImageDraw.Draw(canvas)
+        _text(draw, (width / 2, self.title_height / 2), self.title, 14, "mm", bold=True)
         for r, row in enumerate(self.rows):
             y = self.title_height + r * step_y + self.caption_height
+            _text(draw, (self.label_width - 6, y + self.tile / 2), self.row_labels[r], 11, "rm")
             for c, tile in enumerate(row):
                 x = self.label_width + c * (self.tile + self.gap)
-                canvas[y : y + self.tile, x : x + self.tile] = fit_tile(tile, self.tile) if tile.shape[0] != self.tile else tile
-        fig = plt.figure(figsize=(width / dpi, height / dpi), dpi=dpi)
-        fig.figimage(canvas, 0, 0)  # pixels as they are: no resampling
-        text = lambda x, y, s, **kw: fig.text(x / width, 1 - y / height, s, **kw)  # noqa: E731 (pixels, top-left origin)
-        text(width / 2, self.title_height / 2, self.title, ha="center", va="center", fontsize=10, weight="bold")
-        for r, label in enumerate(self.row_labels):
-            y = self.title_height + r * step_y + self.caption_height + self.tile / 2
-            text(self.label_width - 6, y, label, ha="right", va="center", fontsize=7.5)
-            for c, caption in enumerate((self.captions or [[]] * len(self.rows))[r]):
-                x = self.label_width + c * (self.tile + self.gap) + self.tile / 2
-                text(x, y - self.tile / 2 - 2, caption, ha="center", va="bottom", fontsize=6, color="#333")
+                canvas.paste(Image.fromarray(fit_tile(tile, self.tile)), (x, y))
+                if self.captions:
+                    _text(draw, (x + self.tile / 2, y - 2), self.captions[r][c], 9, "md", fill="#333333")
         path = Path(path)
-        fig.savefig(path, dpi=dpi)
-        plt.close(fig)
+        canvas.save(path, compress_level=3)
         return path
+
+
+@functools.lru_cache(maxsize=16)
+def _font(size: int, bold: bool = False):
+    """DejaVu Sans from matplotlib's bundled fonts (always installed with it), else Pillow's default."""
+    from PIL import ImageFont
+
+    try:
+        import matplotlib
+
+        name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+        return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
+    except (ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def _text(draw, xy, text: str, size: int, anchor: str, bold: bool = False, fill: str = "#111111") -> None:
+    """Anchored text; multi-line text is centred on the anchor's vertical position line by line."""
+    font = _font(size, bold)
+    lines = text.split("\n")
+    x, y = xy
+    y0 = y - (len(lines) - 1) * (size + 2) / 2 if anchor[1] == "m" else y - (len(lines) - 1) * (size + 2)
+    for i, line in enumerate(lines):
+        draw.text((x, y0 + i * (size + 2)), line, font=font, fill=fill, anchor=anchor)
 
 
 def draw_similarity_chart(names: Sequence[str], identities: Sequence[str], similarity: np.ndarray,
