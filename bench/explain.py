@@ -13,7 +13,7 @@ pixel order (seeded per pair) and a centred-Gaussian prior (centre first: "faces
 Per method: the area under each curve (mean similarity over the removal fractions), and the ROAD gap
 LeRF - MoRF; paired differences to each baseline with 95 % bootstrap intervals.
 
-    python bench/explain.py --checkpoint RUN/best.pt --data PREPARED --pairs 200 --out bench/out/explain
+    python bench/explain.py --checkpoint RUN/best.pt --data PREPARED --pairs 200 --out out/explain-bench
     python bench/explain.py ... --gallery-people 20 --cli-timing   # also time `facesearch explain`
 """
 
@@ -325,10 +325,11 @@ def main() -> None:
     p.add_argument("--data", type=Path, required=True, help="prepare output: pairs of crops of one person")
     p.add_argument("--pairs", type=int, default=200, help="query/match pairs for the faithfulness curves (0: skip)")
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)), help="shares of pixels removed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "explain", help="at most 4 files land here")
+    p.add_argument("--out", type=Path, default=REPO / "out" / "explain-bench", help="at most 4 files land here")
     p.add_argument("--work", type=Path, default=Path("/tmp/facesearch-explain-bench"), help="gallery, runs")
     p.add_argument("--gallery-people", type=int, default=0, help="build a gallery of N people and time explain")
     p.add_argument("--repeats", type=int, default=3)
@@ -356,13 +357,14 @@ def faithfulness(loaded, args) -> dict:
     pairs, source = choose_pairs(args.data, args.pairs, args.seed)
     log(f"{len(pairs)} pairs from {source}")
     start = time.perf_counter()
-    curves = run_pairs(loaded, pairs, FRACTIONS, args.batch, args.seed, torch.device(args.device))
+    fractions = tuple(float(f) for f in args.fractions.split(","))
+    curves = run_pairs(loaded, pairs, fractions, args.batch, args.seed, torch.device(args.device))
     seconds = time.perf_counter() - start
     title = f"Deletion with ROAD imputation, {len(pairs)} pairs ({source}); bands: 95 % CI of the mean"
-    plot(curves, FRACTIONS, args.out / "explain_faithfulness.png", title)
+    plot(curves, fractions, args.out / "explain_faithfulness.png", title)
     np.savez(args.work / "explain_curves.npz", **{f"{m}|{o}": c for m, d in curves.items() for o, c in d.items()})
-    return {"pairs": len(pairs), "pair_source": source, "data": str(args.data), "fractions": list(FRACTIONS),
-            "seconds": round(seconds, 1), "methods": summarise(curves, FRACTIONS, args.seed)}
+    return {"pairs": len(pairs), "pair_source": source, "data": str(args.data), "fractions": list(fractions),
+            "seconds": round(seconds, 1), "methods": summarise(curves, fractions, args.seed)}
 
 
 if __name__ == "__main__":

@@ -424,7 +424,7 @@ def _sections(e: Explanation, settings, decision: str) -> list:
     if "similarity" in e.files:
         sections.append(Section("Where the match emerges", (
             "At every layer the query is compared with each candidate on that layer's pooled activations "
-            f"(global {settings.pool.upper()} pooling, centred on the candidates' mean). Green: the answer, red: the "
+            f"({'global average' if settings.pool == 'gap' else 'generalised-mean'} pooling, centred on the candidates' mean). Green: the answer, red: the "
             f"runner-up. {'The answer leads from ' + e.emerges_at + ' onwards.' if e.emerges_at else 'The answer does not lead throughout the deep layers.'}"
         ), [e.files["similarity"]]))
     sections.append(Section("Which layers carry the decision", (

@@ -198,6 +198,18 @@ def test_channel_ablation_in_one_pass_equals_one_layer_at_a_time(net, images):
     torch.testing.assert_close(both[:1], net(images[:1]).detach())
 
 
+def test_several_targets_from_one_forward_equal_separate_passes(net, images):
+    from facesearch.visualize.cam import attribute_many
+
+    targets = [ClassLogit(0), ClassLogit(3)]
+    together = attribute_many(net, sites_of(net), images[:2], targets)
+    for target, joint in zip(targets, together):
+        alone = attribute(net, sites_of(net), images[:2], target)
+        torch.testing.assert_close(joint.scores, alone.scores)
+        for a, b in zip(joint.gradients, alone.gradients):
+            torch.testing.assert_close(a, b)
+
+
 def test_channel_scores_are_gradient_times_activation(net, images):
     attribution = attribute(net, sites_of(net), images[:1], ClassLogit(2))
     scores = channel_scores(attribution)
