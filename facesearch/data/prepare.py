@@ -349,15 +349,26 @@ def _map_chunks(chunks, out_dir, settings, device, workers) -> Iterable[list[Man
         for chunk in chunks:
             yield _process_chunk(chunk)
         return
-    import multiprocessing
-
-    # spawn, not fork: forking a process that already runs torch's thread pools can deadlock.
-    context = multiprocessing.get_context("spawn")
     init = (str(out_dir), settings, device, 1)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=init) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_mp_context(), initializer=_init_worker, initargs=init) as pool:
         futures = [pool.submit(_process_chunk, chunk) for chunk in chunks]
         for future in as_completed(futures):
             yield future.result()
+
+
+def _mp_context():
+    """fork where it is safe (Linux): the workers inherit this process's torch import instead of paying
+    seconds of CPU each to import it again. The workers run torch single-threaded, so they never enter an
+    OpenMP parallel region, the thing that can hang after a fork (torch's DataLoader workers rely on the
+    same). macOS and Windows spawn."""
+    import multiprocessing
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import torch  # noqa: F401 - imported once here, shared by every forked worker
+
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 _worker: dict = {}  # per process: out_dir, settings, detector
