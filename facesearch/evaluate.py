@@ -542,15 +542,21 @@ def _dir_figures(top, hit, non_top, fpir_targets, n_boot: int, seed: int) -> dic
     return out
 
 
-def list_photos(data_dir: str | os.PathLike) -> dict[str, list[str]]:
-    """identity -> photo keys: the manifest's usable rows of a ``prepare`` output, else ``<identity>/*`` images."""
+def list_photos(data_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """identity -> photo keys: the manifest's usable rows of a ``prepare`` output, else ``<identity>/*`` images.
+
+    ``splits`` keeps only a prepare output's rows of those splits (e.g. ``["holdout"]``: people never trained on).
+    """
     data_dir = Path(data_dir)
     photos: dict[str, list[str]] = {}
     if is_prepared(data_dir):
         from facesearch.data.manifest import ok_rows
 
         for row in ok_rows(read_manifest(data_dir)):
-            photos.setdefault(row.identity, []).append(row.path)
+            if splits is None or row.split in splits:
+                photos.setdefault(row.identity, []).append(row.path)
+    elif splits is not None:
+        raise ValueError(f"{data_dir}: splits are only known for a `facesearch prepare` output")
     else:
         for path in sorted(data_dir.rglob("*")):
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and path.parent != data_dir:
@@ -570,6 +576,7 @@ def evaluate_open_set(
     n_boot: int = 1000,
     seed: int = 0,
     progress: Progress | None = None,
+    splits: Sequence[str] | None = None,
 ) -> OpenSetReport:
     """Open-set identification: enroll k photos per person, probe with the others and with strangers.
 
@@ -578,13 +585,14 @@ def evaluate_open_set(
         data_dir: ``<identity>/*.jpg`` photos (e.g. LFW's ``images``), or a ``prepare`` output.
         enroll_per_identity: photos enrolled per person (people with no more than this are distractors).
         seed: picks the enrolled photos, and seeds the baseline's weights and the bootstrap.
+        splits: with a ``prepare`` output, only its rows of these splits (e.g. ``["holdout"]``).
     Returns:
         An :class:`OpenSetReport`: rank-1, rank-5, DIR at each FPIR (with CIs) for the model and its baseline.
     """
     from facesearch.checkpoint import resolve_device
 
     device = str(resolve_device(device))
-    split = split_open_set(list_photos(data_dir), enroll_per_identity, seed)
+    split = split_open_set(list_photos(data_dir, splits), enroll_per_identity, seed)
     if not split.enrolled:
         raise ValueError(
             f"{data_dir}: nobody has more than {enroll_per_identity} photo(s), so nobody can be enrolled and probed"
@@ -594,6 +602,7 @@ def evaluate_open_set(
         "kind": "open-set",
         "data_dir": str(data_dir),
         "enroll_per_identity": enroll_per_identity,
+        "splits": list(splits) if splits else None,
         "seed": seed,
         "n_enrolled_identities": len({i for _, i in split.enrolled}),
         "n_distractor_identities": len({i for _, i in split.nonmated}),

@@ -132,6 +132,10 @@ def open_set(
     data_dir: Annotated[Path, typer.Argument(help="<identity>/*.jpg photos, or a prepare output.")],
     checkpoint: Checkpoint,
     enroll: Annotated[int, typer.Option(help="Photos enrolled per person; people with no more are distractors.")] = 1,
+    split: Annotated[
+        Optional[list[str]],
+        typer.Option(help="With a prepare output: only its photos of this split (repeatable), e.g. holdout."),
+    ] = None,
     out: OutDir = None,
     results: Results = DEFAULT_RESULTS,
     device: Device = "auto",
@@ -146,10 +150,11 @@ def open_set(
     if not data_dir.is_dir():
         raise _fail(f"{data_dir}: no such folder")
     try:
-        n = sum(len(v) for v in evaluate.list_photos(data_dir).values())
+        n = sum(len(v) for v in evaluate.list_photos(data_dir, split).values())
         with _progress(n * (2 if baseline else 1), "embedding") as update:
             report = evaluate.evaluate_open_set(checkpoint, data_dir, enroll_per_identity=enroll, device=device,
-                                                baseline=baseline, n_boot=bootstrap, seed=seed, progress=update)
+                                                baseline=baseline, n_boot=bootstrap, seed=seed, progress=update,
+                                                splits=split)
     except (ValueError, FileNotFoundError) as err:
         raise _fail(str(err))
     lines = _open_set_lines(report.summary)
