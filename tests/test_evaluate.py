@@ -178,6 +178,18 @@ def test_list_photos_of_a_raw_folder_and_a_prepare_output(tmp_path):
     assert evaluate.list_photos(tmp_path / "out") == {"ann": ["ann/1.jpg"]}
 
 
+def test_list_photos_keeps_only_the_asked_splits_of_a_prepare_output(tmp_path):
+    rows = [_row("ann/1.jpg", "ok", crop="ann/a.jpg"), _row("ann/2.jpg", "ok", crop="ann/b.jpg"),
+            _row("cy/1.jpg", "ok", crop="cy/c.jpg")]
+    rows[0].split, rows[1].split, rows[2].split = "train", "val", "holdout"
+    write_manifest(tmp_path / "out", rows)
+    assert evaluate.list_photos(tmp_path / "out", ["holdout"]) == {"cy": ["cy/1.jpg"]}
+    assert evaluate.list_photos(tmp_path / "out", ["train", "val"]) == {"ann": ["ann/1.jpg", "ann/2.jpg"]}
+    (tmp_path / "raw" / "ann").mkdir(parents=True)
+    with pytest.raises(ValueError, match="prepare"):
+        evaluate.list_photos(tmp_path / "raw", ["holdout"])
+
+
 def test_results_file_appends_with_date(tmp_path):
     path = tmp_path / "results" / "evaluations.jsonl"
     evaluate.append_result(path, {"kind": "pairs", "fingerprint": "abc", "model": {"accuracy": 0.9}})
