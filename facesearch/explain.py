@@ -403,9 +403,10 @@ def _html(e: Explanation, images, labels, view_pair, settings) -> str:
     decision = "margin" if e.kind == "identification" else "logit margin"
     faces = [report.Face("query", images["query"], Path(e.query).name)]
     sims = e.details.get("gallery_similarity", {})
+    cosine = lambda name: "—" if sims.get(name) is None else f"{sims[name]:.3f}"  # noqa: E731 (not in the top hits)
     if "match" in images:
-        faces.append(report.Face(e.answer, images["match"], f"match · gallery cosine {sims.get(e.answer, 0):.3f}"))
-        faces.append(report.Face(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {sims.get(e.runner_up, 0):.3f}"))
+        faces.append(report.Face(e.answer, images["match"], f"match · gallery cosine {cosine(e.answer)}"))
+        faces.append(report.Face(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {cosine(e.runner_up)}"))
     top3 = ", ".join(e.ranking[:3])
     facts = [("answer", e.answer), ("runner-up", e.runner_up), ("heat-map target", f"{labels['target']} = {e.score:.4f}"),
              (f"decision {decision}", f"{e.margin:.4f} over {e.runner_up}"),
