@@ -258,4 +258,6 @@ def draw_layer_maps(image: np.ndarray, maps: dict[str, np.ndarray], sizes: dict[
             rows.append([]), captions.append([]), labels.append(label)
         rows[-1].append(fit_tile(overlay(image, heat), tile))
         captions[-1].append(name)
+    rows[0].insert(0, fit_tile(image, tile))  # the face itself, beside the first block's two maps
+    captions[0].insert(0, "input")
     return Mosaic(rows, labels, captions, title=title, tile=tile, label_width=64).draw(path)
