@@ -139,8 +139,7 @@ def index_settings(kind: str, n: int, pca: int):
     # 4 sqrt(n) lists, at most 1,024: k-means wants ~39 training points per list and trains on 50,000.
     nlist = int(min(4 * np.sqrt(n), 1024)) if family == "ivf" else None
     return IndexSettings(kind=family, pca_dim=pca if reduce == "pca" else None, min_train=1, train_size=50_000,
-                         ivf_codec=codec or "flat", ivf_nlist=nlist, hnsw_m=16 if n > 300_000 else 32,
-                         hnsw_ef_construction=40 if n > 300_000 else 80)
+                         ivf_codec=codec or "flat", ivf_nlist=nlist, hnsw_m=32, hnsw_ef_construction=200)
 
 
 def uncompressed(kind: str) -> bool:
@@ -148,7 +147,7 @@ def uncompressed(kind: str) -> bool:
     return "+pca" not in kind and not any(c in kind for c in ("-sq8", "-pq"))
 
 
-SWEEPS = {"hnsw": ("hnsw_ef_search", [16, 32, 64, 128, 256]), "ivf": ("ivf_nprobe", [4, 8, 16, 32, 64])}
+SWEEPS = {"hnsw": ("hnsw_ef_search", [32, 64, 128, 256, 512, 1024]), "ivf": ("ivf_nprobe", [8, 16, 32, 64, 128, 256])}
 
 
 def bench_index(args) -> None:
@@ -194,6 +193,14 @@ def probe(path: Path, args) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's, kept over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def run_probe(args) -> None:
     import faiss
 
@@ -202,7 +209,6 @@ def run_probe(args) -> None:
     faiss.omp_set_num_threads(1)  # one query at a time uses one core anyway; keep the other for the box
     index = FaceIndex.read(args.path)
     xq, truth = np.load(args.work / "xq.npy"), np.load(args.work / "truth.npy")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     field, values = SWEEPS.get(index.family, (None, [None]))
     for value in values:
         if field:
@@ -217,7 +223,7 @@ def run_probe(args) -> None:
         print(json.dumps({
             "layout": index.layout, "param": field, "value": value, "recall_at_10": round(recall_at_k(I, truth), 4),
             "p50_ms": round(float(np.median(lat_ms)), 3), "p95_ms": round(float(np.percentile(lat_ms, 95)), 3),
-            "bytes_per_face": round(index.memory_bytes() / len(index.ids), 1), "rss_gb": round(rss / 2**30, 2),
+            "bytes_per_face": round(index.memory_bytes() / len(index.ids), 1), "rss_gb": round(peak_rss_bytes() / 2**30, 2),
         }))
 
 
@@ -374,7 +380,7 @@ def main() -> None:
     common.add_argument("--latent", type=int, default=128)
     common.add_argument("--spread", type=float, default=0.7)
     common.add_argument("--noise", type=float, default=0.1)
-    common.add_argument("--pca", type=int, default=256)
+    common.add_argument("--pca", type=int, default=128)
     q = sub.add_parser("index", parents=[common])
     q.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     q.add_argument("--kinds", nargs="+", default=["flat", "flat+pca", "hnsw", "hnsw+pca", "ivf+pca", "ivf-sq8+pca"])

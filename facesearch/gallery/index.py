@@ -55,8 +55,8 @@ class IndexSettings:
     min_train: int = 2000  # PCA / IVF are trained once the gallery has this many faces; exact flat before
     train_size: int = 50_000  # at most this many faces train PCA / IVF
     hnsw_m: int = 32  # graph degree: memory ~ 8 * m bytes per face on top of the vectors
-    hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 64  # higher: better recall, slower search
+    hnsw_ef_construction: int = 200  # build breadth: a better graph, a slower build
+    hnsw_ef_search: int = 256  # search breadth: higher is better recall, slower (see docs/BENCHMARKS.md)
     ivf_nlist: int | None = None  # None: 4 * sqrt(n) lists
     ivf_nprobe: int = 16  # lists visited per query
     ivf_codec: str = "flat"  # "flat" (exact vectors), "sq8" (1 byte per dim), "pq"

@@ -163,8 +163,8 @@ class Gallery:
             with self._lock():
                 if db.current_revision(self.engine) != head:
                     db.upgrade(self.engine)
-        with self._write() as s, s.begin():
-            if s.get(GalleryState, 1) is None:
+        with contextlib.suppress(sa.exc.IntegrityError), self._write() as s, s.begin():
+            if s.get(GalleryState, 1) is None:  # another process may insert it first: then ours fails, fine
                 s.add(GalleryState(id=1, uid=uuid.uuid4().hex, epoch=0, index_settings=IndexSettings().to_dict()))
 
     @contextlib.contextmanager
