@@ -84,6 +84,23 @@ class Explanation:
         return out
 
 
+class _Clock:
+    """Seconds per phase (``details["phase_s"]``): where an explanation's time goes."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(now - self.last, 3)
+        self.last = now
+
+    @property
+    def total(self) -> float:
+        return round(time.perf_counter() - self.start, 3)
+
+
 # --- the model as the visualizer sees it -----------------------------------------------------------
 
 
@@ -149,10 +166,12 @@ def explain_identification(
     """
     from facesearch.gallery import Gallery, GalleryError
 
-    start = time.perf_counter()
+    clock = _Clock()
     loaded = _load(checkpoint, device)
     view = _view(loaded, "embedding")
+    clock.lap("load model")
     query = _query_face(photo, loaded, device)  # detected, cropped and embedded as `who` does
+    clock.lap("find and embed the face")
     try:
         with Gallery(gallery, db_url, create=False) as g:
             g.check_model(loaded.fingerprint)
@@ -161,10 +180,11 @@ def explain_identification(
             candidates = [(name, _gallery_faces(g, name, ranked, settings.faces_per_identity)) for name in chosen]
     except GalleryError as error:
         raise ExplainError(str(error)) from error
+    clock.lap("search the gallery")
     best = {name: sim for name, sim, _ in ranked}
     details = {"gallery": str(gallery), "gallery_similarity": {n: best.get(n) for n in chosen},
                "checkpoint": loaded.fingerprint, "settings": asdict(settings)}
-    return _explain_faces(view, query.crop, str(photo), candidates, Path(out_dir), settings, details, start)
+    return _explain_faces(view, query.crop, str(photo), candidates, Path(out_dir), settings, details, clock)
 
 
 def _load(checkpoint, device: str):
@@ -226,7 +246,7 @@ def _gallery_faces(gallery, name: str, ranked, m: int) -> list:
     return crops
 
 
-def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, details, start) -> Explanation:
+def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, details, clock) -> Explanation:
     """The shared core of a face explanation, from the query crop and candidate crops (match first)."""
     import torch
     from facesearch.visualize import cam, layers, pair, targets
@@ -237,18 +257,22 @@ def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, 
     counts = [f.shape[0] for _, f in faces]
     groups = torch.split(torch.from_numpy(similarity.embeddings[1:]).to(view.device), counts)
     match, runner = targets.centroid(groups[0]), targets.centroid(groups[1])
+    clock.lap("per-layer similarity")
     decision_target = targets.MatchMargin(match, runner)
     evidence, decision = cam.attribute_many(view.forward, view.sites, x, [targets.CosineTo(match), decision_target])
+    clock.lap("attribution")
     ablation = layers.layer_ablation(view.forward, view.sites, x, decision_target, decision,
                                      settings.fraction, settings.seeds)
+    clock.lap("ablation")
     view_pair = pair.pair_view(view.forward, view.sites, x, faces[0][1][:1], settings.fuse_last)
+    clock.lap("pair view")
     size = view.preprocess.input_size
     images = {"query": _rgb(crop, size), "match": _rgb(candidates[0][1][0], size),
               "runner_up": _rgb(candidates[1][1][0], size)}
     names = [c[0] for c in candidates]
     labels = {"answer": names[0], "runner_up": names[1], "target": f"cosine to {names[0]}"}
     return _finish("identification", query, labels, evidence, decision, ablation, similarity, view_pair,
-                   images, out_dir, settings, details, start)
+                   images, out_dir, settings, details, clock)
 
 
 # --- classification ----------------------------------------------------------------------------------
@@ -273,9 +297,10 @@ def explain_classification(
     from facesearch.data.images import ImageError, load_image
     from facesearch.visualize import cam, layers, targets
 
-    start = time.perf_counter()
+    clock = _Clock()
     loaded = _load(checkpoint, device)
     view = _view(loaded, "logits")
+    clock.lap("load model")
     try:
         picture = load_image(image, min_side=1)
     except ImageError as error:
@@ -286,20 +311,23 @@ def explain_classification(
     pred, second = order[0], order[1]
     decision_target = targets.LogitMargin(pred, second)
     evidence, decision = cam.attribute_many(view.forward, view.sites, x, [targets.ClassLogit(pred), decision_target])
+    clock.lap("attribution")
     ablation = layers.layer_ablation(view.forward, view.sites, x, decision_target, decision,
                                      settings.fraction, settings.seeds)
+    clock.lap("ablation")
     names = loaded.class_names
     similarity = None
     if references is not None:
         chosen = [names[i] for i in order[: max(2, settings.candidates)]]
         faces = [(n, _tensor(_reference_images(Path(references), n, settings), view)) for n in chosen]
         similarity = layers.layer_similarity(view.forward, view.sites, x, faces, settings.pool)
+        clock.lap("per-layer similarity")
     images = {"query": _rgb(picture, view.preprocess.input_size)}
     labels = {"answer": names[pred], "runner_up": names[second], "target": f"logit of {names[pred]}"}
     details = {"checkpoint": loaded.fingerprint, "settings": asdict(settings),
                "probabilities": {names[i]: float(p) for i, p in enumerate(torch.softmax(evidence.outputs[0], 0))}}
     return _finish("classification", str(image), labels, evidence, decision, ablation, similarity, None,
-                   images, Path(out_dir), settings, details, start)
+                   images, Path(out_dir), settings, details, clock)
 
 
 def _reference_images(root: Path, name: str, settings: ExplainSettings) -> list:
@@ -317,7 +345,7 @@ def _reference_images(root: Path, name: str, settings: ExplainSettings) -> list:
 
 
 def _finish(kind, query, labels, evidence, decision, ablation, similarity, view_pair, images, out_dir: Path,
-            settings, details, start) -> Explanation:
+            settings, details, clock) -> Explanation:
     """Draw the figures, write the report and the JSON, and return the Explanation."""
     from facesearch.visualize import report
     from facesearch.visualize.cam import layer_cams
@@ -329,16 +357,18 @@ def _finish(kind, query, labels, evidence, decision, ablation, similarity, view_
     grid = grid_from(list(zip(evidence.names, evidence.activations)), settings.maps_per_layer,
                      settings.map_rule, settings.seed)
     files = _draw(images, maps, sizes, grid, ablation, similarity, view_pair, labels, out_dir)
+    clock.lap("figures")
     figures = _layer_figures(evidence, ablation, similarity)
     explanation = Explanation(
         kind=kind, query=query, answer=labels["answer"], runner_up=labels["runner_up"],
         score=float(evidence.scores[0]), margin=ablation.base, layers=figures,
         emerges_at=similarity.emerges_at if similarity is not None else None, ranking=ablation.ranking(),
-        files=files, seconds=round(time.perf_counter() - start, 3), details=details,
+        files=files, seconds=clock.total, details={**details, "phase_s": clock.phases},
     )
     files["report"] = out_dir / "report.html"
     files["report"].write_text(_html(explanation, images, labels, view_pair, settings), encoding="utf-8")
-    explanation = _replace_seconds(explanation, time.perf_counter() - start)
+    clock.lap("report")
+    explanation = _replace_seconds(explanation, clock.total)
     files["json"] = out_dir / "explanation.json"
     files["json"].write_text(json.dumps(explanation.to_dict(), indent=1, default=_plain), encoding="utf-8")
     log.info("explanation written to %s in %.1f s", out_dir, explanation.seconds)
