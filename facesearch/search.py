@@ -2,7 +2,7 @@
 
 Face hits are aggregated per identity: an identity scores the cosine similarity of its best matching
 face (the face is reported too). The best identity is the answer when it reaches the threshold — the
-gallery's calibrated one (``facesearch evaluate`` stores it), else ``DEFAULT_THRESHOLD`` — and
+gallery's calibrated one (``facesearch calibrate`` stores it), else ``DEFAULT_THRESHOLD`` — and
 ``"unknown"`` otherwise. Higher thresholds are stricter: fewer wrong names, more unknowns.
 """
 

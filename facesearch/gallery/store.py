@@ -40,7 +40,7 @@ INDEX_NAME = "index.faiss"
 LOCK_NAME = "gallery.lock"
 CROPS_DIR = "crops"
 # Cosine similarity below which `who` answers "unknown" when the gallery has no calibrated threshold
-# (`facesearch evaluate` stores one). Higher is stricter. A placeholder: calibrate on your own data.
+# (`facesearch calibrate` stores one). Higher is stricter. A placeholder: calibrate on your own data.
 DEFAULT_THRESHOLD = 0.5
 
 
