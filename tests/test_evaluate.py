@@ -12,6 +12,7 @@ from facesearch import evaluate
 from facesearch.data.manifest import ManifestRow, write_manifest, write_settings
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
+VIEW1_TEST = Path(__file__).resolve().parent / "data" / "lfw-pairsDevTest.txt"  # LFW View 1 test pairs, unchanged
 
 
 def _write(tmp_path, name, text):
@@ -44,7 +45,7 @@ def test_parse_pairs_reports_file_and_line(tmp_path):
 
 
 def test_real_view1_file_parses_and_is_refused_as_a_10_fold_file():
-    parsed = evaluate.parse_pairs("/work/shared/data/lfw-view1/pairsDevTest.txt")
+    parsed = evaluate.parse_pairs(str(VIEW1_TEST))
     assert len(parsed.pairs) == 1000 and sum(p.same for p in parsed.pairs) == 500
     # View 1 lists all matched pairs first: consecutive folds would hold one kind only.
     with pytest.raises(ValueError, match="train file and a test file"):
@@ -404,7 +405,7 @@ def test_cli_evaluate_pairs_open_set_and_closed_set(tiny_checkpoint, lfw_like, t
 
     r = runner.invoke(app, ["evaluate", "pairs", str(tmp_path / "nope.txt"), str(out), *common])
     assert r.exit_code == 1 and "nope.txt: no such file" in r.output
-    r = runner.invoke(app, ["evaluate", "pairs", "/work/shared/data/lfw-view1/pairsDevTest.txt", str(out), *common])
+    r = runner.invoke(app, ["evaluate", "pairs", str(VIEW1_TEST), str(out), *common])
     assert r.exit_code == 1 and "train file and a test file" in r.output
     r = runner.invoke(app, ["evaluate", "closed-set", str(tiny_checkpoint), "--device", "cpu", "--results", str(results)])
     assert r.exit_code == 1 and "does not say which data" in r.output  # this checkpoint records no dataset
