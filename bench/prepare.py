@@ -8,7 +8,7 @@ threads, in one process; a photo counts as ok when at least one face is found. I
 ``--workers`` single-threaded processes, cropping, JPEG writing, manifest), into a fresh output folder,
 so its time includes starting the worker processes. From the repo root::
 
-    .venv/bin/python bench/prepare.py --data /work/shared/data/celeba-wild-299 --limit 600
+    .venv/bin/python bench/prepare.py --data ../shared/data/celeba-wild-299 --limit 600
 
 ``--limit N`` takes a deterministic subset: every k-th photo of the sorted file list (k = total // N),
 so all identities are represented. Prints one JSON object (also written to ``--json-out`` if given).
@@ -93,7 +93,7 @@ def cpu_seconds() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/celeba-wild-299"))
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba-wild-299")
     parser.add_argument("--limit", type=int, default=None, help="deterministic subset of this many photos")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--json-out", type=Path, default=None)
