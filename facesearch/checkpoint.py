@@ -135,7 +135,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     payload = read_checkpoint(path)
     config = VGGConfig(**payload["model_config"])
     model = VGG16(config)
-    model.load_state_dict(payload["model"])
+    state = dict(payload["model"])
+    state.setdefault("embedding_mean", torch.zeros_like(model.embedding_mean))  # checkpoints from before centring
+    model.load_state_dict(state)
     model.to(resolve_device(device)).eval()
     extra = {k: payload[k] for k in ("epoch", "step", "metrics") if k in payload}
     return LoadedModel(

@@ -366,6 +366,7 @@ class Trainer:
             self.best = score
             if self.ddp.main:
                 weights = {k: v.detach().to("cpu", copy=True) for k, v in self.net.state_dict().items()}
+                weights["embedding_mean"] = self._embedding_mean().cpu()  # best.pt's weights, centred
                 self._best_weights = (weights, self._meta())
         if self.ddp.main:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -377,6 +378,27 @@ class Trainer:
             if self.ddp.main:
                 write_curves(self.history, self.run_dir / "curves.png")
         log.info("epoch %s: %s", record["epoch"], record)
+
+    @torch.no_grad()
+    def _embedding_mean(self, max_images: int = 4096) -> torch.Tensor:
+        """The mean embedding of (up to ``max_images``) un-augmented training images, (fc_width,).
+
+        best.pt stores it as ``embedding_mean``; the live model keeps zero there, so training and its exact
+        resume never depend on it. Runs on the main process only, on the plain module (no DDP collective).
+        """
+        net = self.net
+        was_training = net.training
+        net.eval()
+        total, count = None, 0
+        resident = isinstance(self.batches.images, torch.Tensor)  # index on the images' device
+        for idx in torch.arange(min(len(self.data.train), max_images)).split(self.cfg.eval_batch_size):
+            x, _ = self.batches.take(idx.to(self.device) if resident else idx)
+            x = normalize(x, self.data.mean, self.data.std).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+                emb = net.forward_embedding(x).float().sum(0)
+            total, count = (emb if total is None else total + emb), count + len(idx)
+        net.train(was_training)
+        return total / max(1, count) + net.embedding_mean  # forward_embedding subtracted the (zero) buffer
 
     # --- checkpoints -----------------------------------------------------------------------------------
 

@@ -177,3 +177,19 @@ def test_gpu_bench_smoke_runs_every_section_on_cpu(tmp_path):
     assert r["faces"]["evaluation"]["open_set"]["model"]["rank1"] is not None
     assert (tmp_path / "out" / "gpu_bench.json").is_file()
     assert "CIFAR-10" in (tmp_path / "out" / "gpu_bench.md").read_text()
+
+
+def test_best_checkpoint_centres_the_embedding_on_the_training_set(trained, faces):
+    """best.pt stores the training images' mean embedding; its embeddings of them average to zero."""
+    from facesearch.checkpoint import preprocess_batch
+    from facesearch.data.manifest import ok_rows
+
+    run, _, _ = trained
+    best = load_checkpoint(run / "best.pt")
+    assert best.model.embedding_mean.abs().sum() > 0
+    crops = [Image.open(faces / r.crop).convert("RGB") for r in ok_rows(read_manifest(faces), "train")]
+    with torch.no_grad():
+        emb = best.model.forward_embedding(preprocess_batch(crops, best.preprocess))  # (12, 16)
+    scale = emb.abs().mean()
+    assert emb.mean(0).abs().max() < 1e-3 * max(1.0, float(scale)) + 1e-4
+    assert read_checkpoint(run / "last.pt")["model"]["embedding_mean"].abs().sum() == 0  # training state untouched

@@ -92,6 +92,10 @@ class VGG16(nn.Module):
         self.fc6 = nn.Linear(512 * side * side, width)
         self.fc7 = nn.Linear(width, width)
         self.dropout = nn.Dropout(config.dropout)
+        # The training set's mean embedding, subtracted by forward_embedding. Set by the trainer with each best
+        # checkpoint; zero in an untrained model. Without it, fc7 vectors share a large common component and
+        # every cosine similarity crowds near 1 (0.99+ in short runs), which blurs ranks and thresholds.
+        self.register_buffer("embedding_mean", torch.zeros(width))
         if config.head == "cosface":
             self.head = CosFaceHead(width, config.num_classes, config.cosface_scale, config.cosface_margin)
         else:
@@ -123,9 +127,10 @@ class VGG16(nn.Module):
         return self.fc7(x)
 
     def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """fc7 as ``config.embedding`` says, (n, fc_width); not normalised."""
+        """fc7 as ``config.embedding`` says, minus the training set's mean embedding, (n, fc_width); not normalised."""
         fc7 = self._fc7(x)
-        return F.relu(fc7) if self.config.embedding == "post_relu" else fc7
+        emb = F.relu(fc7) if self.config.embedding == "post_relu" else fc7
+        return emb - self.embedding_mean.to(emb.dtype)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (n, num_classes). ``labels`` only matters for the CosFace head (training margin)."""
