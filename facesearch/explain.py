@@ -7,10 +7,11 @@ report to ``out_dir`` and return an ``Explanation`` with the per-layer figures.
 
 What is explained (targets, see ``facesearch.visualize.targets``):
 
-- heat maps: the evidence FOR the answer — cosine of the query to the match's identity centroid
-  (faces), or the predicted class's logit (CIFAR-10);
-- layer ablation: the DECISION — the margin over the runner-up (cosine to the match minus cosine to
-  the runner-up; or logit minus runner-up logit). A fall larger than the margin flips the answer.
+- heat maps: the evidence FOR the answer — cosine of the query to the matched identity's closest
+  enrolled face (faces), or the predicted class's logit (CIFAR-10);
+- layer ablation: the DECISION — the margin over the runner-up (cosine to the match's closest face
+  minus to the runner-up's; or logit minus runner-up logit). A fall larger than the margin flips
+  the answer. Identities are compared by their closest face because that is how the gallery ranks them.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Explanation:
     query: str  # the photo / image explained
     answer: str  # matched identity, or predicted class
     runner_up: str
-    score: float  # heat-map target: cosine to the match's centroid, or the class logit
+    score: float  # heat-map target: cosine to the match's closest face, or the class logit
     margin: float  # decision margin over the runner-up (the ablation's target, unablated)
     layers: list[LayerFigures]
     emerges_at: str | None  # first layer from which the match leads the candidates to the end
@@ -256,7 +257,7 @@ def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, 
     similarity = layers.layer_similarity(view.forward, view.sites, x, faces, settings.pool)
     counts = [f.shape[0] for _, f in faces]
     groups = torch.split(torch.from_numpy(similarity.embeddings[1:]).to(view.device), counts)
-    match, runner = targets.centroid(groups[0]), targets.centroid(groups[1])
+    match, runner = groups[0][0], groups[1][0]  # each identity's face closest to the query: the gallery's rule
     clock.lap("per-layer similarity")
     decision_target = targets.MatchMargin(match, runner)
     evidence, decision = cam.attribute_many(view.forward, view.sites, x, [targets.CosineTo(match), decision_target])
@@ -270,7 +271,7 @@ def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, 
     images = {"query": _rgb(crop, size), "match": _rgb(candidates[0][1][0], size),
               "runner_up": _rgb(candidates[1][1][0], size)}
     names = [c[0] for c in candidates]
-    labels = {"answer": names[0], "runner_up": names[1], "target": f"cosine to {names[0]}"}
+    labels = {"answer": names[0], "runner_up": names[1], "target": f"cosine to {names[0]}'s closest face"}
     return _finish("identification", query, labels, evidence, decision, ablation, similarity, view_pair,
                    images, out_dir, settings, details, clock)
 
@@ -454,7 +455,7 @@ def _sections(e: Explanation, settings, decision: str) -> list:
     sections = []
     if "similarity" in e.files:
         sections.append(Section("Where the match emerges", (
-            "At every layer the query is compared with each candidate on that layer's pooled activations "
+            "At every layer the query is compared with each candidate's closest face on that layer's pooled activations "
             f"({'global average' if settings.pool == 'gap' else 'generalised-mean'} pooling, centred on the candidates' mean). Green: the answer, red: the "
             f"runner-up. {'The answer leads from ' + e.emerges_at + ' onwards.' if e.emerges_at else 'The answer does not lead throughout the deep layers.'}"
         ), [e.files["similarity"]]))

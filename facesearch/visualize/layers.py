@@ -71,12 +71,13 @@ def layer_similarity(
     candidates: Sequence[tuple[str, torch.Tensor]],
     how: str = "gap",
 ) -> LayerSimilarity:
-    """Cosine of the query to each candidate identity's centroid, on every layer's pooled activations.
+    """Similarity of the query to each candidate identity on every layer's pooled activations.
 
-    Pooled activations after a ReLU are all non-negative, so raw cosines sit near 1 for any two
-    faces; every vector is therefore centred on the mean of the candidates' centroids first, so the
-    numbers measure what tells the candidates apart. Use three or more candidates: with two, centring
-    makes the two similarities mirror images.
+    An identity's similarity is that of its closest face (the gallery's own rule: an identity ranks by
+    its best-matching face). Pooled activations after a ReLU are all non-negative, so raw cosines sit
+    near 1 for any two faces; every vector is therefore centred first on the mean of the identities'
+    mean vectors, so the numbers measure what tells the candidates apart. Use three or more candidates:
+    with two, centring makes them mirror images.
 
     Args:
         query: (1, 3, H, W) preprocessed query.
@@ -89,11 +90,9 @@ def layer_similarity(
     names, rows = [], []
     for name, act in recorder.ordered():
         pooled = pool(act.float(), how)  # (1 + sum m_k, C)
-        groups = torch.split(pooled[1:], counts)
-        centroids = torch.stack([g.mean(0) for g in groups])  # (K, C)
-        centre = centroids.mean(0)
-        q, c = pooled[0] - centre, centroids - centre
-        rows.append(torch.nn.functional.cosine_similarity(q.unsqueeze(0), c, dim=1))  # (K,)
+        centre = torch.stack([g.mean(0) for g in torch.split(pooled[1:], counts)]).mean(0)  # (C,)
+        cos = torch.nn.functional.cosine_similarity(pooled[:1] - centre, pooled[1:] - centre, dim=1)
+        rows.append(torch.stack([c.max() for c in torch.split(cos, counts)]))  # (K,) best face per identity
         names.append(name)
     return LayerSimilarity(names, [n for n, _ in candidates], torch.stack(rows).cpu().numpy(), outputs.float().cpu().numpy())
 
