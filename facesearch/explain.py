@@ -183,7 +183,7 @@ def explain_identification(
         raise ExplainError(str(error)) from error
     clock.lap("search the gallery")
     best = {name: sim for name, sim, _ in ranked}
-    details = {"gallery": str(gallery), "gallery_similarity": {n: best.get(n) for n in chosen},
+    details = {"gallery": str(gallery), "against": against, "gallery_similarity": {n: best.get(n) for n in chosen},
                "checkpoint": loaded.fingerprint, "settings": asdict(settings)}
     return _explain_faces(view, query.crop, str(photo), candidates, Path(out_dir), settings, details, clock)
 
@@ -443,6 +443,9 @@ def _html(e: Explanation, images, labels, view_pair, settings) -> str:
              (f"decision {decision}", f"{e.margin:.4f} over {e.runner_up}"),
              ("match emerges at", e.emerges_at or "—"), ("layers carrying it (ablation)", top3),
              ("model", e.details.get("checkpoint", "")), ("time", f"{e.seconds:.1f} s")]
+    if e.kind == "identification" and e.margin <= 0 and not e.details.get("against"):
+        facts.append(("caution", "measured without the gallery's mirror-image averaging the margin is not positive: "
+                                 "the answer and the runner-up are too close to call"))
     sections = _sections(e, settings, decision)
     title = f"Why facesearch says: {e.answer}" if e.kind == "identification" else f"Why the model says: {e.answer}"
     return report.render_html(title, f"{e.kind} of {e.query}", faces, facts, sections)
