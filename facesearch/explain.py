@@ -319,9 +319,7 @@ def explain_classification(
     names = loaded.class_names
     similarity = None
     if references is not None:
-        chosen = [names[i] for i in order[: max(2, settings.candidates)]]
-        faces = [(n, _tensor(_reference_images(Path(references), n, settings), view)) for n in chosen]
-        similarity = layers.layer_similarity(view.forward, view.sites, x, faces, settings.pool)
+        similarity = _class_similarity(view, x, [names[i] for i in order], Path(references), settings)
         clock.lap("per-layer similarity")
     images = {"query": _rgb(picture, view.preprocess.input_size)}
     labels = {"answer": names[pred], "runner_up": names[second], "target": f"logit of {names[pred]}"}
@@ -329,6 +327,15 @@ def explain_classification(
                "probabilities": {names[i]: float(p) for i, p in enumerate(torch.softmax(evidence.outputs[0], 0))}}
     return _finish("classification", str(image), labels, evidence, decision, ablation, similarity, None,
                    images, Path(out_dir), settings, details, clock)
+
+
+def _class_similarity(view, x, ranked: list[str], references: Path, settings: ExplainSettings):
+    """Per-layer similarity of the image to the top classes' reference images (best class first)."""
+    from facesearch.visualize import layers
+
+    chosen = ranked[: max(2, settings.candidates)]
+    faces = [(n, _tensor(_reference_images(references, n, settings), view)) for n in chosen]
+    return layers.layer_similarity(view.forward, view.sites, x, faces, settings.pool)
 
 
 def _reference_images(root: Path, name: str, settings: ExplainSettings) -> list:
@@ -348,7 +355,6 @@ def _reference_images(root: Path, name: str, settings: ExplainSettings) -> list:
 def _finish(kind, query, labels, evidence, decision, ablation, similarity, view_pair, images, out_dir: Path,
             settings, details, clock) -> Explanation:
     """Draw the figures, write the report and the JSON, and return the Explanation."""
-    from facesearch.visualize import report
     from facesearch.visualize.cam import layer_cams
     from facesearch.visualize.feature_maps import grid_from
 
