@@ -179,20 +179,46 @@ def bench_index(args) -> None:
                 t = time.perf_counter()
                 index.add(ids, xb)
                 build_s[kind] += time.perf_counter() - t
+            print(f"n={n}: {ids[-1] + 1} faces added", file=sys.stderr, flush=True)
         np.save(args.work / "xq.npy", xq)
         np.save(args.work / "truth.npy", truth.I)
         for kind in list(indexes):
             path = args.work / f"{kind}.faiss"
             indexes.pop(kind).write(path)  # free it before the probe process loads the file
-            for row in probe(path, args):
+            rows = probe(path, args)
+            reranked = rerank_recall(data, xq, truth.I, [r["candidates"] for r in rows]) if args.rerank else {}
+            for row in rows:
                 emit(args, {"bench": "index", "n": n, "kind": kind, "build_s": round(build_s[kind], 1),
-                            "latent": args.latent, "spread": args.spread, "noise": args.noise, **row})
+                            "latent": args.latent, "spread": args.spread, "noise": args.noise, **row,
+                            "rerank50_recall_at_10": reranked.get(row["candidates"])})
             path.unlink()
+
+
+def rerank_recall(data: Synthetic, xq: np.ndarray, truth: np.ndarray, files: list[str]) -> dict[str, float]:
+    """Recall@10 after what ``Gallery.search`` does: the index's top 50, re-scored exactly from the stored
+    4,096-d embeddings (here regenerated, one more pass over the chunks, keeping only the candidates)."""
+    cands = {f: np.load(f) for f in files}  # each (nq, 50) face ids
+    wanted = np.unique(np.concatenate([c.ravel() for c in cands.values()]))
+    wanted = wanted[wanted >= 0]
+    vectors = {}
+    for ids, xb in data.chunks():
+        hit = np.isin(ids, wanted)
+        vectors.update(zip(ids[hit].tolist(), xb[hit]))
+    out = {}
+    for f, cand in cands.items():
+        top = []
+        for q, row in zip(xq, cand):
+            row = row[row >= 0]
+            sims = np.array([vectors[int(i)] @ q for i in row])
+            top.append(row[np.argsort(-sims)[:K]])
+        out[f] = round(recall_at_k(np.array(top), truth), 4)
+    return out
 
 
 def probe(path: Path, args) -> list[dict]:
     """Load an index file in a fresh process and measure it there (so its RSS is the index's)."""
-    cmd = [sys.executable, __file__, "_probe", str(path), str(args.work), "--latency-queries", str(args.latency_queries)]
+    cmd = [sys.executable, __file__, "_probe", str(path), str(args.work), "--latency-queries", str(args.latency_queries),
+           "--sweep", *[str(v) for v in args.sweep or []]]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
@@ -214,10 +240,14 @@ def run_probe(args) -> None:
     index = FaceIndex.read(args.path)
     xq, truth = np.load(args.work / "xq.npy"), np.load(args.work / "truth.npy")
     field, values = SWEEPS.get(index.family, (None, [None]))
+    if field and args.sweep:
+        values = args.sweep
     for value in values:
         if field:
             index.settings = replace(index.settings, **{field: value})
         _, I = index.search(xq, K)
+        candidates = args.work / f"candidates-{index.layout}-{value}.npy"
+        np.save(candidates, index.search(xq, 50)[1])  # for the exact re-scoring, as the gallery does it
         lat = []
         for q in xq[: args.latency_queries]:
             t = time.perf_counter()
@@ -228,6 +258,7 @@ def run_probe(args) -> None:
             "layout": index.layout, "param": field, "value": value, "recall_at_10": round(recall_at_k(I, truth), 4),
             "p50_ms": round(float(np.median(lat_ms)), 3), "p95_ms": round(float(np.percentile(lat_ms, 95)), 3),
             "bytes_per_face": round(index.memory_bytes() / len(index.ids), 1), "rss_gb": round(peak_rss_bytes() / 2**30, 2),
+            "candidates": str(candidates),
         }))
 
 
@@ -393,6 +424,9 @@ def main() -> None:
     q.add_argument("--kinds", nargs="+", default=["flat", "flat+pca", "hnsw", "hnsw+pca", "ivf+pca", "ivf-sq8+pca"])
     q.add_argument("--nq", type=int, default=500)
     q.add_argument("--latency-queries", type=int, default=200)
+    q.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure recall after exact re-scoring of the top 50 (one more generation pass)")
+    q.add_argument("--sweep", type=int, nargs="*", default=None, help="efSearch / nprobe values (default: a wide sweep)")
     q.add_argument("--max-flat-bytes", type=float, default=2e9, help="skip uncompressed 4,096-d kinds above this size")
     w = sub.add_parser("who", parents=[common])
     w.add_argument("--faces", type=int, default=100_000)
@@ -406,6 +440,7 @@ def main() -> None:
     r.add_argument("path", type=Path)
     r.add_argument("work", type=Path)
     r.add_argument("--latency-queries", type=int, default=200)
+    r.add_argument("--sweep", type=int, nargs="*", default=None)
     args = p.parse_args()
     if args.command == "_probe":
         return run_probe(args)
