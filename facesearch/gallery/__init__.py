@@ -1,23 +1,23 @@
 """The gallery: identities and faces in SQL (the source of truth), their embeddings in a FAISS index.
 
 ``Gallery`` (store.py) ties the two; ``models`` is the schema, ``db`` the engine and migrations,
-``index`` the FAISS side, ``sync`` keeps the index in line with SQL.
+``index`` the FAISS side, ``sync`` keeps the index in line with SQL, ``check`` compares them,
+``enroll`` turns photos into faces, ``records`` holds what goes in and out.
 """
 
 from facesearch.gallery.index import FaceIndex, IndexSettings
-from facesearch.gallery.store import (
-    DEFAULT_THRESHOLD,
+from facesearch.gallery.records import (
     AddResult,
     CheckReport,
     FaceHit,
     FaceInfo,
-    Gallery,
     GalleryError,
     IdentityInfo,
     IdentityNotFound,
     ModelMismatchError,
     NewFace,
 )
+from facesearch.gallery.store import DEFAULT_THRESHOLD, Gallery
 
 __all__ = [
     "DEFAULT_THRESHOLD", "AddResult", "CheckReport", "FaceHit", "FaceIndex", "FaceInfo", "Gallery", "GalleryError",

@@ -21,8 +21,6 @@ import fcntl
 import logging
 import os
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -31,90 +29,28 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from facesearch.gallery import db, sync
+from facesearch.gallery.check import CROPS_DIR, inside, orphan_crops
 from facesearch.gallery.index import FaceIndex, IndexFileError, IndexSettings, read_header
 from facesearch.gallery.models import Face, GalleryState, Identity, utcnow
+from facesearch.gallery.records import (  # noqa: F401  (re-exported)
+    AddResult,
+    CheckReport,
+    FaceHit,
+    FaceInfo,
+    GalleryError,
+    IdentityInfo,
+    IdentityNotFound,
+    ModelMismatchError,
+    NewFace,
+)
 
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "index.faiss"
 LOCK_NAME = "gallery.lock"
-CROPS_DIR = "crops"
 # Cosine similarity below which `who` answers "unknown" when the gallery has no calibrated threshold
 # (`facesearch calibrate` stores one). Higher is stricter. A placeholder: calibrate on your own data.
 DEFAULT_THRESHOLD = 0.5
-
-
-class GalleryError(Exception):
-    """A gallery operation failed for a reason the user can act on (message says which)."""
-
-
-class ModelMismatchError(GalleryError):
-    """The checkpoint is not the model whose embeddings the gallery holds."""
-
-
-class IdentityNotFound(GalleryError):
-    pass
-
-
-@dataclass(frozen=True)
-class NewFace:
-    """One face to enroll: its embedding and where it came from."""
-
-    name: str  # identity, stored verbatim
-    embedding: np.ndarray  # (d,) float32, L2-normalised
-    source_path: str | None = None
-    source_sha256: str | None = None  # content hash of the photo: the same photo is enrolled once
-    box: Sequence[float] | None = None  # x1, y1, x2, y2 in photo pixels
-    landmarks: Sequence[Sequence[float]] | None = None  # (5, 2)
-    det_prob: float | None = None
-    crop: Any = None  # PIL image stored as crops/<id>.jpg, or None
-
-
-@dataclass(frozen=True)
-class AddResult:
-    ids: list[int]  # new face ids, in input order (skipped faces left out)
-    duplicates: list[tuple[int, str]]  # (input position, identity already holding that photo)
-
-
-@dataclass(frozen=True)
-class FaceHit:
-    face_id: int
-    identity: str
-    similarity: float  # cosine similarity to the query
-    crop_path: Path | None
-    source_path: str | None
-
-
-@dataclass(frozen=True)
-class FaceInfo:
-    id: int
-    identity: str
-    source_path: str | None
-    source_sha256: str | None
-    crop_path: Path | None
-    box: list[float] | None
-    landmarks: list[list[float]] | None
-    det_prob: float | None
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class IdentityInfo:
-    name: str
-    n_faces: int
-    created_at: datetime
-    updated_at: datetime
-    faces: list[FaceInfo] = field(default_factory=list)  # filled by Gallery.identity()
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    problems: list[str]  # empty: consistent
-    details: dict[str, Any]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
 
 class Gallery:
@@ -406,11 +342,7 @@ class Gallery:
                 path.unlink(missing_ok=True)
 
     def _inside(self, rel: str | None) -> Path | None:
-        """``folder / rel`` when it stays inside the gallery folder (a tampered row cannot reach out)."""
-        if not rel:
-            return None
-        path = (self.folder / rel).resolve()
-        return path if path.is_relative_to(self.folder) else None
+        return inside(self.folder, rel)
 
     # -- search -------------------------------------------------------------------------------------
 
@@ -544,52 +476,9 @@ class Gallery:
 
     def check(self) -> CheckReport:
         """Compare the index file, the crops and the embeddings with SQL; changes nothing."""
-        problems: list[str] = []
-        with db.snapshot(self.engine) as conn:
-            state = conn.execute(sa.select(GalleryState.__table__)).one()
-            faces = conn.execute(sa.select(Face.id, Face.crop_path, Face.model_fingerprint)).all()
-        ids = np.asarray([f[0] for f in faces], dtype=np.int64)
-        problems += self._check_index(state, ids)
-        mixed = sum(1 for f in faces if f[2] != state.model_fingerprint)
-        if mixed:
-            problems.append(f"{mixed} faces were embedded by a model other than the gallery's {state.model_fingerprint}")
-        referenced = {self._inside(f[1]) for f in faces if f[1]}
-        missing_crops = sum(1 for p in referenced if p is None or not p.exists())
-        orphan_crops = self._orphan_crops(referenced)
-        if missing_crops:
-            problems.append(f"{missing_crops} stored crops are missing")
-        if orphan_crops:
-            problems.append(f"{len(orphan_crops)} crop files belong to no face (rebuild deletes them)")
-        details = {"faces": len(ids), "epoch": state.epoch, "missing_crops": missing_crops, "orphan_crops": len(orphan_crops)}
-        return CheckReport(problems, details)
+        from facesearch.gallery.check import check_gallery
 
-    def _check_index(self, state, ids: np.ndarray) -> list[str]:
-        if state.embedding_dim is None:
-            return []
-        try:
-            index = FaceIndex.read(self.index_path)
-        except IndexFileError as e:
-            return [f"index file unusable ({e}); rebuild will recreate it"]
-        problems = []
-        if index.uid != state.uid:
-            problems.append(f"{self.index_path} belongs to another database (uid {index.uid}, expected {state.uid})")
-        if index.epoch != state.epoch:
-            problems.append(f"index is stale: it reflects epoch {index.epoch}, the database is at {state.epoch}")
-        if index.settings != IndexSettings.from_dict(state.index_settings):
-            problems.append("index was built with other settings than the database's")
-        missing = len(np.setdiff1d(ids, index.ids))
-        orphans = len(np.setdiff1d(index.ids, ids))
-        if missing or orphans:
-            problems.append(f"index lacks {missing} faces and holds {orphans} vectors of deleted faces")
-        if index.needs_rebuild(len(ids)):
-            problems.append(f"index {index.layout} should be rebuilt ({index.n_tombstones} tombstones, target {index.target_layout()})")
-        return problems
-
-    def _orphan_crops(self, referenced: set[Path | None]) -> list[Path]:
-        crops = self.folder / CROPS_DIR
-        if not crops.is_dir():
-            return []
-        return [p for p in crops.rglob("*") if p.is_file() and p.resolve() not in referenced]
+        return check_gallery(self)
 
     def rebuild(self, settings: IndexSettings | None = None) -> dict[str, Any]:
         """Rebuild the index from SQL (optionally with new settings) and delete orphan crop files."""
@@ -600,7 +489,7 @@ class Gallery:
         index = self._sync_index(rebuild=True)
         with self._read() as s:
             crops = s.scalars(sa.select(Face.crop_path).where(Face.crop_path.is_not(None))).all()
-        for path in self._orphan_crops({self._inside(c) for c in crops}):
+        for path in orphan_crops(self.folder, {self._inside(c) for c in crops}):
             path.unlink(missing_ok=True)
         return {"layout": index.layout if index else None, "faces": len(index.ids) if index else 0}
 
