@@ -31,7 +31,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 @contextmanager
-def _errors():
+def _errors(photo: Path | None = None):
     """Library errors → one line on stderr naming the file and the reason, exit code 1."""
     from facesearch.data.images import ImageError
     from facesearch.gallery import GalleryError
@@ -41,9 +41,9 @@ def _errors():
     except GalleryError as e:
         raise _fail(str(e)) from None
     except ImageError as e:
-        raise _fail(str(e)) from None
+        raise _fail(f"{photo}: {e.status}: {e.reason}") from None
     except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        raise _fail(f"{e.filename or ''}: {e.strerror or e}") from None
+        raise _fail(f"{e.filename}: {e.strerror or e}" if e.filename else str(e)) from None
     except ValueError as e:
         raise _fail(str(e)) from None
 
@@ -168,7 +168,9 @@ def who(
     _passive_omp()
     from facesearch.search import annotate as draw, who as run_who
 
-    with _errors(), _open(gallery, db) as g:
+    if not photo.is_file():
+        raise _fail(f"{photo}: no such file")
+    with _errors(photo), _open(gallery, db) as g:
         result = run_who(g, _embedder(checkpoint, device), str(photo), top_k=top_k, threshold=threshold)
         if annotate is not None:
             draw(str(photo), result, annotate)
@@ -177,7 +179,8 @@ def who(
 
 def _who_text(result) -> str:
     source = "calibrated" if result.threshold_calibrated else "default"
-    lines = [f"{result.photo}: {len(result.faces)} faces (threshold {result.threshold:.3f}, {source})"]
+    n = len(result.faces)
+    lines = [f"{result.photo}: {n} face{'' if n == 1 else 's'} (threshold {result.threshold:.3f}, {source})"]
     for i, face in enumerate(result.faces, 1):
         box = ",".join(f"{v:.0f}" for v in face.box)
         lines.append(f"face {i} [{box}]: {face.identity}")
