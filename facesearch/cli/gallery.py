@@ -160,18 +160,19 @@ def who(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Identities listed per face.")] = 5,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity needed to name a face (default: the gallery's calibrated one).")] = None,
     annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Save the photo with boxes and names here.")] = None,
+    min_face: Annotated[int, typer.Option(help="Smallest face looked for, in pixels (20 finds tiny faces, slower).")] = 40,
     db: DbUrl = None,
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Who is this? The top-k enrolled identities of every face in a photo, or "unknown"."""
     _passive_omp()
-    from facesearch.search import annotate as draw, who as run_who
+    from facesearch.search import annotate as draw, who as run_who, who_embedder
 
     if not photo.is_file():
         raise _fail(f"{photo}: no such file")
     with _errors(photo), _open(gallery, db) as g:
-        result = run_who(g, _embedder(checkpoint, device), str(photo), top_k=top_k, threshold=threshold)
+        result = run_who(g, who_embedder(checkpoint, device, min_face), str(photo), top_k=top_k, threshold=threshold)
         if annotate is not None:
             draw(str(photo), result, annotate)
     _echo(result.to_dict(), as_json, _who_text(result))

@@ -56,7 +56,7 @@ class IndexSettings:
     train_size: int = 50_000  # at most this many faces train PCA / IVF
     hnsw_m: int = 32  # graph degree: memory ~ 8 * m bytes per face on top of the vectors
     hnsw_ef_construction: int = 200  # build breadth: a better graph, a slower build
-    hnsw_ef_search: int = 256  # search breadth: higher is better recall, slower (see docs/BENCHMARKS.md)
+    hnsw_ef_search: int = 512  # search breadth: higher is better recall, slower (see docs/BENCHMARKS.md)
     ivf_nlist: int | None = None  # None: 4 * sqrt(n) lists
     ivf_nprobe: int = 16  # lists visited per query
     ivf_codec: str = "flat"  # "flat" (exact vectors), "sq8" (1 byte per dim), "pq"
