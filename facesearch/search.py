@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from facesearch.gallery.store import DEFAULT_THRESHOLD, FaceHit, Gallery
+from facesearch.gallery.records import FaceHit
+from facesearch.gallery.store import DEFAULT_THRESHOLD, Gallery
 
 UNKNOWN = "unknown"
 FACES_PER_IDENTITY = 10  # face hits fetched per requested identity, before aggregation

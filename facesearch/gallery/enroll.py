@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from facesearch.gallery.store import Gallery, GalleryError, NewFace
+from facesearch.gallery.records import GalleryError, NewFace
+from facesearch.gallery.store import Gallery
 
 logger = logging.getLogger(__name__)
 

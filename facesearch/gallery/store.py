@@ -32,7 +32,7 @@ from facesearch.gallery import db, sync
 from facesearch.gallery.check import CROPS_DIR, inside, orphan_crops
 from facesearch.gallery.index import FaceIndex, IndexFileError, IndexSettings, read_header
 from facesearch.gallery.models import Face, GalleryState, Identity, utcnow
-from facesearch.gallery.records import (  # noqa: F401  (re-exported)
+from facesearch.gallery.records import (
     AddResult,
     CheckReport,
     FaceHit,
