@@ -8,6 +8,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
     class_names     list[str], index = class id
     preprocess      {"input_size", "mean", "std"}
     model           state dict (fp32, unwrapped from DDP / torch.compile)
+    crop            {"size", "margin", "align"}: how prepare cut the training faces (faces only; Embedder
+                    cuts gallery and query faces the same way)
     training state  optimizer, scheduler, rng, sampler, epoch, step, elapsed, metrics, history, train_config,
                     dataset (all optional: a checkpoint made for inference only may leave them out)
 """
@@ -49,7 +51,7 @@ class LoadedModel:
     preprocess: Preprocess
     fingerprint: str  # stable hash of the weights: tells two checkpoints (and their embeddings) apart
     path: Path | None = None
-    extra: dict = field(default_factory=dict)  # epoch, step, metrics of the file (no training state)
+    extra: dict = field(default_factory=dict)  # epoch, step, metrics, crop (prepare's size/margin/align) of the file
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -139,7 +141,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     state.setdefault("embedding_mean", torch.zeros_like(model.embedding_mean))  # checkpoints from before centring
     model.load_state_dict(state)
     model.to(resolve_device(device)).eval()
-    extra = {k: payload[k] for k in ("epoch", "step", "metrics") if k in payload}
+    extra = {k: payload[k] for k in ("epoch", "step", "metrics", "crop") if payload.get(k) is not None}
     return LoadedModel(
         model=model,
         config=config,

@@ -190,6 +190,7 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest conv algorithms once
             torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
         self.preprocess = Preprocess(data.input_size, data.mean, data.std)
+        self._crop = face_crop_settings(data)
         torch.manual_seed(cfg.seed)  # same initial weights in every process
         net = VGG16(model_config)
         if ddp.world > 1 and self.cuda:
@@ -407,7 +408,8 @@ class Trainer:
                 "metrics": self.history[-1] if self.history else {}, "history": list(self.history),
                 "best_val_acc": self.best, "train_config": asdict(self.cfg), "augment": asdict(self.aug),
                 "dataset": {"kind": self.data.kind, "root": self.data.root, "n_train": len(self.data.train),
-                            "n_val": len(self.data.val) if self.data.val else 0}}
+                            "n_val": len(self.data.val) if self.data.val else 0},
+                "crop": self._crop}
 
     def _save_best(self) -> None:
         if self._best_weights is not None:
@@ -507,6 +509,20 @@ PRESETS = {
         "model": {"fc_width": 512, "head": "softmax", "embedding": "post_relu", "dropout": 0.0},
     },
 }
+
+
+def face_crop_settings(data: Dataset) -> dict | None:
+    """How ``prepare`` cut the training crops (size, margin, align), for checkpoints to hand on to ``Embedder``.
+
+    None for CIFAR-10 (no detection). A gallery must cut faces exactly as the training crops were cut.
+    """
+    if data.kind != "faces":
+        return None
+    from facesearch.data.manifest import read_settings
+
+    recorded = read_settings(data.root)
+    defaults = {"size": 112, "margin": 0.2, "align": False}  # prepare's defaults (older outputs lack the file)
+    return {k: recorded.get(k, v) for k, v in defaults.items()}
 
 
 def train_config(kind: str, **overrides) -> TrainConfig:

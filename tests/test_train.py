@@ -16,6 +16,7 @@ from facesearch.checkpoint import load_checkpoint, read_checkpoint
 from facesearch.data.augment import AugmentConfig, augment
 from facesearch.data.datasets import load_dataset
 from facesearch.data.manifest import ManifestRow, read_manifest, write_manifest, write_settings
+from facesearch.embed import CropSettings
 from facesearch.train import TrainConfig, train
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
@@ -73,6 +74,9 @@ def test_run_dir_holds_metrics_curves_and_loadable_checkpoints(trained, faces):
     assert best.class_names == sorted(p.name for p in faces.iterdir() if p.is_dir())
     assert best.preprocess.input_size == 32 and best.config.fc_width == 16
     assert best.extra["metrics"]["val_acc"] == result.best_val_acc
+    # how prepare cut the crops travels with the model, so the gallery cuts faces the same way (not 112 px)
+    assert best.extra["crop"] == {"size": 32, "margin": 0.2, "align": False}
+    assert CropSettings.from_checkpoint(best) == CropSettings(size=32, margin=0.2, align=False)
     last = read_checkpoint(run / "last.pt")
     assert last["step"] == 3 and {"optimizer", "scheduler", "rng", "sampler"} <= set(last)
 
