@@ -46,6 +46,22 @@ def test_layer_listings():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
 
 
+def test_narrowed_convs_keep_the_vgg16_layout_and_round_trip(tmp_path):
+    """conv_width scales every conv's channels; depth, pooling, layer names and the checkpoint stay the same."""
+    config = VGGConfig(num_classes=3, input_size=64, fc_width=8, conv_width=0.25)
+    model = VGG16(config).eval()
+    convs = model.conv_layers()
+    assert [m.out_channels for _, m in convs] == [16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128, 128]
+    assert [n for n, _ in convs][-1] == "conv5_3" and model.fc6.in_features == 128 * 2 * 2
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert model.forward_features(x).shape == (2, 128, 2, 2)
+        loaded = load_checkpoint(save_checkpoint(tmp_path / "n.pt", model, ["a", "b", "c"], Preprocess(64)))
+        assert loaded.config.conv_width == 0.25 and torch.equal(loaded.model(x), model(x))
+    with pytest.raises(ValueError, match="conv_width"):
+        VGGConfig(num_classes=3, conv_width=0.001)
+
+
 def test_embedding_pre_and_post_relu():
     torch.manual_seed(0)
     x = torch.randn(4, 3, 32, 32)

@@ -25,6 +25,7 @@ WeightDecay = Annotated[Optional[float], typer.Option(help="Weight decay, not on
 Warmup = Annotated[Optional[float], typer.Option(help="Warm-up epochs before the cosine decay. (default: preset)")]
 InputSize = Annotated[Optional[int], typer.Option(help="Model input side in px. (default: crop size; CIFAR 32)")]
 FcWidth = Annotated[Optional[int], typer.Option(help="Width of fc6/fc7 (4096 classic). (default: preset)")]
+ConvWidth = Annotated[Optional[float], typer.Option(help="Channel multiplier of the 13 convs (1.0 classic).")]
 Head = Annotated[Optional[str], typer.Option(help='"softmax" or "cosface" (margin, still N-way). (default: preset)')]
 Embedding = Annotated[Optional[str], typer.Option(help='fc7 read "pre_relu" or "post_relu". (default: preset)')]
 Dropout = Annotated[Optional[float], typer.Option(help="Dropout after fc6 and fc7. (default: preset)")]
@@ -101,8 +102,8 @@ def train_faces(
     data_dir: Annotated[Path, typer.Argument(help="A `facesearch prepare` output (its train/val split is used).")],
     out: Out = None, resume: Resume = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
     optimizer: Optim = "sgd", weight_decay: WeightDecay = None, warmup_epochs: Warmup = None,
-    input_size: InputSize = None, fc_width: FcWidth = None, head: Head = None, embedding: Embedding = None,
-    dropout: Dropout = None, time_budget: Budget = None, max_steps: MaxSteps = None, checkpoint_every: Every = 600.0,
+    input_size: InputSize = None, fc_width: FcWidth = None, conv_width: ConvWidth = None, head: Head = None,
+    embedding: Embedding = None, dropout: Dropout = None, time_budget: Budget = None, max_steps: MaxSteps = None, checkpoint_every: Every = 600.0,
     device: Device = "auto", compile: Compile = False, workers: Workers = 4, cache_dir: Cache = None,
     seed: Seed = 0, as_json: JsonFlag = False,
 ) -> None:
@@ -110,7 +111,7 @@ def train_faces(
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                          warmup_epochs=warmup_epochs, time_budget=time_budget, max_steps=max_steps,
                          checkpoint_every=checkpoint_every, device=device, compile=compile, workers=workers, seed=seed)
-    model_options = dict(fc_width=fc_width, head=head, embedding=embedding, dropout=dropout)
+    model_options = dict(fc_width=fc_width, conv_width=conv_width, head=head, embedding=embedding, dropout=dropout)
     _run("faces", data_dir, out, resume, train_options, model_options, input_size, cache_dir, as_json)
 
 
@@ -120,8 +121,8 @@ def train_cifar10(
     out: Out = None, resume: Resume = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
     optimizer: Optim = "sgd", weight_decay: WeightDecay = None, warmup_epochs: Warmup = None,
     label_smoothing: Annotated[Optional[float], typer.Option(help="Label smoothing. (default: preset, 0.1)")] = None,
-    input_size: InputSize = None, fc_width: FcWidth = None, head: Head = None, dropout: Dropout = None,
-    time_budget: Budget = None, max_steps: MaxSteps = None, checkpoint_every: Every = 600.0,
+    input_size: InputSize = None, fc_width: FcWidth = None, conv_width: ConvWidth = None, head: Head = None,
+    dropout: Dropout = None, time_budget: Budget = None, max_steps: MaxSteps = None, checkpoint_every: Every = 600.0,
     device: Device = "auto", compile: Compile = False, workers: Workers = 4, cache_dir: Cache = None,
     seed: Seed = 0, as_json: JsonFlag = False,
 ) -> None:
@@ -130,5 +131,5 @@ def train_cifar10(
                          warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, time_budget=time_budget,
                          max_steps=max_steps, checkpoint_every=checkpoint_every, device=device, compile=compile,
                          workers=workers, seed=seed)
-    model_options = dict(fc_width=fc_width, head=head, dropout=dropout)
+    model_options = dict(fc_width=fc_width, conv_width=conv_width, head=head, dropout=dropout)
     _run("cifar10", data, out, resume, train_options, model_options, input_size, cache_dir, as_json)

@@ -3,7 +3,7 @@
 One contract, pinned by ``tests/test_vgg.py``:
 
 - ``forward_features(x)``: the last conv map, ``(n, 512, s, s)`` with ``s = input_size // 32``
-  (7 at 224 px, 3 at 112 px, 1 at 32 px);
+  (7 at 224 px, 3 at 112 px, 1 at 32 px; ``512 * conv_width`` channels when the convs are narrowed);
 - ``forward_embedding(x)``: fc7, the penultimate fully connected layer, ``(n, fc_width)``, not normalised
   (callers L2-normalise); before or after its ReLU as ``VGGConfig.embedding`` says;
 - ``forward(x, labels=None)``: logits ``(n, num_classes)``; with a CosFace head and ``labels`` given (training)
@@ -32,6 +32,9 @@ class VGGConfig:
     input_size: int = 112  # square input side in px; 32, 64, 112, 224, ... (multiples of 32 fit exactly)
     batch_norm: bool = True  # vgg16_bn layers; False gives the plain 2014 VGG16 layers
     fc_width: int = 4096  # width of fc6 and fc7 (4,096 classic; a few hundred identities need far fewer)
+    # Channel multiplier of the 13 convs (1.0: VGG16's 64-128-256-512-512). Same layers, depth and pooling at
+    # any value; 0.25 costs ~1/16 of the FLOPs, for CPU-minute runs such as the demo's.
+    conv_width: float = 1.0
     # fc7 read before or after its ReLU. Post-ReLU is the classic "penultimate layer" feature; pre-ReLU keeps
     # the sign, which helps cosine similarity. With a CosFace head the head reads pre-ReLU fc7 either way.
     embedding: str = "post_relu"
@@ -49,6 +52,15 @@ class VGGConfig:
             raise ValueError(f"input_size must be at least 32 px (five 2x2 poolings), not {self.input_size}")
         if self.num_classes < 2 or self.fc_width < 1:
             raise ValueError("num_classes must be >= 2 and fc_width >= 1")
+        if not 0 < self.conv_width <= 4 or min(self.conv_channels) < 1:
+            raise ValueError(f"conv_width must be in (0, 4] and leave every conv a channel, not {self.conv_width}")
+
+    @property
+    def conv_channels(self) -> list[int]:
+        """Output channels of the 13 convs, in order (VGG16's configuration "D" times ``conv_width``)."""
+        from torchvision.models.vgg import cfgs
+
+        return [round(c * self.conv_width) for c in cfgs["D"] if c != "M"]
 
     @property
     def map_size(self) -> int:
@@ -85,11 +97,13 @@ class VGG16(nn.Module):
         self.config = config
         # The conv stack of torchvision.models.vgg16(_bn): 13 conv (+BN) + ReLU, 5 max-pools. Built with
         # make_layers, as vgg16_bn(weights=None) builds it, without allocating its 25,088-wide classifier.
-        self.features = make_layers(cfgs["D"], batch_norm=config.batch_norm)
+        channels = iter(config.conv_channels)
+        self.features = make_layers([v if v == "M" else next(channels) for v in cfgs["D"]],
+                                    batch_norm=config.batch_norm)
         side = config.map_size
         self.pool = nn.AdaptiveAvgPool2d(side)  # identity at multiples of 32 px
         width = config.fc_width
-        self.fc6 = nn.Linear(512 * side * side, width)
+        self.fc6 = nn.Linear(config.conv_channels[-1] * side * side, width)
         self.fc7 = nn.Linear(width, width)
         self.dropout = nn.Dropout(config.dropout)
         # The training set's mean embedding, subtracted by forward_embedding. Set by the trainer with each best
@@ -117,12 +131,12 @@ class VGG16(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Last conv map (after the fifth max-pool): (n, 3, H, W) -> (n, 512, H//32, W//32)."""
+        """Last conv map (after the fifth max-pool): (n, 3, H, W) -> (n, 512 * conv_width, H//32, W//32)."""
         return self.features(x)
 
     def _fc7(self, x: torch.Tensor) -> torch.Tensor:
         """fc7 before its ReLU, (n, fc_width)."""
-        x = torch.flatten(self.pool(self.forward_features(x)), 1)  # (n, 512 * s * s)
+        x = torch.flatten(self.pool(self.forward_features(x)), 1)  # (n, channels * s * s)
         x = self.dropout(F.relu(self.fc6(x)))
         return self.fc7(x)
 
