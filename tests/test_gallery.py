@@ -228,6 +228,17 @@ def test_hostile_names_are_stored_verbatim_and_never_become_paths(open_gallery, 
     assert_consistent(g)
 
 
+def test_a_tampered_crop_path_never_leaves_the_gallery_folder(tmp_path):
+    """Search hits check crop paths lexically (no file-system calls); both checks refuse the same escapes."""
+    from facesearch.gallery.check import inside, inside_lexically
+
+    folder = (tmp_path / "g").resolve()
+    for rel in ["../escape.jpg", "crops/../../escape.jpg", "/etc/passwd", "", None]:
+        assert inside_lexically(folder, rel) is None and inside(folder, rel) is None
+    for rel in ["crops/7.jpg", "crops/./7.jpg", "crops/x/../7.jpg"]:
+        assert inside_lexically(folder, rel) == inside(folder, rel) == folder / "crops" / "7.jpg"
+
+
 def test_a_gallery_never_mixes_models(open_gallery):
     from facesearch.gallery import ModelMismatchError
 

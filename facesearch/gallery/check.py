@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,17 @@ def inside(folder: Path, rel: str | None) -> Path | None:
         return None
     path = (folder / rel).resolve()
     return path if path.is_relative_to(folder) else None
+
+
+def inside_lexically(folder: Path, rel: str | None) -> Path | None:
+    """``inside`` without touching the file system (no symlink resolution): for paths only reported, such as
+    a search hit's crop, where ``resolve()``'s per-component ``lstat`` cost ~0.1 ms a hit. Anything that
+    deletes or writes a file goes through ``inside``."""
+    if not rel:
+        return None
+    root = str(folder)
+    path = os.path.normpath(os.path.join(root, rel))  # string work: ~10x cheaper than pathlib here
+    return Path(path) if path == root or path.startswith(root.rstrip(os.sep) + os.sep) else None
 
 
 def orphan_crops(folder: Path, referenced: set[Path | None]) -> list[Path]:

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from facesearch.gallery import db, sync
-from facesearch.gallery.check import CROPS_DIR, inside, orphan_crops
+from facesearch.gallery.check import CROPS_DIR, inside, inside_lexically, orphan_crops
 from facesearch.gallery.index import FaceIndex, IndexFileError, IndexSettings, read_header
 from facesearch.gallery.models import Face, GalleryState, Identity, utcnow
 from facesearch.gallery.records import (
@@ -375,14 +375,13 @@ class Gallery:
             return {row[0]: row[1:] for row in s.execute(query)}
 
     def _hits(self, q: np.ndarray, sims: np.ndarray, ids: np.ndarray, rows: dict[int, tuple]) -> list[FaceHit]:
-        hits = []
-        for sim, face_id in zip(sims, ids):
-            row = rows.get(int(face_id))
-            if row is None:  # -1 padding, or a face deleted since the index was read
-                continue
-            if len(row) == 4:
-                sim = float(np.frombuffer(row[3], dtype=np.float32) @ q)
-            hits.append(FaceHit(int(face_id), row[0], float(sim), self._inside(row[1]), row[2]))
+        found = [(float(sim), int(i), rows[int(i)]) for sim, i in zip(sims, ids) if int(i) in rows]  # drops -1
+        # padding and faces deleted since the index was read
+        if found and len(found[0][2]) == 4:  # approximate index: exact cosines from the stored embeddings
+            stored = np.frombuffer(b"".join(row[3] for _, _, row in found), dtype=np.float32).reshape(len(found), -1)
+            exact = (stored @ q).tolist()
+            found = [(e, i, row) for e, (_, i, row) in zip(exact, found)]
+        hits = [FaceHit(i, row[0], sim, inside_lexically(self.folder, row[1]), row[2]) for sim, i, row in found]
         return sorted(hits, key=lambda h: -h.similarity)
 
     # -- the index ----------------------------------------------------------------------------------
