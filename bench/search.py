@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -295,6 +296,59 @@ def bench_who(args) -> None:
                     **warm, **cold})
 
 
+def bench_fetch(args) -> None:
+    """The SQL half of ``Gallery.search`` at gallery scale: fetch the index's 50 candidates (name, paths and
+    4,096-d embedding) and re-score them exactly, as ``Gallery._hit_rows`` + ``_hits`` do, for random ids.
+
+    The database is the gallery's own (created through its Alembic migrations), filled with ``--faces`` rows
+    by bulk inserts (no FAISS index is built: this times only what happens after the index answered).
+    """
+    import sqlalchemy as sa
+
+    from facesearch.gallery import Gallery
+    from facesearch.gallery.models import Face, Identity
+
+    folder = args.work / f"fetch-{args.faces}"
+    rng = np.random.default_rng(0)
+    if not (folder / "built").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        t = time.perf_counter()
+        with Gallery(folder) as g:
+            block = rng.standard_normal((10_000, DIM), dtype=np.float32)
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            blobs = [v.tobytes() for v in block]
+            per_identity = 8
+            with g.engine.begin() as conn:
+                conn.execute(sa.insert(Identity.__table__), [{"name": f"synthetic {i}"}
+                                                              for i in range(args.faces // per_identity + 1)])
+                for start in range(0, args.faces, 10_000):
+                    stop = min(start + 10_000, args.faces)
+                    conn.execute(sa.insert(Face.__table__), [
+                        {"identity_id": i // per_identity + 1, "source_path": f"/photos/{i}.jpg",
+                         "crop_path": f"crops/{i}.jpg", "embedding": blobs[i % len(blobs)], "model_fingerprint": "bench"}
+                        for i in range(start, stop)])
+                    print(f"{stop} faces inserted", file=sys.stderr, flush=True)
+        (folder / "built").touch()
+        print(f"database of {args.faces} faces built in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    size = sum(f.stat().st_size for f in folder.glob("gallery.db*"))
+    with Gallery(folder, create=False) as g:
+        n = g.engine.connect().execute(sa.select(sa.func.max(Face.id))).scalar()
+        q = rng.standard_normal(DIM, dtype=np.float32)
+        lat = []
+        for r in range(args.repeats + 5):
+            ids = rng.choice(n, 50, replace=False) + 1
+            t = time.perf_counter()
+            rows = g._hit_rows(ids, with_vectors=True)
+            hits = g._hits(q, np.zeros(50, np.float32), ids, rows)
+            if r >= 5:  # the first queries warm the connection pool and statement cache
+                lat.append(time.perf_counter() - t)
+            assert len(hits) == 50
+    lat_ms = np.array(lat) * 1000
+    emit(args, {"bench": "fetch", "faces": args.faces, "db_bytes": size, "candidates": 50,
+                "p50_ms": round(float(np.median(lat_ms)), 3), "p95_ms": round(float(np.percentile(lat_ms, 95)), 3),
+                "repeats": args.repeats})
+
+
 def random_checkpoint(path: Path) -> Path:
     import torch
 
@@ -433,6 +487,9 @@ def main() -> None:
     w.add_argument("--kinds", nargs="+", default=["flat", "hnsw+pca"])
     w.add_argument("--repeats", type=int, default=20)
     w.add_argument("--cold-repeats", type=int, default=3)
+    f = sub.add_parser("fetch", parents=[common])
+    f.add_argument("--faces", type=int, default=1_000_000)
+    f.add_argument("--repeats", type=int, default=200)
     s = sub.add_parser("spectrum", parents=[common])
     s.add_argument("embeddings", type=Path)
     r = sub.add_parser("_probe")
@@ -445,7 +502,7 @@ def main() -> None:
         return run_probe(args)
     args.work = args.work or Path(tempfile.mkdtemp(prefix="facesearch-bench-"))
     args.work.mkdir(parents=True, exist_ok=True)
-    {"index": bench_index, "who": bench_who, "spectrum": bench_spectrum}[args.command](args)
+    {"index": bench_index, "who": bench_who, "fetch": bench_fetch, "spectrum": bench_spectrum}[args.command](args)
 
 
 if __name__ == "__main__":
