@@ -135,7 +135,7 @@ def recall_at_k(I: np.ndarray, truth: np.ndarray) -> float:
 # -- index benchmark --------------------------------------------------------------------------------
 
 
-def index_settings(kind: str, n: int, pca: int):
+def index_settings(kind: str, n: int, pca: int, hnsw_m: int = 32, ef_construction: int = 200):
     """The IndexSettings a gallery of ``n`` faces would use for ``kind`` (e.g. "hnsw+pca", "ivf-sq8+pca")."""
     from facesearch.gallery import IndexSettings
 
@@ -144,7 +144,8 @@ def index_settings(kind: str, n: int, pca: int):
     # 4 sqrt(n) lists, at most 1,024: k-means wants ~39 training points per list and trains on 50,000.
     nlist = int(min(4 * np.sqrt(n), 1024)) if family == "ivf" else None
     return IndexSettings(kind=family, pca_dim=pca if reduce == "pca" else None, min_train=1, train_size=50_000,
-                         ivf_codec=codec or "flat", ivf_nlist=nlist, hnsw_m=32, hnsw_ef_construction=200)
+                         ivf_codec=codec or "flat", ivf_nlist=nlist, hnsw_m=hnsw_m,
+                         hnsw_ef_construction=ef_construction)
 
 
 def uncompressed(kind: str) -> bool:
@@ -171,7 +172,8 @@ def bench_index(args) -> None:
         indexes, build_s = {}, {}
         for kind in kinds:
             t = time.perf_counter()
-            indexes[kind] = FaceIndex.create(index_settings(kind, n, args.pca), DIM, n, train, pca=pca)
+            settings = index_settings(kind, n, args.pca, args.hnsw_m, args.ef_construction)
+            indexes[kind] = FaceIndex.create(settings, DIM, n, train, pca=pca)
             build_s[kind] = time.perf_counter() - t + (pca_s if "+pca" in kind else 0.0)
         del train
         for ids, xb in data.chunks():
@@ -190,6 +192,7 @@ def bench_index(args) -> None:
             reranked = rerank_recall(data, xq, truth.I, [r["candidates"] for r in rows]) if args.rerank else {}
             for row in rows:
                 emit(args, {"bench": "index", "n": n, "kind": kind, "build_s": round(build_s[kind], 1),
+                            "hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction,
                             "latent": args.latent, "spread": args.spread, "noise": args.noise, **row,
                             "rerank50_recall_at_10": reranked.get(row["candidates"])})
             path.unlink()
@@ -349,6 +352,38 @@ def bench_fetch(args) -> None:
                 "repeats": args.repeats})
 
 
+def bench_refine(args) -> None:
+    """Would compact in-memory codes of the full 4,096-d vectors do the gallery's exact re-scoring? Candidates:
+    exact top 50 in the PCA space (the best any PCA index can hand over); re-scored with scalar-quantised
+    4,096-d codes of ``--bits`` bits per dimension; recall@10 against exact 4,096-d search."""
+    import faiss
+
+    data = Synthetic(args.faces, latent=args.latent, spread=args.spread, noise=args.noise)
+    xq, truth = data.queries(args.nq), None
+    truth = TopK(xq)
+    train = next(data.chunks(50_000))[1][:20_000]
+    pca = faiss.PCAMatrix(DIM, args.pca)
+    pca.train(train)
+    reduced = faiss.IndexFlatL2(args.pca)
+    quantizers = {b: faiss.IndexScalarQuantizer(DIM, getattr(faiss.ScalarQuantizer, f"QT_{b}bit"),
+                                                faiss.METRIC_INNER_PRODUCT) for b in args.bits}
+    for q in quantizers.values():
+        q.train(train)
+    for ids, xb in data.chunks():
+        truth.update(ids, xb)
+        reduced.add(pca.apply(xb))
+        for q in quantizers.values():
+            q.add(xb)
+    _, cand = reduced.search(pca.apply(xq), 50)
+    row = {"bench": "refine", "faces": args.faces, "pca": args.pca,
+           "pca_exact_recall_at_10": round(recall_at_k(cand[:, :K], truth.I), 4)}
+    for bits, q in quantizers.items():
+        top = [c[np.argsort(-(np.stack([q.reconstruct(int(i)) for i in c]) @ v))[:K]] for v, c in zip(xq, cand)]
+        row[f"sq{bits}_rescored_recall_at_10"] = round(recall_at_k(np.array(top), truth.I), 4)
+        row[f"sq{bits}_bytes_per_face"] = q.sa_code_size()
+    emit(args, row)
+
+
 def random_checkpoint(path: Path) -> Path:
     import torch
 
@@ -480,6 +515,8 @@ def main() -> None:
     q.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure recall after exact re-scoring of the top 50 (one more generation pass)")
     q.add_argument("--sweep", type=int, nargs="*", default=None, help="efSearch / nprobe values (default: a wide sweep)")
+    q.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree")
+    q.add_argument("--ef-construction", type=int, default=200, help="HNSW build breadth")
     q.add_argument("--max-flat-bytes", type=float, default=2e9, help="skip uncompressed 4,096-d kinds above this size")
     w = sub.add_parser("who", parents=[common])
     w.add_argument("--faces", type=int, default=100_000)
@@ -490,6 +527,10 @@ def main() -> None:
     f = sub.add_parser("fetch", parents=[common])
     f.add_argument("--faces", type=int, default=1_000_000)
     f.add_argument("--repeats", type=int, default=200)
+    rf = sub.add_parser("refine", parents=[common])
+    rf.add_argument("--faces", type=int, default=100_000)
+    rf.add_argument("--nq", type=int, default=300)
+    rf.add_argument("--bits", type=int, nargs="+", default=[4, 6, 8])
     s = sub.add_parser("spectrum", parents=[common])
     s.add_argument("embeddings", type=Path)
     r = sub.add_parser("_probe")
@@ -502,7 +543,8 @@ def main() -> None:
         return run_probe(args)
     args.work = args.work or Path(tempfile.mkdtemp(prefix="facesearch-bench-"))
     args.work.mkdir(parents=True, exist_ok=True)
-    {"index": bench_index, "who": bench_who, "fetch": bench_fetch, "spectrum": bench_spectrum}[args.command](args)
+    {"index": bench_index, "who": bench_who, "fetch": bench_fetch, "refine": bench_refine,
+     "spectrum": bench_spectrum}[args.command](args)
 
 
 if __name__ == "__main__":
