@@ -519,10 +519,10 @@ def face_crop_settings(data: Dataset) -> dict | None:
     if data.kind != "faces":
         return None
     from facesearch.data.manifest import read_settings
+    from facesearch.embed import CropSettings
 
-    recorded = read_settings(data.root)
-    defaults = {"size": 112, "margin": 0.2, "align": False}  # prepare's defaults (older outputs lack the file)
-    return {k: recorded.get(k, v) for k, v in defaults.items()}
+    recorded = read_settings(data.root)  # prepare's defaults fill in for outputs older than the file
+    return asdict(CropSettings(**{k: recorded[k] for k in ("size", "margin", "align") if k in recorded}))
 
 
 def train_config(kind: str, **overrides) -> TrainConfig:
