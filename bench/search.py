@@ -328,7 +328,8 @@ def bench_fetch(args) -> None:
                     stop = min(start + 10_000, args.faces)
                     conn.execute(sa.insert(Face.__table__), [
                         {"identity_id": i // per_identity + 1, "source_path": f"/photos/{i}.jpg",
-                         "crop_path": f"crops/{i}.jpg", "embedding": blobs[i % len(blobs)], "model_fingerprint": "bench"}
+                         "crop_path": f"crops/{i}.jpg", "embedding": blobs[i % len(blobs)],
+                         "model_fingerprint": "bench"}
                         for i in range(start, stop)])
                     print(f"{stop} faces inserted", file=sys.stderr, flush=True)
         (folder / "built").touch()

@@ -46,7 +46,8 @@ def main() -> None:
     celeba = args.data / "celeba-wild-299"
     sample = {d.name for part in ("photos", "train") for d in (REPO / "sample" / part).iterdir() if d.is_dir()}
     people = eval_people(celeba, sample, args.min_photos, args.people)
-    raw, prepared = args.work / f"photos-{len(people)}x{args.photos}", args.work / f"prepared-{len(people)}x{args.photos}"
+    tag = f"{len(people)}x{args.photos}"
+    raw, prepared = args.work / f"photos-{tag}", args.work / f"prepared-{tag}"
     if not (prepared / "manifest.csv").is_file():
         for ident in people:
             (raw / ident).mkdir(parents=True, exist_ok=True)

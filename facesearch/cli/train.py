@@ -103,9 +103,9 @@ def train_faces(
     out: Out = None, resume: Resume = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
     optimizer: Optim = "sgd", weight_decay: WeightDecay = None, warmup_epochs: Warmup = None,
     input_size: InputSize = None, fc_width: FcWidth = None, conv_width: ConvWidth = None, head: Head = None,
-    embedding: Embedding = None, dropout: Dropout = None, time_budget: Budget = None, max_steps: MaxSteps = None, checkpoint_every: Every = 600.0,
-    device: Device = "auto", compile: Compile = False, workers: Workers = 4, cache_dir: Cache = None,
-    seed: Seed = 0, as_json: JsonFlag = False,
+    embedding: Embedding = None, dropout: Dropout = None, time_budget: Budget = None, max_steps: MaxSteps = None,
+    checkpoint_every: Every = 600.0, device: Device = "auto", compile: Compile = False, workers: Workers = 4,
+    cache_dir: Cache = None, seed: Seed = 0, as_json: JsonFlag = False,
 ) -> None:
     """Train the VGG16 identity classifier on face crops (no label smoothing: it hurts the embedding)."""
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,

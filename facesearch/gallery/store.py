@@ -375,8 +375,8 @@ class Gallery:
             return {row[0]: row[1:] for row in s.execute(query)}
 
     def _hits(self, q: np.ndarray, sims: np.ndarray, ids: np.ndarray, rows: dict[int, tuple]) -> list[FaceHit]:
-        found = [(float(sim), int(i), rows[int(i)]) for sim, i in zip(sims, ids) if int(i) in rows]  # drops -1
-        # padding and faces deleted since the index was read
+        # rows lacks the -1 padding and any face deleted since the index was read
+        found = [(float(sim), int(i), rows[int(i)]) for sim, i in zip(sims, ids) if int(i) in rows]
         if found and len(found[0][2]) == 4:  # approximate index: exact cosines from the stored embeddings
             stored = np.frombuffer(b"".join(row[3] for _, _, row in found), dtype=np.float32).reshape(len(found), -1)
             exact = (stored @ q).tolist()
