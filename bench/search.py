@@ -135,7 +135,7 @@ def recall_at_k(I: np.ndarray, truth: np.ndarray) -> float:
 # -- index benchmark --------------------------------------------------------------------------------
 
 
-def index_settings(kind: str, n: int, pca: int, hnsw_m: int = 32, ef_construction: int = 200):
+def index_settings(kind: str, n: int, pca: int, hnsw_m: int | None = None, ef_construction: int | None = None):
     """The IndexSettings a gallery of ``n`` faces would use for ``kind`` (e.g. "hnsw+pca", "ivf-sq8+pca")."""
     from facesearch.gallery import IndexSettings
 
@@ -143,9 +143,10 @@ def index_settings(kind: str, n: int, pca: int, hnsw_m: int = 32, ef_constructio
     family, _, codec = base.partition("-")
     # 4 sqrt(n) lists, at most 1,024: k-means wants ~39 training points per list and trains on 50,000.
     nlist = int(min(4 * np.sqrt(n), 1024)) if family == "ivf" else None
+    default = IndexSettings()
     return IndexSettings(kind=family, pca_dim=pca if reduce == "pca" else None, min_train=1, train_size=50_000,
-                         ivf_codec=codec or "flat", ivf_nlist=nlist, hnsw_m=hnsw_m,
-                         hnsw_ef_construction=ef_construction)
+                         ivf_codec=codec or "flat", ivf_nlist=nlist, hnsw_m=hnsw_m or default.hnsw_m,
+                         hnsw_ef_construction=ef_construction or default.hnsw_ef_construction)
 
 
 def uncompressed(kind: str) -> bool:
@@ -169,11 +170,11 @@ def bench_index(args) -> None:
         t = time.perf_counter()
         pca = train_pca(train[:20_000], args.pca) if any("+pca" in k for k in kinds) else None  # shared
         pca_s = time.perf_counter() - t
-        indexes, build_s = {}, {}
+        indexes, build_s, settings = {}, {}, {}
         for kind in kinds:
             t = time.perf_counter()
-            settings = index_settings(kind, n, args.pca, args.hnsw_m, args.ef_construction)
-            indexes[kind] = FaceIndex.create(settings, DIM, n, train, pca=pca)
+            settings[kind] = index_settings(kind, n, args.pca, args.hnsw_m, args.ef_construction)
+            indexes[kind] = FaceIndex.create(settings[kind], DIM, n, train, pca=pca)
             build_s[kind] = time.perf_counter() - t + (pca_s if "+pca" in kind else 0.0)
         del train
         for ids, xb in data.chunks():
@@ -192,7 +193,7 @@ def bench_index(args) -> None:
             reranked = rerank_recall(data, xq, truth.I, [r["candidates"] for r in rows]) if args.rerank else {}
             for row in rows:
                 emit(args, {"bench": "index", "n": n, "kind": kind, "build_s": round(build_s[kind], 1),
-                            "hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction,
+                            "hnsw_m": settings[kind].hnsw_m, "ef_construction": settings[kind].hnsw_ef_construction,
                             "latent": args.latent, "spread": args.spread, "noise": args.noise, **row,
                             "rerank50_recall_at_10": reranked.get(row["candidates"])})
             path.unlink()
@@ -516,8 +517,8 @@ def main() -> None:
     q.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure recall after exact re-scoring of the top 50 (one more generation pass)")
     q.add_argument("--sweep", type=int, nargs="*", default=None, help="efSearch / nprobe values (default: a wide sweep)")
-    q.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree")
-    q.add_argument("--ef-construction", type=int, default=200, help="HNSW build breadth")
+    q.add_argument("--hnsw-m", type=int, default=None, help="HNSW graph degree (default: the gallery's)")
+    q.add_argument("--ef-construction", type=int, default=None, help="HNSW build breadth (default: the gallery's)")
     q.add_argument("--max-flat-bytes", type=float, default=2e9, help="skip uncompressed 4,096-d kinds above this size")
     w = sub.add_parser("who", parents=[common])
     w.add_argument("--faces", type=int, default=100_000)
