@@ -337,7 +337,8 @@ def bench_fetch(args) -> None:
         print(f"database of {args.faces} faces built in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     size = sum(f.stat().st_size for f in folder.glob("gallery.db*"))
     with Gallery(folder, create=False) as g:
-        n = g.engine.connect().execute(sa.select(sa.func.max(Face.id))).scalar()
+        with g.engine.connect() as conn:
+            n = conn.execute(sa.select(sa.func.max(Face.id))).scalar()
         q = rng.standard_normal(DIM, dtype=np.float32)
         lat = []
         for r in range(args.repeats + 5):
@@ -361,7 +362,7 @@ def bench_refine(args) -> None:
     import faiss
 
     data = Synthetic(args.faces, latent=args.latent, spread=args.spread, noise=args.noise)
-    xq, truth = data.queries(args.nq), None
+    xq = data.queries(args.nq)
     truth = TopK(xq)
     train = next(data.chunks(50_000))[1][:20_000]
     pca = faiss.PCAMatrix(DIM, args.pca)
