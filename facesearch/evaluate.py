@@ -32,6 +32,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".tif
 FAR_TARGETS = (1e-2, 1e-3)
 FPIR_TARGETS = (1e-2, 1e-1)
 NOT_MEASURABLE = "not measurable"
+DISTRACTOR_PREFIX = "distractors:"  # keys and identities of photos from a distractor folder
 
 Progress = Callable[[int], None]  # called with the number of photos just finished
 
@@ -577,6 +578,8 @@ def evaluate_open_set(
     seed: int = 0,
     progress: Progress | None = None,
     splits: Sequence[str] | None = None,
+    distractors: str | os.PathLike | None = None,
+    distractor_splits: Sequence[str] | None = None,
 ) -> OpenSetReport:
     """Open-set identification: enroll k photos per person, probe with the others and with strangers.
 
@@ -586,6 +589,10 @@ def evaluate_open_set(
         enroll_per_identity: photos enrolled per person (people with no more than this are distractors).
         seed: picks the enrolled photos, and seeds the baseline's weights and the bootstrap.
         splits: with a ``prepare`` output, only its rows of these splits (e.g. ``["holdout"]``).
+        distractors: a second folder of photos (or ``prepare`` output) of people who are never enrolled:
+            every photo is a non-mated probe, e.g. a deployment's "strangers". Its people count as
+            strangers even where a folder name matches an enrolled one.
+        distractor_splits: with a ``prepare`` output as ``distractors``, only its rows of these splits.
     Returns:
         An :class:`OpenSetReport`: rank-1, rank-5, DIR at each FPIR (with CIs) for the model and its baseline.
     """
@@ -598,6 +605,8 @@ def evaluate_open_set(
             f"{data_dir}: nobody has more than {enroll_per_identity} photo(s), so nobody can be enrolled and probed"
         )
     keys = [k for k, _ in split.enrolled + split.mated + split.nonmated]
+    extra = _distractor_probes(distractors, distractor_splits)  # (key, identity), both prefixed
+    split = OpenSetSplit(split.enrolled, split.mated, split.nonmated + extra)
     summary = {
         "kind": "open-set",
         "data_dir": str(data_dir),
@@ -607,17 +616,35 @@ def evaluate_open_set(
         "n_enrolled_identities": len({i for _, i in split.enrolled}),
         "n_distractor_identities": len({i for _, i in split.nonmated}),
         "n_templates": len(split.enrolled),
+        "distractors": str(distractors) if distractors is not None else None,
     }
     report = OpenSetReport(summary, {})
     for name, loaded in _models(model, device, baseline, seed):
-        embedded = embed_images(
-            make_embedder(loaded, device), keys, data_dir, crop_size=loaded.preprocess.input_size, progress=progress
-        )
+        embedder = make_embedder(loaded, device)
+        embedded = embed_images(embedder, keys, data_dir, crop_size=loaded.preprocess.input_size, progress=progress)
+        if extra:
+            more = embed_images(embedder, [k[len(DISTRACTOR_PREFIX):] for k, _ in extra], distractors,
+                                crop_size=loaded.preprocess.input_size, progress=progress)
+            embedded.vectors.update((DISTRACTOR_PREFIX + k, v) for k, v in more.vectors.items())
+            embedded.fallback += [DISTRACTOR_PREFIX + k for k in more.fallback]
+            embedded.missing += [DISTRACTOR_PREFIX + k for k in more.missing]
         if name == "model":
             _note_photos(summary, loaded, embedded)
         figures, report.curves[name] = _open_set_figures(embedded, split, fpir_targets, n_boot, seed)
         summary[name] = {"fingerprint": loaded.fingerprint, **figures}
     return report
+
+
+def _distractor_probes(folder, splits) -> list[tuple[str, str]]:
+    """Every photo of ``folder`` as a non-mated probe; keys and identities prefixed so they never meet the gallery's."""
+    if folder is None:
+        return []
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder of distractor photos")
+    photos = list_photos(folder, splits)
+    if not photos:
+        raise ValueError(f"{folder}: no distractor photos" + (f" in split(s) {', '.join(splits)}" if splits else ""))
+    return [(DISTRACTOR_PREFIX + k, DISTRACTOR_PREFIX + i) for i in sorted(photos) for k in sorted(photos[i])]
 
 
 def _open_set_figures(embedded: Embedded, split: OpenSetSplit, fpir_targets, n_boot: int, seed: int):

@@ -357,6 +357,22 @@ def test_evaluate_open_set_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_l
     assert s["random_baseline"]["n_mated_probes"] == 15
 
 
+def test_evaluate_open_set_distractor_folder_probes_as_strangers_even_under_an_enrolled_name(tiny_checkpoint, lfw_like):
+    """The same 23 photos as a distractor folder: all non-mated, although 5 of its people share enrolled names."""
+    out, people = lfw_like
+    report = evaluate.evaluate_open_set(tiny_checkpoint, out, device="cpu", baseline=False, n_boot=20,
+                                        fpir_targets=(0.1,), distractors=out)
+    s = report.summary
+    assert (s["n_enrolled_identities"], s["n_distractor_identities"]) == (5, 3 + 8)
+    assert (s["model"]["n_mated_probes"], s["model"]["n_nonmated_probes"]) == (15, 3 + 23)
+    # the enrolled photos themselves are among the distractors, scoring 1.0: FPIR 10 % needs a threshold above them
+    assert s["model"]["threshold_at_fpir"]["0.1"] > 0.999
+    assert s["distractors"] == str(out) and s["n_missing_images"] == 0
+    with pytest.raises(ValueError, match="no distractor photos in split"):
+        evaluate.evaluate_open_set(tiny_checkpoint, out, device="cpu", baseline=False, distractors=out,
+                                   distractor_splits=["holdout"])
+
+
 @pytest.mark.slow  # real MTCNN on CPU
 def test_evaluate_pairs_on_raw_photos_detects_faces_and_counts_centre_crops(tiny_checkpoint, tmp_path):
     """Real MTCNN on real photos in LFW's layout; a photo with no face falls back to its centre crop."""
@@ -402,6 +418,11 @@ def test_cli_evaluate_pairs_open_set_and_closed_set(tiny_checkpoint, lfw_like, t
     assert "rank-1" in r.stdout and "DIR@FPIR=0.1: not measurable" in r.stdout  # 3 strangers
     assert (tmp_path / "plots" / "dir_fpir.png").is_file()
     assert [x["kind"] for x in evaluate.read_results(results)] == ["pairs", "open-set"]
+    r = runner.invoke(app, ["evaluate", "open-set", str(out), *common, "--no-baseline", "--distractors", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "11 never-enrolled people as distractors" in r.stdout and "26 non-mated" in r.stdout
+    r = runner.invoke(app, ["evaluate", "open-set", str(out), *common, "--distractors", str(tmp_path / "nope")])
+    assert r.exit_code != 0 and "no such folder of distractor photos" in r.output
 
     r = runner.invoke(app, ["evaluate", "pairs", str(tmp_path / "nope.txt"), str(out), *common])
     assert r.exit_code == 1 and "nope.txt: no such file" in r.output

@@ -136,6 +136,14 @@ def open_set(
         Optional[list[str]],
         typer.Option(help="With a prepare output: only its photos of this split (repeatable), e.g. holdout."),
     ] = None,
+    distractors: Annotated[
+        Optional[Path],
+        typer.Option(help="Photos (or a prepare output) of people never enrolled: all of them probe as strangers."),
+    ] = None,
+    distractor_split: Annotated[
+        Optional[list[str]],
+        typer.Option(help="With a prepare output as --distractors: only its photos of this split (repeatable)."),
+    ] = None,
     out: OutDir = None,
     results: Results = DEFAULT_RESULTS,
     device: Device = "auto",
@@ -149,12 +157,17 @@ def open_set(
 
     if not data_dir.is_dir():
         raise _fail(f"{data_dir}: no such folder")
+    if distractors is not None and not distractors.is_dir():
+        raise _fail(f"{distractors}: no such folder of distractor photos")
     try:
         n = sum(len(v) for v in evaluate.list_photos(data_dir, split).values())
+        if distractors is not None:
+            n += sum(len(v) for v in evaluate.list_photos(distractors, distractor_split).values())
         with _progress(n * (2 if baseline else 1), "embedding") as update:
             report = evaluate.evaluate_open_set(checkpoint, data_dir, enroll_per_identity=enroll, device=device,
                                                 baseline=baseline, n_boot=bootstrap, seed=seed, progress=update,
-                                                splits=split)
+                                                splits=split, distractors=distractors,
+                                                distractor_splits=distractor_split)
     except (ValueError, FileNotFoundError) as err:
         raise _fail(str(err))
     lines = _open_set_lines(report.summary)
