@@ -1,10 +1,14 @@
-"""Calibrate the gallery's "unknown" threshold from data, at a target false-positive identification rate.
+"""Calibrate the gallery's "unknown" threshold from data: at a target false-positive identification rate,
+or at the balanced point.
 
 ``who`` answers "unknown" when the best gallery match scores below the threshold. Too low and
 strangers get someone's name; too high and enrolled people go unrecognised. Calibration searches the
 gallery with photos of enrolled people (mated probes) and of people who are not enrolled (non-mated
-probes), and picks the lowest threshold at which at most ``target_fpir`` of the strangers are named
-(1 % by default). The threshold and how it was chosen are stored in the gallery.
+probes), and picks either the lowest threshold at which at most ``target_fpir`` of the strangers are named
+(1 % by default: for a model good enough that enrolled people still clear it), or, with no target, the
+balanced threshold: as many strangers named as enrolled people's photos refused (the equal-error point of
+"is this person enrolled at all"; the honest choice for a weak model, where a 1 % threshold would refuse
+nearly everyone). The threshold and how it was chosen are stored in the gallery.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from facesearch import metrics
 log = logging.getLogger(__name__)
 
 DEFAULT_FPIR = 0.01
+MIN_BALANCED = 10  # photos of each kind (enrolled people, strangers) the balanced threshold needs
 
 
 @dataclass(frozen=True)
@@ -30,32 +35,42 @@ class Calibration:
     """The chosen threshold and what it does on the calibration photos."""
 
     threshold: float  # cosine similarity; a best match scoring at least this is named
-    target_fpir: float
+    target_fpir: float | None  # None: the balanced threshold
     fpir: float  # achieved: share of non-mated probes named at this threshold (<= target)
     dir: float | None  # share of mated probes named correctly at this threshold (None: no mated probes)
     n_mated: int
     n_nonmated: int
+    accepted: float | None = None  # share of mated probes given a name at all, right or wrong
+
+    @property
+    def rule(self) -> str:
+        return "balanced" if self.target_fpir is None else "fpir"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "rule": self.rule}
 
 
-def choose_threshold(mated_top, mated_hit, nonmated_top, target_fpir: float = DEFAULT_FPIR) -> Calibration:
-    """The lowest threshold naming at most ``target_fpir`` of the non-mated probes.
+def choose_threshold(mated_top, mated_hit, nonmated_top, target_fpir: float | None = DEFAULT_FPIR) -> Calibration:
+    """The lowest threshold naming at most ``target_fpir`` of the non-mated probes; with None, the balanced one.
 
     Args:
         mated_top: (n_mated,) best gallery score of each photo of an enrolled person.
         mated_hit: (n_mated,) bool, whether that best match is the right person.
         nonmated_top: (n_nonmated,) best gallery score of each photo of a person not enrolled.
-        target_fpir: e.g. 0.01; needs at least ``1 / target_fpir`` non-mated photos.
+        target_fpir: e.g. 0.01; needs at least ``1 / target_fpir`` non-mated photos. None: the threshold at
+            which the share of non-mated probes named is nearest the share of mated probes refused
+            (:func:`facesearch.metrics.equal_error`); needs ``MIN_BALANCED`` photos of each kind.
 
     Raises:
-        ValueError: too few non-mated photos to measure ``target_fpir``.
+        ValueError: too few photos to measure ``target_fpir`` (or the balanced point).
     """
     nonmated_top = np.asarray(nonmated_top, dtype=np.float64)
     mated_top = np.asarray(mated_top, dtype=np.float64)
-    require_strangers(len(nonmated_top), target_fpir)
-    threshold = metrics.threshold_at_rate(nonmated_top, target_fpir)
+    require_strangers(len(nonmated_top), target_fpir, len(mated_top))
+    if target_fpir is None:
+        threshold = metrics.equal_error(mated_top, nonmated_top).threshold
+    else:
+        threshold = metrics.threshold_at_rate(nonmated_top, target_fpir)
     hit = np.asarray(mated_hit, dtype=bool) & (mated_top >= threshold)
     return Calibration(
         threshold=threshold,
@@ -64,11 +79,22 @@ def choose_threshold(mated_top, mated_hit, nonmated_top, target_fpir: float = DE
         dir=float(hit.mean()) if len(hit) else None,
         n_mated=int(len(mated_top)),
         n_nonmated=int(len(nonmated_top)),
+        accepted=float(np.mean(mated_top >= threshold)) if len(mated_top) else None,
     )
 
 
-def require_strangers(have: int, target_fpir: float) -> None:
-    """Raise ValueError unless ``have`` non-mated photos can measure ``target_fpir``."""
+def require_strangers(have: int, target_fpir: float | None, have_mated: int | None = None) -> None:
+    """Raise ValueError unless ``have`` non-mated photos can measure ``target_fpir``.
+
+    With ``target_fpir`` None (the balanced threshold): unless there are ``MIN_BALANCED`` non-mated photos and
+    (when ``have_mated`` is given) as many photos of enrolled people.
+    """
+    if target_fpir is None:
+        if have < MIN_BALANCED or (have_mated is not None and have_mated < MIN_BALANCED):
+            mated = "" if have_mated is None else f" and {have_mated} of enrolled people"
+            raise ValueError(f"{have} photos of people not in the gallery{mated}: the balanced threshold needs at "
+                             f"least {MIN_BALANCED} of each")
+        return
     need = metrics.min_negatives(target_fpir)
     if have < need:
         raise ValueError(
@@ -101,7 +127,7 @@ def calibrate_gallery(
     data_dir: str | os.PathLike,
     checkpoint: str | os.PathLike,
     *,
-    target_fpir: float = DEFAULT_FPIR,
+    target_fpir: float | None = DEFAULT_FPIR,
     device: str = "auto",
     db_url: str | None = None,
     select: str = "largest",
@@ -117,7 +143,7 @@ def calibrate_gallery(
         gallery_dir: the gallery folder.
         data_dir: the calibration photos (or a ``prepare`` output of them).
         checkpoint: the gallery's model (its fingerprint is checked against the gallery's).
-        target_fpir: share of strangers that may be given a name, e.g. 0.01.
+        target_fpir: share of strangers that may be given a name, e.g. 0.01; None: the balanced threshold.
         select: which face of each photo to use ("largest" or "center").
     Raises:
         ValueError: too few photos of people not enrolled to measure ``target_fpir``.
@@ -134,7 +160,8 @@ def calibrate_gallery(
         photos = {key: identity for identity, keys in list_photos(data_dir).items() for key in keys}
         fresh = [k for k in photos if not _already_enrolled(gallery, Path(data_dir) / k)]
         enrolled = {info.name for info in gallery.identities()}
-        require_strangers(sum(photos[k] not in enrolled for k in fresh), target_fpir)  # before the slow part
+        n_strangers = sum(photos[k] not in enrolled for k in fresh)
+        require_strangers(n_strangers, target_fpir, len(fresh) - n_strangers)  # before the slow part
         embedded = embed_images(make_embedder(loaded, device), fresh, data_dir, crop_size=loaded.preprocess.input_size,
                                 select=select, progress=progress)
         keys = sorted(embedded.vectors)

@@ -505,6 +505,7 @@ def identification_figures(
     figures = {"n_mated_probes": int(len(mated)), "n_nonmated_probes": int(len(nonmated))}
     figures.update(_rank_figures(rank, n_boot, seed))
     figures.update(_dir_figures(mated.max(axis=1), rank == 1, nonmated.max(axis=1), fpir_targets, n_boot, seed))
+    figures.update(_balanced_figures(mated.max(axis=1), rank == 1, nonmated.max(axis=1), n_boot, seed))
     return figures, metrics.dir_fpir_curve(mated, truth, nonmated)
 
 
@@ -541,6 +542,28 @@ def _dir_figures(top, hit, non_top, fpir_targets, n_boot: int, seed: int) -> dic
         out["dir_at_fpir_ci95"][key] = metrics.bootstrap_ci(stat, len(strata), strata=strata, n_boot=n_boot, seed=seed)
         out["threshold_at_fpir"][key] = threshold
     return out
+
+
+def _balanced_figures(top, hit, non_top, n_boot: int, seed: int) -> dict:
+    """The equal-error point of "is this person enrolled at all" (best score of mated vs non-mated probes).
+
+    ``detection_eer``: at the threshold naming as many strangers as it refuses enrolled people's photos, that
+    share (lower is better; 50 % is chance); ``dir_at_detection_eer``: the mated probes named correctly there.
+    """
+    if len(top) == 0 or len(non_top) == 0:
+        return {"detection_eer": NOT_MEASURABLE, "detection_eer_ci95": None, "dir_at_detection_eer": NOT_MEASURABLE}
+    n_m = len(top)
+    strata = np.r_[np.ones(n_m, bool), np.zeros(len(non_top), bool)]
+
+    def stat(idx):
+        return metrics.equal_error(top[idx[idx < n_m]], non_top[idx[idx >= n_m] - n_m]).rate
+
+    ee = metrics.equal_error(top, non_top)
+    return {
+        "detection_eer": ee.rate,
+        "detection_eer_ci95": metrics.bootstrap_ci(stat, len(strata), strata=strata, n_boot=n_boot, seed=seed),
+        "dir_at_detection_eer": float(np.mean(hit & (top >= ee.threshold))),
+    }
 
 
 def list_photos(data_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> dict[str, list[str]]:

@@ -151,6 +151,38 @@ def best_threshold(scores, labels) -> tuple[float, float]:
     return threshold, float(accuracy[j])
 
 
+@dataclass(frozen=True)
+class EqualError:
+    """The threshold at which as many positives are refused as negatives accepted (as near as the scores allow)."""
+
+    threshold: float  # accept when score >= threshold
+    false_accept: float  # share of negatives accepted at it
+    false_reject: float  # share of positives refused at it
+
+    @property
+    def rate(self) -> float:
+        """The equal error rate: the larger of the two errors at the threshold."""
+        return max(self.false_accept, self.false_reject)
+
+
+def equal_error(positives, negatives) -> EqualError:
+    """The equal-error operating point of a score: the threshold minimising the larger of the two error rates.
+
+    Args:
+        positives: scores that should be accepted (genuine pairs; best scores of enrolled people's photos).
+        negatives: scores that should be refused (impostor pairs; best scores of strangers' photos).
+    Raises:
+        ValueError: either side is empty.
+    """
+    pos, neg = np.asarray(positives, np.float64).ravel(), np.asarray(negatives, np.float64).ravel()
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError("an equal-error threshold needs both positive and negative scores")
+    roc = roc_curve(np.r_[pos, neg], np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)])
+    worst = np.maximum(roc.far, 1 - roc.tar)  # (m,)
+    j = int(np.argmin(worst))  # the strictest of equally good thresholds
+    return EqualError(float(roc.thresholds[j]), float(roc.far[j]), float(1 - roc.tar[j]))
+
+
 def consecutive_folds(n: int, n_folds: int = 10) -> list[np.ndarray]:
     """Indices of ``n_folds`` fixed consecutive blocks of ``0..n-1`` (the LFW protocol; never shuffled)."""
     if n % n_folds:

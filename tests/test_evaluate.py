@@ -123,6 +123,9 @@ def test_identification_figures_on_synthetic_embeddings():
     assert 0.0 <= low <= 0.8 <= high <= 1.0 and low < high
     assert figures["dir_at_fpir"]["0.01"] == pytest.approx(0.8)  # strangers score < 0.2, mated ~0.99
     assert curve.dir[-1] == pytest.approx(0.8)
+    # every mated probe outscores every stranger: no equal error; the rank-2 probe is named, wrongly
+    assert figures["detection_eer"] == 0.0 and figures["dir_at_detection_eer"] == pytest.approx(0.8)
+    assert figures["detection_eer_ci95"] == (0.0, 0.0)
 
 
 def test_identification_figures_without_strangers_are_not_measurable():
@@ -130,6 +133,7 @@ def test_identification_figures_without_strangers_are_not_measurable():
     figures, _ = evaluate.identification_figures(eye[:2], ["a", "b"], eye[:2], ["a", "b"], n_boot=10)
     assert figures["rank1"] == 1.0
     assert figures["dir_at_fpir"]["0.1"] == evaluate.NOT_MEASURABLE
+    assert figures["detection_eer"] == evaluate.NOT_MEASURABLE and figures["detection_eer_ci95"] is None
 
 
 class ColourEmbedder:
@@ -229,6 +233,23 @@ def test_calibrate_choose_threshold_meets_the_target_fpir():
     assert (cal.n_mated, cal.n_nonmated) == (4, 200)
     with pytest.raises(ValueError, match="at least 1000 are needed"):
         choose_threshold(mated_top, mated_hit, strangers, target_fpir=0.001)
+
+
+def test_calibrate_balanced_threshold_refuses_as_many_enrolled_as_it_names_strangers():
+    from facesearch.calibrate import choose_threshold
+
+    rng = np.random.default_rng(0)
+    mated_top, strangers = rng.normal(0.7, 0.1, 400), rng.normal(0.5, 0.1, 600)  # overlapping, as a weak model's
+    mated_hit = rng.random(400) < 0.5
+    cal = choose_threshold(mated_top, mated_hit, strangers, target_fpir=None)
+    assert cal.rule == "balanced" and cal.to_dict()["rule"] == "balanced" and cal.target_fpir is None
+    assert 0.55 < cal.threshold < 0.65  # midway between the two means
+    assert abs(cal.fpir - (1 - cal.accepted)) < 0.01 and 0.75 < cal.accepted < 0.9
+    assert cal.dir == pytest.approx(np.mean(mated_hit & (mated_top >= cal.threshold)))
+    strict = choose_threshold(mated_top, mated_hit, strangers, target_fpir=0.01)
+    assert strict.rule == "fpir" and strict.accepted < 0.5 < cal.accepted  # what the 1 % threshold costs
+    with pytest.raises(ValueError, match="needs at least 10 of each"):
+        choose_threshold(mated_top[:9], mated_hit[:9], strangers, target_fpir=None)
 
 
 @pytest.fixture(scope="module")
@@ -462,3 +483,7 @@ def test_cli_calibrate_stores_the_threshold_in_the_gallery(tiny_checkpoint, tmp_
     with Gallery(tmp_path / "g", create=False) as gallery:
         threshold, meta = gallery.threshold()
     assert threshold == pytest.approx(cal["threshold"]) and meta["target_fpir"] == 0.34
+    r = CliRunner().invoke(app, [*args, "--balanced", "--fpir", "0.34"])
+    assert r.exit_code != 0 and "not both" in r.output
+    r = CliRunner().invoke(app, [*args, "--balanced"])
+    assert r.exit_code == 1 and "needs at least 10 of each" in r.output  # 4 + 3 photos: too few to balance

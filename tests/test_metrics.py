@@ -169,3 +169,14 @@ def test_bootstrap_ci_keeps_strata_sizes_and_skips_unmeasurable():
     metrics.bootstrap_ci(lambda idx: seen.append(labels[idx].sum()) or 0.0, 100, strata=labels, n_boot=20)
     assert set(seen) == {10}
     assert metrics.bootstrap_ci(lambda idx: None, 10, n_boot=5) is None
+
+
+def test_equal_error_balances_the_two_error_rates():
+    pos = np.array([0.9, 0.8, 0.7, 0.6, 0.3])  # one enrolled photo scores low
+    neg = np.array([0.65, 0.5, 0.4, 0.2, 0.1])  # one stranger scores high
+    ee = metrics.equal_error(pos, neg)
+    assert ee.threshold == pytest.approx(0.6) and ee.false_accept == pytest.approx(0.2)
+    assert ee.false_reject == pytest.approx(0.2) and ee.rate == pytest.approx(0.2)
+    assert metrics.equal_error([2.0, 3.0], [0.0, 1.0]).rate == 0.0  # separable: no error at all
+    with pytest.raises(ValueError, match="both positive and negative"):
+        metrics.equal_error([], neg)

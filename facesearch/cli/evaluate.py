@@ -122,7 +122,8 @@ def _open_set_lines(s: dict) -> list[str]:
             m = s[name]
             ci = m["dir_at_fpir_ci95"]
             dirs = ", ".join(f"DIR@FPIR={k}: {_fmt(v)}{_ci(ci[k])}" for k, v in m["dir_at_fpir"].items())
-            lines.append(f"{name}: rank-1 {_fmt(m['rank1'])}{_ci(m['rank1_ci95'])}, rank-5 {_fmt(m['rank5'])}, {dirs}  "
+            lines.append(f"{name}: rank-1 {_fmt(m['rank1'])}{_ci(m['rank1_ci95'])}, rank-5 {_fmt(m['rank5'])}, {dirs}, "
+                         f"detection EER {_fmt(m['detection_eer'])}{_ci(m['detection_eer_ci95'])}  "
                          f"[{m['n_mated_probes']} mated, {m['n_nonmated_probes']} non-mated probes]")
     return lines
 
@@ -213,29 +214,41 @@ def calibrate(
     gallery: Annotated[Path, typer.Option("--gallery", "-g", help="Gallery folder.")],
     checkpoint: Checkpoint,
     fpir: Annotated[
-        float, typer.Option(help="Target share of strangers given a name (false-positive identification rate).")
-    ] = 0.01,
+        Optional[float],
+        typer.Option(help="Target share of strangers given a name (false-positive identification rate); default 0.01."),
+    ] = None,
+    balanced: Annotated[
+        bool,
+        typer.Option("--balanced", help="Instead of --fpir: the threshold naming as many strangers as it refuses "
+                                         "enrolled people's photos (the equal-error point)."),
+    ] = False,
     db: Annotated[
         Optional[str], typer.Option("--db", envvar="FACESEARCH_DB", help="Database URL (default: the gallery SQLite).")
     ] = None,
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """Pick the gallery's unknown-threshold at a target FPIR from data, and store it; `who` then uses it."""
-    from facesearch.calibrate import calibrate_gallery
+    """Pick the gallery's unknown-threshold from data (at a target FPIR, or balanced), and store it; `who` uses it."""
+    from facesearch.calibrate import DEFAULT_FPIR, calibrate_gallery
     from facesearch.gallery import GalleryError
 
     if not data_dir.is_dir():
         raise _fail(f"{data_dir}: no such folder")
+    if balanced and fpir is not None:
+        raise _fail("give --fpir or --balanced, not both")
+    target = None if balanced else (DEFAULT_FPIR if fpir is None else fpir)
     try:
-        cal = calibrate_gallery(gallery, data_dir, checkpoint, target_fpir=fpir, device=device, db_url=db)
+        cal = calibrate_gallery(gallery, data_dir, checkpoint, target_fpir=target, device=device, db_url=db)
     except (ValueError, FileNotFoundError, GalleryError) as err:
         raise _fail(str(err))
     if as_json:
         typer.echo(json.dumps(cal.to_dict(), indent=2))
         return
     dir_text = "n/a" if cal.dir is None else _fmt(cal.dir)
+    accepted = "n/a" if cal.accepted is None else _fmt(cal.accepted)
+    target_text = "balanced" if cal.target_fpir is None else f"target {_fmt(cal.target_fpir)}"
     typer.echo(
         f"threshold {cal.threshold:.4f} stored in {gallery}: names {_fmt(cal.fpir)} of {cal.n_nonmated} strangers "
-        f"(target {_fmt(cal.target_fpir)}), identifies {dir_text} of {cal.n_mated} enrolled people's photos"
+        f"({target_text}); of {cal.n_mated} enrolled people's photos, names {accepted} "
+        f"({dir_text} correctly)"
     )
