@@ -1,0 +1,93 @@
+"""Can a demo model tell enrolled people from strangers, or does its threshold only refuse everyone?
+
+Scores run folders laid out as ``scripts/demo.py`` leaves them (``run/``, ``prepared-gallery/`` of never-trained
+people, ``prepared-train/`` with a ``holdout`` split of never-trained people), the trained model next to the
+same network with random weights:
+
+- every gallery person enrolled from 2 photos (``evaluate``'s seeded choice), the rest of their photos are
+  mated probes; the held-out training people are the strangers;
+- rank-1 with each person scored by their best photo (what the gallery does) and by the mean of their photos;
+- the detection equal-error rate (best score of mated vs stranger probes; 50 % is chance);
+- thresholds calibrated on half of the probes (every other photo of the enrolled people, every other stranger
+  person) and applied to the other half: FPIR 10 % and balanced; the share of enrolled people's photos given
+  a name, named correctly, and of strangers' photos refused.
+
+    python bench/threshold.py demo-out [/tmp/run2 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def identity_scores(vectors: np.ndarray, templates: dict[str, np.ndarray], rule: str) -> np.ndarray:
+    """(n, n_people) score of each vector for each person: best photo ("max") or mean photo ("mean")."""
+    if rule == "mean":
+        means = np.stack([t.mean(0) for t in templates.values()])
+        return vectors @ (means / np.linalg.norm(means, axis=1, keepdims=True)).T
+    return np.stack([(vectors @ t.T).max(1) for t in templates.values()], 1)
+
+
+def score_model(folder: Path, loaded) -> dict:
+    from facesearch import metrics
+    from facesearch.evaluate import embed_images, list_photos, make_embedder, split_open_set
+
+    gallery, train = folder / "prepared-gallery", folder / "prepared-train"
+    people, strangers = list_photos(gallery, ["holdout"]), list_photos(train, ["holdout"])
+    split = split_open_set(people, 2, seed=0)
+    embedder = make_embedder(loaded, "cpu")
+    g = embed_images(embedder, [k for ks in people.values() for k in ks], gallery).vectors
+    s = embed_images(embedder, [k for ks in strangers.values() for k in ks], train).vectors
+    names = sorted({i for _, i in split.enrolled})
+    templates = {i: np.stack([g[k] for k, j in split.enrolled if j == i]) for i in names}
+    mated = [(k, i) for k, i in split.mated if k in g]
+    m_vec, m_id = np.stack([g[k] for k, _ in mated]), np.array([names.index(i) for _, i in mated])
+    out = {"n_mated": len(mated), "n_strangers": len(s)}
+    for rule in ("max", "mean"):
+        out[f"rank1_{rule}"] = float(np.mean(identity_scores(m_vec, templates, rule).argmax(1) == m_id))
+    m_scores = identity_scores(m_vec, templates, "max")
+    m_top, m_hit = m_scores.max(1), m_scores.argmax(1) == m_id
+    s_people = sorted(strangers)
+    s_top = {p: identity_scores(np.stack([s[k] for k in strangers[p] if k in s]), templates, "max").max(1)
+             for p in s_people}
+    out["detection_eer"] = metrics.equal_error(m_top, np.concatenate(list(s_top.values()))).rate
+    # calibrate on one half, measure on the other
+    cal = np.arange(len(mated)) % 2 == 0
+    s_cal = np.concatenate([s_top[p] for p in s_people[0::2]])
+    s_test = np.concatenate([s_top[p] for p in s_people[1::2]])
+    thresholds = {"fpir10": metrics.threshold_at_rate(s_cal, 0.1),
+                  "balanced": metrics.equal_error(m_top[cal], s_cal).threshold}
+    for name, t in thresholds.items():
+        out[f"{name}_accepted"] = float(np.mean(m_top[~cal] >= t))
+        out[f"{name}_correct"] = float(np.mean(m_hit[~cal] & (m_top[~cal] >= t)))
+        out[f"{name}_rejected"] = float(np.mean(s_test < t))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folders", nargs="+", type=Path, help="Demo output folders (run/, prepared-*/).")
+    args = ap.parse_args()
+    from facesearch.evaluate import load_model, random_baseline
+
+    print("| run | weights | rank-1 best photo | rank-1 mean photo | detection EER | FPIR 10 %: accepted / correct / "
+          "strangers refused | balanced: accepted / correct / strangers refused |")
+    print("|---|---|---|---|---|---|---|")
+    for folder in args.folders:
+        loaded = load_model(folder / "run", "cpu")
+        for weights, model in (("trained", loaded), ("random", random_baseline(loaded, 0))):
+            r = score_model(folder, model)
+            cells = [f"{r['rank1_max']:.1%}", f"{r['rank1_mean']:.1%}", f"{r['detection_eer']:.1%}"]
+            cells += [" / ".join(f"{r[f'{t}_{x}']:.0%}" for x in ("accepted", "correct", "rejected"))
+                      for t in ("fpir10", "balanced")]
+            print(f"| {folder.name} | {weights} | " + " | ".join(cells) + " |", flush=True)
+    print(f"\n(probes per run: {r['n_mated']} mated, {r['n_strangers']} of strangers; each half calibrates the other)")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    main()
