@@ -269,7 +269,8 @@ def evaluate_face_model(loaded, args) -> dict:
     """
     if not (args.lfw and args.lfw_pairs):
         return {}
-    from facesearch.evaluate import evaluate_open_set, evaluate_pairs
+    from facesearch.identification import evaluate_open_set
+    from facesearch.verification import evaluate_pairs
 
     device = str(next(loaded.model.parameters()).device)
     files = [args.lfw_pairs / "pairsDevTrain.txt", args.lfw_pairs / "pairsDevTest.txt"]

@@ -34,7 +34,8 @@ def identity_scores(vectors: np.ndarray, templates: dict[str, np.ndarray], rule:
 
 def score_model(folder: Path, loaded) -> dict:
     from facesearch import metrics
-    from facesearch.evaluate import embed_images, list_photos, make_embedder, split_open_set
+    from facesearch.evaluate import embed_images, list_photos, make_embedder
+    from facesearch.identification import split_open_set
 
     gallery, train = folder / "prepared-gallery", folder / "prepared-train"
     people, strangers = list_photos(gallery, ["holdout"]), list_photos(train, ["holdout"])

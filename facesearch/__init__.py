@@ -29,8 +29,8 @@ _EXPORTS = {
     "who": "facesearch.search",
     "explain_identification": "facesearch.explain",
     "explain_classification": "facesearch.explain",
-    "evaluate_pairs": "facesearch.evaluate",
-    "evaluate_open_set": "facesearch.evaluate",
+    "evaluate_pairs": "facesearch.verification",
+    "evaluate_open_set": "facesearch.identification",
     "calibrate_gallery": "facesearch.calibrate",
 }
 __all__ = sorted(_EXPORTS)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesearch import evaluate
+from facesearch import evaluate, identification, verification
 from facesearch.data.manifest import ManifestRow, write_manifest, write_settings
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
@@ -23,7 +23,7 @@ def _write(tmp_path, name, text):
 
 def test_parse_pairs_without_header_both_line_kinds(tmp_path):
     path = _write(tmp_path, "pairs.txt", "Aaron_Peirsol\t1\t2\nAbdullah\t1\t3\n\nAJ_Cook\t1\tMarsha_Thomason\t1\n")
-    parsed = evaluate.parse_pairs(path)
+    parsed = verification.parse_pairs(path)
     assert parsed.n_folds is None
     assert [p.same for p in parsed.pairs] == [True, True, False]
     assert parsed.pairs[0].paths == ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Aaron_Peirsol/Aaron_Peirsol_0002.jpg")
@@ -32,29 +32,29 @@ def test_parse_pairs_without_header_both_line_kinds(tmp_path):
 
 def test_parse_pairs_with_fold_header_and_count_header(tmp_path):
     lines = "a 1 2\nb 1 c 1\n" * 2  # 2 folds x (1 matched + 1 mismatched)
-    assert evaluate.parse_pairs(_write(tmp_path, "v2.txt", "2\t1\n" + lines)).n_folds == 2
-    view1 = evaluate.parse_pairs(_write(tmp_path, "v1.txt", "2\n" + lines))  # count-only header
+    assert verification.parse_pairs(_write(tmp_path, "v2.txt", "2\t1\n" + lines)).n_folds == 2
+    view1 = verification.parse_pairs(_write(tmp_path, "v1.txt", "2\n" + lines))  # count-only header
     assert view1.n_folds is None and len(view1.pairs) == 4
 
 
 def test_parse_pairs_reports_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"bad.txt, line 2"):
-        evaluate.parse_pairs(_write(tmp_path, "bad.txt", "a 1 2\na one 2\n"))
+        verification.parse_pairs(_write(tmp_path, "bad.txt", "a 1 2\na one 2\n"))
     with pytest.raises(ValueError, match="promises 6 pairs, found 4"):
-        evaluate.parse_pairs(_write(tmp_path, "hdr.txt", "3\n" + "a 1 2\nb 1 c 1\n" * 2))
+        verification.parse_pairs(_write(tmp_path, "hdr.txt", "3\n" + "a 1 2\nb 1 c 1\n" * 2))
 
 
 def test_real_view1_file_parses_and_is_refused_as_a_10_fold_file():
-    parsed = evaluate.parse_pairs(str(VIEW1_TEST))
+    parsed = verification.parse_pairs(str(VIEW1_TEST))
     assert len(parsed.pairs) == 1000 and sum(p.same for p in parsed.pairs) == 500
     # View 1 lists all matched pairs first: consecutive folds would hold one kind only.
     with pytest.raises(ValueError, match="train file and a test file"):
-        evaluate.pair_folds(parsed)
+        verification.pair_folds(parsed)
 
 
 def test_pair_folds_are_the_files_consecutive_blocks(tmp_path):
     lines = "".join(f"p{i} 1 2\nq{i} 1 r{i} 1\n" for i in range(10))  # 10 folds of 2
-    folds = evaluate.pair_folds(evaluate.parse_pairs(_write(tmp_path, "f.txt", "10 1\n" + lines)))
+    folds = verification.pair_folds(verification.parse_pairs(_write(tmp_path, "f.txt", "10 1\n" + lines)))
     assert [f.tolist() for f in folds[:3]] == [[0, 1], [2, 3], [4, 5]]
 
 
@@ -64,11 +64,11 @@ def _unit(v):
 
 
 def test_pair_scores_skip_pairs_with_a_missing_photo():
-    pairs = [evaluate.Pair("a", 1, "a", 2, True), evaluate.Pair("a", 1, "b", 1, False), evaluate.Pair("c", 1, "c", 2, True)]
+    pairs = [verification.Pair("a", 1, "a", 2, True), verification.Pair("a", 1, "b", 1, False), verification.Pair("c", 1, "c", 2, True)]
     emb = evaluate.Embedded(
         vectors={"a/a_0001.jpg": _unit([1, 0]), "a/a_0002.jpg": _unit([1, 1]), "b/b_0001.jpg": _unit([0, 1])}
     )
-    scores, labels, kept = evaluate.pair_scores(emb, pairs)
+    scores, labels, kept = verification.pair_scores(emb, pairs)
     assert kept.tolist() == [0, 1]
     assert scores == pytest.approx([np.sqrt(0.5), 0.0])
     assert labels.tolist() == [True, False]
@@ -77,7 +77,7 @@ def test_pair_scores_skip_pairs_with_a_missing_photo():
 def test_train_test_threshold_comes_from_train_only():
     train = (np.array([0.9, 0.8, 0.2, 0.1]), np.array([True, True, False, False]))  # cut at 0.5
     test = (np.array([0.6, 0.45, 0.4, 0.3]), np.array([True, True, False, False]))  # own best cut ~0.425
-    figures, threshold = evaluate.train_test_figures(train, test, n_boot=50)
+    figures, threshold = verification.train_test_figures(train, test, n_boot=50)
     assert threshold == pytest.approx(0.5)
     assert figures["accuracy"] == 0.75 and figures["train_accuracy"] == 1.0
     low, high = figures["accuracy_ci95"]
@@ -88,7 +88,7 @@ def test_verification_figures_say_not_measurable_with_few_impostors():
     rng = np.random.default_rng(0)
     scores = np.r_[rng.normal(1, 0.3, 200), rng.normal(0, 0.3, 200)]
     labels = np.r_[np.ones(200, bool), np.zeros(200, bool)]
-    figures = evaluate.verification_figures(scores, labels, far_targets=(1e-2, 1e-3), n_boot=50)
+    figures = verification.verification_figures(scores, labels, far_targets=(1e-2, 1e-3), n_boot=50)
     assert isinstance(figures["tar_at_far"]["0.01"], float)
     assert figures["tar_at_far"]["0.001"] == evaluate.NOT_MEASURABLE  # 200 impostors < 1000
     assert 0.95 < figures["auc"] <= 1.0
@@ -97,12 +97,12 @@ def test_verification_figures_say_not_measurable_with_few_impostors():
 
 def test_split_open_set_enrolls_k_and_keeps_singletons_as_distractors():
     photos = {"ann": ["a1", "a2", "a3"], "bob": ["b1"], "cy": ["c1", "c2"]}
-    split = evaluate.split_open_set(photos, enroll_per_identity=1, seed=0)
+    split = identification.split_open_set(photos, enroll_per_identity=1, seed=0)
     assert sorted(i for _, i in split.enrolled) == ["ann", "cy"]
     assert split.nonmated == [("b1", "bob")]
     assert sorted(k for k, _ in split.enrolled + split.mated) == ["a1", "a2", "a3", "c1", "c2"]
-    assert split == evaluate.split_open_set(photos, enroll_per_identity=1, seed=0)  # reproducible
-    two = evaluate.split_open_set(photos, enroll_per_identity=2, seed=0)
+    assert split == identification.split_open_set(photos, enroll_per_identity=1, seed=0)  # reproducible
+    two = identification.split_open_set(photos, enroll_per_identity=2, seed=0)
     assert {i for _, i in two.enrolled} == {"ann"} and {i for _, i in two.nonmated} == {"bob", "cy"}
 
 
@@ -116,7 +116,7 @@ def test_identification_figures_on_synthetic_embeddings():
     mated_ids = ["p0", "p1", "p2", "p3", "p0"]  # the last one is nearest p1: rank 2
     strangers = np.c_[0.2 * rng.random((200, 4)), rng.normal(size=(200, 4))]
     probes = np.array([_unit(v) for v in list(mated) + list(strangers)])
-    figures, curve = evaluate.identification_figures(gallery, gallery_ids, probes, mated_ids + ["x"] * 200, n_boot=50)
+    figures, curve = identification.identification_figures(gallery, gallery_ids, probes, mated_ids + ["x"] * 200, n_boot=50)
     assert figures["n_mated_probes"] == 5 and figures["n_nonmated_probes"] == 200
     assert figures["rank1"] == pytest.approx(0.8) and figures["rank5"] == 1.0
     low, high = figures["rank1_ci95"]
@@ -130,7 +130,7 @@ def test_identification_figures_on_synthetic_embeddings():
 
 def test_identification_figures_without_strangers_are_not_measurable():
     eye = np.eye(3, dtype=np.float32)
-    figures, _ = evaluate.identification_figures(eye[:2], ["a", "b"], eye[:2], ["a", "b"], n_boot=10)
+    figures, _ = identification.identification_figures(eye[:2], ["a", "b"], eye[:2], ["a", "b"], n_boot=10)
     assert figures["rank1"] == 1.0
     assert figures["dir_at_fpir"]["0.1"] == evaluate.NOT_MEASURABLE
     assert figures["detection_eer"] == evaluate.NOT_MEASURABLE and figures["detection_eer_ci95"] is None
@@ -210,10 +210,10 @@ def test_plots_are_written(tmp_path):
     rng = np.random.default_rng(0)
     labels = np.r_[np.ones(50, bool), np.zeros(50, bool)]
     scores = {"model": np.r_[rng.normal(0.7, 0.1, 50), rng.normal(0.2, 0.1, 50)], "random_baseline": rng.random(100)}
-    pairs = evaluate.PairsReport({}, labels, scores, {"model": 0.45, "random_baseline": 0.5})
+    pairs = verification.PairsReport({}, labels, scores, {"model": 0.45, "random_baseline": 0.5})
     mated = rng.normal(size=(20, 5))
     curve = metrics.dir_fpir_curve(mated, mated.argmax(axis=1), rng.normal(size=(30, 5)))
-    open_set = evaluate.OpenSetReport({"model": {"n_nonmated_probes": 30}}, {"model": curve})
+    open_set = identification.OpenSetReport({"model": {"n_nonmated_probes": 30}}, {"model": curve})
     paths = evaluate_plots.save_pairs_plots(pairs, tmp_path) + evaluate_plots.save_open_set_plots(open_set, tmp_path)
     assert [p.name for p in paths] == ["roc.png", "similarity_histogram.png", "dir_fpir.png"]
     for p in paths:
@@ -346,7 +346,7 @@ def _pairs_text(people, n_folds):
 def test_evaluate_pairs_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like, tmp_path):
     out, people = lfw_like
     ten_fold = _write(tmp_path, "tenfold.txt", "10\t1\n" + _pairs_text(people, 10))
-    report = evaluate.evaluate_pairs(tiny_checkpoint, [ten_fold], out, device="cpu", baseline=False, n_boot=20)
+    report = verification.evaluate_pairs(tiny_checkpoint, [ten_fold], out, device="cpu", baseline=False, n_boot=20)
     s = report.summary
     assert s["protocol"] == "10-fold" and s["model"]["n_pairs"] == 20 and s["n_missing_images"] == 0
     assert len(s["model"]["fold_accuracies"]) == 10
@@ -355,7 +355,7 @@ def test_evaluate_pairs_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like
 
     train = _write(tmp_path, "train.txt", _pairs_text(people, 6))
     test = _write(tmp_path, "test.txt", _pairs_text(people, 4) + f"{people[7]}\t1\t{people[0]}\t9\n")  # _0009 is missing
-    report = evaluate.evaluate_pairs(tiny_checkpoint, [train, test], out, device="cpu", n_boot=20)
+    report = verification.evaluate_pairs(tiny_checkpoint, [train, test], out, device="cpu", n_boot=20)
     s = report.summary
     assert s["protocol"] == "train/test"
     assert s["random_baseline"]["fingerprint"] != s["fingerprint"]
@@ -366,7 +366,7 @@ def test_evaluate_pairs_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like
 
 def test_evaluate_open_set_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like):
     out, people = lfw_like
-    report = evaluate.evaluate_open_set(tiny_checkpoint, out, device="cpu", n_boot=20, fpir_targets=(0.5, 0.01))
+    report = identification.evaluate_open_set(tiny_checkpoint, out, device="cpu", n_boot=20, fpir_targets=(0.5, 0.01))
     s = report.summary
     assert (s["n_enrolled_identities"], s["n_distractor_identities"], s["n_templates"]) == (5, 3, 5)
     m = s["model"]
@@ -381,7 +381,7 @@ def test_evaluate_open_set_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_l
 def test_evaluate_open_set_distractor_folder_probes_as_strangers_even_under_an_enrolled_name(tiny_checkpoint, lfw_like):
     """The same 23 photos as a distractor folder: all non-mated, although 5 of its people share enrolled names."""
     out, people = lfw_like
-    report = evaluate.evaluate_open_set(tiny_checkpoint, out, device="cpu", baseline=False, n_boot=20,
+    report = identification.evaluate_open_set(tiny_checkpoint, out, device="cpu", baseline=False, n_boot=20,
                                         fpir_targets=(0.1,), distractors=out)
     s = report.summary
     assert (s["n_enrolled_identities"], s["n_distractor_identities"]) == (5, 3 + 8)
@@ -390,7 +390,7 @@ def test_evaluate_open_set_distractor_folder_probes_as_strangers_even_under_an_e
     assert s["model"]["threshold_at_fpir"]["0.1"] > 0.999
     assert s["distractors"] == str(out) and s["n_missing_images"] == 0
     with pytest.raises(ValueError, match="no distractor photos in split"):
-        evaluate.evaluate_open_set(tiny_checkpoint, out, device="cpu", baseline=False, distractors=out,
+        identification.evaluate_open_set(tiny_checkpoint, out, device="cpu", baseline=False, distractors=out,
                                    distractor_splits=["holdout"])
 
 
@@ -407,7 +407,7 @@ def test_evaluate_pairs_on_raw_photos_detects_faces_and_counts_centre_crops(tiny
     a, b, c = people
     train = _write(tmp_path, "train.txt", f"{a} 1 2\n{b} 1 2\n{a} 1 {b} 1\n{b} 2 {c} 1\n")
     test = _write(tmp_path, "test.txt", f"{c} 1 2\n{a} 1 2\n{c} 2 Wall 1\n{a} 2 {c} 1\n")
-    report = evaluate.evaluate_pairs(tiny_checkpoint, [train, test], tmp_path / "images", device="cpu",
+    report = verification.evaluate_pairs(tiny_checkpoint, [train, test], tmp_path / "images", device="cpu",
                                      baseline=False, n_boot=20)
     s = report.summary
     assert s["n_images"] == 7 and s["n_missing_images"] == 0

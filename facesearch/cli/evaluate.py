@@ -89,7 +89,7 @@ def pairs(
     as_json: JsonFlag = False,
 ) -> None:
     """LFW pairs protocol: accuracy (threshold chosen on train folds), AUC, TAR at FAR, with 95 % CIs."""
-    from facesearch import evaluate
+    from facesearch.verification import evaluate_pairs, parse_pairs
 
     if len(paths) not in (2, 3):
         raise _fail("give PAIRS_FILE [PAIRS_FILE2] IMAGES_DIR")
@@ -98,9 +98,9 @@ def pairs(
         if not p.exists():
             raise _fail(f"{p}: no such file or folder")
     try:
-        n = len({x for f in pair_files for pair in evaluate.parse_pairs(f).pairs for x in pair.paths})
+        n = len({x for f in pair_files for pair in parse_pairs(f).pairs for x in pair.paths})
         with _progress(n * (2 if baseline else 1), "embedding") as update:
-            report = evaluate.evaluate_pairs(
+            report = evaluate_pairs(
                 checkpoint, pair_files, images, device=device, raw_dir=raw_dir, baseline=baseline,
                 n_boot=bootstrap, seed=seed, progress=update,
             )
@@ -154,21 +154,21 @@ def open_set(
     as_json: JsonFlag = False,
 ) -> None:
     """Open-set identification: rank-1, rank-5 and DIR at FPIR 1e-2 / 1e-1 over enrolled people and strangers."""
-    from facesearch import evaluate
+    from facesearch.evaluate import list_photos
+    from facesearch.identification import evaluate_open_set
 
     if not data_dir.is_dir():
         raise _fail(f"{data_dir}: no such folder")
     if distractors is not None and not distractors.is_dir():
         raise _fail(f"{distractors}: no such folder of distractor photos")
     try:
-        n = sum(len(v) for v in evaluate.list_photos(data_dir, split).values())
+        n = sum(len(v) for v in list_photos(data_dir, split).values())
         if distractors is not None:
-            n += sum(len(v) for v in evaluate.list_photos(distractors, distractor_split).values())
+            n += sum(len(v) for v in list_photos(distractors, distractor_split).values())
         with _progress(n * (2 if baseline else 1), "embedding") as update:
-            report = evaluate.evaluate_open_set(checkpoint, data_dir, enroll_per_identity=enroll, device=device,
-                                                baseline=baseline, n_boot=bootstrap, seed=seed, progress=update,
-                                                splits=split, distractors=distractors,
-                                                distractor_splits=distractor_split)
+            report = evaluate_open_set(checkpoint, data_dir, enroll_per_identity=enroll, device=device,
+                                       baseline=baseline, n_boot=bootstrap, seed=seed, progress=update,
+                                       splits=split, distractors=distractors, distractor_splits=distractor_split)
     except (ValueError, FileNotFoundError) as err:
         raise _fail(str(err))
     lines = _open_set_lines(report.summary)
