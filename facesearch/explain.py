@@ -250,7 +250,7 @@ def _gallery_faces(gallery, name: str, ranked, m: int) -> list:
 def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, details, clock) -> Explanation:
     """The shared core of a face explanation, from the query crop and candidate crops (match first)."""
     import torch
-    from facesearch.visualize import cam, layers, pair, targets
+    from facesearch.visualize import layers, pair, targets
 
     x = _tensor([crop], view)  # (1, 3, S, S)
     faces = [(name, _tensor(crops, view)) for name, crops in candidates]
@@ -259,12 +259,8 @@ def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, 
     groups = torch.split(torch.from_numpy(similarity.embeddings[1:]).to(view.device), counts)
     match, runner = groups[0][0], groups[1][0]  # each identity's face closest to the query: the gallery's rule
     clock.lap("per-layer similarity")
-    decision_target = targets.MatchMargin(match, runner)
-    evidence, decision = cam.attribute_many(view.forward, view.sites, x, [targets.CosineTo(match), decision_target])
-    clock.lap("attribution")
-    ablation = layers.layer_ablation(view.forward, view.sites, x, decision_target, decision,
-                                     settings.fraction, settings.seeds)
-    clock.lap("ablation")
+    evidence, decision, ablation = _attribute_and_ablate(view, x, targets.CosineTo(match),
+                                                         targets.MatchMargin(match, runner), settings, clock)
     view_pair = pair.pair_view(view.forward, view.sites, x, faces[0][1][:1], settings.fuse_last)
     clock.lap("pair view")
     size = view.preprocess.input_size
@@ -274,6 +270,23 @@ def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, 
     labels = {"answer": names[0], "runner_up": names[1], "target": f"cosine to {names[0]}'s closest face"}
     return _finish("identification", query, labels, evidence, decision, ablation, similarity, view_pair,
                    images, out_dir, settings, details, clock)
+
+
+def _attribute_and_ablate(view, x, evidence_target, decision_target, settings, clock):
+    """Attribute ``x`` toward both targets in one pass per layer, then ablate each layer's channels for the decision.
+
+    Returns:
+        ``(evidence, decision, ablation)``: per-layer attribution toward the answer (what the heat maps show),
+        toward the decision margin (what picks the channels to switch off), and the ablation's result.
+    """
+    from facesearch.visualize import cam, layers
+
+    evidence, decision = cam.attribute_many(view.forward, view.sites, x, [evidence_target, decision_target])
+    clock.lap("attribution")
+    ablation = layers.layer_ablation(view.forward, view.sites, x, decision_target, decision,
+                                     settings.fraction, settings.seeds)
+    clock.lap("ablation")
+    return evidence, decision, ablation
 
 
 # --- classification ----------------------------------------------------------------------------------
@@ -296,7 +309,7 @@ def explain_classification(
     """
     import torch
     from facesearch.data.images import ImageError, load_image
-    from facesearch.visualize import cam, layers, targets
+    from facesearch.visualize import targets
 
     clock = _Clock()
     loaded = _load(checkpoint, device)
@@ -310,12 +323,8 @@ def explain_classification(
     with torch.no_grad():
         order = torch.argsort(view.forward(x)[0], descending=True).tolist()
     pred, second = order[0], order[1]
-    decision_target = targets.LogitMargin(pred, second)
-    evidence, decision = cam.attribute_many(view.forward, view.sites, x, [targets.ClassLogit(pred), decision_target])
-    clock.lap("attribution")
-    ablation = layers.layer_ablation(view.forward, view.sites, x, decision_target, decision,
-                                     settings.fraction, settings.seeds)
-    clock.lap("ablation")
+    evidence, decision, ablation = _attribute_and_ablate(view, x, targets.ClassLogit(pred),
+                                                         targets.LogitMargin(pred, second), settings, clock)
     names = loaded.class_names
     similarity = None
     if references is not None:
