@@ -25,11 +25,17 @@ import numpy as np
 
 
 def identity_scores(vectors: np.ndarray, templates: dict[str, np.ndarray], rule: str) -> np.ndarray:
-    """(n, n_people) score of each vector for each person: best photo ("max") or mean photo ("mean")."""
+    """(n, n_people) score of each vector for each person (sorted names): best photo ("max", the gallery's rule,
+    :func:`facesearch.metrics.identity_scores`) or the mean of the person's photos ("mean")."""
+    from facesearch import metrics
+
+    names = sorted(templates)
     if rule == "mean":
-        means = np.stack([t.mean(0) for t in templates.values()])
+        means = np.stack([templates[n].mean(0) for n in names])
         return vectors @ (means / np.linalg.norm(means, axis=1, keepdims=True)).T
-    return np.stack([(vectors @ t.T).max(1) for t in templates.values()], 1)
+    stacked = np.concatenate([templates[n] for n in names])  # (n_templates, d)
+    owners = np.concatenate([[n] * len(templates[n]) for n in names])
+    return metrics.identity_scores(vectors @ stacked.T, owners)[0]
 
 
 def score_model(folder: Path, loaded) -> dict:

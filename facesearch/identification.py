@@ -89,10 +89,11 @@ def identification_figures(
     mated, nonmated = scores[is_mated], scores[~is_mated]  # (n_m, n_ids), (n_nm, n_ids)
     truth = np.searchsorted(ids, probe_ids[is_mated])
     rank = metrics.ranks(mated, truth)
+    top, non_top = mated.max(axis=1), nonmated.max(axis=1)  # each probe's best identity score
     figures = {"n_mated_probes": int(len(mated)), "n_nonmated_probes": int(len(nonmated))}
     figures.update(_rank_figures(rank, n_boot, seed))
-    figures.update(_dir_figures(mated.max(axis=1), rank == 1, nonmated.max(axis=1), fpir_targets, n_boot, seed))
-    figures.update(_balanced_figures(mated.max(axis=1), rank == 1, nonmated.max(axis=1), n_boot, seed))
+    figures.update(_dir_figures(top, rank == 1, non_top, fpir_targets, n_boot, seed))
+    figures.update(_balanced_figures(top, rank == 1, non_top, n_boot, seed))
     return figures, metrics.dir_fpir_curve(mated, truth, nonmated)
 
 
