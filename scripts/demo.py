@@ -190,7 +190,7 @@ def summary(out: Path, p: dict, rates: dict, ev: dict, exp: dict, seconds: float
     print(f"    rank-1  trained {pct(trained, 'rank1')}   random weights {pct(base, 'rank1')}")
     print(f"    with {trained['n_nonmated_probes']} photos of {len(p['calibration_strangers'])} other never-seen people "
           f"as strangers:")
-    print(f"    detection equal-error rate (strangers named = enrolled photos refused; 50 % is chance)")
+    print("    detection equal-error rate (strangers named = enrolled photos refused; 50 % is chance)")
     print(f"            trained {pct(trained, 'detection_eer')}   random weights {pct(base, 'detection_eer')}")
     print(f"    named correctly at the threshold naming {FPIR:.0%} of strangers (DIR at FPIR {FPIR:g})")
     print(f"            trained {pct(trained, 'dir_at_fpir', f'{FPIR:g}')}   "
