@@ -10,9 +10,11 @@ same network with random weights:
 - the detection equal-error rate (best score of mated vs stranger probes; 50 % is chance);
 - thresholds calibrated on half of the probes (every other photo of the enrolled people, every other stranger
   person) and applied to the other half: FPIR 10 % and balanced; the share of enrolled people's photos given
-  a name, named correctly, and of strangers' photos refused.
+  a name, named correctly, and of strangers' photos refused;
+- with ``--sizes``, the detection equal-error rate against the number of people enrolled (random draws of that
+  many gallery people, 20 draws each): how much a stranger's best score over more people hurts detection.
 
-    python bench/threshold.py demo-out [/tmp/run2 ...]
+    python bench/threshold.py demo-out [/tmp/run2 ...] [--sizes 1,2,5,10,20]
 """
 
 from __future__ import annotations
@@ -75,9 +77,37 @@ def score_model(folder: Path, loaded) -> dict:
     return out
 
 
+def eer_by_gallery_size(folder: Path, loaded, sizes: list[int], draws: int = 20, seed: int = 0) -> dict[int, float]:
+    """Mean detection equal-error rate with ``n`` of the gallery people enrolled (``draws`` random choices of them)."""
+    from facesearch import metrics
+    from facesearch.evaluate import embed_images, list_photos, make_embedder
+    from facesearch.identification import split_open_set
+
+    gallery, train = folder / "prepared-gallery", folder / "prepared-train"
+    people, strangers = list_photos(gallery, ["holdout"]), list_photos(train, ["holdout"])
+    split = split_open_set(people, 2, seed=0)
+    embedder = make_embedder(loaded, "cpu")
+    g = embed_images(embedder, [k for ks in people.values() for k in ks], gallery).vectors
+    s = np.stack(list(embed_images(embedder, [k for ks in strangers.values() for k in ks], train).vectors.values()))
+    names, rng, out = sorted(people), np.random.default_rng(seed), {}
+    for n in sizes:
+        rates = []
+        for _ in range(draws if n < len(names) else 1):
+            chosen = set(rng.choice(names, n, replace=False))
+            templates = [(g[k], i) for k, i in split.enrolled if i in chosen and k in g]
+            t, owners = np.stack([v for v, _ in templates]), [i for _, i in templates]
+            mated = np.stack([g[k] for k, i in split.mated if i in chosen and k in g])
+            best = [metrics.identity_scores(x @ t.T, owners)[0].max(1) for x in (mated, s)]
+            rates.append(metrics.equal_error(*best).rate)
+        out[n] = float(np.mean(rates))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folders", nargs="+", type=Path, help="Demo output folders (run/, prepared-*/).")
+    ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="Also the detection equal-error rate with this many people enrolled, e.g. 1,2,5,10,20.")
     args = ap.parse_args()
     from facesearch.evaluate import load_model, random_baseline
 
@@ -93,6 +123,15 @@ def main() -> None:
                       for t in ("fpir10", "balanced")]
             print(f"| {folder.name} | {weights} | " + " | ".join(cells) + " |", flush=True)
     print(f"\n(probes per run: {r['n_mated']} mated, {r['n_strangers']} of strangers; each half calibrates the other)")
+    if args.sizes:
+        print("\n| run | weights | " + " | ".join(f"detection EER, {n} enrolled" for n in args.sizes) + " |")
+        print("|---|---|" + "---|" * len(args.sizes))
+        for folder in args.folders:
+            loaded = load_model(folder / "run", "cpu")
+            for weights, model in (("trained", loaded), ("random", random_baseline(loaded, 0))):
+                rates = eer_by_gallery_size(folder, model, args.sizes)
+                print(f"| {folder.name} | {weights} | " + " | ".join(f"{rates[n]:.1%}" for n in args.sizes) + " |",
+                      flush=True)
 
 
 if __name__ == "__main__":
