@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,29 +41,44 @@ def identity_scores(vectors: np.ndarray, templates: dict[str, np.ndarray], rule:
     return metrics.identity_scores(vectors @ stacked.T, owners)[0]
 
 
-def score_model(folder: Path, loaded) -> dict:
-    from facesearch import metrics
+@dataclass
+class Probes:
+    """One model's embeddings of a demo folder: the gallery people (with evaluate's enrollment split) and the
+    held-out strangers, embedded once for every figure below."""
+
+    split: object  # facesearch.identification.OpenSetSplit of the gallery people, 2 photos enrolled
+    gallery: dict[str, np.ndarray]  # photo key -> embedding
+    strangers: dict[str, list[np.ndarray]]  # stranger -> embeddings of their photos
+
+
+def embed_folder(folder: Path, loaded) -> Probes:
     from facesearch.evaluate import embed_images, list_photos, make_embedder
     from facesearch.identification import split_open_set
 
     gallery, train = folder / "prepared-gallery", folder / "prepared-train"
     people, strangers = list_photos(gallery, ["holdout"]), list_photos(train, ["holdout"])
-    split = split_open_set(people, 2, seed=0)
     embedder = make_embedder(loaded, "cpu")
     g = embed_images(embedder, [k for ks in people.values() for k in ks], gallery).vectors
     s = embed_images(embedder, [k for ks in strangers.values() for k in ks], train).vectors
+    return Probes(split_open_set(people, 2, seed=0), g,
+                  {p: [s[k] for k in keys if k in s] for p, keys in sorted(strangers.items())})
+
+
+def score_model(probes: Probes) -> dict:
+    from facesearch import metrics
+
+    split, g = probes.split, probes.gallery
     names = sorted({i for _, i in split.enrolled})
     templates = {i: np.stack([g[k] for k, j in split.enrolled if j == i]) for i in names}
     mated = [(k, i) for k, i in split.mated if k in g]
     m_vec, m_id = np.stack([g[k] for k, _ in mated]), np.array([names.index(i) for _, i in mated])
-    out = {"n_mated": len(mated), "n_strangers": len(s)}
+    s_people = list(probes.strangers)
+    out = {"n_mated": len(mated), "n_strangers": sum(len(v) for v in probes.strangers.values())}
     for rule in ("max", "mean"):
         out[f"rank1_{rule}"] = float(np.mean(identity_scores(m_vec, templates, rule).argmax(1) == m_id))
     m_scores = identity_scores(m_vec, templates, "max")
     m_top, m_hit = m_scores.max(1), m_scores.argmax(1) == m_id
-    s_people = sorted(strangers)
-    s_top = {p: identity_scores(np.stack([s[k] for k in strangers[p] if k in s]), templates, "max").max(1)
-             for p in s_people}
+    s_top = {p: identity_scores(np.stack(probes.strangers[p]), templates, "max").max(1) for p in s_people}
     out["detection_eer"] = metrics.equal_error(m_top, np.concatenate(list(s_top.values()))).rate
     # calibrate on one half, measure on the other
     cal = np.arange(len(mated)) % 2 == 0
@@ -77,19 +93,14 @@ def score_model(folder: Path, loaded) -> dict:
     return out
 
 
-def eer_by_gallery_size(folder: Path, loaded, sizes: list[int], draws: int = 20, seed: int = 0) -> dict[int, float]:
+def eer_by_gallery_size(probes: Probes, sizes: list[int], draws: int = 20, seed: int = 0) -> dict[int, float]:
     """Mean detection equal-error rate with ``n`` of the gallery people enrolled (``draws`` random choices of them)."""
     from facesearch import metrics
-    from facesearch.evaluate import embed_images, list_photos, make_embedder
-    from facesearch.identification import split_open_set
 
-    gallery, train = folder / "prepared-gallery", folder / "prepared-train"
-    people, strangers = list_photos(gallery, ["holdout"]), list_photos(train, ["holdout"])
-    split = split_open_set(people, 2, seed=0)
-    embedder = make_embedder(loaded, "cpu")
-    g = embed_images(embedder, [k for ks in people.values() for k in ks], gallery).vectors
-    s = np.stack(list(embed_images(embedder, [k for ks in strangers.values() for k in ks], train).vectors.values()))
-    names, rng, out = sorted(people), np.random.default_rng(seed), {}
+    split, g = probes.split, probes.gallery
+    s = np.stack([v for vs in probes.strangers.values() for v in vs])
+    names = sorted({i for _, i in split.enrolled + split.mated})
+    rng, out = np.random.default_rng(seed), {}
     for n in sizes:
         rates = []
         for _ in range(draws if n < len(names) else 1):
@@ -114,24 +125,25 @@ def main() -> None:
     print("| run | weights | rank-1 best photo | rank-1 mean photo | detection EER | FPIR 10 %: accepted / correct / "
           "strangers refused | balanced: accepted / correct / strangers refused |")
     print("|---|---|---|---|---|---|---|")
+    size_rows = []
     for folder in args.folders:
         loaded = load_model(folder / "run", "cpu")
         for weights, model in (("trained", loaded), ("random", random_baseline(loaded, 0))):
-            r = score_model(folder, model)
+            probes = embed_folder(folder, model)
+            r = score_model(probes)
             cells = [f"{r['rank1_max']:.1%}", f"{r['rank1_mean']:.1%}", f"{r['detection_eer']:.1%}"]
             cells += [" / ".join(f"{r[f'{t}_{x}']:.0%}" for x in ("accepted", "correct", "rejected"))
                       for t in ("fpir10", "balanced")]
             print(f"| {folder.name} | {weights} | " + " | ".join(cells) + " |", flush=True)
+            if args.sizes:
+                rates = eer_by_gallery_size(probes, args.sizes)
+                size_rows.append(f"| {folder.name} | {weights} | " + " | ".join(f"{rates[n]:.1%}" for n in args.sizes)
+                                 + " |")
     print(f"\n(probes per run: {r['n_mated']} mated, {r['n_strangers']} of strangers; each half calibrates the other)")
     if args.sizes:
         print("\n| run | weights | " + " | ".join(f"detection EER, {n} enrolled" for n in args.sizes) + " |")
         print("|---|---|" + "---|" * len(args.sizes))
-        for folder in args.folders:
-            loaded = load_model(folder / "run", "cpu")
-            for weights, model in (("trained", loaded), ("random", random_baseline(loaded, 0))):
-                rates = eer_by_gallery_size(folder, model, args.sizes)
-                print(f"| {folder.name} | {weights} | " + " | ".join(f"{rates[n]:.1%}" for n in args.sizes) + " |",
-                      flush=True)
+        print("\n".join(size_rows))
 
 
 if __name__ == "__main__":
