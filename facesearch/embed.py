@@ -31,10 +31,15 @@ class CropSettings:
     align: bool = False
 
     @classmethod
+    def from_dict(cls, recorded: dict) -> CropSettings:
+        """The size/margin/align of a settings dict (prepare's ``dataset.json``, a checkpoint's ``crop``); the
+        defaults fill in what it lacks, other keys are ignored."""
+        return cls(**{k: recorded[k] for k in ("size", "margin", "align") if k in recorded})
+
+    @classmethod
     def from_checkpoint(cls, loaded) -> CropSettings:
         """The crop settings recorded in the checkpoint (``extra["crop"]``), else prepare's defaults."""
-        recorded = dict(getattr(loaded, "extra", {}).get("crop") or {})
-        return cls(**{k: recorded[k] for k in ("size", "margin", "align") if k in recorded})
+        return cls.from_dict(getattr(loaded, "extra", {}).get("crop") or {})
 
 
 @dataclass(frozen=True)

@@ -521,8 +521,7 @@ def face_crop_settings(data: Dataset) -> dict | None:
     from facesearch.data.manifest import read_settings
     from facesearch.embed import CropSettings
 
-    recorded = read_settings(data.root)  # prepare's defaults fill in for outputs older than the file
-    return asdict(CropSettings(**{k: recorded[k] for k in ("size", "margin", "align") if k in recorded}))
+    return asdict(CropSettings.from_dict(read_settings(data.root)))  # defaults fill in for outputs older than the file
 
 
 def train_config(kind: str, **overrides) -> TrainConfig:
