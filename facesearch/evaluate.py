@@ -39,8 +39,9 @@ Progress = Callable[[int], None]  # called with the number of photos just finish
 
 
 def load_model(model, device: str = "auto"):
-    """A ``LoadedModel`` from a checkpoint path (or run directory), or the one given."""
-    if isinstance(model, (str, os.PathLike)):
+    """A ``LoadedModel`` from a checkpoint path (or run directory; None or "base": the shipped base model),
+    or the one given."""
+    if model is None or isinstance(model, (str, os.PathLike)):
         from facesearch.checkpoint import load_checkpoint
 
         return load_checkpoint(model, device=device)
@@ -126,21 +127,22 @@ def _prepared_sources(relpaths: list[str], out_dir: Path, raw_dir) -> tuple[dict
     """Loader of each photo's crop (a crop file, or a centre crop of the original), and the misses."""
     from facesearch.data.detect import center_crop
     from facesearch.data.images import ImageError, load_image
+    from facesearch.data.prepare import raw_source
 
     rows = {r.path: r for r in read_manifest(out_dir)}
     crop_by_hash = {r.sha256: r.crop for r in rows.values() if r.status == "ok" and r.crop}
     settings = read_settings(out_dir)
-    raw_dir = Path(raw_dir) if raw_dir else Path(settings["raw_dir"]) if settings.get("raw_dir") else None
     size = int(settings.get("size", 112))
     sources, embedded = {}, Embedded()
     for rel in relpaths:
         row = rows.get(rel)
         crop = row and (row.crop if row.status == "ok" else crop_by_hash.get(row.sha256))  # duplicates share a crop
+        original = raw_source(settings, rel, raw_dir)
         if crop and (out_dir / crop).is_file():
             sources[rel] = lambda p=out_dir / crop: load_image(p, min_side=1)
-        elif raw_dir is not None and (raw_dir / rel).is_file():
+        elif original is not None and original.is_file():
             try:
-                image = load_image(raw_dir / rel)
+                image = load_image(original)
             except ImageError:
                 embedded.missing.append(rel)
                 continue

@@ -219,10 +219,11 @@ def _ok(identity: str, sha: str) -> ManifestRow:
 
 
 def test_splits_are_stable_and_respect_min_photos_and_holdout():
-    rows = [_ok(f"p{i}", f"{i:02d}{j:062d}") for i in range(6) for j in range(10)] + [_ok("few", "f" * 64)]
+    rows = [_ok(f"p{i}", f"{i:02d}{j:062d}") for i in range(6) for j in range(10)] + [_ok("few", "f" * 64),
+                                                                                       _ok("few", "e" * 64)]
     settings = PrepareSettings(min_photos=3, holdout_identities=2, val=0.2, test=0.2, seed=1)
-    train_only, holdout = assign_splits(rows, settings)
-    assert train_only == ["few"] and len(holdout) == 2 and "few" not in holdout
+    train_only, holdout, strangers = assign_splits(rows, settings)
+    assert train_only == ["few"] and len(holdout) == 2 and "few" not in holdout and strangers == []
     splits = {r.sha256: r.split for r in rows}
     assert {r.split for r in rows if r.identity in holdout} == {"holdout"}
     assert set(splits.values()) == {"train", "val", "test", "holdout"}
@@ -232,6 +233,47 @@ def test_splits_are_stable_and_respect_min_photos_and_holdout():
     assert all(splits[r.sha256] == r.split for r in more if r.sha256 in splits)
     assign_splits(rows, PrepareSettings(**{**settings.__dict__, "seed": 2}))
     assert [r.split for r in rows] != [splits[r.sha256] for r in rows]
+
+
+def test_one_photo_identities_are_held_out_as_strangers():
+    rows = [_ok("many", f"{j:064d}") for j in range(6)] + [_ok("two", "a" * 64), _ok("two", "b" * 64),
+                                                           _ok("single", "c" * 64)]
+    train_only, holdout, strangers = assign_splits(rows, PrepareSettings(min_photos=5))
+    assert strangers == ["single"] and train_only == ["two"] and holdout == []
+    split = {r.identity: r.split for r in rows}
+    assert split["single"] == "holdout" and split["two"] == "train"
+    assign_splits(rows, PrepareSettings(min_photos=5, min_train_photos=1))  # opt out: one photo trains
+    assert {r.identity: r.split for r in rows}["single"] == "train"
+
+
+def test_several_raw_folders_merge_identities_and_keep_twin_photos_out_of_evaluation(tmp_path, sample_photos):
+    """Two folders (say uncropped and aligned copies): one person across both, paths labelled by folder, the
+    same photo under both names trains, never validates; originals are found again through dataset.json."""
+    photos = sorted(sample_photos.glob("07201/*.jpg"))[:8]
+    wild, aligned = tmp_path / "wild", tmp_path / "aligned"
+    for i, photo in enumerate(photos[:6]):
+        (wild / "07201").mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, wild / "07201" / f"{i:06d}.jpg")
+    (aligned / "07201").mkdir(parents=True)
+    with Image.open(photos[0]) as im:  # the same photo as wild/07201/000000.jpg, other bytes (re-encoded)
+        im.convert("RGB").save(aligned / "07201" / "000000.jpg", quality=70)
+    shutil.copy(photos[6], aligned / "07201" / "000100.jpg")
+    settings = PrepareSettings(min_photos=2, val=0.45, test=0.45)
+    report = prepare([wild, aligned], tmp_path / "out", settings, device="cpu", workers=1)
+    rows = {r.path: r for r in report.rows}
+    assert set(rows) == {f"wild/07201/{i:06d}.jpg" for i in range(6)} | {"aligned/07201/000000.jpg",
+                                                                         "aligned/07201/000100.jpg"}
+    assert {r.identity for r in rows.values()} == {"07201"} and all(r.status == "ok" for r in rows.values())
+    assert rows["wild/07201/000000.jpg"].split == rows["aligned/07201/000000.jpg"].split == "train"
+    assert {r.split for r in rows.values()} > {"train"}  # the others are still split as usual
+    recorded = read_settings(tmp_path / "out")
+    assert prep.raw_source(recorded, "aligned/07201/000100.jpg") == (aligned / "07201" / "000100.jpg").resolve()
+    assert prep.raw_source(recorded, "elsewhere/x.jpg") is None
+    again = prepare([wild, aligned], tmp_path / "out", settings, device="cpu", workers=1)
+    assert again.detected == 0 and again.reused == 8
+    (tmp_path / "other" / "wild").mkdir(parents=True)
+    with pytest.raises(ValueError, match="distinct names"):
+        prepare([wild, tmp_path / "other" / "wild"], tmp_path / "out2", settings)
 
 
 def test_cli_json_and_clear_failure(tmp_path, sample_photos):

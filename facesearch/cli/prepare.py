@@ -39,8 +39,10 @@ class _Bar:
 
 @app.command()
 def prepare(
-    raw_dir: Annotated[Path, typer.Argument(help="Photos, one sub-folder per identity (nested folders allowed).")],
-    out_dir: Annotated[Path, typer.Argument(help="Where crops, manifest.csv and dataset.json go; reruns resume.")],
+    folders: Annotated[list[Path], typer.Argument(
+        help="RAW_DIR... OUT_DIR: photo folders, one sub-folder per identity (nested folders allowed; several "
+             "folders merge their identities by name), then where crops, manifest.csv and dataset.json go "
+             "(reruns resume).", metavar="RAW_DIR... OUT_DIR")],
     size: Annotated[int, typer.Option(help="Crop side in pixels.")] = 112,
     margin: Annotated[float, typer.Option(help="Context around the face box, as a fraction of its side.")] = 0.2,
     align: Annotated[bool, typer.Option(help="Align by the 5 landmarks (similarity transform).")] = False,
@@ -51,6 +53,8 @@ def prepare(
     val: Annotated[float, typer.Option(help="Fraction of each identity's photos for validation.")] = 0.1,
     test: Annotated[float, typer.Option(help="Fraction of each identity's photos for test.")] = 0.1,
     min_photos: Annotated[int, typer.Option(help="Identities with fewer ok photos stay train-only.")] = 5,
+    min_train_photos: Annotated[int, typer.Option(
+        help="Identities with fewer ok photos are held out as strangers (one photo cannot teach a classifier).")] = 2,
     holdout_identities: Annotated[int, typer.Option(help="Whole identities kept out for open-set evaluation.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -60,17 +64,21 @@ def prepare(
 
     if select not in ("largest", "center"):
         _fail(f"--select must be 'largest' or 'center', not {select!r}")
-    if not raw_dir.is_dir():
-        _fail(f"{raw_dir}: not a folder")
+    if len(folders) < 2:
+        _fail("give at least one RAW_DIR and the OUT_DIR")
+    *raw_dirs, out_dir = folders
+    for raw_dir in raw_dirs:
+        if not raw_dir.is_dir():
+            _fail(f"{raw_dir}: not a folder")
     if not (0 <= val and 0 <= test and val + test < 1):
         _fail(f"--val {val} and --test {test} must be fractions that leave some photos for training")
     settings = PrepareSettings(
         size=size, margin=margin, align=align, select=select, seed=seed, val=val, test=test,
-        min_photos=min_photos, holdout_identities=holdout_identities,
+        min_photos=min_photos, min_train_photos=min_train_photos, holdout_identities=holdout_identities,
     )
     bar = _Bar(enabled=not as_json)
     try:
-        report = run_prepare(raw_dir, out_dir, settings, device=device, workers=workers,
+        report = run_prepare(raw_dirs, out_dir, settings, device=device, workers=workers,
                              progress=bar.update, on_total=bar.start)
     except OSError as e:
         _fail(f"{getattr(e, 'filename', None) or out_dir}: {e.strerror or e}")
@@ -100,6 +108,7 @@ def _summary(report, out_dir: Path) -> dict:
         "reused": report.reused,
         "train_only_identities": report.train_only,
         "holdout_identities": report.holdout,
+        "stranger_identities": report.strangers,
         "seconds": round(report.seconds, 2),
     }
 
@@ -118,6 +127,9 @@ def _table(report, out_dir: Path, splitting: bool) -> str:
                      + ", ".join(report.train_only[:10]) + (" ..." if len(report.train_only) > 10 else ""))
     if report.holdout:
         lines.append(f"held out: {', '.join(report.holdout)}")
+    if report.strangers:
+        lines.append(f"held out as strangers (fewer ok photos than --min-train-photos): {len(report.strangers)} "
+                     "identities")
     rate = f" ({report.detected / report.seconds:.1f} photos/s)" if report.detected and report.seconds else ""
     lines.append(f"this run: {report.detected} photos detected, {report.recropped} re-cropped, {report.reused} "
                  f"reused, {report.seconds:.1f} s{rate}")

@@ -3,6 +3,11 @@
     RAW_DIR/<identity>/.../*.jpg  ──scan──▶ hash ──dedupe──▶ decode ──detect (batched MTCNN)──▶ select
     ──crop──▶ OUT_DIR/<identity>/<sha256[:16]>.jpg  +  OUT_DIR/manifest.csv  +  OUT_DIR/dataset.json
 
+Several raw folders can go into one output (``prepare A B OUT``): identities are merged by folder name, each
+row's path starts with its folder's name (``A/<identity>/x.jpg``), and a photo filed under the same identity
+and file name in two folders (say an aligned and an uncropped copy of one photo) is one photo: its copies
+all train and never reach an evaluation split, where they would match their own twin.
+
 Every file gets exactly one row with a status (see ``manifest.STATUSES``) and a readable reason; no file
 stops the run. Runs are resumable and idempotent: a file whose path, size, modification time and hash
 match an earlier row is not decoded or detected again; a file changed in place is; removed files drop out.
@@ -21,7 +26,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from facesearch.data.manifest import ManifestRow, read_manifest, read_settings, write_manifest, write_settings
 
@@ -46,6 +51,7 @@ class PrepareSettings:
     val: float = 0.1  # fraction of each identity's photos for validation
     test: float = 0.1  # ... and for test
     min_photos: int = 5  # identities with fewer ok photos stay train-only
+    min_train_photos: int = 2  # identities with fewer ok photos cannot teach a classifier: held out as strangers
     holdout_identities: int = 0  # whole identities kept out (split "holdout") for open-set evaluation
     min_side: int = 32  # px; smaller photos are "too_small"
     max_pixels: int | None = None  # decompression-bomb limit; None = Pillow's
@@ -74,6 +80,7 @@ class PrepareReport:
     reused: int  # rows carried over from the previous run untouched
     train_only: list[str] = field(default_factory=list)  # identities with too few ok photos
     holdout: list[str] = field(default_factory=list)
+    strangers: list[str] = field(default_factory=list)  # held out for having under min_train_photos ok photos
     seconds: float = 0.0
 
     @property
@@ -100,7 +107,7 @@ class _Job:
 
 
 def prepare(
-    raw_dir: str | os.PathLike,
+    raw_dir: str | os.PathLike | Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     settings: PrepareSettings = PrepareSettings(),
     device: str = "auto",
@@ -111,7 +118,8 @@ def prepare(
     """Clean, crop and split a folder of labelled photos; see the module docstring.
 
     Args:
-        raw_dir: one sub-folder per identity (nested folders become "a/b" identities).
+        raw_dir: one sub-folder per identity (nested folders become "a/b" identities), or several such
+            folders (distinct names) merged into one output by identity.
         out_dir: where crops, ``manifest.csv`` and ``dataset.json`` go; an earlier run's output is reused.
         settings: crop, split and detection settings.
         device: "auto" (CUDA if present), "cpu", "cuda", ...
@@ -123,22 +131,19 @@ def prepare(
         A ``PrepareReport``; the manifest and settings are on disk.
     """
     start = time.perf_counter()
-    raw_dir, out_dir = Path(raw_dir).resolve(), Path(out_dir).resolve()
-    if not raw_dir.is_dir():
-        raise NotADirectoryError(f"{raw_dir}: not a folder")
-    if out_dir == raw_dir:
-        raise ValueError(f"{out_dir}: OUT_DIR must differ from RAW_DIR (crops would become inputs)")
+    out_dir = Path(out_dir).resolve()
+    roots = raw_roots(raw_dir, out_dir)
     all_old_rows, old_rows, old_settings = _previous_run(out_dir, settings)
-    files = scan(raw_dir, exclude=out_dir)
-    rows, jobs, reused = _plan(files, raw_dir, out_dir, old_rows, old_settings, settings)
+    files = [f for label, root in roots.items() for f in scan(root, exclude=out_dir, label=label)]
+    rows, jobs, reused = _plan(files, out_dir, old_rows, old_settings, settings)
     if on_total:
         on_total(len(jobs))
     # Before any crop is written: the manifest holds only rows valid under the new settings.
     _checkpoint(out_dir, rows, settings)
-    write_settings(out_dir, _settings_record(settings, raw_dir))
+    write_settings(out_dir, _settings_record(settings, roots))
     done = _run_jobs(jobs, out_dir, settings, device, workers, rows, progress)
     _remove_stale_crops(out_dir, all_old_rows, done)
-    train_only, holdout = _checkpoint(out_dir, done, settings)
+    train_only, holdout, strangers = _checkpoint(out_dir, done, settings)
     if len(holdout) < settings.holdout_identities:
         logger.warning("only %d identities have %d+ ok photos to hold out", len(holdout), settings.min_photos)
     return PrepareReport(
@@ -148,6 +153,7 @@ def prepare(
         reused=reused,
         train_only=train_only,
         holdout=holdout,
+        strangers=strangers,
         seconds=time.perf_counter() - start,
     )
 
@@ -167,8 +173,44 @@ def _previous_run(out_dir: Path, settings: PrepareSettings) -> tuple[list[Manife
     return old_rows, old_rows, old_settings
 
 
-def _settings_record(settings: PrepareSettings, raw_dir: Path) -> dict:
-    return {**asdict(settings), "raw_dir": str(raw_dir)}
+def raw_roots(raw_dir, out_dir: Path) -> dict[str, Path]:
+    """The raw folders by the label that prefixes their rows' paths: ``""`` for a single folder (paths
+    relative to it, as always), else each folder's name, which must then differ between folders."""
+    dirs = [raw_dir] if isinstance(raw_dir, (str, os.PathLike)) else list(raw_dir)
+    if not dirs:
+        raise ValueError("no RAW_DIR given")
+    roots = [Path(d).resolve() for d in dirs]
+    for root in roots:
+        if not root.is_dir():
+            raise NotADirectoryError(f"{root}: not a folder")
+        if root == out_dir:
+            raise ValueError(f"{out_dir}: OUT_DIR must differ from RAW_DIR (crops would become inputs)")
+    if len(roots) == 1:
+        return {"": roots[0]}
+    labels = [r.name for r in roots]
+    clash = sorted({n for n in labels if labels.count(n) > 1})
+    if clash:
+        raise ValueError(f"raw folders must have distinct names (their rows are told apart by it): {', '.join(clash)}")
+    return dict(zip(labels, roots))
+
+
+def _settings_record(settings: PrepareSettings, roots: dict[str, Path]) -> dict:
+    record = {**asdict(settings), "raw_dirs": {label: str(root) for label, root in roots.items()}}
+    if "" in roots:
+        record["raw_dir"] = str(roots[""])
+    return record
+
+
+def raw_source(settings: dict, path: str, raw_dir: str | os.PathLike | None = None) -> Path | None:
+    """The original photo of a manifest row's ``path``, from the folders ``dataset.json`` records
+    (``raw_dir`` overrides a single folder's location); None when unknown."""
+    roots = dict(settings.get("raw_dirs") or ({"": settings["raw_dir"]} if settings.get("raw_dir") else {}))
+    if raw_dir is not None:
+        roots[""] = raw_dir
+    if "" in roots and len(roots) == 1:
+        return Path(roots[""]) / path
+    label, _, rel = path.partition("/")
+    return Path(roots[label]) / rel if label in roots and label else None
 
 
 # --- scan and hash -------------------------------------------------------------------------------------
@@ -176,14 +218,16 @@ def _settings_record(settings: PrepareSettings, raw_dir: Path) -> dict:
 
 @dataclass(frozen=True)
 class _File:
-    path: str  # relative to RAW_DIR, POSIX
+    path: str  # relative to RAW_DIR, POSIX; prefixed with the folder's label when several are merged
     identity: str
     size: int
     mtime_ns: int
+    source: str = ""  # absolute path
 
 
-def scan(raw_dir: Path, exclude: Path | None = None) -> list[_File]:
-    """Every non-hidden file under ``raw_dir`` (sorted), skipping ``exclude`` (an OUT_DIR inside it)."""
+def scan(raw_dir: Path, exclude: Path | None = None, label: str = "") -> list[_File]:
+    """Every non-hidden file under ``raw_dir`` (sorted), skipping ``exclude`` (an OUT_DIR inside it); paths
+    are prefixed with ``label/`` when it is given."""
     files = []
     for folder, dirs, names in os.walk(raw_dir):
         folder = Path(folder)
@@ -199,10 +243,11 @@ def scan(raw_dir: Path, exclude: Path | None = None) -> list[_File]:
             rel = full.relative_to(raw_dir)
             files.append(
                 _File(
-                    path=rel.as_posix(),
+                    path=f"{label}/{rel.as_posix()}" if label else rel.as_posix(),
                     identity=rel.parent.as_posix() if rel.parent != Path(".") else "",
                     size=stat.st_size if stat else -1,
                     mtime_ns=stat.st_mtime_ns if stat else -1,
+                    source=str(full),
                 )
             )
     return files
@@ -216,7 +261,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _hash_files(files: list[_File], raw_dir: Path, old_by_path: dict[str, ManifestRow]) -> list[ManifestRow]:
+def _hash_files(files: list[_File], old_by_path: dict[str, ManifestRow]) -> list[ManifestRow]:
     """A row skeleton per file with its hash (reused while size and mtime are unchanged)."""
     rows = []
     for f in files:
@@ -226,7 +271,7 @@ def _hash_files(files: list[_File], raw_dir: Path, old_by_path: dict[str, Manife
             row.sha256 = old.sha256
         else:
             try:
-                row.sha256 = file_sha256(raw_dir / f.path)
+                row.sha256 = file_sha256(Path(f.source))
             except OSError as e:
                 row.status, row.reason = "unreadable", f"cannot read the file: {e.strerror or e}"
         rows.append(row)
@@ -236,9 +281,10 @@ def _hash_files(files: list[_File], raw_dir: Path, old_by_path: dict[str, Manife
 # --- plan: dedupe, reuse, jobs -------------------------------------------------------------------------
 
 
-def _plan(files, raw_dir, out_dir, old_rows, old_settings, settings):
+def _plan(files, out_dir, old_rows, old_settings, settings):
     """Rows settled without decoding (duplicates, conflicts, reused) and jobs for the rest."""
-    rows = _hash_files(files, raw_dir, {r.path: r for r in old_rows})
+    rows = _hash_files(files, {r.path: r for r in old_rows})
+    source = {f.path: f.source for f in files}
     _mark_duplicates(rows)
     old_by_content = {(r.identity, r.sha256): r for r in old_rows if r.status in _PROCESSED and r.sha256}
     same_crops = {k: old_settings.get(k) for k in settings.crop_key()} == settings.crop_key()
@@ -254,9 +300,9 @@ def _plan(files, raw_dir, out_dir, old_rows, old_settings, settings):
             reused += 1
         elif old is not None and old.box is not None and old.landmarks is not None:
             face = (old.box, old.landmarks, old.prob, old.n_faces)
-            jobs.append(_Job(row, str(raw_dir / row.path), crop, face))
+            jobs.append(_Job(row, source[row.path], crop, face))
         else:
-            jobs.append(_Job(row, str(raw_dir / row.path), crop))
+            jobs.append(_Job(row, source[row.path], crop))
     return settled, jobs, reused
 
 
@@ -330,7 +376,7 @@ def _run_jobs(jobs, out_dir, settings, device, workers, settled, progress) -> li
     return done
 
 
-def _checkpoint(out_dir: Path, rows: list[ManifestRow], settings: PrepareSettings) -> tuple[list[str], list[str]]:
+def _checkpoint(out_dir: Path, rows: list[ManifestRow], settings: PrepareSettings) -> tuple[list[str], ...]:
     """Split and write the rows so far (atomically): a crash loses at most the photos since the last one."""
     split_info = assign_splits(rows, settings)
     write_manifest(out_dir, rows)
@@ -481,28 +527,41 @@ def _unit_hash(*parts) -> float:
     return int(digest[:13], 16) / 16**13
 
 
-def assign_splits(rows: list[ManifestRow], settings: PrepareSettings) -> tuple[list[str], list[str]]:
+def assign_splits(rows: list[ManifestRow], settings: PrepareSettings) -> tuple[list[str], list[str], list[str]]:
     """Set ``split`` on every ok row, in place.
 
     A photo's split is a hash of (seed, content hash), so adding photos never moves the others. Identities
-    with fewer than ``min_photos`` ok photos are train-only; ``holdout_identities`` whole identities
-    (chosen by a hash of seed and name among those with enough photos) get split "holdout".
+    with fewer than ``min_train_photos`` ok photos are strangers (split "holdout": one photo cannot teach a
+    classifier, and open-set evaluation probes with them); those with fewer than ``min_photos`` are
+    train-only; ``holdout_identities`` whole identities (chosen by a hash of seed and name among those with
+    enough photos) get split "holdout". Copies of one photo in several raw folders (same identity and file
+    name) always train.
 
     Returns:
-        (train-only identities, holdout identities), each sorted.
+        (train-only identities, holdout identities, stranger identities), each sorted.
     """
     by_identity: dict[str, list[ManifestRow]] = defaultdict(list)
     for row in rows:
         row.split = None
         if row.status == "ok":
             by_identity[row.identity].append(row)
-    small = sorted(i for i, rs in by_identity.items() if len(rs) < settings.min_photos)
-    eligible = sorted((i for i in by_identity if i not in small), key=lambda i: _unit_hash(settings.seed, "holdout", i))
+    strangers = sorted(i for i, rs in by_identity.items() if len(rs) < settings.min_train_photos)
+    small = sorted(i for i, rs in by_identity.items() if len(rs) < settings.min_photos and i not in strangers)
+    eligible = sorted((i for i in by_identity if len(by_identity[i]) >= settings.min_photos),
+                      key=lambda i: _unit_hash(settings.seed, "holdout", i))
     holdout = sorted(eligible[: settings.holdout_identities])
+    held = set(holdout) | set(strangers)
     for identity, members in by_identity.items():
+        twins = Counter(_photo_name(r) for r in members)
         for row in members:
-            row.split = "holdout" if identity in holdout else _split_of(row, identity in small, settings)
-    return small, holdout
+            train_only = identity in small or twins[_photo_name(row)] > 1
+            row.split = "holdout" if identity in held else _split_of(row, train_only, settings)
+    return small, holdout, strangers
+
+
+def _photo_name(row: ManifestRow) -> str:
+    """A photo's file name without its folder and extension: copies in two raw folders share it."""
+    return Path(row.path).stem
 
 
 def _split_of(row: ManifestRow, train_only: bool, settings: PrepareSettings) -> str:
