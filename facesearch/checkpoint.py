@@ -7,7 +7,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
     model_config    VGGConfig as a dict
     class_names     list[str], index = class id
     preprocess      {"input_size", "mean", "std"}
-    model           state dict (fp32, unwrapped from DDP / torch.compile)
+    model           state dict (fp32, unwrapped from DDP / torch.compile; fp16 in the shipped base model)
     crop            {"size", "margin", "align"}: how prepare cut the training faces (faces only; Embedder
                     cuts gallery and query faces the same way)
     training state  optimizer, scheduler, rng, sampler, epoch, step, elapsed, metrics, history, train_config,
@@ -113,9 +113,63 @@ def save_checkpoint(
     return path
 
 
+BASE = "base"  # what ``--checkpoint`` / ``--init`` call the model shipped inside the package
+
+
+def base_model_path() -> Path:
+    """The base model that ships with facesearch (``facesearch/models/base/model.pt``; see its MODEL_CARD.md)."""
+    path = Path(__file__).resolve().parent / "models" / "base" / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the base model is missing from this installation; reinstall facesearch "
+                                "or give --checkpoint")
+    return path
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike | None, recorded: str | None = None) -> Path:
+    """A checkpoint argument as a path. ``None``: the model a gallery ``recorded`` it was built with
+    (``Gallery.model_source``), else the shipped base model; ``"base"`` is always the shipped base model."""
+    if checkpoint is None and recorded:
+        checkpoint = recorded
+    if checkpoint is None or str(checkpoint) == BASE:
+        return base_model_path()
+    return Path(checkpoint)
+
+
+def model_source(path: str | os.PathLike) -> str:
+    """How a gallery records the model it was built with: ``"base"`` for the shipped one (wherever the
+    package is installed), else the checkpoint's absolute path."""
+    path = Path(path).resolve()
+    try:
+        if path == base_model_path():
+            return BASE
+    except FileNotFoundError:
+        pass
+    return str(path)
+
+
+INFERENCE_KEYS = ("format", "model_config", "class_names", "preprocess", "model", "crop", "epoch", "step",
+                  "elapsed", "metrics", "best_val_acc", "train_config", "augment", "dataset", "init")
+
+
+def export_checkpoint(source: str | os.PathLike, target: str | os.PathLike, half: bool = True) -> Path:
+    """A compact copy of a checkpoint for inference and ``--init``: no optimizer, RNG or history; floating
+    point weights in half precision when ``half`` (``load_checkpoint`` computes in float32 either way)."""
+    payload = read_checkpoint(source)
+    out = {k: payload[k] for k in INFERENCE_KEYS if payload.get(k) is not None}
+    if half:
+        out["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    torch.save(out, tmp)
+    os.replace(tmp, target)
+    return target
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """The raw checkpoint dict (CPU tensors), loaded safely; a clear error for a missing or foreign file."""
-    path = Path(path)
+    """The raw checkpoint dict (CPU tensors), loaded safely; a clear error for a missing or foreign file.
+    ``"base"`` reads the shipped base model."""
+    path = resolve_checkpoint(path)
     if path.is_dir():  # a run directory: its best checkpoint, else its last one
         path = next((p for p in (path / "best.pt", path / "last.pt") if p.is_file()), path / "best.pt")
     if not path.is_file():
@@ -134,10 +188,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     """
     from facesearch.models.vgg import VGG16, VGGConfig
 
+    path = resolve_checkpoint(path)
     payload = read_checkpoint(path)
     config = VGGConfig(**payload["model_config"])
     model = VGG16(config)
-    state = dict(payload["model"])
+    state = dict(payload["model"])  # load_state_dict casts half-precision weights (the base model) to float32
     state.setdefault("embedding_mean", torch.zeros_like(model.embedding_mean))  # checkpoints from before centring
     model.load_state_dict(state)
     model.to(resolve_device(device)).eval()

@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from facesearch.checkpoint import Preprocess, read_checkpoint, resolve_device, save_checkpoint, unwrap
+from facesearch.checkpoint import (Preprocess, fingerprint, read_checkpoint, resolve_checkpoint, resolve_device,
+                                   save_checkpoint, unwrap)
 from facesearch.data.augment import AugmentConfig, augment, normalize
 from facesearch.data.datasets import Dataset, ImageSet, load_dataset
 from facesearch.models.vgg import VGG16, VGGConfig
@@ -182,7 +183,8 @@ class Trainer:
 
     def __init__(self, data: Dataset, run_dir: Path, cfg: TrainConfig, model_config: VGGConfig,
                  aug: AugmentConfig, ddp: Distributed, device: torch.device,
-                 on_progress: Callable[[dict], None] | None = None, state: dict | None = None):
+                 on_progress: Callable[[dict], None] | None = None, state: dict | None = None,
+                 init: dict | None = None):
         self.data, self.run_dir, self.cfg, self.aug = data, run_dir, cfg, aug
         self.ddp, self.device, self.on_progress = ddp, device, on_progress
         self.cuda = device.type == "cuda"
@@ -193,6 +195,9 @@ class Trainer:
         self._crop = face_crop_settings(data)
         torch.manual_seed(cfg.seed)  # same initial weights in every process
         net = VGG16(model_config)
+        self.init = None  # {"source", "fingerprint"} of the checkpoint the run started from (--init)
+        if init is not None:
+            self.init = init_weights(net, init)
         if ddp.world > 1 and self.cuda:
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # keys unchanged: checkpoints load into VGG16
         # channels_last on CPU too: oneDNN's NHWC convolutions train VGG16 ~1.5x faster there (measured, 32 px)
@@ -409,7 +414,7 @@ class Trainer:
                 "best_val_acc": self.best, "train_config": asdict(self.cfg), "augment": asdict(self.aug),
                 "dataset": {"kind": self.data.kind, "root": self.data.root, "n_train": len(self.data.train),
                             "n_val": len(self.data.val) if self.data.val else 0},
-                "crop": self._crop}
+                "crop": self._crop, "init": self.init}
 
     def _save_best(self) -> None:
         if self._best_weights is not None:
@@ -447,6 +452,7 @@ class Trainer:
         self._budget_elapsed = state["scheduler"].get("budget_elapsed", state["elapsed"])
         self._time_origin = state["scheduler"].get("time_origin")
         self.history, self.best = list(state["history"]), state["best_val_acc"]
+        self.init = state.get("init")
         rng = state["rng"]
         if len(rng) != self.ddp.world:
             log.warning("resuming on %d processes, saved on %d: augmentation draws differ", self.ddp.world, len(rng))
@@ -541,7 +547,7 @@ def model_options(kind: str, **overrides) -> dict:
 def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
           model: dict | None = None, aug: AugmentConfig | None = None, input_size: int | None = None,
           cache_dir: str | os.PathLike | None = None, resume: bool = False,
-          on_progress: Callable[[dict], None] | None = None) -> TrainResult:
+          on_progress: Callable[[dict], None] | None = None, init: str | os.PathLike | None = None) -> TrainResult:
     """Train a VGG16 on faces (a ``prepare`` output) or CIFAR-10; the same code path for both.
 
     Args:
@@ -557,12 +563,20 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
             checkpoint, only runtime settings (device, compile, workers, max_steps, ...) from ``cfg``; the time
             budget counts earlier runs too and is the saved one unless ``cfg`` gives another.
         on_progress: called on rank 0 every ``log_every`` steps with step/total_steps/loss/lr/images_per_s.
+        init: fine-tune: a checkpoint (or "base", the model shipped with facesearch) whose architecture, input
+            size, normalisation and weights the run starts from; only the classifier head is new, sized for
+            this data's identities. ``model`` and ``input_size`` must then be left out.
     """
     from facesearch.data.datasets import default_input_size
 
     cfg = cfg or train_config(kind)
     run_dir = Path(run_dir)
     state = read_checkpoint(run_dir / "last.pt") if resume else None
+    start = None
+    if init is not None and state is None:  # on --resume the run's own last.pt already holds the weights
+        path = resolve_checkpoint(init)
+        start = {**read_checkpoint(path), "source": "base" if str(init) == "base" else str(path)}
+        model, input_size = _model_fields(start["model_config"]), start["model_config"]["input_size"]
     if state is not None:
         saved = TrainConfig(**state["train_config"])
         runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS}
@@ -574,6 +588,9 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     run_dir.mkdir(parents=True, exist_ok=True)
     input_size = input_size or default_input_size(kind, data_dir)
     data = load_dataset(kind, data_dir, input_size, cache_dir or run_dir / "cache", cfg.workers)
+    if start is not None:  # the features were learnt on inputs normalised the starting model's way
+        pre = Preprocess.from_dict(start["preprocess"])
+        data = replace(data, mean=pre.mean, std=pre.std)
     if state is not None and list(data.class_names) != list(state["class_names"]):
         raise ValueError(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
     model_config = VGGConfig(num_classes=len(data.class_names), input_size=input_size,
@@ -581,7 +598,22 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     aug = aug or (AugmentConfig.faces() if kind == "faces" else AugmentConfig.cifar())
     log.info("training %s on %s: %d classes, %d train images, device %s, %d process(es)", kind, data_dir,
              len(data.class_names), len(data.train), device, ddp.world)
-    return Trainer(data, run_dir, cfg, model_config, aug, ddp, device, on_progress, state).run()
+    return Trainer(data, run_dir, cfg, model_config, aug, ddp, device, on_progress, state, start).run()
+
+
+def init_weights(net: VGG16, init: dict) -> dict:
+    """Start ``net`` from a checkpoint's weights (``--init``): every conv, BatchNorm and fully connected layer
+    is copied; the classifier head keeps its fresh initialisation, sized for the new identities.
+
+    Returns:
+        {"source", "fingerprint"} of the checkpoint, for the run's own checkpoints to record.
+    """
+    weights = {k: v for k, v in init["model"].items() if not k.startswith("head.") and k != "embedding_mean"}
+    missing, unexpected = net.load_state_dict(weights, strict=False)
+    fresh = [k for k in missing if not k.startswith("head.") and k != "embedding_mean"]
+    if fresh or unexpected:
+        raise ValueError(f"{init['source']}: its layers do not fit this model (missing {fresh}, extra {unexpected})")
+    return {"source": init["source"], "fingerprint": fingerprint(init["model"])}
 
 
 def _model_fields(config: dict) -> dict:

@@ -197,3 +197,45 @@ def test_best_checkpoint_centres_the_embedding_on_the_training_set(trained, face
     scale = emb.abs().mean()
     assert emb.mean(0).abs().max() < 1e-3 * max(1.0, float(scale)) + 1e-4
     assert read_checkpoint(run / "last.pt")["model"]["embedding_mean"].abs().sum() == 0  # training state untouched
+
+
+def test_init_starts_from_a_checkpoint_with_a_head_for_the_new_identities(trained, tmp_path):
+    """--init: every conv/BN/fc layer starts as the given model's, the head is new and sized for the new people,
+    the normalisation is the starting model's, and fine-tuning lowers the loss."""
+    from facesearch.models.vgg import VGG16, VGGConfig
+    from facesearch.train import init_weights
+
+    run, _, _ = trained
+    base = read_checkpoint(run / "best.pt")
+    two = make_prepared_faces(tmp_path / "two", n_ids=2, per_id=6)
+    net = VGG16(VGGConfig(**{**base["model_config"], "num_classes": 2}))
+    record = init_weights(net, {**base, "source": str(run / "best.pt")})
+    state = net.state_dict()
+    for name, tensor in base["model"].items():
+        if name.startswith("head.") or name == "embedding_mean":
+            continue
+        assert torch.equal(state[name], tensor), name
+    assert state["head.weight"].shape == (2, base["model_config"]["fc_width"])
+    assert not state["embedding_mean"].any()  # the live model keeps zero; best.pt stores the new mean
+    assert record["fingerprint"] == load_checkpoint(run / "best.pt").fingerprint
+
+    cfg = TrainConfig(epochs=4, batch_size=10, lr=0.02, warmup_epochs=0)
+    tuned = train("faces", two, tmp_path / "tuned", cfg, aug=AugmentConfig.none(), init=run / "best.pt")
+    losses = [h["train_loss"] for h in tuned.history]
+    assert losses[-1] < losses[0]
+    out = read_checkpoint(tmp_path / "tuned" / "last.pt")
+    assert out["init"] == record and len(out["class_names"]) == 2
+    assert out["model_config"] == {**base["model_config"], "num_classes": 2}
+    assert out["preprocess"] == base["preprocess"]
+
+
+def test_cli_init_refuses_architecture_options(trained, faces, tmp_path):
+    from facesearch.cli import app
+
+    run, _, _ = trained
+    result = CliRunner().invoke(app, ["train", str(faces), "--out", str(tmp_path / "r"), "--init",
+                                      str(run / "best.pt"), "--fc-width", "32"])
+    assert result.exit_code == 1 and "--fc-width" in result.stderr and "--init" in result.stderr
+    missing = CliRunner().invoke(app, ["train", str(faces), "--out", str(tmp_path / "r"), "--init",
+                                       str(tmp_path / "nope.pt")])
+    assert missing.exit_code == 1 and "nope.pt" in missing.stderr

@@ -65,12 +65,18 @@ class _Progress:
 
 
 def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], train_options: dict,
-         model_options: dict, input_size: Optional[int], cache_dir: Optional[Path], as_json: bool) -> None:
+         model_options: dict, input_size: Optional[int], cache_dir: Optional[Path], as_json: bool,
+         init: Optional[str] = None) -> None:
     from facesearch import train as training
 
     run_dir = out or resume
     if run_dir is None:
         raise _fail("give --out RUN_DIR (or --resume RUN_DIR)")
+    if init is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in {**model_options, "input_size": input_size}.items()
+                 if v is not None]
+        if given:
+            raise _fail(f"{', '.join(given)}: the architecture comes from --init {init}; leave them out")
     if resume is not None and not (resume / "last.pt").is_file():
         raise _fail(f"{resume / 'last.pt'}: no checkpoint to resume")
     progress = _Progress()
@@ -78,7 +84,7 @@ def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], tra
         cfg = training.train_config(kind, **train_options)
         model = training.model_options(kind, **model_options)
         result = training.train(kind, data, run_dir, cfg, model, input_size=input_size, cache_dir=cache_dir,
-                                resume=resume is not None, on_progress=progress)
+                                resume=resume is not None, on_progress=progress, init=init)
     except (FileNotFoundError, ValueError) as e:
         raise _fail(str(e))
     finally:
@@ -106,13 +112,19 @@ def train_faces(
     embedding: Embedding = None, dropout: Dropout = None, time_budget: Budget = None, max_steps: MaxSteps = None,
     checkpoint_every: Every = 600.0, device: Device = "auto", compile: Compile = False, workers: Workers = 4,
     cache_dir: Cache = None, seed: Seed = 0, as_json: JsonFlag = False,
+    init: Annotated[Optional[str], typer.Option(
+        help='Fine-tune: start from "base" (the model shipped with facesearch) or a checkpoint; its architecture '
+             "and weights are kept, the classifier head is sized for these identities.")] = None,
 ) -> None:
-    """Train the VGG16 identity classifier on face crops (no label smoothing: it hurts the embedding)."""
+    """Train the VGG16 identity classifier on face crops (no label smoothing: it hurts the embedding).
+
+    With few people or no GPU, fine-tune the shipped base model: `facesearch train DATA --out RUN --init base`.
+    """
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                          warmup_epochs=warmup_epochs, time_budget=time_budget, max_steps=max_steps,
                          checkpoint_every=checkpoint_every, device=device, compile=compile, workers=workers, seed=seed)
     model_options = dict(fc_width=fc_width, conv_width=conv_width, head=head, embedding=embedding, dropout=dropout)
-    _run("faces", data_dir, out, resume, train_options, model_options, input_size, cache_dir, as_json)
+    _run("faces", data_dir, out, resume, train_options, model_options, input_size, cache_dir, as_json, init)
 
 
 @cifar10_app.command("train")
