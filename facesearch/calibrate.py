@@ -125,7 +125,7 @@ def probe_outcomes(gallery, vectors: np.ndarray, identities: list[str]) -> tuple
 def calibrate_gallery(
     gallery_dir: str | os.PathLike,
     data_dir: str | os.PathLike,
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
     *,
     target_fpir: float | None = DEFAULT_FPIR,
     device: str = "auto",
@@ -142,20 +142,21 @@ def calibrate_gallery(
     Args:
         gallery_dir: the gallery folder.
         data_dir: the calibration photos (or a ``prepare`` output of them).
-        checkpoint: the gallery's model (its fingerprint is checked against the gallery's).
+        checkpoint: the gallery's model (its fingerprint is checked against the gallery's); default: the one
+            the gallery records, else the shipped base model.
         target_fpir: share of strangers that may be given a name, e.g. 0.01; None: the balanced threshold.
         select: which face of each photo to use ("largest" or "center").
     Raises:
         ValueError: too few photos of people not enrolled to measure ``target_fpir``.
         facesearch.gallery.GalleryError: no such gallery, or another model's gallery.
     """
-    from facesearch.checkpoint import resolve_device
+    from facesearch.checkpoint import resolve_checkpoint, resolve_device
     from facesearch.evaluate import make_embedder, embed_images, list_photos, load_model
     from facesearch.gallery import Gallery
 
     device = str(resolve_device(device))
     with Gallery(gallery_dir, db_url, create=False) as gallery:
-        loaded = load_model(checkpoint, device)
+        loaded = load_model(resolve_checkpoint(checkpoint, gallery.model_source), device)
         gallery.check_model(loaded.fingerprint)
         photos = {key: identity for identity, keys in list_photos(data_dir).items() for key in keys}
         fresh = [k for k in photos if not _already_enrolled(gallery, Path(data_dir) / k)]

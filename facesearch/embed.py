@@ -84,6 +84,13 @@ class Embedder:
         return self.loaded.fingerprint
 
     @property
+    def model_source(self) -> str | None:
+        """Where the model came from, as a gallery records it ("base" or an absolute path; None: in memory)."""
+        from facesearch.checkpoint import model_source
+
+        return model_source(self.loaded.path) if self.loaded.path is not None else None
+
+    @property
     def dim(self) -> int:
         return self.loaded.config.fc_width
 

@@ -159,15 +159,23 @@ def explain_identification(
 
     Args:
         photo: the query photo (uncropped; the largest face is used).
-        gallery: gallery folder, searched with ``checkpoint``'s model (a LoadedModel is accepted too).
+        gallery: gallery folder, searched with ``checkpoint``'s model (a LoadedModel is accepted too; None: the
+            model the gallery was built with, else the shipped base model).
         out_dir: where the PNGs, ``report.html`` and ``explanation.json`` go (created).
         against: explain the match with this identity instead of the top match.
     Returns:
         The per-layer figures and the files written.
     """
+    from facesearch.checkpoint import resolve_checkpoint
     from facesearch.gallery import Gallery, GalleryError
 
     clock = _Clock()
+    if checkpoint is None:  # the model the gallery was built with
+        try:
+            with Gallery(gallery, db_url, create=False) as g:
+                checkpoint = resolve_checkpoint(None, g.model_source)
+        except GalleryError as error:
+            raise ExplainError(str(error)) from error
     loaded = _load(checkpoint, device)
     view = _view(loaded, "embedding")
     clock.lap("load model")

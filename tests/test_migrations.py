@@ -55,7 +55,7 @@ def test_migrations_are_found_without_alembic_ini():
 
     folder = db.migrations_dir()
     assert (folder / "env.py").is_file() and (folder / "script.py.mako").is_file()
-    assert db.head_revision() == "0001"
+    assert db.head_revision() == "0002"
 
 
 def test_sqlite_gallery_upgrades_itself_but_postgresql_waits_for_db_upgrade(tmp_path):
@@ -66,3 +66,21 @@ def test_sqlite_gallery_upgrades_itself_but_postgresql_waits_for_db_upgrade(tmp_
     (tmp_path / "elsewhere").mkdir()
     with pytest.raises(GalleryError, match="db upgrade"):  # what a PostgreSQL URL gets by default
         Gallery(tmp_path / "g2", db.default_url(tmp_path / "elsewhere"), migrate=False)
+
+
+def test_0002_adds_the_model_source_and_keeps_an_existing_gallery(engine):
+    """A gallery made at 0001 (before galleries recorded their model) upgrades with its rows intact; its
+    model source stays unknown (None) until the next enrollment records one."""
+    from facesearch.gallery import db
+
+    db.upgrade(engine, "0001")
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO gallery_state (id, uid, epoch, model_fingerprint, created_at, updated_at) "
+                             "VALUES (1, 'u', 3, 'abc', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+    db.upgrade(engine)
+    assert db.current_revision(engine) == "0002"
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT epoch, model_fingerprint, model_source FROM gallery_state")).one()
+    assert tuple(row) == (3, "abc", None)
+    db.downgrade(engine, "0001")
+    assert "model_source" not in {c["name"] for c in sa.inspect(engine).get_columns("gallery_state")}

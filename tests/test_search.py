@@ -50,7 +50,7 @@ def env(request, tmp_path):
 def test_enroll_who_identities_and_maintenance_cycle(env, checkpoint, people, tmp_path):
     if env["FACESEARCH_DB"]:
         run("db", "upgrade", env=env)  # PostgreSQL is upgraded explicitly
-        assert "latest 0001" in run("db", "current", env=env).output
+        assert "latest 0002" in run("db", "current", env=env).output
     out = run("enroll", people, "-c", checkpoint, "--device", "cpu", "--json", env=env).output
     assert json.loads(out)["counts"] == {"enrolled": 6}
     again = json.loads(run("enroll", people, "-c", checkpoint, "--device", "cpu", "--json", env=env).output)

@@ -14,7 +14,9 @@ from facesearch.cli._app import app, evaluate_app
 
 DEFAULT_RESULTS = Path("results/evaluations.jsonl")
 
-Checkpoint = Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint file or training run folder.")]
+Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", envvar="FACESEARCH_CHECKPOINT",
+                                               help='Checkpoint file or training run folder; "base" is the model shipped with facesearch. '
+                                               "(default: the gallery's model, else base)")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")]
 OutDir = Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG plots.")]
 Results = Annotated[Path, typer.Option("--results", help="JSONL file each evaluation is appended to.")]
@@ -76,12 +78,12 @@ def _pairs_lines(s: dict) -> list[str]:
 @evaluate_app.command("pairs")
 def pairs(
     paths: Annotated[list[Path], typer.Argument(help=PAIRS_HELP)],
-    checkpoint: Checkpoint,
     raw_dir: Annotated[
         Optional[Path], typer.Option(help="For a prepare output: the raw photos, to centre-crop those without a crop.")
     ] = None,
     out: OutDir = None,
     results: Results = DEFAULT_RESULTS,
+    checkpoint: Checkpoint = None,
     device: Device = "auto",
     baseline: Baseline = True,
     bootstrap: Boot = 1000,
@@ -131,7 +133,6 @@ def _open_set_lines(s: dict) -> list[str]:
 @evaluate_app.command("open-set")
 def open_set(
     data_dir: Annotated[Path, typer.Argument(help="<identity>/*.jpg photos, or a prepare output.")],
-    checkpoint: Checkpoint,
     enroll: Annotated[int, typer.Option(help="Photos enrolled per person; people with no more are distractors.")] = 1,
     split: Annotated[
         Optional[list[str]],
@@ -147,6 +148,7 @@ def open_set(
     ] = None,
     out: OutDir = None,
     results: Results = DEFAULT_RESULTS,
+    checkpoint: Checkpoint = None,
     device: Device = "auto",
     baseline: Baseline = True,
     bootstrap: Boot = 1000,
@@ -212,7 +214,6 @@ def calibrate(
         Path, typer.Argument(help="<identity>/*.jpg photos of enrolled people and of people not enrolled.")
     ],
     gallery: Annotated[Path, typer.Option("--gallery", "-g", help="Gallery folder.")],
-    checkpoint: Checkpoint,
     fpir: Annotated[
         Optional[float],
         typer.Option(help="Target share of strangers given a name (false-positive identification rate); default 0.01."),
@@ -225,6 +226,7 @@ def calibrate(
     db: Annotated[
         Optional[str], typer.Option("--db", envvar="FACESEARCH_DB", help="Database URL (default: the gallery SQLite).")
     ] = None,
+    checkpoint: Checkpoint = None,
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:

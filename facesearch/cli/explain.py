@@ -10,9 +10,11 @@ import typer
 
 from facesearch.cli._app import app, cifar10_app
 
-Checkpoint = Annotated[Path, typer.Option("--checkpoint", "-c", envvar="FACESEARCH_CHECKPOINT",
-                                          help="Checkpoint file or training run folder.")]
+Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", envvar="FACESEARCH_CHECKPOINT",
+                                               help='Checkpoint file or training run folder; "base" is the model shipped with facesearch. '
+                                               "(default: the gallery's model, else base)")]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs, report.html and explanation.json.")]
+Required = Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint file or training run folder.")]
 Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" or "cpu".')]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the per-layer figures as JSON.")]
 Fraction = Annotated[float, typer.Option(help="Share of one layer's channels switched off in the ablation.")]
@@ -70,7 +72,6 @@ def _print(explanation, as_json: bool) -> None:
 @app.command()
 def explain(
     photo: Annotated[Path, typer.Argument(help="Photo of the person to explain (its largest face is used).")],
-    checkpoint: Checkpoint,
     out: OutDir,
     gallery: Annotated[Path, typer.Option("--gallery", "-g", envvar="FACESEARCH_GALLERY", help="Gallery folder.")] = Path("gallery"),
     against: Annotated[Optional[str], typer.Option(help="Explain the match with this identity instead of the top one.")] = None,
@@ -80,6 +81,7 @@ def explain(
     maps: Maps = 10,
     rule: Rule = "strongest",
     seed: Seed = 0,
+    checkpoint: Checkpoint = None,
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:
@@ -95,7 +97,7 @@ def explain(
 @cifar10_app.command("explain")
 def cifar10_explain(
     image: Annotated[Path, typer.Argument(help="The image to explain (any size; resized as in training).")],
-    checkpoint: Checkpoint,
+    checkpoint: Required,
     out: OutDir,
     references: Annotated[Optional[Path], typer.Option(help="Folder of <class>/ images (e.g. the CIFAR-10 test split) for the per-layer similarity.")] = None,
     fraction: Fraction = 0.10,

@@ -18,8 +18,10 @@ GalleryDir = Annotated[Path, typer.Option("--gallery", "-g", envvar="FACESEARCH_
 DbUrl = Annotated[Optional[str], typer.Option("--db", envvar="FACESEARCH_DB",
                                               help="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db "
                                                    "(default: SQLite gallery.db in the gallery folder).")]
-Checkpoint = Annotated[Path, typer.Option("--checkpoint", "-c", envvar="FACESEARCH_CHECKPOINT",
-                                          help="Checkpoint file or training run folder.")]
+Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", envvar="FACESEARCH_CHECKPOINT",
+                                               help='Checkpoint file or training run folder; "base" is the model shipped with facesearch. '
+                                               "(default: the gallery's model, else base)")]
+Required = Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint file or training run folder (\"base\": the shipped base model).")]
 Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" or "cpu".')]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Average each face with its mirror image.")]
@@ -69,10 +71,17 @@ def _passive_omp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _embedder(checkpoint: Path, device: str, flip: bool = True):
+def _embedder(checkpoint: Path | None, device: str, flip: bool = True, gallery=None):
     from facesearch.embed import Embedder
 
-    return Embedder(checkpoint, device=device, flip=flip)
+    return Embedder(_model(checkpoint, gallery), device=device, flip=flip)
+
+
+def _model(checkpoint: Path | None, gallery=None) -> Path:
+    """The checkpoint given, else the one the gallery was built with, else the shipped base model."""
+    from facesearch.checkpoint import resolve_checkpoint
+
+    return resolve_checkpoint(checkpoint, gallery.model_source if gallery is not None else None)
 
 
 def _echo(data, as_json: bool, text: str) -> None:
@@ -85,10 +94,10 @@ def _echo(data, as_json: bool, text: str) -> None:
 @app.command()
 def embed(
     photos: Annotated[list[Path], typer.Argument(help="Photo files.")],
-    checkpoint: Checkpoint,
     out: Annotated[Path, typer.Option("--out", "-o", help="Embeddings (n, d) float32 .npy; rows described in the .json beside it.")],
     select: Annotated[str, typer.Option(help='Faces per photo: "largest", "center" or "all".')] = "largest",
     flip: Flip = True,
+    checkpoint: Checkpoint = None,
     device: Device = "auto",
 ) -> None:
     """Embed the faces of photos (L2-normalised fc7), detected and cropped as `prepare` does."""
@@ -108,11 +117,11 @@ def embed(
 @app.command()
 def enroll(
     paths: Annotated[list[Path], typer.Argument(help="Photos of one person (with --name), or folders with one sub-folder per person.")],
-    checkpoint: Checkpoint,
     gallery: GalleryDir = Path("gallery"),
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="Who the photos show (stored verbatim).")] = None,
     largest: Annotated[bool, typer.Option("--largest", help="Enroll the largest face of group photos instead of refusing them.")] = False,
     db: DbUrl = None,
+    checkpoint: Checkpoint = None,
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:
@@ -132,7 +141,7 @@ def enroll(
     if not items:
         raise _fail("no photos to enroll")
     with _errors(), _open(gallery, db, create=True) as g:
-        embedder = _embedder(checkpoint, device)
+        embedder = _embedder(checkpoint, device, gallery=g)
         with _progress(len(items), "enrolling", not as_json) as progress:
             outcomes = run_enroll(g, embedder, items, largest=largest, progress=progress)
     _print_outcomes(outcomes, as_json)
@@ -155,13 +164,13 @@ def _print_outcomes(outcomes, as_json: bool) -> None:
 @app.command()
 def who(
     photo: Annotated[Path, typer.Argument(help="The photo to identify (every face in it).")],
-    checkpoint: Checkpoint,
     gallery: GalleryDir = Path("gallery"),
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Identities listed per face.")] = 5,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity needed to name a face (default: the gallery's calibrated one).")] = None,
     annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Save the photo with boxes and names here.")] = None,
     min_face: Annotated[int, typer.Option(help="Smallest face looked for, in pixels (20 finds tiny faces, slower).")] = 40,
     db: DbUrl = None,
+    checkpoint: Checkpoint = None,
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:
@@ -172,7 +181,8 @@ def who(
     if not photo.is_file():
         raise _fail(f"{photo}: no such file")
     with _errors(photo), _open(gallery, db) as g:
-        result = run_who(g, who_embedder(checkpoint, device, min_face), str(photo), top_k=top_k, threshold=threshold)
+        result = run_who(g, who_embedder(_model(checkpoint, g), device, min_face), str(photo), top_k=top_k,
+                         threshold=threshold)
         if annotate is not None:
             draw(str(photo), result, annotate)
     _echo(result.to_dict(), as_json, _who_text(result))
@@ -292,7 +302,7 @@ def gallery_rebuild(
 
 @gallery_app.command("reembed")
 def gallery_reembed(
-    checkpoint: Checkpoint,
+    checkpoint: Required,
     gallery: GalleryDir = Path("gallery"),
     db: DbUrl = None,
     device: Device = "auto",

@@ -89,7 +89,7 @@ def _enroll_batch(gallery: Gallery, embedder, batch, largest: bool) -> list[Enro
         else:
             chosen[i] = select_face(faces, loaded[i][1].size, "largest")
     new = _embed_chosen(embedder, batch, loaded, chosen)
-    result = gallery.add_faces([face for _, face in new], embedder.fingerprint)
+    result = gallery.add_faces([face for _, face in new], embedder.fingerprint, embedder.model_source)
     skipped = {new[k][0]: holder for k, holder in result.duplicates}
     added = iter(result.ids)
     for i, face in new:
@@ -170,7 +170,7 @@ def reembed(gallery: Gallery, embedder, batch_size: int = 64,
         raise GalleryError(f"{len(lost)} faces ({names}...) have neither their photo nor a stored crop; "
                            "remove them first (`facesearch identities remove`)")
     matrix = np.concatenate(vectors) if vectors else np.empty((0, embedder.dim), np.float32)
-    gallery.replace_embeddings([f.id for f in faces], matrix, embedder.fingerprint)
+    gallery.replace_embeddings([f.id for f in faces], matrix, embedder.fingerprint, embedder.model_source)
     return ReembedReport(len(faces), len(faces) - from_crop, from_crop)
 
 

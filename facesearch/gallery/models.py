@@ -83,6 +83,7 @@ class GalleryState(Base):
     uid: Mapped[str] = mapped_column(sa.String(32))  # random; ties an index file to this database
     epoch: Mapped[int] = mapped_column(sa.BigInteger, default=0)  # bumped by every face mutation
     model_fingerprint: Mapped[str | None] = mapped_column(sa.String(64))  # None until the first enroll
+    model_source: Mapped[str | None] = mapped_column(sa.Text)  # "base" or a checkpoint path (checkpoint.model_source)
     embedding_dim: Mapped[int | None] = mapped_column(sa.Integer)
     threshold: Mapped[float | None] = mapped_column(sa.Float)  # None: use search.DEFAULT_THRESHOLD
     threshold_meta: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)  # how it was calibrated

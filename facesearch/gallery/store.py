@@ -136,6 +136,12 @@ class Gallery:
         with self._read() as s:
             return self._state(s).model_fingerprint
 
+    @property
+    def model_source(self) -> str | None:
+        """The checkpoint the gallery's embeddings were made with ("base": the shipped model), or None."""
+        with self._read() as s:
+            return self._state(s).model_source
+
     def check_model(self, fingerprint: str) -> None:
         """Raise ModelMismatchError unless the gallery is empty or holds this model's embeddings."""
         with self._read() as s:
@@ -176,12 +182,13 @@ class Gallery:
         with self._read() as s:
             return s.scalar(sa.select(Identity.name).join(Face).where(Face.source_sha256 == sha256))
 
-    def add_faces(self, faces: Sequence[NewFace], fingerprint: str) -> AddResult:
+    def add_faces(self, faces: Sequence[NewFace], fingerprint: str, source: str | None = None) -> AddResult:
         """Enroll faces (one transaction), then bring the index up to date.
 
         Args:
             faces: the faces, possibly of several identities (created when new).
             fingerprint: the model that computed the embeddings (``LoadedModel.fingerprint``).
+            source: where that model is (``checkpoint.model_source``), recorded for commands given no checkpoint.
         Returns:
             The new face ids and the faces skipped because their photo is already enrolled.
         Raises:
@@ -191,7 +198,7 @@ class Gallery:
         written: list[Path] = []
         try:
             with self._mutation() as s:
-                self._claim_model(s, fingerprint, faces)
+                self._claim_model(s, fingerprint, faces, source)
                 with s.no_autoflush:  # one flush for the batch, not one per lookup
                     rows = self._insert_faces(s, faces, fingerprint, duplicates)
                 s.flush()  # one batched INSERT ... RETURNING assigns the ids, the FAISS ids
@@ -208,7 +215,7 @@ class Gallery:
             self._sync_index()
         return AddResult([row.id for _, row in rows], duplicates)
 
-    def _claim_model(self, s: Session, fingerprint: str, faces: Sequence[NewFace]) -> None:
+    def _claim_model(self, s: Session, fingerprint: str, faces: Sequence[NewFace], source: str | None) -> None:
         self._check_model(s, fingerprint)
         state = self._state(s)
         dims = {int(np.asarray(f.embedding).size) for f in faces}
@@ -217,8 +224,12 @@ class Gallery:
         has_faces = s.scalar(sa.select(sa.func.count(Face.id)))
         if has_faces and dims and state.embedding_dim not in dims:
             raise GalleryError(f"embedding size {dims.pop()} does not match the gallery's {state.embedding_dim}")
-        if dims and (state.model_fingerprint != fingerprint or not has_faces):
+        if not dims:
+            return
+        if state.model_fingerprint != fingerprint or not has_faces:
             state.model_fingerprint, state.embedding_dim = fingerprint, dims.pop()
+        if source is not None:
+            state.model_source = source
 
     def _insert_faces(self, s: Session, faces: Sequence[NewFace], fingerprint: str,
                       duplicates: list[tuple[int, str]]) -> list[tuple[NewFace, Face]]:
@@ -465,7 +476,7 @@ class Gallery:
         threshold, meta = self.threshold()
         return {
             "folder": str(self.folder), "database": db.masked(self.url), "identities": n_ids, "faces": n_faces,
-            "model_fingerprint": state.model_fingerprint, "embedding_dim": state.embedding_dim,
+            "model_fingerprint": state.model_fingerprint, "model_source": state.model_source, "embedding_dim": state.embedding_dim,
             "threshold": threshold, "threshold_calibrated": meta is not None, "epoch": state.epoch,
             "index_settings": IndexSettings.from_dict(state.index_settings).to_dict(),
             "index_layout": header.get("layout"), "index_faces": header.get("n_ids"),
@@ -498,13 +509,15 @@ class Gallery:
         with self._read() as s:
             return [self._face_info(f, name) for f, name in s.execute(query)]
 
-    def replace_embeddings(self, face_ids: Sequence[int], vectors: np.ndarray, fingerprint: str) -> None:
+    def replace_embeddings(self, face_ids: Sequence[int], vectors: np.ndarray, fingerprint: str,
+                           source: str | None = None) -> None:
         """Move the whole gallery to another model: every face gets its new embedding in one transaction.
 
         Args:
             face_ids: every face of the gallery, exactly once (a gallery never mixes models).
             vectors: (n, d) float32 L2-normalised, in the order of ``face_ids``.
             fingerprint: the new model.
+            source: where the new model is (``checkpoint.model_source``).
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         with self._mutation() as s:
@@ -515,6 +528,7 @@ class Gallery:
                 s.execute(sa.update(Face).where(Face.id == int(face_id)).values(embedding=vector.tobytes(), model_fingerprint=fingerprint))
             state = self._state(s)
             state.model_fingerprint, state.embedding_dim = fingerprint, int(vectors.shape[1])
+            state.model_source = source
             self._bump(s)
         self._sync_index(rebuild=True)
 
