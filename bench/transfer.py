@@ -7,7 +7,12 @@ the first ``--photos`` photos of each, prepares them (all held out), and runs ``
 open-set --split holdout --enroll 2`` per run folder: rank-1 of the trained model next to the same
 architecture with random weights.
 
-    python bench/transfer.py RUN_DIR [RUN_DIR ...] [--people 60]
+    python bench/transfer.py RUN_DIR [RUN_DIR ...] [--people 60] [--distractors PREPARED]
+
+With ``--distractors`` (a prepare output whose "holdout" rows are people no run trained on, e.g. the one-photo
+people of the base model's pool) their photos probe as strangers too, and the detection equal-error rate
+(telling enrolled people from strangers; 50 % is chance) is reported beside rank-1. ``base`` scores the
+shipped base model.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def facesearch(*args: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path, help="Run folders (or checkpoints) to score.")
+    ap.add_argument("runs", nargs="+", help='Run folders or checkpoints to score ("base": the shipped model).')
+    ap.add_argument("--distractors", type=Path, help="A prepare output whose holdout people probe as strangers.")
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--work", type=Path, default=Path("/tmp/facesearch-transfer"))
     ap.add_argument("--people", type=int, default=60)
@@ -57,15 +63,24 @@ def main() -> None:
         facesearch("prepare", str(raw), str(prepared), "--holdout-identities", str(len(people)))
     print(f"{len(people)} people outside the sample ({people[0]}..{people[-1]}), {args.photos} photos each, "
           "2 enrolled per person")
-    print("| run | probes | rank-1 trained (95 % CI) | rank-1 random weights (95 % CI) |")
-    print("|---|---|---|---|")
+    extra = ["--distractors", str(args.distractors), "--distractor-split", "holdout"] if args.distractors else []
+    print("| run | probes | strangers | rank-1 trained (95 % CI) | rank-1 random weights | detection EER trained "
+          "| detection EER random |")
+    print("|---|---|---|---|---|---|---|")
     for run in args.runs:
         r = facesearch("evaluate", "open-set", str(prepared), "--split", "holdout", "--enroll", "2",
                        "--checkpoint", str(run), "--out", str(args.work / "evaluation"), "--device", "cpu",
-                       "--bootstrap", "200", "--results", str(args.work / "evaluations.jsonl"))
+                       "--bootstrap", "200", "--results", str(args.work / "evaluations.jsonl"), *extra)
         m, b = r["model"], r["random_baseline"]
-        fmt = lambda d: f"{d['rank1']:.1%} ({d['rank1_ci95'][0]:.1%}–{d['rank1_ci95'][1]:.1%})"  # noqa: E731
-        print(f"| {run} | {m['n_mated_probes']} | {fmt(m)} | {fmt(b)} |", flush=True)
+        print(f"| {run} | {m['n_mated_probes']} | {m['n_nonmated_probes']} | {fmt(m, 'rank1')} | {fmt(b, 'rank1')} "
+              f"| {fmt(m, 'detection_eer')} | {fmt(b, 'detection_eer')} |", flush=True)
+
+
+def fmt(figures: dict, key: str) -> str:
+    value, ci = figures.get(key), figures.get(f"{key}_ci95")
+    if not isinstance(value, float):
+        return "n/a"
+    return f"{value:.1%}" + (f" ({ci[0]:.1%}–{ci[1]:.1%})" if ci else "")
 
 
 if __name__ == "__main__":
