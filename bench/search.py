@@ -419,9 +419,10 @@ def build_gallery(folder: Path, loaded, args) -> None:
 
 def who_warm(folder: Path, loaded, photo: Path, repeats: int) -> dict:
     from facesearch.gallery import Gallery
-    from facesearch.search import who, who_embedder
+    from facesearch.embed import Embedder
+    from facesearch.search import who
 
-    embedder = who_embedder(loaded, device="cpu")  # what `facesearch who` uses
+    embedder = Embedder.for_queries(loaded, device="cpu")  # what `facesearch who` uses
     with Gallery(folder) as g:
         first = who(g, embedder, photo)  # loads MTCNN and the index
         assert len(first.faces) == 1 and first.faces[0].matches[0].name == "sample person", first

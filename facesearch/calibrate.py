@@ -14,7 +14,6 @@ nearly everyone). The threshold and how it was chosen are stored in the gallery.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -181,4 +180,6 @@ def calibrate_gallery(
 def _already_enrolled(gallery, path: Path) -> bool:
     if not path.is_file():
         return False
-    return gallery.enrolled_as(hashlib.sha256(path.read_bytes()).hexdigest()) is not None
+    from facesearch.data.images import file_sha256
+
+    return gallery.enrolled_as(file_sha256(path)) is not None

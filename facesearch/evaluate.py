@@ -25,11 +25,11 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from facesearch.data.images import IMAGE_SUFFIXES
 from facesearch.data.manifest import MANIFEST_NAME, read_manifest, read_settings
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
 NOT_MEASURABLE = "not measurable"
 
 Progress = Callable[[int], None]  # called with the number of photos just finished
@@ -205,7 +205,7 @@ def make_embedder(loaded, device: str):
     """The ``Embedder`` that ``who`` uses, for this model."""
     from facesearch.embed import Embedder
 
-    return Embedder(loaded, device=device)
+    return Embedder.for_queries(loaded, device=device)
 
 
 def list_photos(data_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> dict[str, list[str]]:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from facesearch.data.images import IMAGE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp")
 
 
 def dataset_of_run(run_dir: str | os.PathLike) -> tuple[str | None, str | None]:

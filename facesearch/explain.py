@@ -216,7 +216,7 @@ def _query_face(photo, loaded, device: str):
         image = load_image(photo)
     except ImageError as error:
         raise ExplainError(f"{photo}: {error.reason}") from error
-    found = Embedder(loaded, device=device).embed_images([image], select="largest")[0]
+    found = Embedder.for_queries(loaded, device=device).embed_images([image], select="largest")[0]
     if not found:
         raise ExplainError(f"{photo}: no face found")
     return found[0]

@@ -20,19 +20,6 @@ from facesearch.gallery.store import DEFAULT_THRESHOLD, Gallery
 
 UNKNOWN = "unknown"
 FACES_PER_IDENTITY = 10  # face hits fetched per requested identity, before aggregation
-# Smallest face `who` looks for, in photo pixels (MTCNN's own default is 20). A 20-40 px face is blown up
-# 3-6x into the model's 112 px input and rarely recognised, and skipping them cuts MTCNN's time on a 640 px
-# photo about threefold (measured 183 → 60 ms on this 2-core CPU). `--min-face 20` finds them anyway.
-MIN_FACE = 40
-
-
-def who_embedder(model, device: str = "auto", min_face: int = MIN_FACE):
-    """The ``Embedder`` `who` uses: the checkpoint's, with a detector looking for faces of ``min_face`` px up."""
-    from facesearch.data.detect import FaceDetector
-    from facesearch.embed import Embedder
-
-    return Embedder(model, device=device, detector=FaceDetector(device=device, min_face_size=min_face))
-
 
 @dataclass(frozen=True)
 class IdentityMatch:

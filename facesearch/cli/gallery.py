@@ -127,7 +127,8 @@ def enroll(
 ) -> None:
     """Add faces to the gallery: one face per photo; photos already enrolled are skipped."""
     _passive_omp()
-    from facesearch.gallery.enroll import IMAGE_SUFFIXES, enroll as run_enroll, folder_items
+    from facesearch.data.images import IMAGE_SUFFIXES
+    from facesearch.gallery.enroll import enroll as run_enroll, folder_items
 
     items = []
     for path in paths:
@@ -176,12 +177,13 @@ def who(
 ) -> None:
     """Who is this? The top-k enrolled identities of every face in a photo, or "unknown"."""
     _passive_omp()
-    from facesearch.search import annotate as draw, who as run_who, who_embedder
+    from facesearch.embed import Embedder
+    from facesearch.search import annotate as draw, who as run_who
 
     if not photo.is_file():
         raise _fail(f"{photo}: no such file")
     with _errors(photo), _open(gallery, db) as g:
-        result = run_who(g, who_embedder(_model(checkpoint, g), device, min_face), str(photo), top_k=top_k,
+        result = run_who(g, Embedder.for_queries(_model(checkpoint, g), device, min_face), str(photo), top_k=top_k,
                          threshold=threshold)
         if annotate is not None:
             draw(str(photo), result, annotate)

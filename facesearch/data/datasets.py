@@ -24,10 +24,11 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps
 
+from facesearch.data.images import IMAGE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
 KINDS = ("faces", "cifar10")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp")
 CIFAR_HELP = (
     "put CIFAR-10 there as train/<class>/*.jpg and test/<class>/*.jpg folders (a copy of ../shared/data/cifar10 "
     "will do) or as torchvision's cifar-10-batches-py folder; nothing is downloaded"

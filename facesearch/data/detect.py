@@ -46,15 +46,6 @@ class Face:
         return float(x1 + x2) / 2, float(y1 + y2) / 2
 
 
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` → ``"cuda"`` when a GPU is visible, else ``"cpu"``; anything else is returned as is."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class FaceDetector:
     """Batched MTCNN over photos of mixed sizes.
 
@@ -137,7 +128,9 @@ class FaceDetector:
         if self._mtcnn is None:
             from facenet_pytorch import MTCNN
 
-            device = resolve_device(self.device)
+            from facesearch.checkpoint import resolve_device
+
+            device = str(resolve_device(self.device))
             self._mtcnn = MTCNN(
                 keep_all=True, post_process=False, min_face_size=self.min_face_size,
                 thresholds=list(self.thresholds), device=device,

@@ -18,12 +18,26 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
+# What counts as a photo when a folder is listed (enroll, evaluate, calibrate, CIFAR-style folders): Pillow reads
+# all of these; anything else in a folder is not looked at.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
 # Transparent pixels and padding become this neutral grey rather than black or white.
 NEUTRAL_GREY = (128, 128, 128)
 MIN_SIDE = 32  # px; smaller photos cannot hold a face MTCNN finds (its smallest face is 12 px at best)
 
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Content hash of a file's bytes: how prepare and the gallery recognise a photo they already hold."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ImageError(Exception):

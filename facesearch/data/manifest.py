@@ -3,7 +3,8 @@
 Layout of a ``prepare`` output folder::
 
     OUT_DIR/manifest.csv          one row per input file (this module)
-    OUT_DIR/dataset.json          the settings the crops were made with (size, margin, align, select, seed)
+    OUT_DIR/dataset.json          the settings the crops were made with (size, margin, align, select, seed) and
+                                  the raw folders (raw_dirs: {label: path}; label "" for a single folder)
     OUT_DIR/<identity>/<hash>.jpg the face crops (RGB, square, ``size`` px)
 
 Boxes are ``(x1, y1, x2, y2)`` in pixels of the decoded, EXIF-rotated photo; landmarks are five
@@ -39,7 +40,7 @@ SPLITS = ("train", "val", "test", "holdout")
 
 @dataclass
 class ManifestRow:
-    path: str  # the input file, relative to RAW_DIR, POSIX separators
+    path: str  # the input file, relative to RAW_DIR, POSIX separators ("<folder name>/..." when several are merged)
     identity: str  # the identity folder, relative to RAW_DIR (nested folders joined with "/")
     sha256: str  # content hash of the file's bytes ("" when the file could not be read at all)
     size: int  # bytes; with mtime_ns, tells a file changed in place

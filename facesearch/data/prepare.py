@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from facesearch.data.images import file_sha256
 from facesearch.data.manifest import ManifestRow, read_manifest, read_settings, write_manifest, write_settings
 
 logger = logging.getLogger(__name__)
@@ -253,14 +254,6 @@ def scan(raw_dir: Path, exclude: Path | None = None, label: str = "") -> list[_F
     return files
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _hash_files(files: list[_File], old_by_path: dict[str, ManifestRow]) -> list[ManifestRow]:
     """A row skeleton per file with its hash (reused while size and mtime are unchanged)."""
     rows = []
@@ -357,9 +350,9 @@ def crop_path(identity: str, sha256: str) -> str:
 
 def _run_jobs(jobs, out_dir, settings, device, workers, settled, progress) -> list[ManifestRow]:
     """Run every job (in worker processes on CPU), checkpointing the manifest as rows come back."""
-    from facesearch.data.detect import resolve_device
+    from facesearch.checkpoint import resolve_device
 
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     done = list(settled)
     chunks = _chunks(jobs, 2 * settings.batch_size)
     last_write = time.monotonic()

@@ -16,12 +16,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from facesearch.data.images import IMAGE_SUFFIXES
 from facesearch.gallery.records import GalleryError, NewFace
 from facesearch.gallery.store import Gallery
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"}
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def _enroll_batch(gallery: Gallery, embedder, batch, largest: bool) -> list[Enro
 def _load_new_photos(gallery: Gallery, batch, done: dict[int, EnrollOutcome]) -> dict:
     """Hash and decode the photos not enrolled yet; outcomes for the others go into ``done``."""
     from facesearch.data.images import ImageError, load_image
-    from facesearch.embed import file_sha256
+    from facesearch.data.images import file_sha256
 
     loaded = {}
     for i, (path, name) in enumerate(batch):
@@ -180,7 +180,7 @@ def _recrop(info, crop_settings):
 
     from facesearch.data.detect import Face, crop_face
     from facesearch.data.images import ImageError, load_image
-    from facesearch.embed import file_sha256
+    from facesearch.data.images import file_sha256
 
     c = crop_settings
     try:
