@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -197,7 +197,7 @@ class Trainer:
         net = VGG16(model_config)
         self.init = None  # {"source", "fingerprint"} of the checkpoint the run started from (--init)
         if init is not None:
-            self.init = init_weights(net, init)
+            self.init = init_weights(net, init, data.class_names)
         if ddp.world > 1 and self.cuda:
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # keys unchanged: checkpoints load into VGG16
         # channels_last on CPU too: oneDNN's NHWC convolutions train VGG16 ~1.5x faster there (measured, 32 px)
@@ -601,14 +601,17 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     return Trainer(data, run_dir, cfg, model_config, aug, ddp, device, on_progress, state, start).run()
 
 
-def init_weights(net: VGG16, init: dict) -> dict:
+def init_weights(net: VGG16, init: dict, class_names: Sequence[str] | None = None) -> dict:
     """Start ``net`` from a checkpoint's weights (``--init``): every conv, BatchNorm and fully connected layer
-    is copied; the classifier head keeps its fresh initialisation, sized for the new identities.
+    is copied; the classifier head keeps its fresh initialisation, sized for the new identities, unless the
+    identities are the checkpoint's own (``class_names`` equal: a second schedule on the same people).
 
     Returns:
         {"source", "fingerprint"} of the checkpoint, for the run's own checkpoints to record.
     """
-    weights = {k: v for k, v in init["model"].items() if not k.startswith("head.") and k != "embedding_mean"}
+    same_people = class_names is not None and list(class_names) == list(init["class_names"])
+    weights = {k: v for k, v in init["model"].items()
+               if (same_people or not k.startswith("head.")) and k != "embedding_mean"}
     missing, unexpected = net.load_state_dict(weights, strict=False)
     fresh = [k for k in missing if not k.startswith("head.") and k != "embedding_mean"]
     if fresh or unexpected:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,7 @@ def test_every_file_gets_its_status_and_reason(first_run):
 
 def test_ok_rows_have_face_and_square_rgb_crop(first_run):
     base, report = first_run
+    ok_photos = Counter(r.identity for r in report.rows if r.status == "ok")
     for row in report.rows:
         if row.status != "ok":
             assert row.crop is None and row.split is None
@@ -146,7 +148,9 @@ def test_ok_rows_have_face_and_square_rgb_crop(first_run):
         assert len(row.box) == 4 and len(row.landmarks) == 5 and 0.5 < row.prob <= 1
         with Image.open(base / "out" / row.crop) as crop:
             assert crop.mode == "RGB" and crop.size == (112, 112)
-        assert row.split in ("train", "val", "test")
+        # one ok photo cannot teach a classifier: that person is a stranger (held out), not trained on
+        assert row.split == "holdout" if ok_photos[row.identity] == 1 else row.split in ("train", "val", "test")
+    assert report.strangers == sorted(i for i, n in ok_photos.items() if n == 1) != []
     settings = read_settings(base / "out")
     assert settings["size"] == 112 and settings["select"] == "largest" and settings["seed"] == 0
 

@@ -218,6 +218,9 @@ def test_init_starts_from_a_checkpoint_with_a_head_for_the_new_identities(traine
     assert state["head.weight"].shape == (2, base["model_config"]["fc_width"])
     assert not state["embedding_mean"].any()  # the live model keeps zero; best.pt stores the new mean
     assert record["fingerprint"] == load_checkpoint(run / "best.pt").fingerprint
+    same = VGG16(VGGConfig(**base["model_config"]))  # the same people: a second schedule keeps the head too
+    init_weights(same, {**base, "source": "x"}, base["class_names"])
+    assert torch.equal(same.state_dict()["head.weight"], base["model"]["head.weight"])
 
     cfg = TrainConfig(epochs=4, batch_size=10, lr=0.02, warmup_epochs=0)
     tuned = train("faces", two, tmp_path / "tuned", cfg, aug=AugmentConfig.none(), init=run / "best.pt")
