@@ -105,6 +105,11 @@ def save_checkpoint(
         "model": {k: v.detach().to("cpu") for k, v in (weights or net.state_dict()).items()},
         **state,
     }
+    return _save_atomically(payload, path)
+
+
+def _save_atomically(payload: dict, path: str | os.PathLike) -> Path:
+    """torch.save to a temp file, then rename: a crash never leaves a half-written checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -158,12 +163,7 @@ def export_checkpoint(source: str | os.PathLike, target: str | os.PathLike, half
     out = {k: payload[k] for k in INFERENCE_KEYS if payload.get(k) is not None}
     if half:
         out["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, target)
-    return target
+    return _save_atomically(out, target)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
