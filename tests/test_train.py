@@ -242,3 +242,14 @@ def test_cli_init_refuses_architecture_options(trained, faces, tmp_path):
     missing = CliRunner().invoke(app, ["train", str(faces), "--out", str(tmp_path / "r"), "--init",
                                        str(tmp_path / "nope.pt")])
     assert missing.exit_code == 1 and "nope.pt" in missing.stderr
+
+
+def test_cli_augment_presets_are_named_and_recorded(faces, tmp_path):
+    from facesearch.cli import app
+
+    bad = CliRunner().invoke(app, ["train", str(faces), "--out", str(tmp_path / "r"), "--augment", "wild"])
+    assert bad.exit_code == 1 and "faces-strong" in bad.stderr
+    args = ["train", str(faces), "--out", str(tmp_path / "s"), "--augment", "faces-strong", "--max-steps", "1",
+            "--batch-size", "4", "--fc-width", "8", "--epochs", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert tuple(read_checkpoint(tmp_path / "s" / "last.pt")["augment"]["scale"]) == AugmentConfig.faces_strong().scale

@@ -64,9 +64,12 @@ class _Progress:
             self.bar.__exit__(None, None, None)
 
 
+AUGMENTS = ("faces", "faces-strong", "none")
+
+
 def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], train_options: dict,
          model_options: dict, input_size: Optional[int], cache_dir: Optional[Path], as_json: bool,
-         init: Optional[str] = None) -> None:
+         init: Optional[str] = None, augment: Optional[str] = None) -> None:
     from facesearch import train as training
 
     run_dir = out or resume
@@ -83,8 +86,8 @@ def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], tra
     try:
         cfg = training.train_config(kind, **train_options)
         model = training.model_options(kind, **model_options)
-        result = training.train(kind, data, run_dir, cfg, model, input_size=input_size, cache_dir=cache_dir,
-                                resume=resume is not None, on_progress=progress, init=init)
+        result = training.train(kind, data, run_dir, cfg, model, aug=_augment(augment), input_size=input_size,
+                                cache_dir=cache_dir, resume=resume is not None, on_progress=progress, init=init)
     except (FileNotFoundError, ValueError) as e:
         raise _fail(str(e))
     finally:
@@ -103,6 +106,18 @@ def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], tra
     typer.echo(f"checkpoints: {result.run_dir / 'best.pt'}, {result.run_dir / 'last.pt'}")
 
 
+def _augment(name: Optional[str]):
+    """The augmentation preset named on the command line (None: the dataset kind's default)."""
+    from facesearch.data.augment import AugmentConfig
+
+    if name is None:
+        return None
+    if name not in AUGMENTS:
+        raise _fail(f"--augment must be one of {', '.join(AUGMENTS)}, not {name!r}")
+    return {"faces": AugmentConfig.faces, "faces-strong": AugmentConfig.faces_strong,
+            "none": AugmentConfig.none}[name]()
+
+
 @app.command("train")
 def train_faces(
     data_dir: Annotated[Path, typer.Argument(help="A `facesearch prepare` output (its train/val split is used).")],
@@ -115,6 +130,10 @@ def train_faces(
     init: Annotated[Optional[str], typer.Option(
         help='Fine-tune: start from "base" (the model shipped with facesearch) or a checkpoint; its architecture '
              "and weights are kept, the classifier head is sized for these identities.")] = None,
+    augment: Annotated[Optional[str], typer.Option(
+        help='Augmentation: "faces" (default: mild zoom, shift, colour), "faces-strong" (wider: for many people '
+             'with few photos) or "none".')] = None,
+    cosface_margin: Annotated[Optional[float], typer.Option(help="CosFace margin m (with --head cosface).")] = None,
 ) -> None:
     """Train the VGG16 identity classifier on face crops (no label smoothing: it hurts the embedding).
 
@@ -123,8 +142,9 @@ def train_faces(
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                          warmup_epochs=warmup_epochs, time_budget=time_budget, max_steps=max_steps,
                          checkpoint_every=checkpoint_every, device=device, compile=compile, workers=workers, seed=seed)
-    model_options = dict(fc_width=fc_width, conv_width=conv_width, head=head, embedding=embedding, dropout=dropout)
-    _run("faces", data_dir, out, resume, train_options, model_options, input_size, cache_dir, as_json, init)
+    model_options = dict(fc_width=fc_width, conv_width=conv_width, head=head, embedding=embedding, dropout=dropout,
+                         cosface_margin=cosface_margin)
+    _run("faces", data_dir, out, resume, train_options, model_options, input_size, cache_dir, as_json, init, augment)
 
 
 @cifar10_app.command("train")
