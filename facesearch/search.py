@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from facesearch.gallery.records import FaceHit
-from facesearch.gallery.store import DEFAULT_THRESHOLD, Gallery
+from facesearch.gallery.store import Gallery
 
 UNKNOWN = "unknown"
 FACES_PER_IDENTITY = 10  # face hits fetched per requested identity, before aggregation
@@ -99,7 +99,7 @@ def _answer(face, matches: list[IdentityMatch], threshold: float) -> FaceAnswer:
 
 def annotate(photo, result: WhoResult, out: str | os.PathLike) -> Path:
     """Draw each face's box and answer on the photo and save it to ``out`` (format from the suffix)."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
     from facesearch.data.images import load_image
 

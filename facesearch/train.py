@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from facesearch.checkpoint import (Preprocess, fingerprint, read_checkpoint, resolve_checkpoint, resolve_device,
-                                   save_checkpoint, unwrap)
+                                   save_checkpoint)
 from facesearch.data.augment import AugmentConfig, augment, normalize
 from facesearch.data.datasets import Dataset, ImageSet, load_dataset
 from facesearch.models.vgg import VGG16, VGGConfig

@@ -4,7 +4,6 @@ reason, nothing aborts, crops are square RGB, reruns detect nothing, changes are
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path

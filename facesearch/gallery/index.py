@@ -29,7 +29,6 @@ import os
 import struct
 import zlib
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import faiss

@@ -85,7 +85,7 @@ class GalleryState(Base):
     model_fingerprint: Mapped[str | None] = mapped_column(sa.String(64))  # None until the first enroll
     model_source: Mapped[str | None] = mapped_column(sa.Text)  # "base" or a checkpoint path (checkpoint.model_source)
     embedding_dim: Mapped[int | None] = mapped_column(sa.Integer)
-    threshold: Mapped[float | None] = mapped_column(sa.Float)  # None: use search.DEFAULT_THRESHOLD
+    threshold: Mapped[float | None] = mapped_column(sa.Float)  # None: use store.DEFAULT_THRESHOLD
     threshold_meta: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)  # how it was calibrated
     index_settings: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)  # IndexSettings as a dict
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
