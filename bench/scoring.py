@@ -32,9 +32,8 @@ def mean_templates(vectors: np.ndarray, ids: list[str]) -> tuple[np.ndarray, lis
     return means / np.linalg.norm(means, axis=1, keepdims=True), names
 
 
-def as_norm(gallery: np.ndarray, probes: np.ndarray, cohort: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Adaptive s-norm of the probe-template scores: returns (normalised (n_probes, n_templates) scores, templates
-    as identity matrix) so that ``identification_figures`` can score them like embeddings."""
+def as_norm(gallery: np.ndarray, probes: np.ndarray, cohort: np.ndarray, k: int) -> np.ndarray:
+    """Adaptive s-norm of the probe-template scores: the normalised (n_probes, n_templates) score matrix."""
     def stats(x):  # (n, d) -> mean, std of each row's top-k cohort similarities
         top = np.sort(x @ cohort.T, axis=1)[:, -k:]
         return top.mean(axis=1), top.std(axis=1) + 1e-6
@@ -66,6 +65,11 @@ def main() -> None:
     strangers = [(k, f"stranger:{i}") for i, keys in list_photos(args.distractors).items() for k in keys]
     print(f"{len({i for _, i in split.enrolled})} people enrolled ({args.enroll} photos each), "
           f"{len(split.mated)} mated probes, {len(split.nonmated) + len(strangers)} stranger photos")
+    cohort_keys = []
+    if args.cohort is not None:  # the same cohort faces for every model
+        rows = [r.path for r in ok_rows(read_manifest(args.cohort), "train")]
+        pick = np.random.default_rng(0).choice(len(rows), min(args.cohort_size, len(rows)), replace=False)
+        cohort_keys = [rows[i] for i in sorted(pick)]
     print("| model | centred | scored by | rank-1 (95 % CI) | detection EER (95 % CI) |")
     print("|---|---|---|---|---|")
     for checkpoint in args.checkpoint:
@@ -85,11 +89,8 @@ def main() -> None:
             probe_ids = [i for _, i in split.mated + split.nonmated + strangers]
             variants = [("best photo", gallery, gallery_ids, probes),
                         ("mean of photos", *mean_templates(gallery, gallery_ids), probes)]
-            if args.cohort is not None:
-                rows = [r.path for r in ok_rows(read_manifest(args.cohort), "train")]
-                pick = np.random.default_rng(0).choice(len(rows), min(args.cohort_size, len(rows)), replace=False)
-                found = embed_images(embedder, [rows[i] for i in sorted(pick)], args.cohort,
-                                     crop_size=loaded.preprocess.input_size).vectors
+            if cohort_keys:
+                found = embed_images(embedder, cohort_keys, args.cohort, crop_size=loaded.preprocess.input_size).vectors
                 cohort = np.stack(list(found.values()))
                 scores = as_norm(gallery, probes, cohort, args.cohort_k)  # (n_probes, n_templates)
                 # identification_figures takes embeddings: templates as the identity basis, probes as score rows

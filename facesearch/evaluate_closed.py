@@ -19,7 +19,6 @@ from facesearch.data.images import IMAGE_SUFFIXES
 log = logging.getLogger(__name__)
 
 
-
 def dataset_of_run(run_dir: str | os.PathLike) -> tuple[str | None, str | None]:
     """``(kind, data_dir)`` the run's checkpoint was trained on, as far as it says."""
     from facesearch.checkpoint import read_checkpoint

@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from facesearch.checkpoint import (Preprocess, fingerprint, read_checkpoint, resolve_checkpoint, resolve_device,
-                                   save_checkpoint)
+from facesearch.checkpoint import (Preprocess, fingerprint, model_source, read_checkpoint, resolve_checkpoint,
+                                   resolve_device, save_checkpoint)
 from facesearch.data.augment import AugmentConfig, augment, normalize
 from facesearch.data.datasets import Dataset, ImageSet, load_dataset
 from facesearch.models.vgg import VGG16, VGGConfig
@@ -575,7 +575,7 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     start = None
     if init is not None and state is None:  # on --resume the run's own last.pt already holds the weights
         path = resolve_checkpoint(init)
-        start = {**read_checkpoint(path), "source": "base" if str(init) == "base" else str(path)}
+        start = {**read_checkpoint(path), "source": model_source(path)}
         model, input_size = _model_fields(start["model_config"]), start["model_config"]["input_size"]
     if state is not None:
         saved = TrainConfig(**state["train_config"])

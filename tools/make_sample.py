@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from transfer import eval_people  # noqa: E402 - bench/ is not a package
 
 
 def identity_counts(folder: Path) -> dict[str, int]:
@@ -62,7 +66,7 @@ def main() -> None:
     counts, aligned_counts = identity_counts(celeba), identity_counts(aligned)
     gallery = sorted(i for i, n in counts.items() if n >= 30)[: args.people]
     train = sorted(i for i, n in aligned_counts.items() if n >= args.train_photos and i not in counts)
-    strangers = sorted(i for i, n in counts.items() if n >= 12 and i not in gallery)[: args.strangers]
+    strangers = eval_people(celeba, set(gallery), 12, args.strangers)  # the first of bench/transfer.py's people
     write_people(celeba, gallery, args.out / "photos", args.photos, args.long_side, 85)
     write_people(celeba, strangers, args.out / "strangers", args.stranger_photos, args.long_side, 85)
     shutil.rmtree(args.out / "train", ignore_errors=True)

@@ -7,7 +7,16 @@ stay fast.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+
+# The model a command uses, the same option with the same env var everywhere that has a default model.
+Checkpoint = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", "-c", envvar="FACESEARCH_CHECKPOINT",
+    help='Checkpoint file or training run folder; "base" is the model shipped with facesearch. '
+         "(default: the gallery's model, else base)")]
 
 app = typer.Typer(
     name="facesearch",

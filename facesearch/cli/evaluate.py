@@ -10,13 +10,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from facesearch.cli._app import app, evaluate_app
+from facesearch.cli._app import Checkpoint, app, evaluate_app
 
 DEFAULT_RESULTS = Path("results/evaluations.jsonl")
 
-Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", envvar="FACESEARCH_CHECKPOINT",
-                                               help='Checkpoint file or training run folder; "base" is the model shipped with facesearch. '
-                                               "(default: the gallery's model, else base)")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")]
 OutDir = Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG plots.")]
 Results = Annotated[Path, typer.Option("--results", help="JSONL file each evaluation is appended to.")]

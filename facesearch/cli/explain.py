@@ -8,11 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from facesearch.cli._app import app, cifar10_app
+from facesearch.cli._app import Checkpoint, app, cifar10_app
 
-Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", envvar="FACESEARCH_CHECKPOINT",
-                                               help='Checkpoint file or training run folder; "base" is the model shipped with facesearch. '
-                                               "(default: the gallery's model, else base)")]
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs, report.html and explanation.json.")]
 Required = Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint file or training run folder.")]
 Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" or "cpu".')]

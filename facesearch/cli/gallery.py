@@ -11,16 +11,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from facesearch.cli._app import app, db_app, gallery_app, identities_app
+from facesearch.cli._app import Checkpoint, app, db_app, gallery_app, identities_app
 
 GalleryDir = Annotated[Path, typer.Option("--gallery", "-g", envvar="FACESEARCH_GALLERY",
                                           help="Gallery folder (index, crops and, by default, gallery.db).")]
 DbUrl = Annotated[Optional[str], typer.Option("--db", envvar="FACESEARCH_DB",
                                               help="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db "
                                                    "(default: SQLite gallery.db in the gallery folder).")]
-Checkpoint = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", envvar="FACESEARCH_CHECKPOINT",
-                                               help='Checkpoint file or training run folder; "base" is the model shipped with facesearch. '
-                                               "(default: the gallery's model, else base)")]
 Required = Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint file or training run folder (\"base\": the shipped base model).")]
 Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" or "cpu".')]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]

@@ -23,7 +23,6 @@ from facesearch.gallery.store import Gallery
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class EnrollOutcome:
     path: str
