@@ -269,8 +269,8 @@ def evaluate_face_model(loaded, args) -> dict:
     """
     if not (args.lfw and args.lfw_pairs):
         return {}
-    from facesearch.identification import evaluate_open_set
-    from facesearch.verification import evaluate_pairs
+    from facesearch.evaluation.identification import evaluate_open_set
+    from facesearch.evaluation.verification import evaluate_pairs
 
     device = str(next(loaded.model.parameters()).device)
     files = [args.lfw_pairs / "pairsDevTrain.txt", args.lfw_pairs / "pairsDevTest.txt"]
@@ -278,7 +278,7 @@ def evaluate_face_model(loaded, args) -> dict:
     pairs = evaluate_pairs(loaded, files, args.lfw, device=device, n_boot=n_boot)
     open_set = evaluate_open_set(loaded, args.lfw, device=device, n_boot=n_boot)
     try:
-        from facesearch.evaluate_plots import save_open_set_plots, save_pairs_plots
+        from facesearch.evaluation.plots import save_open_set_plots, save_pairs_plots
 
         save_pairs_plots(pairs, args.out / "lfw")
         save_open_set_plots(open_set, args.out / "lfw")

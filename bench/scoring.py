@@ -20,8 +20,8 @@ import torch
 
 from facesearch.checkpoint import load_checkpoint
 from facesearch.data.manifest import ok_rows, read_manifest
-from facesearch.evaluate import embed_images, list_photos, make_embedder
-from facesearch.identification import identification_figures, split_open_set
+from facesearch.evaluation.common import embed_photos, list_photos, make_embedder
+from facesearch.evaluation.identification import identification_figures, split_open_set
 
 
 def mean_templates(vectors: np.ndarray, ids: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -80,8 +80,8 @@ def main() -> None:
                 loaded.model.embedding_mean.copy_(mean if centred else torch.zeros_like(mean))
             embedder = make_embedder(loaded, "cpu")
             keys = [k for k, _ in split.enrolled + split.mated + split.nonmated]
-            own = embed_images(embedder, keys, args.data, crop_size=loaded.preprocess.input_size).vectors
-            other = embed_images(embedder, [k for k, _ in strangers], args.distractors,
+            own = embed_photos(embedder, keys, args.data, crop_size=loaded.preprocess.input_size).vectors
+            other = embed_photos(embedder, [k for k, _ in strangers], args.distractors,
                                  crop_size=loaded.preprocess.input_size).vectors
             gallery = np.stack([own[k] for k, _ in split.enrolled])
             gallery_ids = [i for _, i in split.enrolled]
@@ -90,7 +90,7 @@ def main() -> None:
             variants = [("best photo", gallery, gallery_ids, probes),
                         ("mean of photos", *mean_templates(gallery, gallery_ids), probes)]
             if cohort_keys:
-                found = embed_images(embedder, cohort_keys, args.cohort, crop_size=loaded.preprocess.input_size).vectors
+                found = embed_photos(embedder, cohort_keys, args.cohort, crop_size=loaded.preprocess.input_size).vectors
                 cohort = np.stack(list(found.values()))
                 scores = as_norm(gallery, probes, cohort, args.cohort_k)  # (n_probes, n_templates)
                 # identification_figures takes embeddings: templates as the identity basis, probes as score rows

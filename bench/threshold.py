@@ -29,8 +29,8 @@ import numpy as np
 
 def identity_scores(vectors: np.ndarray, templates: dict[str, np.ndarray], rule: str) -> np.ndarray:
     """(n, n_people) score of each vector for each person (sorted names): best photo ("max", the gallery's rule,
-    :func:`facesearch.metrics.identity_scores`) or the mean of the person's photos ("mean")."""
-    from facesearch import metrics
+    :func:`facesearch.evaluation.metrics.identity_scores`) or the mean of the person's photos ("mean")."""
+    from facesearch.evaluation import metrics
 
     names = sorted(templates)
     if rule == "mean":
@@ -46,26 +46,26 @@ class Probes:
     """One model's embeddings of a demo folder: the gallery people (with evaluate's enrollment split) and the
     held-out strangers, embedded once for every figure below."""
 
-    split: object  # facesearch.identification.OpenSetSplit of the gallery people, 2 photos enrolled
+    split: object  # facesearch.evaluation.identification.OpenSetSplit of the gallery people, 2 photos enrolled
     gallery: dict[str, np.ndarray]  # photo key -> embedding
     strangers: dict[str, list[np.ndarray]]  # stranger -> embeddings of their photos
 
 
 def embed_folder(folder: Path, loaded) -> Probes:
-    from facesearch.evaluate import embed_images, list_photos, make_embedder
-    from facesearch.identification import split_open_set
+    from facesearch.evaluation.common import embed_photos, list_photos, make_embedder
+    from facesearch.evaluation.identification import split_open_set
 
     gallery, train = folder / "prepared-gallery", folder / "prepared-train"
     people, strangers = list_photos(gallery, ["holdout"]), list_photos(train, ["holdout"])
     embedder = make_embedder(loaded, "cpu")
-    g = embed_images(embedder, [k for ks in people.values() for k in ks], gallery).vectors
-    s = embed_images(embedder, [k for ks in strangers.values() for k in ks], train).vectors
+    g = embed_photos(embedder, [k for ks in people.values() for k in ks], gallery).vectors
+    s = embed_photos(embedder, [k for ks in strangers.values() for k in ks], train).vectors
     return Probes(split_open_set(people, 2, seed=0), g,
                   {p: [s[k] for k in keys if k in s] for p, keys in sorted(strangers.items())})
 
 
 def score_model(probes: Probes) -> dict:
-    from facesearch import metrics
+    from facesearch.evaluation import metrics
 
     split, g = probes.split, probes.gallery
     names = sorted({i for _, i in split.enrolled})
@@ -95,7 +95,7 @@ def score_model(probes: Probes) -> dict:
 
 def eer_by_gallery_size(probes: Probes, sizes: list[int], draws: int = 20, seed: int = 0) -> dict[int, float]:
     """Mean detection equal-error rate with ``n`` of the gallery people enrolled (``draws`` random choices of them)."""
-    from facesearch import metrics
+    from facesearch.evaluation import metrics
 
     split, g = probes.split, probes.gallery
     s = np.stack([v for vs in probes.strangers.values() for v in vs])
@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=None,
                     help="Also the detection equal-error rate with this many people enrolled, e.g. 1,2,5,10,20.")
     args = ap.parse_args()
-    from facesearch.evaluate import load_model, random_baseline
+    from facesearch.evaluation.common import load_model, random_baseline
 
     print("| run | weights | rank-1 best photo | rank-1 mean photo | detection EER | FPIR 10 %: accepted / correct / "
           "strangers refused | balanced: accepted / correct / strangers refused |")

@@ -2,7 +2,7 @@
 
 Stages (one module each): ``facesearch.data`` (prepare), ``facesearch.models`` (VGG16),
 ``facesearch.train``, ``facesearch.embed``, ``facesearch.gallery``, ``facesearch.search``,
-``facesearch.visualize`` + ``facesearch.explain``, ``facesearch.evaluate``.
+``facesearch.visualize`` + ``facesearch.explain``, ``facesearch.evaluation``.
 
 The names below are the public API; they are imported on first use, so ``import facesearch`` loads no
 model and no heavy library::
@@ -29,9 +29,9 @@ _EXPORTS = {
     "who": "facesearch.search",
     "explain_identification": "facesearch.explain",
     "explain_classification": "facesearch.explain",
-    "evaluate_pairs": "facesearch.verification",
-    "evaluate_open_set": "facesearch.identification",
-    "calibrate_gallery": "facesearch.calibrate",
+    "evaluate_pairs": "facesearch.evaluation.verification",
+    "evaluate_open_set": "facesearch.evaluation.identification",
+    "calibrate_gallery": "facesearch.evaluation.calibrate",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facesearch import evaluate, identification, verification
+from facesearch.evaluation import common as evaluate, identification, verification
 from facesearch.data.manifest import ManifestRow, write_manifest, write_settings
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
@@ -148,7 +148,7 @@ def _row(path, status, crop=None, sha="", identity=None):
     return ManifestRow(path=path, identity=identity or path.split("/")[0], sha256=sha, size=1, mtime_ns=0, status=status, reason="", crop=crop)
 
 
-def test_embed_images_from_a_prepare_output(tmp_path):
+def test_embed_photos_from_a_prepare_output(tmp_path):
     out, raw = tmp_path / "out", tmp_path / "raw"
     (out / "A").mkdir(parents=True)
     (raw / "A").mkdir(parents=True)
@@ -163,13 +163,13 @@ def test_embed_images_from_a_prepare_output(tmp_path):
     write_manifest(out, rows)
     write_settings(out, {"size": 16})
     wanted = [f"A/A_000{i}.jpg" for i in range(1, 6)]
-    embedded = evaluate.embed_images(ColourEmbedder(), wanted, out, raw_dir=raw)
+    embedded = evaluate.embed_photos(ColourEmbedder(), wanted, out, raw_dir=raw)
     assert sorted(embedded.vectors) == wanted[:3]
     assert embedded.fallback == ["A/A_0003.jpg"]
     assert embedded.missing == ["A/A_0004.jpg", "A/A_0005.jpg"]
     assert np.argmax(embedded.vectors["A/A_0001.jpg"]) == 0  # red crop
     assert np.argmax(embedded.vectors["A/A_0003.jpg"]) == 2  # blue original
-    without_raw = evaluate.embed_images(ColourEmbedder(), wanted, out)
+    without_raw = evaluate.embed_photos(ColourEmbedder(), wanted, out)
     assert "A/A_0003.jpg" in without_raw.missing
 
 
@@ -205,7 +205,7 @@ def test_results_file_appends_with_date(tmp_path):
 
 
 def test_plots_are_written(tmp_path):
-    from facesearch import evaluate_plots, metrics
+    from facesearch.evaluation import metrics, plots as evaluate_plots
 
     rng = np.random.default_rng(0)
     labels = np.r_[np.ones(50, bool), np.zeros(50, bool)]
@@ -221,7 +221,7 @@ def test_plots_are_written(tmp_path):
 
 
 def test_calibrate_choose_threshold_meets_the_target_fpir():
-    from facesearch.calibrate import choose_threshold
+    from facesearch.evaluation.calibrate import choose_threshold
 
     strangers = np.arange(200) / 200.0  # best scores 0.000 .. 0.995
     mated_top = np.array([0.999, 0.99, 0.5, 0.999])
@@ -236,7 +236,7 @@ def test_calibrate_choose_threshold_meets_the_target_fpir():
 
 
 def test_calibrate_balanced_threshold_refuses_as_many_enrolled_as_it_names_strangers():
-    from facesearch.calibrate import choose_threshold
+    from facesearch.evaluation.calibrate import choose_threshold
 
     rng = np.random.default_rng(0)
     mated_top, strangers = rng.normal(0.7, 0.1, 400), rng.normal(0.5, 0.1, 600)  # overlapping, as a weak model's
@@ -276,7 +276,7 @@ def test_random_baseline_has_the_same_architecture_and_fixed_fresh_weights(tiny_
 
 
 def test_closed_set_scores_the_test_split(tiny_checkpoint, tmp_path):
-    from facesearch.evaluate_closed import confused_pairs, evaluate_closed_set
+    from facesearch.evaluation.closed_set import confused_pairs, evaluate_closed_set
 
     rows = []
     for identity, source in [("07201", "07201"), ("07203", "07203"), ("07206", "07206"), ("stranger", "07209")]:
@@ -299,7 +299,7 @@ def test_closed_set_scores_the_test_split(tiny_checkpoint, tmp_path):
 
 
 def test_calibrate_probe_outcomes_and_stored_threshold_with_a_real_gallery(tmp_path):
-    from facesearch.calibrate import choose_threshold, probe_outcomes
+    from facesearch.evaluation.calibrate import choose_threshold, probe_outcomes
     from facesearch.gallery import Gallery, NewFace
 
     rng = np.random.default_rng(0)

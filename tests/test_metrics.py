@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facesearch import metrics
+from facesearch.evaluation import metrics
 
 
 def test_roc_and_auc_match_a_hand_computed_example():

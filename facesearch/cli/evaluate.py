@@ -50,7 +50,7 @@ def _ci(interval) -> str:
 
 
 def _finish(summary: dict, results: Path, as_json: bool, lines: list[str]) -> None:
-    from facesearch.evaluate import append_result
+    from facesearch.evaluation.common import append_result
 
     record = append_result(results, summary)
     if as_json:
@@ -88,7 +88,7 @@ def pairs(
     as_json: JsonFlag = False,
 ) -> None:
     """LFW pairs protocol: accuracy (threshold chosen on train folds), AUC, TAR at FAR, with 95 % CIs."""
-    from facesearch.verification import evaluate_pairs, parse_pairs
+    from facesearch.evaluation.verification import evaluate_pairs, parse_pairs
 
     if len(paths) not in (2, 3):
         raise _fail("give PAIRS_FILE [PAIRS_FILE2] IMAGES_DIR")
@@ -107,7 +107,7 @@ def pairs(
         raise _fail(str(err))
     lines = _pairs_lines(report.summary)
     if out is not None:
-        from facesearch.evaluate_plots import save_pairs_plots
+        from facesearch.evaluation.plots import save_pairs_plots
 
         lines += [f"plot: {p}" for p in save_pairs_plots(report, out)]
     _finish(report.summary, results, as_json, lines)
@@ -153,8 +153,8 @@ def open_set(
     as_json: JsonFlag = False,
 ) -> None:
     """Open-set identification: rank-1, rank-5 and DIR at FPIR 1e-2 / 1e-1 over enrolled people and strangers."""
-    from facesearch.evaluate import list_photos
-    from facesearch.identification import evaluate_open_set
+    from facesearch.evaluation.common import list_photos
+    from facesearch.evaluation.identification import evaluate_open_set
 
     if not data_dir.is_dir():
         raise _fail(f"{data_dir}: no such folder")
@@ -172,7 +172,7 @@ def open_set(
         raise _fail(str(err))
     lines = _open_set_lines(report.summary)
     if out is not None:
-        from facesearch.evaluate_plots import save_open_set_plots
+        from facesearch.evaluation.plots import save_open_set_plots
 
         lines += [f"plot: {p}" for p in save_open_set_plots(report, out)]
     _finish(report.summary, results, as_json, lines)
@@ -189,7 +189,7 @@ def closed_set(
     as_json: JsonFlag = False,
 ) -> None:
     """Classifier accuracy on the held-out test split, and the most-confused pairs."""
-    from facesearch.evaluate_closed import evaluate_closed_set
+    from facesearch.evaluation.closed_set import evaluate_closed_set
 
     if not run_dir.exists():
         raise _fail(f"{run_dir}: no such run folder or checkpoint")
@@ -228,7 +228,7 @@ def calibrate(
     as_json: JsonFlag = False,
 ) -> None:
     """Pick the gallery's unknown-threshold from data (at a target FPIR, or balanced), and store it; `who` uses it."""
-    from facesearch.calibrate import DEFAULT_FPIR, calibrate_gallery
+    from facesearch.evaluation.calibrate import DEFAULT_FPIR, calibrate_gallery
     from facesearch.gallery import GalleryError
 
     if not data_dir.is_dir():

@@ -14,12 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
-from facesearch import metrics
-from facesearch.evaluate import (
+from facesearch.evaluation import metrics
+from facesearch.evaluation.common import (
     NOT_MEASURABLE,
     Embedded,
     Progress,
-    embed_images,
+    embed_photos,
     list_photos,
     make_embedder,
     models_to_score,
@@ -209,9 +209,9 @@ def evaluate_open_set(
     report = OpenSetReport(summary, {})
     for name, loaded in models_to_score(model, device, baseline, seed):
         embedder = make_embedder(loaded, device)
-        embedded = embed_images(embedder, keys, data_dir, crop_size=loaded.preprocess.input_size, progress=progress)
+        embedded = embed_photos(embedder, keys, data_dir, crop_size=loaded.preprocess.input_size, progress=progress)
         if extra:
-            more = embed_images(embedder, [k[len(DISTRACTOR_PREFIX):] for k, _ in extra], distractors,
+            more = embed_photos(embedder, [k[len(DISTRACTOR_PREFIX):] for k, _ in extra], distractors,
                                 crop_size=loaded.preprocess.input_size, progress=progress)
             embedded.vectors.update((DISTRACTOR_PREFIX + k, v) for k, v in more.vectors.items())
             embedded.fallback += [DISTRACTOR_PREFIX + k for k in more.fallback]

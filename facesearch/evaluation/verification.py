@@ -14,12 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
-from facesearch import metrics
-from facesearch.evaluate import (
+from facesearch.evaluation import metrics
+from facesearch.evaluation.common import (
     NOT_MEASURABLE,
     Embedded,
     Progress,
-    embed_images,
+    embed_photos,
     make_embedder,
     models_to_score,
     note_photos,
@@ -210,7 +210,7 @@ def evaluate_pairs(
             or a train file and a test file (LFW View 1: threshold from train, accuracy on test).
         images_dir: LFW's ``images`` folder, or a ``prepare`` output made from it.
         device: "auto", "cuda", "cpu".
-        raw_dir: see :func:`embed_images`.
+        raw_dir: see :func:`embed_photos`.
         baseline: also evaluate a random-weights model of the same architecture (seed ``seed``).
         n_boot: bootstrap resamples for the 95 % intervals.
     Returns:
@@ -233,7 +233,7 @@ def evaluate_pairs(
     }
     report = PairsReport(summary, np.zeros(0, bool), {}, {})
     for name, loaded in models_to_score(model, device, baseline, seed):
-        embedded = embed_images(
+        embedded = embed_photos(
             make_embedder(loaded, device), relpaths, images_dir,
             raw_dir=raw_dir, crop_size=loaded.preprocess.input_size, progress=progress,
         )

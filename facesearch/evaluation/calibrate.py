@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facesearch import metrics
+from facesearch.evaluation import metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def choose_threshold(mated_top, mated_hit, nonmated_top, target_fpir: float | No
         nonmated_top: (n_nonmated,) best gallery score of each photo of a person not enrolled.
         target_fpir: e.g. 0.01; needs at least ``1 / target_fpir`` non-mated photos. None: the threshold at
             which the share of non-mated probes named is nearest the share of mated probes refused
-            (:func:`facesearch.metrics.equal_error`); needs ``MIN_BALANCED`` photos of each kind.
+            (:func:`facesearch.evaluation.metrics.equal_error`); needs ``MIN_BALANCED`` photos of each kind.
 
     Raises:
         ValueError: too few photos to measure ``target_fpir`` (or the balanced point).
@@ -150,7 +150,7 @@ def calibrate_gallery(
         facesearch.gallery.GalleryError: no such gallery, or another model's gallery.
     """
     from facesearch.checkpoint import resolve_checkpoint, resolve_device
-    from facesearch.evaluate import make_embedder, embed_images, list_photos, load_model
+    from facesearch.evaluation.common import make_embedder, embed_photos, list_photos, load_model
     from facesearch.gallery import Gallery
 
     device = str(resolve_device(device))
@@ -162,7 +162,7 @@ def calibrate_gallery(
         enrolled = {info.name for info in gallery.identities()}
         n_strangers = sum(photos[k] not in enrolled for k in fresh)
         require_strangers(n_strangers, target_fpir, len(fresh) - n_strangers)  # before the slow part
-        embedded = embed_images(make_embedder(loaded, device), fresh, data_dir, crop_size=loaded.preprocess.input_size,
+        embedded = embed_photos(make_embedder(loaded, device), fresh, data_dir, crop_size=loaded.preprocess.input_size,
                                 select=select, progress=progress)
         keys = sorted(embedded.vectors)
         if not keys:

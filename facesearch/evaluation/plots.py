@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facesearch import metrics
+from facesearch.evaluation import metrics
 
 _LABELS = {"model": "trained model", "random_baseline": "random weights (baseline)"}
 

@@ -1,13 +1,12 @@
-"""Measure accuracy: what the evaluations share — the model and its random-weights baseline, photos to embeddings,
-the results file.
+"""What the evaluations share: the model and its random-weights baseline, photos to embeddings, the results file.
 
-The evaluations (:mod:`facesearch.verification`: the LFW pairs protocol; :mod:`facesearch.identification`:
-open-set identification; :mod:`facesearch.evaluate_closed`: a classifier's test split) take a model (a checkpoint
-path or a ``LoadedModel``) and photos, embed every photo once through the same path as ``who`` (``Embedder``),
-and score with :mod:`facesearch.metrics`. Photos come either as a raw folder (``<Name>/<Name>_0001.jpg``: faces
-are detected, the most central one kept) or as a ``prepare`` output folder (its manifest's crops are used, no
+The evaluations (:mod:`~facesearch.evaluation.verification`, :mod:`~facesearch.evaluation.identification`,
+:mod:`~facesearch.evaluation.closed_set`) take a model (a checkpoint path or a ``LoadedModel``) and photos, embed
+every photo once through the same path as ``who`` (``Embedder``), and score with
+:mod:`~facesearch.evaluation.metrics`. Photos come either as a raw folder (``<Name>/<Name>_0001.jpg``: faces are
+detected, the most central one kept) or as a ``prepare`` output folder (its manifest's crops are used, no
 detection). A random-weights model of the same architecture (fixed seed) is evaluated beside the trained one as
-the baseline. Plots live in :mod:`facesearch.evaluate_plots`.
+the baseline.
 
 Only torch, torchvision, numpy and Pillow are needed here (plus facenet-pytorch for raw photos): the GPU script
 imports these modules directly.
@@ -90,7 +89,7 @@ def is_prepared(folder: str | os.PathLike) -> bool:
     return (Path(folder) / MANIFEST_NAME).is_file()
 
 
-def embed_images(
+def embed_photos(
     embedder,
     relpaths: Iterable[str],
     images_dir: str | os.PathLike,

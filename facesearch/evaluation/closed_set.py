@@ -105,7 +105,7 @@ def evaluate_closed_set(
         A JSON-ready summary.
     """
     from facesearch.checkpoint import resolve_device
-    from facesearch.evaluate import load_model, random_baseline
+    from facesearch.evaluation.common import load_model, random_baseline
 
     run_kind, run_data = dataset_of_run(run_dir)
     kind, data_dir = kind or run_kind or "faces", data_dir or run_data
