@@ -27,6 +27,11 @@ import torch
 FORMAT = "facesearch-checkpoint/1"
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, refused as unsafe, damaged, foreign, or not fitting its model.
+    The message names the file and what to do."""
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How an RGB image becomes a model input: resize to a square, scale to [0, 1], normalise per channel."""
@@ -173,11 +178,44 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if path.is_dir():  # a run directory: its best checkpoint, else its last one
         path = next((p for p in (path / "best.pt", path / "last.pt") if p.is_file()), path / "best.pt")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"{path}: no such checkpoint (give a checkpoint file, a training run folder or \"base\")")
+    payload = _torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a facesearch checkpoint (format {FORMAT!r} expected)")
+        raise CheckpointError(f"{path}: not a facesearch checkpoint (format {FORMAT!r} expected)")
+    for key, kind in (("model_config", dict), ("class_names", list), ("preprocess", dict), ("model", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise CheckpointError(f"{path}: incomplete facesearch checkpoint ({key!r} missing or malformed)")
     return payload
+
+
+def _torch_load(path: Path):
+    """``torch.load`` restricted to tensors and plain data; each way it fails becomes its own message."""
+    import pickle
+    import warnings
+    import zipfile
+
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e):
+            raise CheckpointError(
+                f"{path}: refused: it holds Python objects, not only tensors and plain data, and loading those "
+                "could run code from the file; facesearch loads only its own checkpoints (made by `facesearch "
+                "train`); re-export the model with facesearch") from None
+        raise CheckpointError(f"{path}: not a checkpoint torch can read ({e})") from None
+    except (EOFError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: damaged or truncated checkpoint ({type(e).__name__}); copy it again") from None
+    except RuntimeError as e:
+        reason = str(e).splitlines()[0].split(". ")[0]  # torch's first sentence; the rest is advice
+        if "zip" in reason.lower() or "archive" in reason.lower() or "stream" in reason.lower():
+            raise CheckpointError(f"{path}: damaged or truncated checkpoint ({reason}); copy it again") from None
+        raise CheckpointError(f"{path}: not a checkpoint torch can read ({reason})") from None
+    except (OSError, MemoryError):
+        raise
+    except Exception as e:  # any other way a foreign file fails to unpickle
+        raise CheckpointError(f"{path}: not a checkpoint torch can read ({type(e).__name__}: {e})") from None
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
@@ -190,11 +228,19 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     path = resolve_checkpoint(path)
     payload = read_checkpoint(path)
-    config = VGGConfig(**payload["model_config"])
-    model = VGG16(config)
+    try:
+        config = VGGConfig(**payload["model_config"])
+        model = VGG16(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its architecture is not one this version of facesearch builds ({e})") from None
     state = dict(payload["model"])  # load_state_dict casts half-precision weights (the base model) to float32
     state.setdefault("embedding_mean", torch.zeros_like(model.embedding_mean))  # checkpoints from before centring
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        problems = [line.strip() for line in str(e).splitlines()[1:] if line.strip()][:3]
+        raise CheckpointError(f"{path}: its weights do not fit the architecture it records "
+                              f"({'; '.join(problems) or str(e).splitlines()[0]})") from None
     model.to(resolve_device(device)).eval()
     extra = {k: payload[k] for k in ("epoch", "step", "metrics", "crop") if payload.get(k) is not None}
     return LoadedModel(

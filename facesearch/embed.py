@@ -191,8 +191,10 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], select: 
             try:
                 images.append(load_image(path))
                 batch.append(path)
-            except (ImageError, OSError) as e:
-                failures[str(path)] = str(e)
+            except ImageError as e:
+                failures[str(path)] = f"{e.status}: {e.reason}"
+            except OSError as e:
+                failures[str(path)] = e.strerror or str(e)
         for path, found in zip(batch, embedder.embed_images(images, select, paths=batch)):
             faces.extend(found)
             if not found:

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from facesearch.cli._app import Checkpoint, app, evaluate_app
+from facesearch.cli._app import DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, Progress, app, evaluate_app, fail
 
 DEFAULT_RESULTS = Path("results/evaluations.jsonl")
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")]
 OutDir = Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG plots.")]
 Results = Annotated[Path, typer.Option("--results", help="JSONL file each evaluation is appended to.")]
-Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" or "cpu".')]
 Baseline = Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also score a random-weights model.")]
 Boot = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95 % intervals.")]
 Seed = Annotated[int, typer.Option(help="Seed of the enrolment choice, the baseline's weights and the bootstrap.")]
@@ -25,18 +21,6 @@ PAIRS_HELP = (
     "PAIRS_FILE [PAIRS_FILE2] IMAGES_DIR: one 10-fold file, or a train and a test file (LFW View 1); "
     "then the images folder or a prepare output made from it."
 )
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=1)
-
-
-@contextmanager
-def _progress(length: int, label: str):
-    """A progress bar on stderr; yields the callback the library calls with finished counts."""
-    with typer.progressbar(length=max(length, 1), label=label, file=sys.stderr) as bar:
-        yield bar.update
 
 
 def _fmt(value, pct: bool = True) -> str:
@@ -91,20 +75,15 @@ def pairs(
     from facesearch.evaluation.verification import evaluate_pairs, parse_pairs
 
     if len(paths) not in (2, 3):
-        raise _fail("give PAIRS_FILE [PAIRS_FILE2] IMAGES_DIR")
+        fail("give PAIRS_FILE [PAIRS_FILE2] IMAGES_DIR")
     *pair_files, images = paths
     for p in paths:
         if not p.exists():
-            raise _fail(f"{p}: no such file or folder")
-    try:
-        n = len({x for f in pair_files for pair in parse_pairs(f).pairs for x in pair.paths})
-        with _progress(n * (2 if baseline else 1), "embedding") as update:
-            report = evaluate_pairs(
-                checkpoint, pair_files, images, device=device, raw_dir=raw_dir, baseline=baseline,
-                n_boot=bootstrap, seed=seed, progress=update,
-            )
-    except (ValueError, FileNotFoundError) as err:
-        raise _fail(str(err))
+            fail(f"{p}: no such file or folder")
+    n = len({x for f in pair_files for pair in parse_pairs(f).pairs for x in pair.paths})
+    with Progress("embedding", n * (2 if baseline else 1)) as bar:
+        report = evaluate_pairs(checkpoint, pair_files, images, device=device, raw_dir=raw_dir, baseline=baseline,
+                                n_boot=bootstrap, seed=seed, progress=bar.update)
     lines = _pairs_lines(report.summary)
     if out is not None:
         from facesearch.evaluation.plots import save_pairs_plots
@@ -157,19 +136,16 @@ def open_set(
     from facesearch.evaluation.identification import evaluate_open_set
 
     if not data_dir.is_dir():
-        raise _fail(f"{data_dir}: no such folder")
+        fail(f"{data_dir}: no such folder")
     if distractors is not None and not distractors.is_dir():
-        raise _fail(f"{distractors}: no such folder of distractor photos")
-    try:
-        n = sum(len(v) for v in list_photos(data_dir, split).values())
-        if distractors is not None:
-            n += sum(len(v) for v in list_photos(distractors, distractor_split).values())
-        with _progress(n * (2 if baseline else 1), "embedding") as update:
-            report = evaluate_open_set(checkpoint, data_dir, enroll_per_identity=enroll, device=device,
-                                       baseline=baseline, n_boot=bootstrap, seed=seed, progress=update,
-                                       splits=split, distractors=distractors, distractor_splits=distractor_split)
-    except (ValueError, FileNotFoundError) as err:
-        raise _fail(str(err))
+        fail(f"{distractors}: no such folder of distractor photos")
+    n = sum(len(v) for v in list_photos(data_dir, split).values())
+    if distractors is not None:
+        n += sum(len(v) for v in list_photos(distractors, distractor_split).values())
+    with Progress("embedding", n * (2 if baseline else 1)) as bar:
+        report = evaluate_open_set(checkpoint, data_dir, enroll_per_identity=enroll, device=device, baseline=baseline,
+                                   n_boot=bootstrap, seed=seed, progress=bar.update, splits=split,
+                                   distractors=distractors, distractor_splits=distractor_split)
     lines = _open_set_lines(report.summary)
     if out is not None:
         from facesearch.evaluation.plots import save_open_set_plots
@@ -192,11 +168,8 @@ def closed_set(
     from facesearch.evaluation.closed_set import evaluate_closed_set
 
     if not run_dir.exists():
-        raise _fail(f"{run_dir}: no such run folder or checkpoint")
-    try:
-        summary = evaluate_closed_set(run_dir, data_dir=data, split=split, device=device, baseline=baseline)
-    except (ValueError, FileNotFoundError) as err:
-        raise _fail(str(err))
+        fail(f"{run_dir}: no such run folder or checkpoint")
+    summary = evaluate_closed_set(run_dir, data_dir=data, split=split, device=device, baseline=baseline)
     lines = [f"{summary['n_images']} {split} images of {summary['n_classes']} classes"]
     for name in ("model", "random_baseline"):
         if name in summary:
@@ -210,7 +183,7 @@ def calibrate(
     data_dir: Annotated[
         Path, typer.Argument(help="<identity>/*.jpg photos of enrolled people and of people not enrolled.")
     ],
-    gallery: Annotated[Path, typer.Option("--gallery", "-g", help="Gallery folder.")],
+    gallery: GalleryDir = DEFAULT_GALLERY,
     fpir: Annotated[
         Optional[float],
         typer.Option(help="Target share of strangers given a name (false-positive identification rate); default 0.01."),
@@ -220,26 +193,20 @@ def calibrate(
         typer.Option("--balanced", help="Instead of --fpir: the threshold naming as many strangers as it refuses "
                                          "enrolled people's photos (the equal-error point)."),
     ] = False,
-    db: Annotated[
-        Optional[str], typer.Option("--db", envvar="FACESEARCH_DB", help="Database URL (default: the gallery SQLite).")
-    ] = None,
+    db: DbUrl = None,
     checkpoint: Checkpoint = None,
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:
     """Pick the gallery's unknown-threshold from data (at a target FPIR, or balanced), and store it; `who` uses it."""
     from facesearch.evaluation.calibrate import DEFAULT_FPIR, calibrate_gallery
-    from facesearch.gallery import GalleryError
 
     if not data_dir.is_dir():
-        raise _fail(f"{data_dir}: no such folder")
+        fail(f"{data_dir}: no such folder")
     if balanced and fpir is not None:
-        raise _fail("give --fpir or --balanced, not both")
+        fail("give --fpir or --balanced, not both")
     target = None if balanced else (DEFAULT_FPIR if fpir is None else fpir)
-    try:
-        cal = calibrate_gallery(gallery, data_dir, checkpoint, target_fpir=target, device=device, db_url=db)
-    except (ValueError, FileNotFoundError, GalleryError) as err:
-        raise _fail(str(err))
+    cal = calibrate_gallery(gallery, data_dir, checkpoint, target_fpir=target, device=device, db_url=db)
     if as_json:
         typer.echo(json.dumps(cal.to_dict(), indent=2))
         return

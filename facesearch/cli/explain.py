@@ -8,12 +8,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from facesearch.cli._app import Checkpoint, app, cifar10_app
+from facesearch.cli._app import (
+    DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, RequiredCheckpoint, app, cifar10_app, fail,
+)
 
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs, report.html and explanation.json.")]
-Required = Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint file or training run folder.")]
-Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" or "cpu".')]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the per-layer figures as JSON.")]
 Fraction = Annotated[float, typer.Option(help="Share of one layer's channels switched off in the ablation.")]
 Seeds = Annotated[int, typer.Option(help="Random channel draws per layer, against which the top channels are compared.")]
 Maps = Annotated[int, typer.Option("--maps", help="Feature maps drawn per conv layer.")]
@@ -25,29 +24,10 @@ def _settings(fraction: float, seeds: int, maps: int, rule: str, seed: int):
     from facesearch.explain import ExplainSettings
 
     if not 0 < fraction < 1:
-        raise _fail(f"--fraction must lie between 0 and 1, not {fraction}")
+        fail(f"--fraction must lie between 0 and 1, not {fraction}")
     if rule not in ("strongest", "random"):
-        raise _fail(f'--rule must be "strongest" or "random", not {rule!r}')
+        fail(f'--rule must be "strongest" or "random", not {rule!r}')
     return ExplainSettings(fraction=fraction, seeds=max(1, seeds), maps_per_layer=maps, map_rule=rule, seed=seed)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=1)
-
-
-def _run(call):
-    """Call the library; its user-facing errors become one line on stderr and exit code 1."""
-    from facesearch.data.images import ImageError
-    from facesearch.explain import ExplainError
-    from facesearch.gallery import GalleryError
-
-    try:
-        return call()
-    except (ExplainError, GalleryError, ImageError) as e:
-        raise _fail(str(e)) from None
-    except FileNotFoundError as e:
-        raise _fail(f"{e.filename or ''}: {e.strerror or e}") from None
 
 
 def _print(explanation, as_json: bool) -> None:
@@ -70,9 +50,9 @@ def _print(explanation, as_json: bool) -> None:
 def explain(
     photo: Annotated[Path, typer.Argument(help="Photo of the person to explain (its largest face is used).")],
     out: OutDir,
-    gallery: Annotated[Path, typer.Option("--gallery", "-g", envvar="FACESEARCH_GALLERY", help="Gallery folder.")] = Path("gallery"),
+    gallery: GalleryDir = DEFAULT_GALLERY,
     against: Annotated[Optional[str], typer.Option(help="Explain the match with this identity instead of the top one.")] = None,
-    db: Annotated[Optional[str], typer.Option("--db", envvar="FACESEARCH_DB", help="Database URL (default: the gallery's SQLite).")] = None,
+    db: DbUrl = None,
     fraction: Fraction = 0.10,
     seeds: Seeds = 3,
     maps: Maps = 10,
@@ -86,15 +66,15 @@ def explain(
     from facesearch.explain import explain_identification
 
     settings = _settings(fraction, seeds, maps, rule, seed)
-    result = _run(lambda: explain_identification(photo, gallery, checkpoint, out, against=against,
-                                                 settings=settings, device=device, db_url=db))
+    result = explain_identification(photo, gallery, checkpoint, out, against=against, settings=settings,
+                                    device=device, db_url=db)
     _print(result, as_json)
 
 
 @cifar10_app.command("explain")
 def cifar10_explain(
     image: Annotated[Path, typer.Argument(help="The image to explain (any size; resized as in training).")],
-    checkpoint: Required,
+    checkpoint: RequiredCheckpoint,
     out: OutDir,
     references: Annotated[Optional[Path], typer.Option(help="Folder of <class>/ images (e.g. the CIFAR-10 test split) for the per-layer similarity.")] = None,
     fraction: Fraction = 0.10,
@@ -109,6 +89,6 @@ def cifar10_explain(
     from facesearch.explain import explain_classification
 
     settings = _settings(fraction, seeds, maps, rule, seed)
-    result = _run(lambda: explain_classification(image, checkpoint, out, references=references,
-                                                 settings=settings, device=device))
+    result = explain_classification(image, checkpoint, out, references=references, settings=settings,
+                                    device=device)
     _print(result, as_json)

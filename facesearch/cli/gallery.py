@@ -3,69 +3,23 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from facesearch.cli._app import Checkpoint, app, db_app, gallery_app, identities_app
+from facesearch.cli._app import (
+    DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, Progress, RequiredCheckpoint, app, db_app, fail,
+    gallery_app, identities_app,
+)
 
-GalleryDir = Annotated[Path, typer.Option("--gallery", "-g", envvar="FACESEARCH_GALLERY",
-                                          help="Gallery folder (index, crops and, by default, gallery.db).")]
-DbUrl = Annotated[Optional[str], typer.Option("--db", envvar="FACESEARCH_DB",
-                                              help="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db "
-                                                   "(default: SQLite gallery.db in the gallery folder).")]
-Required = Annotated[Path, typer.Option("--checkpoint", "-c", help="Checkpoint file or training run folder (\"base\": the shipped base model).")]
-Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" or "cpu".')]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Average each face with its mirror image.")]
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=1)
-
-
-@contextmanager
-def _errors(photo: Path | None = None):
-    """Library errors → one line on stderr naming the file and the reason, exit code 1."""
-    from facesearch.data.images import ImageError
-    from facesearch.gallery import GalleryError
-
-    try:
-        yield
-    except GalleryError as e:
-        raise _fail(str(e)) from None
-    except ImageError as e:
-        raise _fail(f"{photo}: {e.status}: {e.reason}") from None
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        raise _fail(f"{e.filename}: {e.strerror or e}" if e.filename else str(e)) from None
-    except ValueError as e:
-        raise _fail(str(e)) from None
-
-
-@contextmanager
-def _progress(length: int, label: str, enabled: bool = True):
-    if not enabled or length == 0:
-        yield None
-        return
-    with typer.progressbar(length=length, label=label, file=sys.stderr) as bar:
-        yield bar.update
 
 
 def _open(gallery: Path, db: str | None, create: bool = False):
     from facesearch.gallery import Gallery
 
     return Gallery(gallery, db, create=create)
-
-
-def _passive_omp() -> None:
-    """Idle OpenMP threads sleep instead of spinning. On a small shared CPU the default busy-wait made one
-    MTCNN pass take 10 s instead of 0.6 s. Only effective before torch / faiss are first imported."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _embedder(checkpoint: Path | None, device: str, flip: bool = True, gallery=None):
@@ -98,14 +52,12 @@ def embed(
     device: Device = "auto",
 ) -> None:
     """Embed the faces of photos (L2-normalised fc7), detected and cropped as `prepare` does."""
-    _passive_omp()
     from facesearch.embed import embed_files, write_embeddings
 
-    with _errors():
-        embedder = _embedder(checkpoint, device, flip)
-        with _progress(len(photos), "embedding") as progress:
-            result = embed_files(embedder, [str(p) for p in photos], select=select, progress=progress)
-        npy, meta = write_embeddings(result, out)
+    embedder = _embedder(checkpoint, device, flip)
+    with Progress("embedding", len(photos)) as progress:
+        result = embed_files(embedder, [str(p) for p in photos], select=select, progress=progress.update)
+    npy, meta = write_embeddings(result, out)
     for path, reason in result.failures.items():
         typer.echo(f"{path}: {reason}", err=True)
     typer.echo(f"{len(result.faces)} faces from {len(photos) - len(result.failures)} photos → {npy} (rows: {meta})")
@@ -114,7 +66,7 @@ def embed(
 @app.command()
 def enroll(
     paths: Annotated[list[Path], typer.Argument(help="Photos of one person (with --name), or folders with one sub-folder per person.")],
-    gallery: GalleryDir = Path("gallery"),
+    gallery: GalleryDir = DEFAULT_GALLERY,
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="Who the photos show (stored verbatim).")] = None,
     largest: Annotated[bool, typer.Option("--largest", help="Enroll the largest face of group photos instead of refusing them.")] = False,
     db: DbUrl = None,
@@ -123,7 +75,6 @@ def enroll(
     as_json: JsonFlag = False,
 ) -> None:
     """Add faces to the gallery: one face per photo; photos already enrolled are skipped."""
-    _passive_omp()
     from facesearch.data.images import IMAGE_SUFFIXES
     from facesearch.gallery.enroll import enroll as run_enroll, folder_items
 
@@ -135,13 +86,13 @@ def enroll(
         elif path.is_dir():
             items += folder_items(path)
         else:
-            raise _fail(f"{path}: not a folder; give --name NAME to enroll single photos")
+            fail(f"{path}: not a folder; give --name NAME to enroll single photos")
     if not items:
-        raise _fail("no photos to enroll")
-    with _errors(), _open(gallery, db, create=True) as g:
+        fail("no photos to enroll")
+    with _open(gallery, db, create=True) as g:
         embedder = _embedder(checkpoint, device, gallery=g)
-        with _progress(len(items), "enrolling", not as_json) as progress:
-            outcomes = run_enroll(g, embedder, items, largest=largest, progress=progress)
+        with Progress("enrolling", len(items), enabled=not as_json) as progress:
+            outcomes = run_enroll(g, embedder, items, largest=largest, progress=progress.update)
     _print_outcomes(outcomes, as_json)
 
 
@@ -162,7 +113,7 @@ def _print_outcomes(outcomes, as_json: bool) -> None:
 @app.command()
 def who(
     photo: Annotated[Path, typer.Argument(help="The photo to identify (every face in it).")],
-    gallery: GalleryDir = Path("gallery"),
+    gallery: GalleryDir = DEFAULT_GALLERY,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Identities listed per face.")] = 5,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity needed to name a face (default: the gallery's calibrated one).")] = None,
     annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Save the photo with boxes and names here.")] = None,
@@ -173,13 +124,14 @@ def who(
     as_json: JsonFlag = False,
 ) -> None:
     """Who is this? The top-k enrolled identities of every face in a photo, or "unknown"."""
-    _passive_omp()
     from facesearch.embed import Embedder
     from facesearch.search import annotate as draw, who as run_who
 
+    if photo.is_dir():
+        fail(f"{photo}: a folder; give one photo (enroll takes folders)")
     if not photo.is_file():
-        raise _fail(f"{photo}: no such file")
-    with _errors(photo), _open(gallery, db) as g:
+        fail(f"{photo}: no such file")
+    with _open(gallery, db) as g:
         result = run_who(g, Embedder.for_queries(_model(checkpoint, g), device, min_face), str(photo), top_k=top_k,
                          threshold=threshold)
         if annotate is not None:
@@ -203,20 +155,20 @@ def _who_text(result) -> str:
 
 
 @identities_app.command("list")
-def identities_list(gallery: GalleryDir = Path("gallery"), db: DbUrl = None, as_json: JsonFlag = False) -> None:
+def identities_list(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_json: JsonFlag = False) -> None:
     """Every identity and its number of faces."""
-    with _errors(), _open(gallery, db) as g:
+    with _open(gallery, db) as g:
         infos = g.identities()
     rows = [{"name": i.name, "faces": i.n_faces, "updated": i.updated_at} for i in infos]
     _echo(rows, as_json, "\n".join(f"{i.n_faces:6d}  {i.name}" for i in infos) or "(no identities)")
 
 
 @identities_app.command("show")
-def identities_show(name: str, gallery: GalleryDir = Path("gallery"), db: DbUrl = None, as_json: JsonFlag = False) -> None:
+def identities_show(name: str, gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_json: JsonFlag = False) -> None:
     """One identity's faces: id, source photo, crop, box."""
     from dataclasses import asdict
 
-    with _errors(), _open(gallery, db) as g:
+    with _open(gallery, db) as g:
         info = g.identity(name)
     lines = [f"{info.name}: {info.n_faces} faces"]
     lines += [f"  face {f.id}: {f.source_path}  crop {f.crop_path}  box {f.box}" for f in info.faces]
@@ -224,17 +176,17 @@ def identities_show(name: str, gallery: GalleryDir = Path("gallery"), db: DbUrl 
 
 
 @identities_app.command("rename")
-def identities_rename(old: str, new: str, gallery: GalleryDir = Path("gallery"), db: DbUrl = None) -> None:
+def identities_rename(old: str, new: str, gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None) -> None:
     """Rename an identity (fails if NEW exists: merge instead)."""
-    with _errors(), _open(gallery, db) as g:
+    with _open(gallery, db) as g:
         g.rename(old, new)
     typer.echo(f"renamed {old!r} → {new!r}")
 
 
 @identities_app.command("merge")
-def identities_merge(source: str, target: str, gallery: GalleryDir = Path("gallery"), db: DbUrl = None) -> None:
+def identities_merge(source: str, target: str, gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None) -> None:
     """Move every face of SOURCE to TARGET and delete SOURCE."""
-    with _errors(), _open(gallery, db) as g:
+    with _open(gallery, db) as g:
         moved = g.merge(source, target)
     typer.echo(f"merged {source!r} into {target!r}: {moved} faces moved")
 
@@ -242,14 +194,14 @@ def identities_merge(source: str, target: str, gallery: GalleryDir = Path("galle
 @identities_app.command("remove")
 def identities_remove(
     name: str,
-    gallery: GalleryDir = Path("gallery"),
+    gallery: GalleryDir = DEFAULT_GALLERY,
     db: DbUrl = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete an identity, its faces, their vectors and their stored crops."""
     if not yes:
         typer.confirm(f"remove {name!r} and all its faces?", abort=True)
-    with _errors(), _open(gallery, db) as g:
+    with _open(gallery, db) as g:
         removed = g.remove(name)
     typer.echo(f"removed {name!r}: {removed} faces")
 
@@ -258,17 +210,17 @@ def identities_remove(
 
 
 @gallery_app.command("stats")
-def gallery_stats(gallery: GalleryDir = Path("gallery"), db: DbUrl = None, as_json: JsonFlag = False) -> None:
+def gallery_stats(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_json: JsonFlag = False) -> None:
     """Counts, model, threshold and index of the gallery."""
-    with _errors(), _open(gallery, db) as g:
+    with _open(gallery, db) as g:
         stats = g.stats()
     _echo(stats, as_json, "\n".join(f"{k}: {v}" for k, v in stats.items()))
 
 
 @gallery_app.command("check")
-def gallery_check(gallery: GalleryDir = Path("gallery"), db: DbUrl = None, as_json: JsonFlag = False) -> None:
+def gallery_check(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_json: JsonFlag = False) -> None:
     """Compare the index and the crops with the database; exit code 1 when they disagree."""
-    with _errors(), _open(gallery, db) as g:
+    with _open(gallery, db) as g:
         report = g.check()
     text = "consistent" if report.ok else "\n".join(["problems (fix with `facesearch gallery rebuild`):"] + [f"  {p}" for p in report.problems])
     _echo({"ok": report.ok, "problems": report.problems, **report.details}, as_json, text)
@@ -278,7 +230,7 @@ def gallery_check(gallery: GalleryDir = Path("gallery"), db: DbUrl = None, as_js
 
 @gallery_app.command("rebuild")
 def gallery_rebuild(
-    gallery: GalleryDir = Path("gallery"),
+    gallery: GalleryDir = DEFAULT_GALLERY,
     db: DbUrl = None,
     index: Annotated[Optional[str], typer.Option("--index", help='Index kind: "flat" (exact), "hnsw" or "ivf".')] = None,
     pca: Annotated[Optional[int], typer.Option("--pca", help="Reduce embeddings to this many dimensions (0: no PCA).")] = None,
@@ -287,33 +239,31 @@ def gallery_rebuild(
     nprobe: Annotated[Optional[int], typer.Option(help="IVF lists visited per query (recall vs speed).")] = None,
 ) -> None:
     """Rebuild the index from the database (optionally with new index settings); delete orphan crops."""
-    _passive_omp()
     from dataclasses import replace
 
     changes = {k: v for k, v in dict(kind=index, ivf_codec=ivf_codec, hnsw_ef_search=ef_search, ivf_nprobe=nprobe).items()
                if v is not None}
     if pca is not None:
         changes["pca_dim"] = pca or None
-    with _errors(), _open(gallery, db) as g:
+    with _open(gallery, db) as g:
         result = g.rebuild(replace(g.index_settings, **changes) if changes else None)
     typer.echo(f"index rebuilt: {result['layout']}, {result['faces']} faces")
 
 
 @gallery_app.command("reembed")
 def gallery_reembed(
-    checkpoint: Required,
-    gallery: GalleryDir = Path("gallery"),
+    checkpoint: RequiredCheckpoint,
+    gallery: GalleryDir = DEFAULT_GALLERY,
     db: DbUrl = None,
     device: Device = "auto",
 ) -> None:
     """Move the gallery to a new model: recompute every face from its stored photo and box."""
-    _passive_omp()
     from facesearch.gallery.enroll import reembed
 
-    with _errors(), _open(gallery, db) as g:
+    with _open(gallery, db) as g:
         embedder = _embedder(checkpoint, device)
-        with _progress(g.stats()["faces"], "re-embedding") as progress:
-            report = reembed(g, embedder, progress=progress)
+        with Progress("re-embedding", g.stats()["faces"]) as progress:
+            report = reembed(g, embedder, progress=progress.update)
     typer.echo(f"{report.faces} faces re-embedded with model {embedder.fingerprint} "
                f"({report.from_photo} from their photo, {report.from_crop} from the stored crop)")
 
@@ -329,7 +279,7 @@ def _engine(gallery: Path, db: str | None):
 
 
 @db_app.command("upgrade")
-def db_upgrade(gallery: GalleryDir = Path("gallery"), db: DbUrl = None,
+def db_upgrade(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None,
                revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
     """Apply the schema migrations (needed once for a PostgreSQL gallery; SQLite upgrades itself)."""
     from facesearch.gallery import db as gdb
@@ -341,7 +291,7 @@ def db_upgrade(gallery: GalleryDir = Path("gallery"), db: DbUrl = None,
 
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument(help='Target revision ("base": drop every gallery table).')],
-                 gallery: GalleryDir = Path("gallery"), db: DbUrl = None) -> None:
+                 gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None) -> None:
     """Revert schema migrations down to REVISION."""
     from facesearch.gallery import db as gdb
 
@@ -351,7 +301,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help='Target revision (
 
 
 @db_app.command("current")
-def db_current(gallery: GalleryDir = Path("gallery"), db: DbUrl = None) -> None:
+def db_current(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None) -> None:
     """The database's schema revision and the latest one this version knows."""
     from facesearch.gallery import db as gdb
 

@@ -3,38 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from facesearch.cli._app import app
+from facesearch.cli._app import Device, JsonFlag, Progress, app, fail
 
 _STATUS_ORDER = (
     "ok", "duplicate", "conflict", "no_face", "too_small", "too_large", "truncated", "unreadable", "not_an_image",
     "no_identity",
 )
-
-
-class _Bar:
-    """A progress bar opened once the library knows how many photos need decoding."""
-
-    def __init__(self, enabled: bool):
-        self.enabled, self.bar = enabled, None
-
-    def start(self, total: int) -> None:
-        if self.enabled and total:
-            self.bar = typer.progressbar(length=total, label="detecting faces", file=sys.stderr)
-            self.bar.__enter__()
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
 
 
 @app.command()
@@ -47,7 +26,7 @@ def prepare(
     margin: Annotated[float, typer.Option(help="Context around the face box, as a fraction of its side.")] = 0.2,
     align: Annotated[bool, typer.Option(help="Align by the 5 landmarks (similarity transform).")] = False,
     select: Annotated[str, typer.Option(help='Face kept from group photos: "largest" or "center" (LFW-style).')] = "largest",
-    device: Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda" or "cpu".')] = "auto",
+    device: Device = "auto",
     workers: Annotated[int, typer.Option(help="Detection processes on CPU, each single-threaded.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the train/val/test and holdout assignment.")] = 0,
     val: Annotated[float, typer.Option(help="Fraction of each identity's photos for validation.")] = 0.1,
@@ -56,42 +35,30 @@ def prepare(
     min_train_photos: Annotated[int, typer.Option(
         help="Identities with fewer ok photos are held out as strangers (one photo cannot teach a classifier).")] = 2,
     holdout_identities: Annotated[int, typer.Option(help="Whole identities kept out for open-set evaluation.")] = 0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Detect, crop and split every photo; one manifest row per file, with a status and a reason."""
     from facesearch.data.prepare import PrepareSettings
     from facesearch.data.prepare import prepare as run_prepare
 
     if select not in ("largest", "center"):
-        _fail(f"--select must be 'largest' or 'center', not {select!r}")
+        fail(f"--select must be 'largest' or 'center', not {select!r}")
     if len(folders) < 2:
-        _fail("give at least one RAW_DIR and the OUT_DIR")
+        fail("give at least one RAW_DIR and the OUT_DIR")
     *raw_dirs, out_dir = folders
     for raw_dir in raw_dirs:
         if not raw_dir.is_dir():
-            _fail(f"{raw_dir}: not a folder")
+            fail(f"{raw_dir}: not a folder")
     if not (0 <= val and 0 <= test and val + test < 1):
-        _fail(f"--val {val} and --test {test} must be fractions that leave some photos for training")
+        fail(f"--val {val} and --test {test} must be fractions that leave some photos for training")
     settings = PrepareSettings(
         size=size, margin=margin, align=align, select=select, seed=seed, val=val, test=test,
         min_photos=min_photos, min_train_photos=min_train_photos, holdout_identities=holdout_identities,
     )
-    bar = _Bar(enabled=not as_json)
-    try:
+    with Progress("detecting faces", enabled=not as_json) as bar:
         report = run_prepare(raw_dirs, out_dir, settings, device=device, workers=workers,
                              progress=bar.update, on_total=bar.start)
-    except OSError as e:
-        _fail(f"{getattr(e, 'filename', None) or out_dir}: {e.strerror or e}")
-    except ValueError as e:
-        _fail(str(e))
-    finally:
-        bar.close()
     typer.echo(json.dumps(_summary(report, out_dir), indent=2) if as_json else _table(report, out_dir, val + test > 0))
-
-
-def _fail(message: str):
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code=1)
 
 
 def _summary(report, out_dir: Path) -> dict:

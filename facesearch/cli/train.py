@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from facesearch.cli._app import app, cifar10_app
+from facesearch.cli._app import Device, JsonFlag, Progress, app, cifar10_app, fail
 
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder: checkpoints, metrics.jsonl, curves.png.")]
 Resume = Annotated[Optional[Path], typer.Option(help="Run folder whose last.pt to continue at its exact step.")]
@@ -32,36 +31,25 @@ Dropout = Annotated[Optional[float], typer.Option(help="Dropout after fc6 and fc
 Budget = Annotated[Optional[float], typer.Option(help="Seconds of training; the schedule ends then, last.pt saved.")]
 MaxSteps = Annotated[Optional[int], typer.Option(help="Stop after this many steps.")]
 Every = Annotated[float, typer.Option(help="Seconds between mid-epoch saves of last.pt.")]
-Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda", "cuda:1" or "cpu".')]
 Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")]
 Workers = Annotated[int, typer.Option(help="Threads decoding images into the uint8 cache.")]
 Cache = Annotated[Optional[Path], typer.Option(help="uint8 cache folder, reused across runs. (default: RUN_DIR/cache)")]
 Seed = Annotated[int, typer.Option(help="Seed of weights, batch order and augmentation.")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code=1)
+def _on_progress(bar: Progress):
+    """The trainer's progress callback, shown as a bar (or log lines) that starts once the step count is known."""
+    done = 0
 
+    def update(p: dict) -> None:
+        nonlocal done
+        if not bar.total:
+            bar.start(p["total_steps"])
+        bar.update(p["step"] - done, label=f"epoch {p['epoch'] + 1} loss {p['loss']:.3f} lr {p['lr']:.4f} "
+                                          f"{p['images_per_s']:.0f} img/s")
+        done = p["step"]
 
-class _Progress:
-    """A progress bar on stderr fed by the trainer's callback (created once the step count is known)."""
-
-    def __init__(self) -> None:
-        self.bar, self.done = None, 0
-
-    def __call__(self, p: dict) -> None:
-        if self.bar is None:
-            self.bar = typer.progressbar(length=p["total_steps"], label="training", file=sys.stderr)
-            self.bar.__enter__()
-        self.bar.label = f"epoch {p['epoch'] + 1} loss {p['loss']:.3f} lr {p['lr']:.4f} {p['images_per_s']:.0f} img/s"
-        self.bar.update(p["step"] - self.done)
-        self.done = p["step"]
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
+    return update
 
 
 AUGMENTS = ("faces", "faces-strong", "none")
@@ -74,24 +62,20 @@ def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], tra
 
     run_dir = out or resume
     if run_dir is None:
-        raise _fail("give --out RUN_DIR (or --resume RUN_DIR)")
+        fail("give --out RUN_DIR (or --resume RUN_DIR)")
     if init is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in {**model_options, "input_size": input_size}.items()
                  if v is not None]
         if given:
-            raise _fail(f"{', '.join(given)}: the architecture comes from --init {init}; leave them out")
+            fail(f"{', '.join(given)}: the architecture comes from --init {init}; leave them out")
     if resume is not None and not (resume / "last.pt").is_file():
-        raise _fail(f"{resume / 'last.pt'}: no checkpoint to resume")
-    progress = _Progress()
-    try:
-        cfg = training.train_config(kind, **train_options)
-        model = training.model_options(kind, **model_options)
+        fail(f"{resume / 'last.pt'}: no checkpoint to resume")
+    cfg = training.train_config(kind, **train_options)
+    model = training.model_options(kind, **model_options)
+    with Progress("training") as bar:
         result = training.train(kind, data, run_dir, cfg, model, aug=_augment(augment), input_size=input_size,
-                                cache_dir=cache_dir, resume=resume is not None, on_progress=progress, init=init)
-    except (FileNotFoundError, ValueError) as e:
-        raise _fail(str(e))
-    finally:
-        progress.close()
+                                cache_dir=cache_dir, resume=resume is not None, on_progress=_on_progress(bar),
+                                init=init)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     summary = {"run_dir": str(result.run_dir), "epochs": result.epoch, "steps": result.step,
@@ -113,7 +97,7 @@ def _augment(name: Optional[str]):
     if name is None:
         return None
     if name not in AUGMENTS:
-        raise _fail(f"--augment must be one of {', '.join(AUGMENTS)}, not {name!r}")
+        fail(f"--augment must be one of {', '.join(AUGMENTS)}, not {name!r}")
     return {"faces": AugmentConfig.faces, "faces-strong": AugmentConfig.faces_strong,
             "none": AugmentConfig.none}[name]()
 

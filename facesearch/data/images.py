@@ -43,10 +43,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 class ImageError(Exception):
     """A photo that cannot be used, with its manifest ``status`` and a readable ``reason``."""
 
-    def __init__(self, status: str, reason: str):
+    def __init__(self, status: str, reason: str, path: str | os.PathLike | None = None):
         super().__init__(f"{status}: {reason}")
         self.status = status
         self.reason = reason
+        self.path = path  # set by load_image: the message then names the file
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.status}: {self.reason}" if self.path is not None else super().__str__()
 
 
 def load_image(
@@ -63,8 +67,17 @@ def load_image(
         A loaded RGB image. Animated images give their first frame.
 
     Raises:
-        ImageError: status ``not_an_image``, ``too_large``, ``truncated``, ``unreadable`` or ``too_small``.
+        ImageError: status ``not_an_image``, ``too_large``, ``truncated``, ``unreadable`` or ``too_small``;
+            its ``path`` is ``path``.
     """
+    try:
+        return _load(path, min_side, max_pixels)
+    except ImageError as e:
+        e.path = path
+        raise
+
+
+def _load(path, min_side: int, max_pixels: int | None) -> Image.Image:
     _check_not_empty(path)
     with _decode_errors_as_image_errors():
         with warnings.catch_warnings():

@@ -194,8 +194,11 @@ def _load_photos(root: Path, relpaths: Sequence[str], missing: list[str]) -> dic
     for rel in relpaths:
         try:
             images[rel] = load_image(root / rel)
-        except (ImageError, OSError) as err:
-            log.warning("%s: %s", root / rel, err)
+        except ImageError as err:
+            log.warning("%s", err)
+            missing.append(rel)
+        except OSError as err:
+            log.warning("%s: %s", root / rel, err.strerror or err)
             missing.append(rel)
     return images
 

@@ -46,6 +46,24 @@ def masked(url: str | Engine) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def describe_database_error(error: BaseException) -> str:
+    """A user's message for a SQLAlchemy error: what is wrong with the database and the way out."""
+    text = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
+    low = text.lower()
+    if "readonly" in low or "read-only" in low:
+        return f"the gallery database is read-only ({text}): this command writes to it; use a writable copy"
+    if "not a database" in low or "malformed" in low or "disk image" in low:
+        return (f"the gallery database is damaged ({text}): restore gallery.db from a backup, or enroll again "
+                "into a new gallery")
+    if "unable to open" in low:
+        return f"cannot open the gallery database ({text}): check that the folder exists and is readable"
+    if "locked" in low or "busy" in low:
+        return f"the gallery database is busy ({text}): another facesearch process holds it; try again"
+    if "connect" in low or "connection" in low or "timeout" in low or "resolve host" in low:
+        return f"cannot reach the database server ({text}): check the --db URL and that the server runs"
+    return f"database error: {text}"
+
+
 def create_engine(url: str) -> Engine:
     """An engine for a gallery database; SQLite gets WAL, foreign keys and a long busy timeout."""
     if not is_sqlite(url):
