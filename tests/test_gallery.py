@@ -145,12 +145,12 @@ def test_damaged_or_stale_index_is_rebuilt(open_gallery, tmp_path, damage):
 
 
 def test_crash_between_commit_and_index_write_leaves_no_orphans(open_gallery, monkeypatch):
-    from facesearch.gallery import Gallery
+    from facesearch.gallery.freshness import IndexKeeper
 
     g = open_gallery()
     rng = np.random.default_rng(4)
     g.add_faces(new_faces(["a"] * 4, unit(rng, 4), tag="a"), FP)
-    monkeypatch.setattr(Gallery, "_sync_index", lambda self, rebuild=False: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(IndexKeeper, "sync", lambda self, rebuild=False: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         g.add_faces(new_faces(["b"] * 4, unit(rng, 4), tag="b"), FP)  # committed, index not written
     with pytest.raises(KeyboardInterrupt):

@@ -1,8 +1,10 @@
 """The gallery: identities and faces in SQL (the source of truth), their embeddings in a FAISS index.
 
-``Gallery`` (store.py) ties the two; ``models`` is the schema, ``db`` the engine and migrations,
-``index`` the FAISS side, ``sync`` keeps the index in line with SQL, ``check`` compares them,
-``enroll`` turns photos into faces, ``records`` holds what goes in and out.
+``Gallery`` (store.py) ties the two with transactions; ``models`` is the schema, ``db`` the engine and
+migrations, ``lock`` the folder lock; ``faces`` adds faces (model claim, rows, crop files), ``identities``
+looks them up, renames and merges, ``hits`` turns index results into search hits; ``index`` is the FAISS side,
+``freshness`` keeps it matching the database (``sync`` diffs and builds it), ``check`` compares them;
+``enroll`` turns photos into faces; ``records`` holds what goes in and out.
 """
 
 from facesearch.gallery.index import FaceIndex, IndexSettings

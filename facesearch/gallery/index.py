@@ -28,7 +28,7 @@ import logging
 import os
 import struct
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
 import faiss
@@ -370,7 +370,3 @@ class _CrcReader:
             raise ValueError("file ends early")
         return b
 
-
-def with_settings(settings: IndexSettings, **changes: Any) -> IndexSettings:
-    """A copy of ``settings`` with some fields changed (``None`` values ignored)."""
-    return replace(settings, **{k: v for k, v in changes.items() if v is not None})

@@ -14,7 +14,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -69,10 +68,6 @@ class Face(Base):
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
 
     identity: Mapped[Identity] = relationship(back_populates="faces")
-
-    @property
-    def vector(self) -> np.ndarray:
-        return np.frombuffer(self.embedding, dtype=np.float32)
 
 
 class GalleryState(Base):

@@ -23,6 +23,13 @@ CHUNK = 2000  # ids per IN (...) query, vectors per index add
 IndexKey = tuple[str, int, IndexSettings, int]  # (database uid, epoch, settings, embedding dim)
 
 
+def state_key(state) -> IndexKey | None:
+    """The key of the database state a ``gallery_state`` row describes (None: no embedding size yet)."""
+    if state.embedding_dim is None:
+        return None
+    return state.uid, state.epoch, IndexSettings.from_dict(state.index_settings), state.embedding_dim
+
+
 def index_key(index: FaceIndex) -> IndexKey:
     return index.uid, index.epoch, index.settings, index.dim
 

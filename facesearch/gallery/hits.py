@@ -1,0 +1,42 @@
+"""Search hits: the index's nearest face ids → ``FaceHit`` rows, with exact cosines when the index approximates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from facesearch.gallery.check import inside_lexically
+from facesearch.gallery.models import Face, Identity
+from facesearch.gallery.records import FaceHit
+
+
+class HitRow(NamedTuple):
+    name: str
+    crop_path: str | None
+    source_path: str | None
+    embedding: bytes | None  # fetched only to re-score an approximate index's hits
+
+
+def hit_rows(s: Session, ids: np.ndarray, with_embeddings: bool) -> dict[int, HitRow]:
+    """The rows of the faces ``ids`` (one query), keyed by face id."""
+    embedding = Face.embedding if with_embeddings else sa.null()
+    query = (sa.select(Face.id, Identity.name, Face.crop_path, Face.source_path, embedding)
+             .join(Identity).where(Face.id.in_([int(i) for i in ids])))
+    return {row[0]: HitRow(*row[1:]) for row in s.execute(query)}
+
+
+def ranked_hits(folder: Path, query: np.ndarray, sims: np.ndarray, ids: np.ndarray, rows: dict[int, HitRow],
+                exact: bool) -> list[FaceHit]:
+    """One query's hits, best first. ``exact``: the index's similarities are exact cosines; otherwise they are
+    recomputed from the stored embeddings. ``rows`` lacks the -1 padding and faces deleted since the search."""
+    found = [(float(sim), int(i), rows[int(i)]) for sim, i in zip(sims, ids) if int(i) in rows]
+    if found and not exact:
+        stored = np.frombuffer(b"".join(row.embedding for _, _, row in found), dtype=np.float32)
+        cosines = (stored.reshape(len(found), -1) @ query).tolist()
+        found = [(cos, i, row) for cos, (_, i, row) in zip(cosines, found)]
+    hits = [FaceHit(i, row.name, sim, inside_lexically(folder, row.crop_path), row.source_path) for sim, i, row in found]
+    return sorted(hits, key=lambda h: -h.similarity)

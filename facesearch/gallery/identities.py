@@ -1,0 +1,61 @@
+"""Identities: looking them up, listing, renaming and merging, inside a caller's transaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from facesearch.gallery.models import Face, Identity, utcnow
+from facesearch.gallery.records import FaceInfo, GalleryError, IdentityInfo, IdentityNotFound
+
+
+def find(s: Session, name: str, folder: Path) -> Identity:
+    """The identity called ``name``; raises IdentityNotFound."""
+    ident = s.scalar(sa.select(Identity).where(Identity.name == name))
+    if ident is None:
+        raise IdentityNotFound(f"no identity named {name!r} in {folder}")
+    return ident
+
+
+def list_all(s: Session) -> list[IdentityInfo]:
+    """Every identity with its number of faces, by name."""
+    n_faces = sa.func.count(Face.id)
+    query = sa.select(Identity, n_faces).outerjoin(Face).group_by(Identity.id).order_by(Identity.name)
+    return [IdentityInfo(i.name, n, i.created_at, i.updated_at) for i, n in s.execute(query)]
+
+
+def describe(s: Session, name: str, folder: Path) -> IdentityInfo:
+    """One identity with its faces."""
+    ident = find(s, name, folder)
+    faces = s.scalars(sa.select(Face).where(Face.identity_id == ident.id).order_by(Face.id)).all()
+    infos = [face_info(folder, f, name) for f in faces]
+    return IdentityInfo(ident.name, len(infos), ident.created_at, ident.updated_at, infos)
+
+
+def face_info(folder: Path, f: Face, name: str) -> FaceInfo:
+    crop = folder / f.crop_path if f.crop_path else None
+    return FaceInfo(f.id, name, f.source_path, f.source_sha256, crop, f.box, f.landmarks, f.det_prob, f.created_at)
+
+
+def rename(s: Session, old: str, new: str, folder: Path) -> None:
+    """Rename an identity (the index is keyed by face, so it does not change)."""
+    ident = find(s, old, folder)
+    if old != new and s.scalar(sa.select(Identity.id).where(Identity.name == new)) is not None:
+        raise GalleryError(f"an identity named {new!r} exists already; merge into it instead")
+    ident.name = new
+
+
+def merge(s: Session, source: str, target: str, folder: Path) -> int:
+    """Move every face of ``source`` to ``target`` (created when missing), delete ``source``; faces moved."""
+    if source == target:
+        raise GalleryError("cannot merge an identity into itself")
+    src = find(s, source, folder)
+    dst = s.scalar(sa.select(Identity).where(Identity.name == target)) or Identity(name=target)
+    s.add(dst)
+    s.flush()
+    moved = s.execute(sa.update(Face).where(Face.identity_id == src.id).values(identity_id=dst.id))
+    dst.updated_at = utcnow()
+    s.delete(src)
+    return moved.rowcount
