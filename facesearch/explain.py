@@ -172,7 +172,7 @@ def explain_identification(
     clock = _Clock()
     if checkpoint is None:  # the model the gallery was built with
         try:
-            with Gallery(gallery, db_url, create=False) as g:
+            with Gallery(gallery, db_url, create=False, read_only=None) as g:
                 checkpoint = resolve_checkpoint(None, g.model_source)
         except GalleryError as error:
             raise ExplainError(str(error)) from error
@@ -182,7 +182,7 @@ def explain_identification(
     query = _query_face(photo, loaded, device)  # detected, cropped and embedded as `who` does
     clock.lap("find and embed the face")
     try:
-        with Gallery(gallery, db_url, create=False) as g:
+        with Gallery(gallery, db_url, create=False, read_only=None) as g:
             g.check_model(loaded.fingerprint)
             ranked = _rank_identities(g.search(query.embedding[None], k=200)[0])
             chosen = _choose(ranked, against, settings.candidates, g)

@@ -45,6 +45,7 @@ class WhoResult:
     threshold: float
     threshold_calibrated: bool
     faces: list[FaceAnswer]
+    threshold_source: str = "default"  # "given" (the caller's), "calibrated" (the gallery's) or "default"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,17 +76,22 @@ def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | No
     Returns:
         WhoResult with one FaceAnswer per detected face (empty when there is none).
     """
+    if top_k < 1:
+        raise ValueError(f"top_k {top_k}: list at least one identity per face")
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold {threshold}: a cosine similarity lies between -1 and 1")
     gallery.check_model(embedder.fingerprint)
-    calibrated = False
+    calibrated, source = False, "given"
     if threshold is None:
         threshold, meta = gallery.threshold()
         calibrated = meta is not None
+        source = "calibrated" if calibrated else "default"
     faces = embedder.embed_photo(photo, select="all")
     xq = np.stack([v for _, v in faces]) if faces else np.empty((0, embedder.dim), np.float32)
     hits = gallery.search(xq, k=max(top_k * FACES_PER_IDENTITY, 50)) if faces else []
     answers = [_answer(face, aggregate(h, top_k), threshold) for (face, _), h in zip(faces, hits)]
     path = str(photo) if isinstance(photo, (str, os.PathLike)) else None
-    return WhoResult(path, float(threshold), calibrated, answers)
+    return WhoResult(path, float(threshold), calibrated, answers, source)
 
 
 def _answer(face, matches: list[IdentityMatch], threshold: float) -> FaceAnswer:

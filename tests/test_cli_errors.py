@@ -107,3 +107,165 @@ def test_an_unexpected_error_is_one_line_naming_the_log_with_its_traceback(tmp_p
 
     debug = run("--debug", "identities", "list", "-g", tmp_path)
     assert isinstance(debug.exception, RuntimeError)  # --debug lets the traceback through
+
+
+# -- galleries one may not write, and damaged ones -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def enrolled(sample_photos, tmp_path_factory):
+    """A small gallery (2 people x 2 photos, tiny random-weight model) and a photo to search with."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("enrolled")
+    people = root / "people"
+    for person in sorted(sample_photos.iterdir())[:2]:
+        (people / person.name).mkdir(parents=True)
+        for photo in sorted(person.glob("*.jpg"))[:2]:
+            shutil.copy(photo, people / person.name / photo.name)
+    checkpoint = tiny_checkpoint(root / "tiny.pt")
+    result = run("enroll", people, "-g", root / "gallery", "-c", checkpoint, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    probe = sorted(sorted(sample_photos.iterdir())[0].glob("*.jpg"))[2]
+    return root / "gallery", probe
+
+
+def _copy(gallery: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(gallery, to)
+    return to
+
+
+def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mode, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_a_gallery_created_by_enroll_is_private_to_its_owner(enrolled):
+    gallery, _ = enrolled
+    assert gallery.stat().st_mode & 0o777 == 0o700
+    assert (gallery / "gallery.db").stat().st_mode & 0o777 == 0o600
+    assert all(d.stat().st_mode & 0o077 == 0 for d in (gallery / "crops").rglob("*") if d.is_dir())
+    assert (gallery / "crops").stat().st_mode & 0o777 == 0o700
+
+
+def test_a_gallery_the_user_may_not_write_is_searched_read_only_and_writes_refuse(enrolled, tmp_path, monkeypatch):
+    gallery, probe = enrolled
+    copy = _copy(gallery, tmp_path / "g")
+    (copy / "index.faiss").unlink()  # a stale or missing index must not be rewritten either
+    before = _files(copy)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK and str(p).startswith(
+        str(copy)) else real_access(p, mode, **kw))  # what a read-only mount or another user's gallery looks like
+    for args in (["who", probe, "--device", "cpu", "--json"], ["identities", "list"], ["gallery", "stats"],
+                 ["gallery", "check"], ["db", "current"]):
+        result = run(*args, "-g", copy)
+        assert "Traceback" not in result.output, args
+        assert result.exit_code in (0, 1) and "error" not in result.stderr.lower() or args[1] == "check", \
+            (args, result.output)
+    who = json.loads(run("who", probe, "-g", copy, "--device", "cpu", "--json").stdout)
+    assert who["faces"] and who["faces"][0]["matches"]
+    name = json.loads(run("identities", "list", "-g", copy, "--json").stdout)[0]["name"]
+    for args in (["identities", "rename", name, "b"], ["gallery", "rebuild"], ["enroll", probe, "--name", name]):
+        result = run(*args, "-g", copy)
+        assert result.exit_code == 1 and "read-only" in result.stderr, (args, result.output)
+    # SQLite's shared-memory files appear only where the OS lets anyone create them (root here): on a real
+    # read-only folder SQLite cannot, and the database is opened immutable instead.
+    after = {k: v for k, v in _files(copy).items() if not k.endswith(("-shm", "-wal"))}
+    assert after == before
+
+
+def test_a_damaged_database_is_diagnosed_by_every_command_and_never_written(enrolled, tmp_path):
+    gallery, probe = enrolled
+    copy = _copy(gallery, tmp_path / "g")
+    db = copy / "gallery.db"
+    db.write_bytes(db.read_bytes()[:1000])
+    damaged = db.read_bytes()
+    for args in (["who", probe, "--device", "cpu"], ["identities", "list"], ["gallery", "check"],
+                 ["gallery", "stats"], ["db", "current"], ["enroll", probe, "--name", "x", "--device", "cpu"]):
+        result = run(*args, "-g", copy)
+        assert result.exit_code == 1, (args, result.output)
+        assert "damaged" in result.stderr and "backup" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.output
+    assert db.read_bytes() == damaged
+
+
+# -- names, enroll's exit status, options ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, says", [
+    ("", "empty"), ("   ", "empty"), ("a\x07b", "control"), ("a\u200bb", "invisible"), ("x" * 201, "more than the 200"),
+])
+def test_bad_identity_names_are_refused_before_any_work(enrolled, tmp_path, name, says):
+    gallery, probe = enrolled
+    copy = _copy(gallery, tmp_path / "g")
+    before = _files(copy)
+    result = run("enroll", probe, "--name", name, "-g", copy, "--device", "cpu")
+    assert result.exit_code == 1 and says in result.stderr, result.output
+    existing = json.loads(run("identities", "list", "-g", copy, "--json").stdout)[0]["name"]
+    result = run("identities", "rename", existing, name, "-g", copy)
+    assert result.exit_code == 1 and says in result.stderr, result.output
+    assert _files(copy) == before
+
+
+def test_names_are_one_person_whatever_their_unicode_form_or_spaces(enrolled, tmp_path):
+    gallery, probe = enrolled
+    copy = _copy(gallery, tmp_path / "g")
+    assert run("enroll", probe, "--name", "Zoe\u0308 ", "--largest", "-g", copy, "--device", "cpu").exit_code == 0
+    names = [i["name"] for i in json.loads(run("identities", "list", "-g", copy, "--json").stdout)]
+    assert "Zo\u00eb" in names and "Zoe\u0308 " not in names
+    shown = json.loads(run("identities", "show", " Zoe\u0308", "-g", copy, "--json").stdout)
+    assert shown["name"] == "Zo\u00eb" and shown["n_faces"] == 1
+
+
+def test_merge_into_an_unknown_identity_refuses_unless_asked_to_create_it(enrolled, tmp_path):
+    gallery, _ = enrolled
+    copy = _copy(gallery, tmp_path / "g")
+    first = json.loads(run("identities", "list", "-g", copy, "--json").stdout)[0]
+    result = run("identities", "merge", first["name"], "Alcie", "-g", copy)
+    assert result.exit_code == 1 and "--create" in result.stderr
+    assert "Alcie" not in [i["name"] for i in json.loads(run("identities", "list", "-g", copy, "--json").stdout)]
+    assert run("identities", "merge", first["name"], "Alcie", "--create", "-g", copy).exit_code == 0
+    moved = json.loads(run("identities", "show", "Alcie", "-g", copy, "--json").stdout)
+    assert moved["n_faces"] == first["faces"]
+
+
+def test_enroll_exit_status_says_whether_every_photo_was_enrolled(enrolled, tmp_path):
+    gallery, probe = enrolled
+    copy = _copy(gallery, tmp_path / "g")
+    missing, faceless = tmp_path / "missing.jpg", tmp_path / "grey.jpg"
+    from PIL import Image
+
+    Image.new("RGB", (200, 200), (128, 128, 128)).save(faceless)
+    none = run("enroll", missing, faceless, "--name", "someone", "-g", copy, "--device", "cpu", "--json")
+    assert none.exit_code == 1 and json.loads(none.stdout)["failed"] == 2
+    some = run("enroll", probe, faceless, "--name", "someone", "--largest", "-g", copy, "--device", "cpu")
+    assert some.exit_code == 2 and "1 of 2 photos not enrolled" in some.stderr, some.output
+    again = run("enroll", probe, "--name", "someone", "--largest", "-g", copy, "--device", "cpu")
+    assert again.exit_code == 0  # already enrolled under that name: nothing to do, nothing failed
+    other = run("enroll", probe, "--name", "someone else", "--largest", "-g", copy, "--device", "cpu")
+    assert other.exit_code == 1 and "already enrolled as 'someone'" in other.output
+
+
+def test_enroll_with_a_name_refuses_a_folder_of_person_folders(enrolled, tmp_path, sample_photos):
+    gallery, _ = enrolled
+    result = run("enroll", sample_photos, "--name", "X", "-g", tmp_path / "g", "--device", "cpu")
+    assert result.exit_code == 1 and "holds person folders" in result.stderr
+    assert not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--top-k", "0"), ("--top-k", "-1"), ("--threshold", "nan"),
+                                           ("--threshold", "1.5"), ("--threshold", "-inf")])
+def test_who_refuses_option_values_that_would_give_wrong_answers(enrolled, option, value):
+    gallery, probe = enrolled
+    result = run("who", probe, "-g", gallery, option, value, "--device", "cpu", "--json")
+    assert result.exit_code in (1, 2) and option in json_error(result)["message"], result.output
+
+
+def test_who_says_where_its_threshold_came_from(enrolled):
+    gallery, probe = enrolled
+    given = run("who", probe, "-g", gallery, "--threshold", "0.3", "--device", "cpu")
+    assert given.exit_code == 0 and "(threshold 0.300, given)" in given.stdout
+    default = json.loads(run("who", probe, "-g", gallery, "--device", "cpu", "--json").stdout)
+    assert default["threshold_source"] == "default" and not default["threshold_calibrated"]

@@ -279,6 +279,27 @@ def test_several_raw_folders_merge_identities_and_keep_twin_photos_out_of_evalua
         prepare([wild, tmp_path / "other" / "wild"], tmp_path / "out2", settings)
 
 
+def test_linked_person_folders_are_followed_inside_the_input_and_refused_with_a_row_outside(tmp_path, sample_photos):
+    photo = sorted(sample_photos.glob("07201/*.jpg"))[0]
+    raw, elsewhere = tmp_path / "raw", tmp_path / "elsewhere"
+    (raw / "ann").mkdir(parents=True)
+    shutil.copy(photo, raw / "ann" / "a.jpg")
+    (raw / "archive" / "bob").mkdir(parents=True)
+    shutil.copy(photo, raw / "archive" / "bob" / "b.jpg")
+    (elsewhere / "eve").mkdir(parents=True)
+    shutil.copy(photo, elsewhere / "eve" / "e.jpg")
+    (raw / "bob").symlink_to(raw / "archive" / "bob")  # inside the input: followed
+    (raw / "eve").symlink_to(elsewhere / "eve")  # outside: one refused row, nothing read from there
+    (raw / "ann" / "loop").symlink_to(raw / "ann")  # a loop: refused, scanned once
+    report = prepare(raw, tmp_path / "out", PrepareSettings(min_photos=1), device="cpu", workers=1)
+    rows = {r.path: r for r in report.rows}
+    assert rows["bob/b.jpg"].identity == "bob" and "archive/bob/b.jpg" in rows
+    assert rows["eve"].status == "not_followed" and "outside the input" in rows["eve"].reason
+    assert rows["ann/loop"].status == "not_followed" and "scanned already" in rows["ann/loop"].reason
+    assert not any(path.startswith("eve/") for path in rows)
+    assert {r.path for r in read_manifest(tmp_path / "out")} == set(rows)
+
+
 def test_cli_json_and_clear_failure(tmp_path, sample_photos):
     from facesearch.cli import app
 

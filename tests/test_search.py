@@ -90,14 +90,16 @@ def test_enroll_reports_faceless_group_and_duplicate_photos(checkpoint, people, 
     group.save(tmp_path / "group.jpg")
     Image.new("RGB", (160, 160), (70, 90, 110)).save(tmp_path / "wall.jpg")
     photos = [tmp_path / "group.jpg", tmp_path / "wall.jpg"]
-    first = json.loads(run("enroll", *photos, "--name", "x", "-c", checkpoint, "--device", "cpu", "--json", env=env).output)
+    refused = run("enroll", *photos, "--name", "x", "-c", checkpoint, "--device", "cpu", "--json", env=env, ok=False)
+    assert refused.exit_code == 1  # nothing enrolled
+    first = json.loads(refused.stdout)
     assert [p["status"] for p in first["photos"]] == ["several_faces", "no_face"]
     assert "--largest" in first["photos"][0]["reason"]
     second = json.loads(run("enroll", photos[0], "--name", "x", "--largest", "-c", checkpoint, "--device", "cpu",
                             "--json", env=env).output)
     assert second["photos"][0]["status"] == "enrolled" and second["photos"][0]["n_faces"] == 2
-    third = run("enroll", photos[0], "--name", "y", "--largest", "-c", checkpoint, "--device", "cpu", env=env).output
-    assert "already enrolled as 'x'" in third
+    third = run("enroll", photos[0], "--name", "y", "--largest", "-c", checkpoint, "--device", "cpu", env=env, ok=False)
+    assert third.exit_code == 1 and "already enrolled as 'x'" in third.output
 
 
 def test_who_says_unknown_below_the_threshold_and_uses_the_calibrated_one(checkpoint, people, tmp_path):
@@ -111,8 +113,10 @@ def test_who_says_unknown_below_the_threshold_and_uses_the_calibrated_one(checkp
         enroll(g, embedder, folder_items(people))
         photo = sorted((people / "ann").glob("*.jpg"))[0]
         assert who(g, embedder, photo).faces[0].identity == "ann"
-        assert who(g, embedder, photo, threshold=1.01).faces[0].identity == "unknown"
-        g.set_threshold(1.01, {"source": "test"})
+        assert who(g, embedder, photo, threshold=-1.0).faces[0].identity == "ann"  # the loosest one names anyone
+        with pytest.raises(ValueError, match="between -1 and 1"):
+            who(g, embedder, photo, threshold=1.01)  # a caller's threshold must be a cosine
+        g.set_threshold(1.01, {"source": "test"})  # stricter than any cosine: every face is unknown
         result = who(g, embedder, photo)
         assert result.threshold_calibrated and result.faces[0].identity == "unknown"
         assert result.faces[0].matches[0].name == "ann"  # candidates are still listed

@@ -16,10 +16,11 @@ from facesearch.cli._app import (
 Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Average each face with its mirror image.")]
 
 
-def _open(gallery: Path, db: str | None, create: bool = False):
+def _open(gallery: Path, db: str | None, create: bool = False, reads_only: bool = False):
+    """The gallery; a command that ``reads_only`` also opens one the user may not write (read-only)."""
     from facesearch.gallery import Gallery
 
-    return Gallery(gallery, db, create=create)
+    return Gallery(gallery, db, create=create, read_only=None if reads_only else False)
 
 
 def _embedder(checkpoint: Path | None, device: str, flip: bool = True, gallery=None):
@@ -67,28 +68,43 @@ def embed(
 def enroll(
     paths: Annotated[list[Path], typer.Argument(help="Photos of one person (with --name), or folders with one sub-folder per person.")],
     gallery: GalleryDir = DEFAULT_GALLERY,
-    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Who the photos show (stored verbatim).")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Who the photos show (stored trimmed, in Unicode NFC form; at most 200 characters).")] = None,
     largest: Annotated[bool, typer.Option("--largest", help="Enroll the largest face of group photos instead of refusing them.")] = False,
     db: DbUrl = None,
     checkpoint: Checkpoint = None,
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """Add faces to the gallery: one face per photo; photos already enrolled are skipped."""
+    """Add faces to the gallery: one face per photo; photos already enrolled are skipped.
+
+    Exit status: 0 when every photo is in the gallery under its name (enrolled now or before), 2 when some
+    photos failed (each is listed with its reason), 1 when none could be enrolled.
+    """
     from facesearch.data.images import IMAGE_SUFFIXES
     from facesearch.gallery.enroll import enroll as run_enroll, folder_items
+    from facesearch.gallery.identities import clean_name
 
     items = []
+    if name is not None:
+        name = clean_name(name)
     for path in paths:
-        if name is not None:
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
-            items += [(p, name) for p in files]
+        if name is not None and path.is_dir():
+            people = sorted(d.name for d in path.iterdir() if d.is_dir() and any(
+                p.suffix.lower() in IMAGE_SUFFIXES for p in d.rglob("*")))
+            if people:
+                fail(f"{path}: holds person folders ({', '.join(people[:3])}{', ...' if len(people) > 3 else ''}); "
+                     f"drop --name to enroll each sub-folder as its own person")
+            items += [(p, name) for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        elif name is not None:
+            items.append((path, name))
         elif path.is_dir():
             items += folder_items(path)
-        else:
+        elif path.exists():
             fail(f"{path}: not a folder; give --name NAME to enroll single photos")
+        else:
+            fail(f"{path}: no such file or folder")
     if not items:
-        fail("no photos to enroll")
+        fail(f"no photos to enroll in {', '.join(map(str, paths))}")
     with _open(gallery, db, create=True) as g:
         embedder = _embedder(checkpoint, device, gallery=g)
         with Progress("enrolling", len(items), enabled=not as_json) as progress:
@@ -97,27 +113,36 @@ def enroll(
 
 
 def _print_outcomes(outcomes, as_json: bool) -> None:
+    """The outcome of each photo; exit status 2 when some failed, 1 when all did."""
     from collections import Counter
     from dataclasses import asdict
 
+    from facesearch.gallery.enroll import failed
+
     counts = Counter(o.status for o in outcomes)
+    n_failed = sum(failed(o) for o in outcomes)
     if as_json:
-        typer.echo(json.dumps({"counts": dict(counts), "photos": [asdict(o) for o in outcomes]}, indent=2))
-        return
-    for o in outcomes:
-        if o.status != "enrolled" or o.reason:
-            typer.echo(f"{o.path}: {o.status}{': ' + o.reason if o.reason else ''}")
-    typer.echo(", ".join(f"{n} {status}" for status, n in counts.most_common()))
+        typer.echo(json.dumps({"counts": dict(counts), "failed": n_failed, "photos": [asdict(o) for o in outcomes]},
+                              indent=2))
+    else:
+        for o in outcomes:
+            if o.status != "enrolled" or o.reason:
+                typer.echo(f"{o.path}: {o.status}{': ' + o.reason if o.reason else ''}")
+        typer.echo(", ".join(f"{n} {status}" for status, n in counts.most_common()))
+    if n_failed:
+        if not as_json:
+            typer.echo(f"error: {n_failed} of {len(outcomes)} photos not enrolled (reasons above)", err=True)
+        raise typer.Exit(code=1 if n_failed == len(outcomes) else 2)
 
 
 @app.command()
 def who(
     photo: Annotated[Path, typer.Argument(help="The photo to identify (every face in it).")],
     gallery: GalleryDir = DEFAULT_GALLERY,
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Identities listed per face.")] = 5,
-    threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity needed to name a face (default: the gallery's calibrated one).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Identities listed per face.")] = 5,
+    threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity (-1 to 1) needed to name a face (default: the gallery's calibrated one).")] = None,
     annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Save the photo with boxes and names here.")] = None,
-    min_face: Annotated[int, typer.Option(help="Smallest face looked for, in pixels (20 finds tiny faces, slower).")] = 40,
+    min_face: Annotated[int, typer.Option(min=12, help="Smallest face looked for, in pixels (20 finds tiny faces, slower).")] = 40,
     db: DbUrl = None,
     checkpoint: Checkpoint = None,
     device: Device = "auto",
@@ -127,11 +152,13 @@ def who(
     from facesearch.embed import Embedder
     from facesearch.search import annotate as draw, who as run_who
 
+    if threshold is not None and not -1.0 <= threshold <= 1.0:  # also refuses nan
+        fail(f"--threshold {threshold}: a cosine similarity lies between -1 and 1")
     if photo.is_dir():
         fail(f"{photo}: a folder; give one photo (enroll takes folders)")
     if not photo.is_file():
         fail(f"{photo}: no such file")
-    with _open(gallery, db) as g:
+    with _open(gallery, db, reads_only=True) as g:
         result = run_who(g, Embedder.for_queries(_model(checkpoint, g), device, min_face), str(photo), top_k=top_k,
                          threshold=threshold)
         if annotate is not None:
@@ -140,9 +167,9 @@ def who(
 
 
 def _who_text(result) -> str:
-    source = "calibrated" if result.threshold_calibrated else "default"
     n = len(result.faces)
-    lines = [f"{result.photo}: {n} face{'' if n == 1 else 's'} (threshold {result.threshold:.3f}, {source})"]
+    lines = [f"{result.photo}: {n} face{'' if n == 1 else 's'} (threshold {result.threshold:.3f}, "
+             f"{result.threshold_source})"]
     for i, face in enumerate(result.faces, 1):
         box = ",".join(f"{v:.0f}" for v in face.box)
         lines.append(f"face {i} [{box}]: {face.identity}")
@@ -157,7 +184,7 @@ def _who_text(result) -> str:
 @identities_app.command("list")
 def identities_list(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_json: JsonFlag = False) -> None:
     """Every identity and its number of faces."""
-    with _open(gallery, db) as g:
+    with _open(gallery, db, reads_only=True) as g:
         infos = g.identities()
     rows = [{"name": i.name, "faces": i.n_faces, "updated": i.updated_at} for i in infos]
     _echo(rows, as_json, "\n".join(f"{i.n_faces:6d}  {i.name}" for i in infos) or "(no identities)")
@@ -168,7 +195,7 @@ def identities_show(name: str, gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl 
     """One identity's faces: id, source photo, crop, box."""
     from dataclasses import asdict
 
-    with _open(gallery, db) as g:
+    with _open(gallery, db, reads_only=True) as g:
         info = g.identity(name)
     lines = [f"{info.name}: {info.n_faces} faces"]
     lines += [f"  face {f.id}: {f.source_path}  crop {f.crop_path}  box {f.box}" for f in info.faces]
@@ -184,10 +211,16 @@ def identities_rename(old: str, new: str, gallery: GalleryDir = DEFAULT_GALLERY,
 
 
 @identities_app.command("merge")
-def identities_merge(source: str, target: str, gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None) -> None:
-    """Move every face of SOURCE to TARGET and delete SOURCE."""
+def identities_merge(
+    source: str,
+    target: str,
+    gallery: GalleryDir = DEFAULT_GALLERY,
+    db: DbUrl = None,
+    create: Annotated[bool, typer.Option("--create", help="Create TARGET when no identity has that name.")] = False,
+) -> None:
+    """Move every face of SOURCE to TARGET and delete SOURCE (TARGET must exist unless --create)."""
     with _open(gallery, db) as g:
-        moved = g.merge(source, target)
+        moved = g.merge(source, target, create=create)
     typer.echo(f"merged {source!r} into {target!r}: {moved} faces moved")
 
 
@@ -212,7 +245,7 @@ def identities_remove(
 @gallery_app.command("stats")
 def gallery_stats(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_json: JsonFlag = False) -> None:
     """Counts, model, threshold and index of the gallery."""
-    with _open(gallery, db) as g:
+    with _open(gallery, db, reads_only=True) as g:
         stats = g.stats()
     _echo(stats, as_json, "\n".join(f"{k}: {v}" for k, v in stats.items()))
 
@@ -220,7 +253,7 @@ def gallery_stats(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_js
 @gallery_app.command("check")
 def gallery_check(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_json: JsonFlag = False) -> None:
     """Compare the index and the crops with the database; exit code 1 when they disagree."""
-    with _open(gallery, db) as g:
+    with _open(gallery, db, reads_only=True) as g:
         report = g.check()
     text = "consistent" if report.ok else "\n".join(["problems (fix with `facesearch gallery rebuild`):"] + [f"  {p}" for p in report.problems])
     _echo({"ok": report.ok, "problems": report.problems, **report.details}, as_json, text)
@@ -271,11 +304,16 @@ def gallery_reembed(
 # -- database schema --------------------------------------------------------------------------------
 
 
-def _engine(gallery: Path, db: str | None):
+def _engine(gallery: Path, db: str | None, read_only: bool = False):
     from facesearch.gallery import db as gdb
 
-    gallery.mkdir(parents=True, exist_ok=True)
-    return gdb.create_engine(gdb.resolve_url(gallery, db))
+    url = gdb.resolve_url(gallery, db)
+    sqlite_file = gdb.sqlite_path(url)
+    if read_only and sqlite_file is not None and not sqlite_file.exists():
+        fail(f"{sqlite_file}: no gallery database")
+    if not read_only:
+        gallery.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return gdb.create_engine(url, read_only=read_only)
 
 
 @db_app.command("upgrade")
@@ -305,5 +343,5 @@ def db_current(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None) -> None:
     """The database's schema revision and the latest one this version knows."""
     from facesearch.gallery import db as gdb
 
-    engine = _engine(gallery, db)
+    engine = _engine(gallery, db, read_only=True)
     typer.echo(f"{gdb.masked(engine)}: at revision {gdb.current_revision(engine)} (latest {gdb.head_revision()})")

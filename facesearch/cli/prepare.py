@@ -12,7 +12,7 @@ from facesearch.cli._app import Device, JsonFlag, Progress, app, fail
 
 _STATUS_ORDER = (
     "ok", "duplicate", "conflict", "no_face", "too_small", "too_large", "truncated", "unreadable", "not_an_image",
-    "no_identity",
+    "no_identity", "not_followed",
 )
 
 

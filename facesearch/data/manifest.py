@@ -34,6 +34,7 @@ STATUSES = (
     "too_small",  # below the minimum side length
     "no_face",  # decoded fine, MTCNN found no face
     "no_identity",  # a file directly in RAW_DIR, not inside an identity folder
+    "not_followed",  # a link to a folder outside RAW_DIR (or back into a folder already scanned)
 )
 SPLITS = ("train", "val", "test", "holdout")
 

@@ -224,33 +224,48 @@ class _File:
     size: int
     mtime_ns: int
     source: str = ""  # absolute path
+    refused: str = ""  # why it is not read (a link to a folder that is not followed)
 
 
 def scan(raw_dir: Path, exclude: Path | None = None, label: str = "") -> list[_File]:
     """Every non-hidden file under ``raw_dir`` (sorted), skipping ``exclude`` (an OUT_DIR inside it); paths
-    are prefixed with ``label/`` when it is given."""
+    are prefixed with ``label/`` when it is given. A linked folder is followed when it leads to a folder inside
+    ``raw_dir`` not scanned yet; any other (outside the input, or a loop) is listed as one refused entry."""
     files = []
-    for folder, dirs, names in os.walk(raw_dir):
+    root = raw_dir.resolve()
+    seen = {root}
+
+    def entry(full: Path, refused: str = "") -> _File:
+        try:
+            stat = None if refused else full.stat()
+        except OSError:
+            stat = None
+        rel = full.relative_to(raw_dir)
+        return _File(
+            path=f"{label}/{rel.as_posix()}" if label else rel.as_posix(),
+            identity=rel.parent.as_posix() if rel.parent != Path(".") else "",
+            size=stat.st_size if stat else -1,
+            mtime_ns=stat.st_mtime_ns if stat else -1,
+            source=str(full),
+            refused=refused,
+        )
+
+    for folder, dirs, names in os.walk(raw_dir, followlinks=True):
         folder = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (exclude is None or folder / d != exclude))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            full = folder / name
-            try:
-                stat = full.stat()
-            except OSError:
-                stat = None
-            rel = full.relative_to(raw_dir)
-            files.append(
-                _File(
-                    path=f"{label}/{rel.as_posix()}" if label else rel.as_posix(),
-                    identity=rel.parent.as_posix() if rel.parent != Path(".") else "",
-                    size=stat.st_size if stat else -1,
-                    mtime_ns=stat.st_mtime_ns if stat else -1,
-                    source=str(full),
-                )
-            )
+        kept = []
+        for d in sorted(d for d in dirs if not d.startswith(".") and (exclude is None or folder / d != exclude)):
+            real = (folder / d).resolve()
+            if (folder / d).is_symlink():
+                if not real.is_relative_to(root):
+                    files.append(entry(folder / d, f"a link to {real}, outside the input folder: not followed"))
+                    continue
+                if real in seen or any(real == p for p in (folder.resolve(), *folder.resolve().parents)):
+                    files.append(entry(folder / d, f"a link to {real}, a folder scanned already: not followed"))
+                    continue
+            seen.add(real)
+            kept.append(d)
+        dirs[:] = kept
+        files += [entry(folder / name) for name in sorted(names) if not name.startswith(".")]
     return files
 
 
@@ -260,7 +275,9 @@ def _hash_files(files: list[_File], old_by_path: dict[str, ManifestRow]) -> list
     for f in files:
         row = ManifestRow(f.path, f.identity, "", f.size, f.mtime_ns, status="", reason="")
         old = old_by_path.get(f.path)
-        if old is not None and old.sha256 and (old.size, old.mtime_ns) == (f.size, f.mtime_ns):
+        if f.refused:
+            row.status, row.reason = "not_followed", f.refused
+        elif old is not None and old.sha256 and (old.size, old.mtime_ns) == (f.size, f.mtime_ns):
             row.sha256 = old.sha256
         else:
             try:

@@ -64,14 +64,58 @@ def describe_database_error(error: BaseException) -> str:
     return f"database error: {text}"
 
 
-def create_engine(url: str) -> Engine:
-    """An engine for a gallery database; SQLite gets WAL, foreign keys and a long busy timeout."""
+def create_engine(url: str, read_only: bool = False) -> Engine:
+    """An engine for a gallery database; SQLite gets WAL, foreign keys and a long busy timeout.
+
+    ``read_only``: SQLite is opened with ``mode=ro`` (and ``query_only``), nothing is ever written, not even
+    the WAL switch; on a read-only medium, where SQLite cannot create its shared-memory file, it is opened
+    ``immutable``. Another database is opened as given (its server's permissions decide).
+    """
     if not is_sqlite(url):
         return sa.create_engine(url, pool_pre_ping=True)
+    if read_only:
+        engine = _read_only_sqlite(url, immutable=False)
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")
+        except sa.exc.OperationalError as e:
+            if "unable to open" not in str(e):
+                raise
+            engine.dispose()
+            engine = _read_only_sqlite(url, immutable=True)
+        return engine
     engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None: another database, or in memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _read_only_sqlite(url: str, immutable: bool) -> Engine:
+    from urllib.parse import quote
+
+    path = sqlite_path(url)
+    flags = "immutable=1" if immutable else "mode=ro"
+    engine = sa.create_engine(f"sqlite:///file:{quote(str(path.resolve()))}?{flags}&uri=true",
+                              connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+    event.listen(engine, "connect", _sqlite_read_only_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_read_only_on_connect(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
 
 
 def _sqlite_on_connect(dbapi_connection, _record) -> None:

@@ -31,12 +31,14 @@ class EnrollOutcome:
     reason: str = ""
     face_id: int | None = None
     n_faces: int = 0  # faces detected in the photo
+    enrolled_as: str | None = None  # a duplicate: the identity the photo is already enrolled under
 
 
 def folder_items(root: str | os.PathLike) -> list[tuple[Path, str]]:
     """``(photo, name)`` for every image in ``root/<name>/`` (sub-folders of a person included).
 
-    Names are the folder names, verbatim. Files directly in ``root`` belong to nobody and are skipped.
+    Names are the folder names (the gallery normalises them: NFC, trimmed). Files directly in ``root`` belong
+    to nobody and are skipped.
     """
     root = Path(root)
     items = []
@@ -60,14 +62,32 @@ def enroll(gallery: Gallery, embedder, items: Sequence[tuple[str | os.PathLike, 
     Returns:
         One outcome per photo, in input order.
     """
+    from facesearch.gallery.identities import clean_name
+
     gallery.check_model(embedder.fingerprint)
-    outcomes: list[EnrollOutcome] = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        outcomes += _enroll_batch(gallery, embedder, batch, largest)
+    outcomes: dict[int, EnrollOutcome] = {}
+    named: list[tuple[int, tuple[str | os.PathLike, str]]] = []  # position, (photo, cleaned name)
+    for i, (path, name) in enumerate(items):
+        try:
+            named.append((i, (path, clean_name(name))))
+        except GalleryError as e:
+            outcomes[i] = EnrollOutcome(str(path), str(name), "bad_name", str(e))
+    if progress and outcomes:
+        progress(len(outcomes))
+    for start in range(0, len(named), batch_size):
+        positions, batch = zip(*named[start : start + batch_size])
+        outcomes.update(zip(positions, _enroll_batch(gallery, embedder, list(batch), largest)))
         if progress:
             progress(len(batch))
-    return outcomes
+    return [outcomes[i] for i in range(len(items))]
+
+
+def failed(outcome: EnrollOutcome) -> bool:
+    """Whether a photo did not end up in the gallery under the name asked for (a photo already enrolled under
+    that name is a success: enrolling a folder again is a no-op)."""
+    if outcome.status == "enrolled":
+        return False
+    return not (outcome.status == "duplicate" and outcome.enrolled_as == outcome.name)
 
 
 def _enroll_batch(gallery: Gallery, embedder, batch, largest: bool) -> list[EnrollOutcome]:
@@ -95,7 +115,8 @@ def _enroll_batch(gallery: Gallery, embedder, batch, largest: bool) -> list[Enro
         path, name = str(batch[i][0]), batch[i][1]
         n = len(found[positions.index(i)])
         if i in skipped:
-            done[i] = EnrollOutcome(path, name, "duplicate", f"already enrolled as {skipped[i]!r}", n_faces=n)
+            done[i] = EnrollOutcome(path, name, "duplicate", f"already enrolled as {skipped[i]!r}", n_faces=n,
+                                     enrolled_as=skipped[i])
         else:
             note = f"largest of {n} faces" if n > 1 else ""
             done[i] = EnrollOutcome(path, name, "enrolled", note, face_id=next(added), n_faces=n)
@@ -113,7 +134,7 @@ def _load_new_photos(gallery: Gallery, batch, done: dict[int, EnrollOutcome]) ->
             sha = file_sha256(path)
             holder = gallery.enrolled_as(sha)
             if holder is not None:
-                done[i] = EnrollOutcome(str(path), name, "duplicate", f"already enrolled as {holder!r}")
+                done[i] = EnrollOutcome(str(path), name, "duplicate", f"already enrolled as {holder!r}", enrolled_as=holder)
                 continue
             loaded[i] = (sha, load_image(path))
         except ImageError as e:

@@ -77,7 +77,8 @@ def write_crop(folder: Path, face_id: int, crop, written: list[Path]) -> str:
     """Save a crop as crops/<id // 10000>/<id>.jpg (by id: names never become paths); returns that path."""
     rel = f"{CROPS_DIR}/{face_id // 10_000}/{face_id}.jpg"
     path = folder / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
+    (folder / CROPS_DIR).mkdir(exist_ok=True, mode=0o700)  # faces are private to the gallery's owner
+    path.parent.mkdir(exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
     crop.save(tmp, format="JPEG", quality=95)
     os.replace(tmp, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -9,6 +10,29 @@ from sqlalchemy.orm import Session
 
 from facesearch.gallery.models import Face, Identity, utcnow
 from facesearch.gallery.records import FaceInfo, GalleryError, IdentityInfo, IdentityNotFound
+
+
+MAX_NAME_LENGTH = 200  # characters, after normalisation
+_JOINERS = {"\u200c", "\u200d"}  # zero-width (non-)joiners: part of how some scripts write names
+
+
+def clean_name(name: str) -> str:
+    """An identity name as the gallery stores it: Unicode NFC (so "Zoë" typed two ways is one person), without
+    surrounding white space. Raises GalleryError for an empty name, one over ``MAX_NAME_LENGTH`` characters, or
+    one holding control or invisible formatting characters."""
+    if not isinstance(name, str):
+        raise GalleryError(f"identity name {name!r}: not text")
+    cleaned = unicodedata.normalize("NFC", name).strip()
+    if not cleaned:
+        raise GalleryError(f"identity name {name!r}: empty")
+    if len(cleaned) > MAX_NAME_LENGTH:
+        raise GalleryError(f"identity name {cleaned[:40]!r}...: {len(cleaned)} characters, more than the "
+                           f"{MAX_NAME_LENGTH} allowed")
+    bad = sorted({c for c in cleaned if unicodedata.category(c).startswith("C") and c not in _JOINERS})
+    if bad:
+        codes = ", ".join(f"U+{ord(c):04X}" for c in bad)
+        raise GalleryError(f"identity name {cleaned!r}: holds control or invisible characters ({codes})")
+    return cleaned
 
 
 def find(s: Session, name: str, folder: Path) -> Identity:
@@ -47,12 +71,17 @@ def rename(s: Session, old: str, new: str, folder: Path) -> None:
     ident.name = new
 
 
-def merge(s: Session, source: str, target: str, folder: Path) -> int:
-    """Move every face of ``source`` to ``target`` (created when missing), delete ``source``; faces moved."""
+def merge(s: Session, source: str, target: str, folder: Path, create: bool = False) -> int:
+    """Move every face of ``source`` to ``target``, delete ``source``; faces moved. A missing ``target`` is
+    created only when ``create`` (else a typo would silently make a new person)."""
     if source == target:
         raise GalleryError("cannot merge an identity into itself")
     src = find(s, source, folder)
-    dst = s.scalar(sa.select(Identity).where(Identity.name == target)) or Identity(name=target)
+    dst = s.scalar(sa.select(Identity).where(Identity.name == target))
+    if dst is None and not create:
+        raise IdentityNotFound(f"no identity named {target!r} in {folder} to merge into; rename {source!r} "
+                               "instead, or pass --create to merge into a new identity")
+    dst = dst or Identity(name=target)
     s.add(dst)
     s.flush()
     moved = s.execute(sa.update(Face).where(Face.identity_id == src.id).values(identity_id=dst.id))

@@ -20,6 +20,7 @@ missing, torn or foreign index is detected by epoch, uid or checksum and synchro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import uuid
 from pathlib import Path
@@ -49,18 +50,55 @@ class Gallery:
     explicitly (``facesearch db upgrade``) unless ``migrate=True``.
     """
 
-    def __init__(self, folder: str | os.PathLike, url: str | None = None, *, create: bool = True, migrate: bool | None = None):
+    def __init__(self, folder: str | os.PathLike, url: str | None = None, *, create: bool = True,
+                 migrate: bool | None = None, read_only: bool | None = False):
+        """
+        Args:
+            folder: the gallery folder; created (private to the user: 0700, its database 0600) when missing
+                and ``create``.
+            url: a database URL instead of the folder's SQLite ``gallery.db``.
+            migrate: upgrade an old schema on open (default: SQLite yes, PostgreSQL no).
+            read_only: open for reading only: nothing in the folder or database is written (a search keeps
+                a stale index in memory). ``None``: read-only exactly when the user may not write the gallery
+                (a shared or read-only mount, another user's gallery); writes then refuse with a clear error.
+        """
         self.folder = Path(folder).resolve()
         if not self.folder.is_dir():
-            if not create:
+            if not create or read_only:
                 raise GalleryError(f"{self.folder}: no such gallery folder")
-            self.folder.mkdir(parents=True)
+            self.folder.mkdir(parents=True, mode=0o700)
         self.url = db.resolve_url(self.folder, url)
-        self.engine = db.create_engine(self.url)
+        not_writable = self._not_writable()
+        if read_only is False and not_writable:
+            raise GalleryError(f"{self.folder}: the gallery is read-only for this user (no write permission); "
+                               "this command changes it: use a writable copy")
+        self.read_only = not_writable if read_only is None else read_only
+        sqlite_file = db.sqlite_path(self.url)
+        if sqlite_file is not None and not sqlite_file.exists():
+            if self.read_only:
+                raise GalleryError(f"{self.folder}: no gallery database ({sqlite_file.name}) in this folder")
+            os.close(os.open(sqlite_file, os.O_CREAT | os.O_WRONLY, 0o600))  # SQLite keeps these permissions
+        self.engine = db.create_engine(self.url, read_only=self.read_only)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(db.writer(self.engine), expire_on_commit=False)
-        self._prepare_database(db.is_sqlite(self.url) if migrate is None else migrate)
-        self._index = IndexKeeper(self.folder, self.engine)
+        if self.read_only:
+            self._check_schema()
+        else:
+            self._prepare_database(db.is_sqlite(self.url) if migrate is None else migrate)
+        self._index = IndexKeeper(self.folder, self.engine, writable=not self.read_only)
+
+    def _not_writable(self) -> bool:
+        sqlite_file = db.sqlite_path(self.url)
+        if sqlite_file is None:
+            return not os.access(self.folder, os.W_OK)
+        return not os.access(self.folder, os.W_OK) or (sqlite_file.exists() and not os.access(sqlite_file, os.W_OK))
+
+    def _check_schema(self) -> None:
+        """A read-only gallery cannot be upgraded: its schema must be this version's."""
+        head, current = db.head_revision(), db.current_revision(self.engine)
+        if current != head:
+            raise GalleryError(f"{db.masked(self.url)}: database schema is at revision {current}, this version "
+                               f"reads {head}; open it once with write access to upgrade it")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -88,15 +126,24 @@ class Gallery:
             with exclusive(self.folder):
                 if db.current_revision(self.engine) != head:
                     db.upgrade(self.engine)
-        with contextlib.suppress(sa.exc.IntegrityError), self._write() as s, s.begin():
+        with contextlib.suppress(sa.exc.IntegrityError), self._transaction() as s:
             if s.get(GalleryState, 1) is None:  # another process may insert it first: then ours fails, fine
                 s.add(GalleryState(id=1, uid=uuid.uuid4().hex, epoch=0, index_settings=IndexSettings().to_dict()))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        """A write transaction; refused on a gallery opened read-only."""
+        if self.read_only:
+            raise GalleryError(f"{self.folder}: the gallery is open read-only (no write permission, or opened "
+                               "so); this command changes it: use a writable copy")
+        with self._write() as s, s.begin():
+            yield s
 
     @contextlib.contextmanager
     def _mutation(self) -> Iterator[Session]:
         """A write transaction, serialised with every other one (SQLite: BEGIN IMMEDIATE takes the write
         lock; PostgreSQL: a row lock on gallery_state), so check-then-insert cannot race."""
-        with self._write() as s, s.begin():
+        with self._transaction() as s:
             s.execute(sa.select(GalleryState.id).where(GalleryState.id == 1).with_for_update())
             yield s
 
@@ -141,7 +188,7 @@ class Gallery:
 
     def set_threshold(self, value: float, meta: dict[str, Any] | None = None) -> None:
         """Store a calibrated threshold (e.g. from `facesearch evaluate`), with how it was obtained."""
-        with self._write() as s, s.begin():
+        with self._transaction() as s:
             state = self._state(s)
             state.threshold, state.threshold_meta = float(value), meta
 
@@ -164,6 +211,7 @@ class Gallery:
         Raises:
             ModelMismatchError: the gallery holds another model's embeddings.
         """
+        faces = [dataclasses.replace(f, name=identities.clean_name(f.name)) for f in faces]
         duplicates: list[tuple[int, str]] = []
         written: list[Path] = []
         try:
@@ -195,24 +243,28 @@ class Gallery:
     def identity(self, name: str) -> IdentityInfo:
         """One identity with its faces; raises IdentityNotFound."""
         with self._read() as s:
-            return identities.describe(s, name, self.folder)
+            return identities.describe(s, identities.clean_name(name), self.folder)
 
     def rename(self, old: str, new: str) -> None:
         """Rename an identity (fails if ``new`` exists: merge instead)."""
-        with self._write() as s, s.begin():
+        old, new = identities.clean_name(old), identities.clean_name(new)
+        with self._transaction() as s:
             identities.rename(s, old, new, self.folder)
 
-    def merge(self, source: str, target: str) -> int:
-        """Move every face of ``source`` to ``target`` (created when missing) and delete ``source``.
+    def merge(self, source: str, target: str, create: bool = False) -> int:
+        """Move every face of ``source`` to ``target`` and delete ``source``; a missing ``target`` is created
+        only when ``create``.
 
         Returns:
             The number of faces moved.
         """
-        with self._write() as s, s.begin():
-            return identities.merge(s, source, target, self.folder)
+        source, target = identities.clean_name(source), identities.clean_name(target)
+        with self._transaction() as s:
+            return identities.merge(s, source, target, self.folder, create=create)
 
     def remove(self, name: str) -> int:
         """Delete an identity, its faces, their vectors and their stored crops. Returns faces removed."""
+        name = identities.clean_name(name)
         with self._mutation() as s:
             ident = identities.find(s, name, self.folder)
             crops = s.scalars(sa.select(Face.crop_path).where(Face.identity_id == ident.id)).all()
