@@ -103,11 +103,12 @@ def throughput(device: torch.device, size: int, batch: int, compiled: bool, step
                classes: int, fc_width: int | None, peak_tflops: float | None) -> dict:
     """Images/s of ``Trainer.train_step`` on synthetic data, and its model FLOP utilisation."""
     from facesearch.data.augment import AugmentConfig
-    from facesearch.train import Distributed, Trainer, model_options, train_config
+    from facesearch.distributed import Distributed
+    from facesearch.training import TrainConfig, Trainer, model_options
     from facesearch.models.vgg import VGGConfig
 
     data = synthetic_faces(batch * 4, size, classes)
-    cfg = train_config("faces", batch_size=batch, compile=compiled, device=str(device), epochs=1000)
+    cfg = TrainConfig.faces(batch_size=batch, compile=compiled, device=str(device), epochs=1000)
     model_config = VGGConfig(num_classes=classes, input_size=size, **model_options("faces", fc_width=fc_width))
     trainer = Trainer(data, Path("/nonexistent"), cfg, model_config, AugmentConfig.faces(), Distributed(), device)
     trainer.step = trainer.total_steps // 2  # a mid-schedule learning rate (the value does not change the cost)
@@ -138,14 +139,14 @@ def throughput(device: torch.device, size: int, batch: int, compiled: bool, step
 def cifar(args, device: torch.device) -> dict:
     """Train the CIFAR-10 preset for ``--budget-cifar`` seconds; test accuracy at the end (no selection)."""
     from facesearch.data.datasets import load_dataset
-    from facesearch.train import train, train_config
+    from facesearch.training import TrainConfig, train
 
     cache = args.out / "cache"
     t = time.perf_counter()
     load_dataset("cifar10", args.cifar, 32, cache, workers=16)  # builds the uint8 cache outside the budget
     cache_s = time.perf_counter() - t
     overrides = {"batch_size": 8, "max_steps": 2} if args.smoke else {}
-    cfg = train_config("cifar10", epochs=args.cifar_epochs, time_budget=args.budget_cifar, device=str(device),
+    cfg = TrainConfig.cifar10(epochs=args.cifar_epochs, time_budget=args.budget_cifar, device=str(device),
                        compile=args.compile, eval_every=args.cifar_eval_every, lr=args.cifar_lr, **overrides)
     model = {"fc_width": 16} if args.smoke else None
     result = train("cifar10", args.cifar, args.out / "cifar10-run", cfg, model, cache_dir=cache,
@@ -172,11 +173,11 @@ def _printer(name: str):
 def faces(args, device: torch.device) -> dict:
     """Train the face classifier for ``--budget-faces`` seconds; closed-set and verification figures."""
     from facesearch.checkpoint import load_checkpoint
-    from facesearch.train import model_options, train, train_config
+    from facesearch.training import TrainConfig, model_options, train
 
     overrides = {"batch_size": 8, "max_steps": 2} if args.smoke else {"batch_size": args.batch}
     lr = args.face_lr or 0.05 * overrides["batch_size"] / 128  # preset 0.05 at batch 128, scaled linearly
-    cfg = train_config("faces", epochs=args.face_epochs, time_budget=args.budget_faces, device=str(device),
+    cfg = TrainConfig.faces(epochs=args.face_epochs, time_budget=args.budget_faces, device=str(device),
                        compile=args.compile, lr=lr, **overrides)
     model = model_options("faces", fc_width=args.fc_width, head=args.head)
     run_dir = args.out / "faces-run"
@@ -194,45 +195,54 @@ def faces(args, device: torch.device) -> dict:
 
 
 def verification(loaded, data_dir: Path, split: str, device: torch.device) -> dict | None:
-    """Pair AUC and best-threshold accuracy of cosine similarity, fc7 pre- and post-ReLU, on one split.
+    """Pair AUC and best-threshold accuracy of cosine similarity on one split, for fc7 read both ways.
 
+    The model's own reading (``config.embedding``) is ``forward_embedding``: the vector ``who`` uses, centred on
+    the mean the trainer stored. The other reading (post- for a pre-ReLU model, and the reverse) is centred the
+    same way, on its own mean over (up to 4,096 of) the training crops, so the two compare like for like.
     All same-identity pairs, and as many different-identity pairs drawn at random (seed 0). The threshold is
     chosen on the same pairs, so the accuracy is optimistic; the AUC is threshold-free.
     """
     from facesearch.data.manifest import ok_rows, read_manifest
+    from facesearch.evaluation import metrics
 
-    rows = ok_rows(read_manifest(data_dir), split)
+    manifest = read_manifest(data_dir)
+    rows = ok_rows(manifest, split)
     if len(rows) < 4:
         return None
-    pre = _fc7(loaded, [data_dir / r.crop for r in rows], device)  # (n, d)
+    own = loaded.config.embedding
+    other = "post_relu" if own == "pre_relu" else "pre_relu"
+    paths = [data_dir / r.crop for r in rows]
+    train = [data_dir / r.crop for r in ok_rows(manifest, "train")][:4096]
+    reading = {own: _embeddings(loaded, paths, device, lambda m, x: m.forward_embedding(x))}
+    relu = other == "post_relu"
+    fc7 = lambda m, x: torch.relu(m._fc7(x)) if relu else m._fc7(x)  # noqa: E731 (the other reading, uncentred)
+    mean = _embeddings(loaded, train, device, fc7).mean(0) if train else 0.0
+    reading[other] = _embeddings(loaded, paths, device, fc7) - mean
     labels = np.array([r.identity for r in rows])
     same, diff = _pairs(labels)
-    out = {"n_images": len(rows), "n_identities": len(set(labels)), "n_pairs": len(same) + len(diff)}
-    for name, emb in (("pre_relu", pre), ("post_relu", np.maximum(pre, 0))):
-        emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    truth = np.concatenate([np.ones(len(same), bool), np.zeros(len(diff), bool)])
+    out = {"n_images": len(rows), "n_identities": len(set(labels)), "n_pairs": len(same) + len(diff),
+           "model_embedding": own}
+    for name in ("pre_relu", "post_relu"):
+        emb = reading[name] / np.maximum(np.linalg.norm(reading[name], axis=1, keepdims=True), 1e-12)
         scores = np.concatenate([np.sum(emb[i] * emb[j], 1) for i, j in (same.T, diff.T)])
-        truth = np.concatenate([np.ones(len(same)), np.zeros(len(diff))])
-        out[name] = {"auc": _auc(scores, truth), "best_accuracy": _best_accuracy(scores, truth)}
+        out[name] = {"auc": metrics.auc(metrics.roc_curve(scores, truth)),
+                     "best_accuracy": metrics.best_threshold(scores, truth)[1]}
     return out
 
 
-def _fc7(loaded, paths: list[Path], device: torch.device, batch: int = 256) -> np.ndarray:
-    """fc7 before its ReLU (a forward hook on the public fc7 layer), float32 (n, fc_width)."""
-    from PIL import Image
-
+def _embeddings(loaded, paths: list[Path], device: torch.device, read, batch: int = 256) -> np.ndarray:
+    """``read(model, inputs)`` for the crops ``paths``, float32 (n, d), in batches."""
     from facesearch.checkpoint import preprocess_batch
+    from facesearch.data.images import load_image
 
-    captured = []
-    fc7 = dict(loaded.model.fc_layers())["fc7"]
-    handle = fc7.register_forward_hook(lambda m, i, o: captured.append(o.float().cpu()))
-    try:
-        with torch.no_grad():
-            for start in range(0, len(paths), batch):
-                images = [Image.open(p).convert("RGB") for p in paths[start:start + batch]]
-                loaded.model(preprocess_batch(images, loaded.preprocess).to(device))
-    finally:
-        handle.remove()
-    return torch.cat(captured).numpy()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(paths), batch):
+            images = [load_image(p, min_side=1) for p in paths[start:start + batch]]
+            out.append(read(loaded.model, preprocess_batch(images, loaded.preprocess).to(device)).float().cpu())
+    return torch.cat(out).numpy()
 
 
 def _pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -243,20 +253,6 @@ def _pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     diff_all = np.stack([i[~same_mask], j[~same_mask]], 1)
     pick = np.random.default_rng(0).choice(len(diff_all), size=min(len(diff_all), max(len(same), 1)), replace=False)
     return same, diff_all[pick]
-
-
-def _auc(scores: np.ndarray, truth: np.ndarray) -> float:
-    """Probability that a random same pair outscores a random different pair (ties count 1/2)."""
-    pos, neg = scores[truth == 1], scores[truth == 0]
-    wins = 0.0
-    for chunk in np.array_split(pos, max(1, len(pos) // 1000)):
-        wins += (chunk[:, None] > neg[None, :]).sum() + 0.5 * (chunk[:, None] == neg[None, :]).sum()
-    return float(wins / max(1, len(pos) * len(neg)))
-
-
-def _best_accuracy(scores: np.ndarray, truth: np.ndarray) -> float:
-    thresholds = np.unique(scores)
-    return float(max(((scores >= t) == truth).mean() for t in thresholds))
 
 
 def evaluate_face_model(loaded, args) -> dict:

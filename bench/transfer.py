@@ -7,7 +7,7 @@ the first ``--photos`` photos of each, prepares them (all held out), and runs ``
 open-set --split holdout --enroll 2`` per run folder: rank-1 of the trained model next to the same
 architecture with random weights.
 
-    python bench/transfer.py RUN_DIR [RUN_DIR ...] [--people 60] [--distractors PREPARED]
+    python bench/transfer.py RUN_DIR [RUN_DIR ...] [--people 60] [--distractors PREPARED] [--align]
 
 With ``--distractors`` (a prepare output whose "holdout" rows are people no run trained on, e.g. the one-photo
 people of the base model's pool) their photos probe as strangers too, and the detection equal-error rate
@@ -47,12 +47,13 @@ def main() -> None:
     ap.add_argument("--people", type=int, default=60)
     ap.add_argument("--photos", type=int, default=10)
     ap.add_argument("--min-photos", type=int, default=12)
+    ap.add_argument("--align", action="store_true", help="Prepare the photos aligned (for models trained so).")
     args = ap.parse_args()
 
     celeba = args.data / "celeba-wild-299"
     sample = {d.name for part in ("photos", "train") for d in (REPO / "sample" / part).iterdir() if d.is_dir()}
     people = eval_people(celeba, sample, args.min_photos, args.people)
-    tag = f"{len(people)}x{args.photos}"
+    tag = f"{len(people)}x{args.photos}" + ("-aligned" if args.align else "")
     raw, prepared = args.work / f"photos-{tag}", args.work / f"prepared-{tag}"
     if not (prepared / "manifest.csv").is_file():
         for ident in people:
@@ -60,7 +61,8 @@ def main() -> None:
             for src in sorted((celeba / ident).glob("*.jpg"))[: args.photos]:
                 if not (raw / ident / src.name).exists():
                     (raw / ident / src.name).symlink_to(src.resolve())
-        facesearch("prepare", str(raw), str(prepared), "--holdout-identities", str(len(people)))
+        facesearch("prepare", str(raw), str(prepared), "--holdout-identities", str(len(people)),
+                   *(["--align"] if args.align else []))
     print(f"{len(people)} people outside the sample ({people[0]}..{people[-1]}), {args.photos} photos each, "
           "2 enrolled per person")
     extra = ["--distractors", str(args.distractors), "--distractor-split", "holdout"] if args.distractors else []

@@ -1,7 +1,7 @@
 """facesearch: face recognition trained on your own labelled photos.
 
 Stages (one module each): ``facesearch.data`` (prepare), ``facesearch.models`` (VGG16),
-``facesearch.train``, ``facesearch.embed``, ``facesearch.gallery``, ``facesearch.search``,
+``facesearch.training``, ``facesearch.embed``, ``facesearch.gallery``, ``facesearch.search``,
 ``facesearch.visualize`` + ``facesearch.explain``, ``facesearch.evaluation``.
 
 The names below are the public API; they are imported on first use, so ``import facesearch`` loads no
@@ -21,8 +21,8 @@ _EXPORTS = {
     "PrepareSettings": "facesearch.data.prepare",
     "VGG16": "facesearch.models.vgg",
     "VGGConfig": "facesearch.models.vgg",
-    "train": "facesearch.train",
-    "TrainConfig": "facesearch.train",
+    "train": "facesearch.training",
+    "TrainConfig": "facesearch.training",
     "load_checkpoint": "facesearch.checkpoint",
     "Embedder": "facesearch.embed",
     "Gallery": "facesearch.gallery",

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from facesearch.data.detect import CropSettings
+
 logger = logging.getLogger(__name__)
 
 SELECT_RULES = ("all", "largest", "center")
@@ -23,26 +25,6 @@ SELECT_RULES = ("all", "largest", "center")
 # blown up 3-6x into the model's input and rarely recognised, and skipping them cuts MTCNN's time on a 640 px
 # photo about threefold (measured 183 → 60 ms on this 2-core CPU). `who --min-face 20` finds them anyway.
 QUERY_MIN_FACE = 40
-
-
-@dataclass(frozen=True)
-class CropSettings:
-    """How faces are cut out of photos; must match the ``prepare`` run the model was trained on."""
-
-    size: int = 112  # crop side in px (prepare's default); the model input is resized from it
-    margin: float = 0.2
-    align: bool = False
-
-    @classmethod
-    def from_dict(cls, recorded: dict) -> CropSettings:
-        """The size/margin/align of a settings dict (prepare's ``dataset.json``, a checkpoint's ``crop``); the
-        defaults fill in what it lacks, other keys are ignored."""
-        return cls(**{k: recorded[k] for k in ("size", "margin", "align") if k in recorded})
-
-    @classmethod
-    def from_checkpoint(cls, loaded) -> CropSettings:
-        """The crop settings recorded in the checkpoint (``extra["crop"]``), else prepare's defaults."""
-        return cls.from_dict(getattr(loaded, "extra", {}).get("crop") or {})
 
 
 @dataclass(frozen=True)

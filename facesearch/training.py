@@ -24,26 +24,31 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from facesearch.checkpoint import (Preprocess, fingerprint, model_source, read_checkpoint, resolve_checkpoint,
-                                   resolve_device, save_checkpoint)
+                                   save_checkpoint)
 from facesearch.data.augment import AugmentConfig, augment, normalize
-from facesearch.data.datasets import Dataset, ImageSet, load_dataset
+from facesearch.data.batches import Batches
+from facesearch.data.datasets import Dataset, load_dataset
+from facesearch.distributed import Distributed, setup_distributed
 from facesearch.models.vgg import VGG16, VGGConfig
+from facesearch.visualize.curves import write_curves
 
 log = logging.getLogger(__name__)
 
 # Settings that may differ on --resume without changing what is computed (where and how fast, not what).
 RUNTIME_FIELDS = ("device", "compile", "workers", "time_budget", "max_steps", "checkpoint_every", "log_every",
                   "save_gap", "eval_every")
+
+
+ADAMW_LR, ADAMW_WEIGHT_DECAY = 1e-3, 0.05  # AdamW's preset peak learning rate and decoupled weight decay
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class TrainConfig:
     optimizer: str = "sgd"  # "sgd" (momentum, Nesterov) or "adamw"
     momentum: float = 0.9
     weight_decay: float = 5e-4  # on conv/linear weights only, not on biases and BatchNorm
-    warmup_epochs: float = 1.0  # linear warm-up, then cosine to zero
+    warmup_epochs: float = 2.0  # linear warm-up, then cosine to zero
     label_smoothing: float = 0.0  # keep 0 for faces: smoothing hurts penultimate-layer embeddings
     eval_flip: bool = False  # validation averages the logits of the image and its mirror image
     seed: int = 0
@@ -69,6 +74,43 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA: a one-off compile, then faster steps)
     workers: int = 4  # threads decoding images when the uint8 cache is built
     eval_batch_size: int = 500
+
+    # The defaults above are the face recipe; the constructors below are the presets, one per dataset kind.
+    @classmethod
+    def faces(cls, **overrides) -> TrainConfig:
+        """The face-identity recipe (``facesearch train``), with ``overrides`` (None values ignored)."""
+        return cls._preset({}, overrides)
+
+    @classmethod
+    def cifar10(cls, **overrides) -> TrainConfig:
+        """The usual VGG16-BN CIFAR recipe (SGD 0.1 at batch 128, wd 5e-4, flip + 4 px crop: ~92.6 % in 200
+        epochs) scaled linearly to batch 512, with warm-up + cosine, label smoothing 0.1 and flip-averaged
+        evaluation (``facesearch cifar10 train``)."""
+        return cls._preset(dict(epochs=60, batch_size=512, lr=0.4, warmup_epochs=3.0, label_smoothing=0.1,
+                                eval_flip=True), overrides)
+
+    @classmethod
+    def for_kind(cls, kind: str, **overrides) -> TrainConfig:
+        if kind not in ("faces", "cifar10"):
+            raise ValueError(f"dataset kind must be 'faces' or 'cifar10', not {kind!r}")
+        return cls.faces(**overrides) if kind == "faces" else cls.cifar10(**overrides)
+
+    @classmethod
+    def _preset(cls, preset: dict, overrides: dict) -> TrainConfig:
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if given.get("optimizer") == "adamw":
+            # The SGD recipes' learning rate and decay are far too high for AdamW: its own preset values apply
+            # to whichever of the two the caller did not give (a given value is always kept).
+            preset = {**preset, "lr": ADAMW_LR, "weight_decay": ADAMW_WEIGHT_DECAY}
+        return cls(**{**preset, **given})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """A config saved by ``asdict`` (a checkpoint's ``train_config``); keys this version lacks are refused."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"training settings this version does not know: {sorted(unknown)}")
+        return cls(**d)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
@@ -88,32 +130,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> tuple[Distributed, torch.device]:
-    """Join the torchrun process group when WORLD_SIZE > 1; pick this process's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(device)
-    if world <= 1:
-        return Distributed(), device
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank), device
-
-
 def lr_factor(progress: float, warmup: float) -> float:
     """Linear warm-up over the first ``warmup`` fraction of training, then cosine from 1 to 0."""
     if progress < warmup:
@@ -130,52 +146,6 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999), fused=fused)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, fused=fused)
-
-
-class Batches:
-    """Index permutations per epoch (seeded by seed and epoch: resumable) and uint8 batch gathering."""
-
-    def __init__(self, data: ImageSet, batch_size: int, seed: int, ddp: Distributed, device: torch.device):
-        self.n, self.seed, self.ddp, self.device = len(data), seed, ddp, device
-        self.global_batch = max(ddp.world, min(batch_size, self.n - self.n % ddp.world))
-        if self.global_batch % ddp.world:
-            raise ValueError(f"batch size {batch_size} does not split over {ddp.world} processes")
-        self.local_batch = self.global_batch // ddp.world
-        self.steps_per_epoch = self.n // self.global_batch  # drop the ragged last batch
-        self.labels = torch.from_numpy(data.labels).to(device)
-        self.images = _resident(data.images, device)  # device tensor, or the memmap itself
-        self._perm_epoch, self._perm = -1, None
-
-    def indices(self, epoch: int, step: int) -> torch.Tensor:
-        """This process's share of batch ``step`` of ``epoch`` (on the device when the images are)."""
-        if self._perm_epoch != epoch:  # one permutation per epoch, copied to the device once
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            perm = torch.randperm(self.n, generator=g)
-            self._perm = perm.to(self.device) if isinstance(self.images, torch.Tensor) else perm
-            self._perm_epoch = epoch
-        start = step * self.global_batch + self.ddp.rank * self.local_batch
-        return self._perm[start:start + self.local_batch]
-
-    def shard(self) -> torch.Tensor:
-        """All indices in order, this process's share (rank::world): for evaluation."""
-        idx = torch.arange(self.ddp.rank, self.n, self.ddp.world)
-        return idx.to(self.device) if isinstance(self.images, torch.Tensor) else idx
-
-    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images (b, S, S, 3) and labels (b,) on the device."""
-        if isinstance(self.images, torch.Tensor):
-            return self.images[idx], self.labels[idx]
-        x = torch.from_numpy(self.images[idx.numpy()])
-        if self.device.type == "cuda":
-            x = x.pin_memory()
-        return x.to(self.device, non_blocking=True), self.labels[idx.to(self.device)]
-
-
-def _resident(images: np.ndarray, device: torch.device):
-    """Copy the whole uint8 set onto the GPU when it takes under a quarter of the free memory."""
-    if device.type == "cuda" and images.nbytes < torch.cuda.mem_get_info(device)[0] / 4:
-        return torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return images  # CPU: gather from the memmap (the OS page cache keeps it in memory)
 
 
 class Trainer:
@@ -473,47 +443,14 @@ def _rates(sums: torch.Tensor) -> dict:
     return {"loss": loss_sum / max(1, count), "acc": correct / max(1, count)}
 
 
-def write_curves(history: list[dict], path: Path) -> Path | None:
-    """Loss and accuracy per epoch as a PNG; skipped (None) where matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, ax in (("loss", ax_loss), ("acc", ax_acc)):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
-        if any(h[f"val_{key}"] is not None for h in history):
-            ax.plot(epochs, [h[f"val_{key}"] for h in history], label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy" if key == "acc" else "cross-entropy loss")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 # --- entry point ---------------------------------------------------------------------------------------
 
-# Defaults per dataset: what `facesearch train` and `facesearch cifar10 train` use unless told otherwise.
-PRESETS = {
-    "faces": {
-        "train": {"epochs": 40, "batch_size": 128, "lr": 0.05, "weight_decay": 5e-4, "warmup_epochs": 2.0},
-        # Classic VGG16 head until the GPU measurement (bench/gpu.py reports pre- vs post-ReLU verification;
-        # rerun it with --fc-width / --head to compare) says otherwise: not measured on this CPU, see BENCHMARKS.
-        "model": {"fc_width": 4096, "head": "softmax", "embedding": "post_relu", "dropout": 0.5},
-    },
-    "cifar10": {
-        # The usual VGG16-BN CIFAR recipe (SGD 0.1 at batch 128, wd 5e-4, flip + 4 px crop: ~92.6 % in 200 epochs)
-        # scaled linearly to batch 512, with warm-up + cosine, label smoothing 0.1 and flip-averaged evaluation.
-        "train": {"epochs": 60, "batch_size": 512, "lr": 0.4, "weight_decay": 5e-4, "warmup_epochs": 3.0,
-                  "label_smoothing": 0.1, "eval_flip": True},
-        "model": {"fc_width": 512, "head": "softmax", "embedding": "post_relu", "dropout": 0.0},
-    },
+# The architecture per dataset: what `facesearch train` and `facesearch cifar10 train` build unless told otherwise.
+MODEL_PRESETS = {
+    # Classic VGG16 head until the GPU measurement (bench/gpu.py reports pre- vs post-ReLU verification;
+    # rerun it with --fc-width / --head to compare) says otherwise: not measured on this CPU, see BENCHMARKS.
+    "faces": {"fc_width": 4096, "head": "softmax", "embedding": "post_relu", "dropout": 0.5},
+    "cifar10": {"fc_width": 512, "head": "softmax", "embedding": "post_relu", "dropout": 0.0},
 }
 
 
@@ -525,23 +462,14 @@ def face_crop_settings(data: Dataset) -> dict | None:
     if data.kind != "faces":
         return None
     from facesearch.data.manifest import read_settings
-    from facesearch.embed import CropSettings
+    from facesearch.data.detect import CropSettings
 
     return asdict(CropSettings.from_dict(read_settings(data.root)))  # defaults fill in for outputs older than the file
 
 
-def train_config(kind: str, **overrides) -> TrainConfig:
-    """The preset TrainConfig of a dataset kind, with ``overrides`` (None values ignored) applied."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    values = dict(PRESETS[kind]["train"])
-    if overrides.get("optimizer") == "adamw":  # the SGD presets' lr and decay are far too high for AdamW
-        values.update(lr=1e-3, weight_decay=0.05)
-    return TrainConfig(**{**values, **overrides})
-
-
 def model_options(kind: str, **overrides) -> dict:
-    """The preset VGGConfig fields (all but num_classes/input_size) with ``overrides`` applied."""
-    return {**PRESETS[kind]["model"], **{k: v for k, v in overrides.items() if v is not None}}
+    """The preset VGGConfig fields (all but num_classes/input_size) with ``overrides`` (None ignored) applied."""
+    return {**MODEL_PRESETS[kind], **{k: v for k, v in overrides.items() if v is not None}}
 
 
 def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
@@ -569,7 +497,7 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     """
     from facesearch.data.datasets import default_input_size
 
-    cfg = cfg or train_config(kind)
+    cfg = cfg or TrainConfig.for_kind(kind)
     run_dir = Path(run_dir)
     state = read_checkpoint(run_dir / "last.pt") if resume else None
     start = None
@@ -578,7 +506,7 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
         start = {**read_checkpoint(path), "source": model_source(path)}
         model, input_size = _model_fields(start["model_config"]), start["model_config"]["input_size"]
     if state is not None:
-        saved = TrainConfig(**state["train_config"])
+        saved = TrainConfig.from_dict(state["train_config"])
         runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS}
         runtime["time_budget"] = cfg.time_budget or saved.time_budget  # total seconds, earlier runs included
         cfg = replace(saved, **runtime)

@@ -289,7 +289,8 @@ def test_closed_set_scores_the_test_split(tiny_checkpoint, tmp_path):
     write_manifest(tmp_path, rows)
     summary = evaluate_closed_set(tiny_checkpoint, data_dir=tmp_path, device="cpu")
     assert summary["n_images"] == 6 and summary["n_skipped_unknown_class"] == 2
-    assert 0.0 <= summary["model"]["accuracy"] <= 1.0
+    wrong = sum(c["count"] for c in summary["model"]["most_confused"])  # every error is one confused pair
+    assert summary["model"]["accuracy"] == pytest.approx(1 - wrong / summary["n_images"])
     assert summary["random_baseline"]["fingerprint"] != summary["fingerprint"]
     labels, predicted = np.array([0, 0, 1, 2, 2]), np.array([1, 1, 1, 0, 2])
     assert confused_pairs(labels, predicted, ["a", "b", "c"]) == [
@@ -361,7 +362,10 @@ def test_evaluate_pairs_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like
     assert s["random_baseline"]["fingerprint"] != s["fingerprint"]
     assert set(report.scores) == {"model", "random_baseline"}
     assert s["model"]["n_pairs"] == 8 and s["model"]["n_pairs_skipped"] == 1 and s["n_missing_images"] == 1
-    assert 0 <= s["model"]["accuracy"] <= 1 and s["model"]["n_impostor"] == 4
+    assert s["model"]["n_impostor"] == 4
+    for name in ("model", "random_baseline"):  # test-file accuracy at the threshold chosen on the train file
+        decided = report.scores[name] >= report.thresholds[name]
+        assert s[name]["accuracy"] == pytest.approx(np.mean(decided == report.labels))
 
 
 def test_evaluate_open_set_end_to_end_on_a_prepare_output(tiny_checkpoint, lfw_like):

@@ -107,7 +107,11 @@ def test_classification_draws_13_rows_and_compares_reference_classes(checkpoint,
             Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(refs / name / f"{i}.png")
     e = explain_classification(image, checkpoint, tmp_path / "out", references=refs, settings=settings(), device="cpu")
     assert e.kind == "classification" and e.answer in "abc" and e.runner_up in "abc" and e.answer != e.runner_up
-    assert e.margin >= 0  # predicted class vs runner-up class
+    probabilities = e.details["probabilities"]
+    ranked = sorted(probabilities, key=probabilities.get, reverse=True)
+    assert [e.answer, e.runner_up] == ranked[:2]  # the prediction and the class closest behind it
+    # the logit margin is the log of the two probabilities' ratio
+    assert e.margin == pytest.approx(np.log(probabilities[e.answer] / probabilities[e.runner_up]), abs=1e-3)
     assert [l.name for l in e.layers] == CONVS + ["fc6", "fc7", "fc8"]
     assert Image.open(e.files["feature_maps"]).size[1] > 13 * 64  # 13 rows of tiles
     assert "pair" not in e.files and "similarity" in e.files

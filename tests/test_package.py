@@ -14,6 +14,10 @@ def test_import_loads_no_heavy_library():
     assert out.strip() == "[]"
 
 
-def test_every_exported_name_resolves():
+def test_every_exported_name_resolves_to_its_stage_module():
+    from facesearch import _EXPORTS
+
     for name in facesearch.__all__:
-        assert getattr(facesearch, name) is not None, name
+        obj = getattr(facesearch, name)
+        assert getattr(obj, "__name__", None) == name, name
+        assert obj.__module__.startswith(_EXPORTS[name]), (name, obj.__module__)  # that module, or one it re-exports

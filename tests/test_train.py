@@ -16,8 +16,8 @@ from facesearch.checkpoint import load_checkpoint, read_checkpoint
 from facesearch.data.augment import AugmentConfig, augment
 from facesearch.data.datasets import load_dataset
 from facesearch.data.manifest import ManifestRow, read_manifest, write_manifest, write_settings
-from facesearch.embed import CropSettings
-from facesearch.train import TrainConfig, train
+from facesearch.data.detect import CropSettings
+from facesearch.training import TrainConfig, train
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
 TINY_MODEL = {"fc_width": 16, "dropout": 0.0}
@@ -203,7 +203,7 @@ def test_init_starts_from_a_checkpoint_with_a_head_for_the_new_identities(traine
     """--init: every conv/BN/fc layer starts as the given model's, the head is new and sized for the new people,
     the normalisation is the starting model's, and fine-tuning lowers the loss."""
     from facesearch.models.vgg import VGG16, VGGConfig
-    from facesearch.train import init_weights
+    from facesearch.training import init_weights
 
     run, _, _ = trained
     base = read_checkpoint(run / "best.pt")

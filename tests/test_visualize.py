@@ -265,7 +265,9 @@ def test_pair_view_maps_and_correspondences(net, images, tmp_path):
     assert view.query_map.shape == view.gallery_map.shape == (32, 32)
     assert 0 <= view.query_map.min() and view.query_map.max() <= 1
     assert len(view.matches) <= 5 and all(0 <= m[0] <= 32 and 0 <= m[3] <= 32 for m in view.matches)
-    assert -1 <= view.similarity <= 1
+    with torch.no_grad():
+        a, b = net.forward_embedding(images[:1]), net.forward_embedding(images[1:2])
+    assert view.similarity == pytest.approx(float(torch.nn.functional.cosine_similarity(a, b).item()), abs=1e-5)
     rgb = np.zeros((32, 32, 3), np.uint8)
     assert draw_pair(view, rgb, rgb, tmp_path / "pair.png").is_file()
 

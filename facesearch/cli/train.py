@@ -1,6 +1,6 @@
 """``facesearch train DATA_DIR --out RUN_DIR`` and ``facesearch cifar10 train --data DIR --out RUN_DIR``.
 
-Both call ``facesearch.train.train``; under ``torchrun --nproc-per-node N`` the same command trains with DDP.
+Both call ``facesearch.training.train``; under ``torchrun --nproc-per-node N`` the same command trains with DDP.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ AUGMENTS = ("faces", "faces-strong", "none")
 def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], train_options: dict,
          model_options: dict, input_size: Optional[int], cache_dir: Optional[Path], as_json: bool,
          init: Optional[str] = None, augment: Optional[str] = None) -> None:
-    from facesearch import train as training
+    from facesearch import training
 
     run_dir = out or resume
     if run_dir is None:
@@ -70,7 +70,7 @@ def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], tra
             fail(f"{', '.join(given)}: the architecture comes from --init {init}; leave them out")
     if resume is not None and not (resume / "last.pt").is_file():
         fail(f"{resume / 'last.pt'}: no checkpoint to resume")
-    cfg = training.train_config(kind, **train_options)
+    cfg = training.TrainConfig.for_kind(kind, **train_options)
     model = training.model_options(kind, **model_options)
     with Progress("training") as bar:
         result = training.train(kind, data, run_dir, cfg, model, aug=_augment(augment), input_size=input_size,

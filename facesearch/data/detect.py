@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from facesearch.data.images import NEUTRAL_GREY  # padding outside the photo, as transparent pixels get
+
 logger = logging.getLogger(__name__)
 
-NEUTRAL_GREY = (128, 128, 128)  # padding outside the photo; the same grey alpha is composited on
 
 # Where the five landmarks (eyes, nose, mouth corners) land in a 112x112 crop: the template used by
 # ArcFace/InsightFace. At the default margin (0.2) an aligned crop is exactly that standard crop.
@@ -204,6 +205,26 @@ def select_face(faces: list[Face], image_size: tuple[int, int], rule: str = "lar
         w, h = image_size
         return min(faces, key=lambda f: ((f.center[0] - w / 2) ** 2 + (f.center[1] - h / 2) ** 2, -f.prob))
     raise ValueError(f"unknown selection rule {rule!r}; use 'largest' or 'center'")
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """How faces are cut out of photos; must match the ``prepare`` run the model was trained on."""
+
+    size: int = 112  # crop side in px (prepare's default); the model input is resized from it
+    margin: float = 0.2
+    align: bool = False
+
+    @classmethod
+    def from_dict(cls, recorded: dict) -> CropSettings:
+        """The size/margin/align of a settings dict (prepare's ``dataset.json``, a checkpoint's ``crop``); the
+        defaults fill in what it lacks, other keys are ignored."""
+        return cls(**{k: recorded[k] for k in ("size", "margin", "align") if k in recorded})
+
+    @classmethod
+    def from_checkpoint(cls, loaded) -> CropSettings:
+        """The crop settings recorded in the checkpoint (``extra["crop"]``), else prepare's defaults."""
+        return cls.from_dict(getattr(loaded, "extra", {}).get("crop") or {})
 
 
 def crop_face(image: Image.Image, face: Face, size: int = 112, margin: float = 0.2, align: bool = False) -> Image.Image:

@@ -114,12 +114,28 @@ def embed_photos(
     """
     relpaths = sorted(set(relpaths))
     if is_prepared(images_dir):
+        _check_crops_match(Path(images_dir), getattr(embedder, "crop", None))
         sources, embedded = _prepared_sources(relpaths, Path(images_dir), raw_dir)
         keys = list(sources)
         vectors = _embed_in_batches(embedder, [sources[k] for k in keys], batch_size, progress)
         embedded.vectors.update(zip(keys, vectors))
         return embedded
     return _embed_raw_photos(embedder, relpaths, Path(images_dir), crop_size, select, batch_size, progress)
+
+
+def _check_crops_match(out_dir: Path, crop) -> None:
+    """A prepare output's crops must be cut as the model's training crops were (``who`` cuts them so), or the
+    figures describe another face finder than the product's."""
+    if crop is None:
+        return
+    settings = read_settings(out_dir)
+    made = {"align": bool(settings.get("align", False)), "margin": float(settings.get("margin", 0.2))}
+    wanted = {"align": bool(crop.align), "margin": float(crop.margin)}
+    if made != wanted:
+        differ = ", ".join(f"{k} {made[k]} (the model: {wanted[k]})" for k in made if made[k] != wanted[k])
+        raise ValueError(f"{out_dir}: its crops were cut with {differ}; prepare the photos again with the model's "
+                         f"crop settings ({'--align' if wanted['align'] else 'no --align'}, --margin "
+                         f"{wanted['margin']}), or give the raw photo folder")
 
 
 def _prepared_sources(relpaths: list[str], out_dir: Path, raw_dir) -> tuple[dict[str, Callable], Embedded]:
