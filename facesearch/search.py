@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -64,6 +64,18 @@ def aggregate(hits: Sequence[FaceHit], top_k: int) -> list[IdentityMatch]:
     ]
 
 
+@dataclass(frozen=True)
+class WhoFailure:
+    """A photo ``who_many`` could not answer (unreadable, not an image, ...); the run goes on."""
+
+    photo: str
+    status: str
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"photo": self.photo, "error": {"status": self.status, "reason": self.reason}}
+
+
 def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | None = None) -> WhoResult:
     """Identify every face in a photo.
 
@@ -75,23 +87,79 @@ def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | No
         threshold: cosine similarity needed to name a face; None: the gallery's (calibrated or default).
     Returns:
         WhoResult with one FaceAnswer per detected face (empty when there is none).
+    Raises:
+        ImageError: the photo cannot be read.
     """
-    if top_k < 1:
-        raise ValueError(f"top_k {top_k}: list at least one identity per face")
-    if threshold is not None and not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold {threshold}: a cosine similarity lies between -1 and 1")
-    gallery.check_model(embedder.fingerprint)
-    calibrated, source = False, "given"
-    if threshold is None:
-        threshold, meta = gallery.threshold()
-        calibrated = meta is not None
-        source = "calibrated" if calibrated else "default"
-    faces = embedder.embed_photo(photo, select="all")
-    xq = np.stack([v for _, v in faces]) if faces else np.empty((0, embedder.dim), np.float32)
-    hits = gallery.search(xq, k=max(top_k * FACES_PER_IDENTITY, 50)) if faces else []
-    answers = [_answer(face, aggregate(h, top_k), threshold) for (face, _), h in zip(faces, hits)]
+    from facesearch.data.images import load_image
+
+    rule = _Rule.of(gallery, embedder, top_k, threshold)
+    image = load_image(photo) if isinstance(photo, (str, os.PathLike)) else photo.convert("RGB")
     path = str(photo) if isinstance(photo, (str, os.PathLike)) else None
-    return WhoResult(path, float(threshold), calibrated, answers, source)
+    return _answer_images(gallery, embedder, [image], [path], rule)[0]
+
+
+def who_many(gallery: Gallery, embedder, photos: Sequence[str | os.PathLike], top_k: int = 5,
+             threshold: float | None = None, batch_size: int = 16,
+             progress: Callable[[int], None] | None = None) -> Iterator[WhoResult | WhoFailure]:
+    """``who`` for many photos in one run: the model, index and database are opened once, faces are detected
+    and embedded in batches, and the gallery is searched once per batch. Yields one answer per photo in input
+    order, as soon as its batch is done; a photo that cannot be read yields a ``WhoFailure`` and the run goes on.
+    """
+    from facesearch.data.images import ImageError, load_image
+
+    rule = _Rule.of(gallery, embedder, top_k, threshold)
+    for start in range(0, len(photos), batch_size):
+        batch = [str(p) for p in photos[start : start + batch_size]]
+        images, failures = {}, {}
+        for i, path in enumerate(batch):
+            try:
+                images[i] = load_image(path)
+            except ImageError as e:
+                failures[i] = WhoFailure(path, e.status, e.reason)
+            except OSError as e:
+                failures[i] = WhoFailure(path, "unreadable", e.strerror or str(e))
+        order = list(images)
+        answers = dict(zip(order, _answer_images(gallery, embedder, [images[i] for i in order],
+                                                 [batch[i] for i in order], rule)))
+        for i in range(len(batch)):
+            yield answers.get(i) or failures[i]
+        if progress:
+            progress(len(batch))
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How faces are answered: identities listed per face and the threshold, with where it came from."""
+
+    top_k: int
+    threshold: float
+    calibrated: bool
+    source: str
+
+    @classmethod
+    def of(cls, gallery: Gallery, embedder, top_k: int, threshold: float | None) -> _Rule:
+        if top_k < 1:
+            raise ValueError(f"top_k {top_k}: list at least one identity per face")
+        if threshold is not None and not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold {threshold}: a cosine similarity lies between -1 and 1")
+        gallery.check_model(embedder.fingerprint)
+        if threshold is not None:
+            return cls(top_k, float(threshold), False, "given")
+        value, meta = gallery.threshold()
+        return cls(top_k, float(value), meta is not None, "calibrated" if meta is not None else "default")
+
+
+def _answer_images(gallery: Gallery, embedder, images: list, paths: list[str | None], rule: _Rule) -> list[WhoResult]:
+    """Every face of each image, detected and embedded in one batch, searched with one gallery query."""
+    found = embedder.embed_images(images, select="all") if images else []
+    faces = [(n, f) for n, photo_faces in enumerate(found) for f in photo_faces]
+    xq = np.stack([f.embedding for _, f in faces]) if faces else np.empty((0, embedder.dim), np.float32)
+    hits = gallery.search(xq, k=max(rule.top_k * FACES_PER_IDENTITY, 50)) if faces else []
+    per_photo: list[list[FaceAnswer]] = [[] for _ in images]
+    for (n, f), h in zip(faces, hits):
+        per_photo[n].append(_answer(f.face, aggregate(h, rule.top_k), rule.threshold))
+    return [WhoResult(path, rule.threshold, rule.calibrated, answers, rule.source)
+            for path, answers in zip(paths, per_photo)]
 
 
 def _answer(face, matches: list[IdentityMatch], threshold: float) -> FaceAnswer:

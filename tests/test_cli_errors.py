@@ -85,9 +85,9 @@ def test_a_bad_option_value_under_json_is_a_json_error_with_exit_status_2(tmp_pa
     assert "--top-k" in json_error(result)["message"]
 
 
-def test_who_of_a_folder_says_it_is_a_folder(tmp_path):
-    result = run("who", tmp_path, "-g", tmp_path / "g")
-    assert result.exit_code == 1 and "a folder" in result.stderr
+def test_who_of_a_missing_photo_names_it(tmp_path):
+    result = run("who", tmp_path / "nope.jpg", "-g", tmp_path / "g")
+    assert result.exit_code == 1 and "nope.jpg: no such file" in result.stderr
 
 
 def test_an_unexpected_error_is_one_line_naming_the_log_with_its_traceback(tmp_path, monkeypatch):

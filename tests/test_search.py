@@ -122,6 +122,33 @@ def test_who_says_unknown_below_the_threshold_and_uses_the_calibrated_one(checkp
         assert result.faces[0].matches[0].name == "ann"  # candidates are still listed
 
 
+def test_who_answers_many_photos_in_one_run_as_each_alone_and_goes_on_past_a_bad_one(checkpoint, people, tmp_path):
+    env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
+    run("enroll", people, "-c", checkpoint, "--device", "cpu", env=env)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for person in ("ann", "bob"):
+        for photo in sorted((people / person).glob("*.jpg")):
+            shutil.copy(photo, photos / f"{person}-{photo.name}")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    many = run("who", photos, "--device", "cpu", "--json", env=env, ok=False)
+    assert many.exit_code == 2  # one photo could not be read, the others were answered
+    lines = [json.loads(line) for line in many.stdout.splitlines()]
+    assert [Path(r["photo"]).name for r in lines] == sorted(p.name for p in photos.iterdir())
+    broken = next(r for r in lines if r["photo"].endswith("broken.jpg"))
+    assert broken["error"]["status"] in ("not_an_image", "unreadable", "truncated")
+    for r in lines:
+        if "error" in r:
+            continue
+        alone = json.loads(run("who", r["photo"], "--device", "cpu", "--json", env=env).stdout)
+        assert [f["identity"] for f in r["faces"]] == [f["identity"] for f in alone["faces"]]
+        sims = [m["similarity"] for f in r["faces"] for m in f["matches"]]
+        assert sims == pytest.approx([m["similarity"] for f in alone["faces"] for m in f["matches"]], abs=1e-4)
+    text = run("who", tmp_path / "missing.jpg", photos, "--device", "cpu", env=env, ok=False)
+    assert text.exit_code == 2 and "missing.jpg: unreadable" in text.stdout
+    assert "# threshold 0.500 (default)" in text.stdout and len(text.stdout.splitlines()) == 1 + 6
+
+
 def test_aggregate_scores_each_identity_by_its_best_face():
     from facesearch.gallery import FaceHit
     from facesearch.search import aggregate

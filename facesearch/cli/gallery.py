@@ -137,33 +137,88 @@ def _print_outcomes(outcomes, as_json: bool) -> None:
 
 @app.command()
 def who(
-    photo: Annotated[Path, typer.Argument(help="The photo to identify (every face in it).")],
+    photos: Annotated[list[Path], typer.Argument(
+        help="The photo to identify (every face in it); several photos or folders are answered in one run.")],
     gallery: GalleryDir = DEFAULT_GALLERY,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Identities listed per face.")] = 5,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity (-1 to 1) needed to name a face (default: the gallery's calibrated one).")] = None,
-    annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Save the photo with boxes and names here.")] = None,
+    annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Save the photo with boxes and names here (several photos: into this folder).")] = None,
     min_face: Annotated[int, typer.Option(min=12, help="Smallest face looked for, in pixels (20 finds tiny faces, slower).")] = 40,
     db: DbUrl = None,
     checkpoint: Checkpoint = None,
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """Who is this? The top-k enrolled identities of every face in a photo, or "unknown"."""
+    """Who is this? The top-k enrolled identities of every face in a photo, or "unknown".
+
+    Several photos (or folders of them) are answered in one run, one result per photo as it is done (JSON
+    lines with --json); a photo that cannot be read is reported and the run goes on. Exit status: 0 when every
+    photo was answered, 2 when some could not be read, 1 when none could.
+    """
     from facesearch.embed import Embedder
     from facesearch.search import annotate as draw, who as run_who
 
     if threshold is not None and not -1.0 <= threshold <= 1.0:  # also refuses nan
         fail(f"--threshold {threshold}: a cosine similarity lies between -1 and 1")
-    if photo.is_dir():
-        fail(f"{photo}: a folder; give one photo (enroll takes folders)")
-    if not photo.is_file():
-        fail(f"{photo}: no such file")
+    if len(photos) == 1 and not photos[0].is_dir():
+        photo = photos[0]
+        if not photo.is_file():
+            fail(f"{photo}: no such file")
+        with _open(gallery, db, reads_only=True) as g:
+            result = run_who(g, Embedder.for_queries(_model(checkpoint, g), device, min_face), str(photo),
+                             top_k=top_k, threshold=threshold)
+            if annotate is not None:
+                draw(str(photo), result, annotate)
+        _echo(result.to_dict(), as_json, _who_text(result))
+        return
+    _who_many(_photo_list(photos), gallery, db, checkpoint, device, min_face, top_k, threshold, annotate, as_json)
+
+
+def _photo_list(paths: list[Path]) -> list[Path]:
+    """The photos named and those inside the folders named (sorted), each once."""
+    from facesearch.data.images import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(path)  # a missing file is reported in its turn
+    if not out:
+        fail(f"no photos in {', '.join(map(str, paths))}")
+    return list(dict.fromkeys(out))
+
+
+def _who_many(photos, gallery, db, checkpoint, device, min_face, top_k, threshold, annotate, as_json) -> None:
+    from facesearch.embed import Embedder
+    from facesearch.search import WhoFailure, annotate as draw, who_many
+
+    failed = 0
     with _open(gallery, db, reads_only=True) as g:
-        result = run_who(g, Embedder.for_queries(_model(checkpoint, g), device, min_face), str(photo), top_k=top_k,
-                         threshold=threshold)
-        if annotate is not None:
-            draw(str(photo), result, annotate)
-    _echo(result.to_dict(), as_json, _who_text(result))
+        embedder = Embedder.for_queries(_model(checkpoint, g), device, min_face)
+        with Progress("answering", len(photos)) as bar:
+            for n, result in enumerate(who_many(g, embedder, photos, top_k=top_k, threshold=threshold,
+                                                progress=bar.update)):
+                if isinstance(result, WhoFailure):
+                    failed += 1
+                    typer.echo(json.dumps(result.to_dict()) if as_json else
+                               f"{result.photo}: {result.status}: {result.reason}")
+                    continue
+                if annotate is not None:
+                    draw(result.photo, result, annotate / f"{n:05d}-{Path(result.photo).stem}.jpg")
+                if not as_json and n - failed == 0:
+                    typer.echo(f"# threshold {result.threshold:.3f} ({result.threshold_source}); photo, faces, "
+                               "each face's answer and similarity")
+                typer.echo(json.dumps(result.to_dict(), default=str) if as_json else _who_line(result))
+    if failed:
+        typer.echo(f"error: {failed} of {len(photos)} photos could not be read (listed above)", err=True)
+        raise typer.Exit(code=1 if failed == len(photos) else 2)
+
+
+def _who_line(result) -> str:
+    """One photo's answers on one line: each face's identity and similarity."""
+    faces = "; ".join(f"{f.identity}" + ("" if f.similarity is None else f" {f.similarity:.3f}") for f in result.faces)
+    return f"{result.photo}\t{len(result.faces)} face{'' if len(result.faces) == 1 else 's'}\t{faces or '-'}"
 
 
 def _who_text(result) -> str:
