@@ -8,6 +8,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
     class_names     list[str], index = class id
     preprocess      {"input_size", "mean", "std"}
     model           state dict (fp32, unwrapped from DDP / torch.compile; fp16 in the shipped base model)
+    fingerprint     sha256 of ``model`` (see ``fingerprint``), recorded when saved so loading need not hash it
     crop            {"size", "margin", "align"}: how prepare cut the training faces (faces only; Embedder
                     cuts gallery and query faces the same way)
     training state  optimizer, scheduler, rng, sampler, epoch, step, elapsed, metrics, history, train_config,
@@ -110,6 +111,7 @@ def save_checkpoint(
         "model": {k: v.detach().to("cpu") for k, v in (weights or net.state_dict()).items()},
         **state,
     }
+    payload["fingerprint"] = fingerprint(payload["model"])  # recorded once: loading need not hash the weights
     return _save_atomically(payload, path)
 
 
@@ -157,7 +159,7 @@ def model_source(path: str | os.PathLike) -> str:
     return str(path)
 
 
-INFERENCE_KEYS = ("format", "model_config", "class_names", "preprocess", "model", "crop", "epoch", "step",
+INFERENCE_KEYS = ("format", "fingerprint", "model_config", "class_names", "preprocess", "model", "crop", "epoch", "step",
                   "elapsed", "metrics", "best_val_acc", "train_config", "augment", "dataset", "init")
 
 
@@ -168,6 +170,7 @@ def export_checkpoint(source: str | os.PathLike, target: str | os.PathLike, half
     out = {k: payload[k] for k in INFERENCE_KEYS if payload.get(k) is not None}
     if half:
         out["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    out["fingerprint"] = fingerprint(out["model"])
     return _save_atomically(out, target)
 
 
@@ -230,13 +233,15 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     payload = read_checkpoint(path)
     try:
         config = VGGConfig(**payload["model_config"])
-        model = VGG16(config)
+        with torch.device("meta"):  # no memory and no random initialisation: the weights come from the file
+            model = VGG16(config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its architecture is not one this version of facesearch builds ({e})") from None
-    state = dict(payload["model"])  # load_state_dict casts half-precision weights (the base model) to float32
-    state.setdefault("embedding_mean", torch.zeros_like(model.embedding_mean))  # checkpoints from before centring
+    # float32 compute whatever the file stores (the base model is half precision)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
+    state.setdefault("embedding_mean", torch.zeros(config.fc_width))  # checkpoints from before centring
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(state, assign=True)
     except RuntimeError as e:
         problems = [line.strip() for line in str(e).splitlines()[1:] if line.strip()][:3]
         raise CheckpointError(f"{path}: its weights do not fit the architecture it records "
@@ -248,7 +253,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         config=config,
         class_names=list(payload["class_names"]),
         preprocess=Preprocess.from_dict(payload["preprocess"]),
-        fingerprint=fingerprint(payload["model"]),
+        fingerprint=payload.get("fingerprint") or fingerprint(payload["model"]),
         path=Path(path),
         extra=extra,
     )

@@ -129,19 +129,23 @@ class Embedder:
         image = load_image(photo) if isinstance(photo, (str, os.PathLike)) else photo.convert("RGB")
         return [(f.face, f.embedding) for f in self.embed_images([image], select)[0]]
 
-    def embed_images(self, images: Sequence, select: str = "all", paths: Sequence | None = None) -> list[list[PhotoFace]]:
-        """Detect (batched), select, crop and embed (batched) the faces of several RGB PIL images."""
+    def detect_and_crop(self, images: Sequence, select: str = "all") -> list[list[tuple[object, object]]]:
+        """Detect (batched), select and crop the faces of several RGB PIL images: per image, ``(Face, crop)``."""
         from facesearch.data.detect import crop_face, select_face
 
         if select not in SELECT_RULES:
             raise ValueError(f"select must be one of {SELECT_RULES}, not {select!r}")
-        found = self.detector.detect(list(images))
-        chosen = []  # (image number, Face, crop)
-        for n, (image, faces) in enumerate(zip(images, found)):
+        out = []
+        for image, faces in zip(images, self.detector.detect(list(images))):
             if select != "all":
                 faces = [f for f in [select_face(faces, image.size, select)] if f is not None]
-            for face in faces:
-                chosen.append((n, face, crop_face(image, face, self.crop.size, self.crop.margin, self.crop.align)))
+            out.append([(f, crop_face(image, f, self.crop.size, self.crop.margin, self.crop.align)) for f in faces])
+        return out
+
+    def embed_images(self, images: Sequence, select: str = "all", paths: Sequence | None = None) -> list[list[PhotoFace]]:
+        """Detect (batched), select, crop and embed (batched) the faces of several RGB PIL images."""
+        chosen = [(n, face, crop) for n, faces in enumerate(self.detect_and_crop(images, select))
+                  for face, crop in faces]  # (image number, Face, crop)
         vectors = self.embed_crops([c for _, _, c in chosen])
         out: list[list[PhotoFace]] = [[] for _ in images]
         for (n, face, crop), v in zip(chosen, vectors):

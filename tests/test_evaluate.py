@@ -399,7 +399,7 @@ def test_evaluate_open_set_distractor_folder_probes_as_strangers_even_under_an_e
 
 
 @pytest.mark.slow  # real MTCNN on CPU
-def test_evaluate_pairs_on_raw_photos_detects_faces_and_counts_centre_crops(tiny_checkpoint, tmp_path):
+def test_evaluate_pairs_on_raw_photos_detects_faces_once_and_counts_centre_crops(tiny_checkpoint, tmp_path, monkeypatch):
     """Real MTCNN on real photos in LFW's layout; a photo with no face falls back to its centre crop."""
     people = sorted(p.name for p in SAMPLE.iterdir())[:3]
     for person in people:
@@ -411,12 +411,19 @@ def test_evaluate_pairs_on_raw_photos_detects_faces_and_counts_centre_crops(tiny
     a, b, c = people
     train = _write(tmp_path, "train.txt", f"{a} 1 2\n{b} 1 2\n{a} 1 {b} 1\n{b} 2 {c} 1\n")
     test = _write(tmp_path, "test.txt", f"{c} 1 2\n{a} 1 2\n{c} 2 Wall 1\n{a} 2 {c} 1\n")
+    from facesearch.data.detect import FaceDetector
+
+    detected = []
+    real_detect = FaceDetector.detect
+    monkeypatch.setattr(FaceDetector, "detect", lambda self, images: detected.extend(images) or real_detect(self, images))
     report = verification.evaluate_pairs(tiny_checkpoint, [train, test], tmp_path / "images", device="cpu",
-                                     baseline=False, n_boot=20)
+                                         baseline=True, n_boot=20)
     s = report.summary
     assert s["n_images"] == 7 and s["n_missing_images"] == 0
     assert s["n_center_crop_fallback"] == 1  # the wall
     assert s["model"]["n_pairs"] == 4 and s["model"]["n_pairs_skipped"] == 0
+    assert len(detected) == 7  # one face-finding pass for the trained model and its random baseline together
+    assert s["random_baseline"]["n_pairs"] == 4
 
 
 def test_cli_evaluate_pairs_open_set_and_closed_set(tiny_checkpoint, lfw_like, tmp_path):
