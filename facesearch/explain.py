@@ -187,12 +187,13 @@ def explain_identification(
             ranked = _rank_identities(g.search(query.embedding[None], k=200)[0])
             chosen = _choose(ranked, against, settings.candidates, g)
             candidates = [(name, _gallery_faces(g, name, ranked, settings.faces_per_identity)) for name in chosen]
+            threshold = g.threshold()[0]
     except GalleryError as error:
         raise ExplainError(str(error)) from error
     clock.lap("search the gallery")
     best = {name: sim for name, sim, _ in ranked}
     details = {"gallery": str(gallery), "against": against, "gallery_similarity": {n: best.get(n) for n in chosen},
-               "checkpoint": loaded.fingerprint, "settings": asdict(settings)}
+               "checkpoint": loaded.fingerprint, "settings": asdict(settings), "threshold": threshold}
     return _explain_faces(view, query.crop, str(photo), candidates, Path(out_dir), settings, details, clock)
 
 
@@ -237,9 +238,9 @@ def _choose(ranked, against: str | None, k: int, gallery) -> list[str]:
     if against is not None:
         gallery.identity(against)  # raises IdentityNotFound with the gallery's message
         names = [against] + [n for n in names if n != against]
-    if len(names) < 2:
-        raise ExplainError("the gallery needs at least two identities to explain a match against a runner-up")
-    return names[: max(2, k)]
+    if not names:
+        raise ExplainError("the gallery holds no faces to explain a match with")
+    return names[: max(2, k)]  # one name: a one-person gallery, explained against its threshold
 
 
 def _gallery_faces(gallery, name: str, ranked, m: int) -> list:
@@ -262,20 +263,32 @@ def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, 
 
     x = _tensor([crop], view)  # (1, 3, S, S)
     faces = [(name, _tensor(crops, view)) for name, crops in candidates]
-    similarity = layers.layer_similarity(view.forward, view.sites, x, faces, settings.pool)
-    counts = [f.shape[0] for _, f in faces]
-    groups = torch.split(torch.from_numpy(similarity.embeddings[1:]).to(view.device), counts)
-    match, runner = groups[0][0], groups[1][0]  # each identity's face closest to the query: the gallery's rule
+    names = [c[0] for c in candidates]
+    size = view.preprocess.input_size
+    images = {"query": _rgb(crop, size), "match": _rgb(candidates[0][1][0], size)}
+    if len(faces) > 1:
+        similarity = layers.layer_similarity(view.forward, view.sites, x, faces, settings.pool)
+        counts = [f.shape[0] for _, f in faces]
+        groups = torch.split(torch.from_numpy(similarity.embeddings[1:]).to(view.device), counts)
+        match, runner = groups[0][0], groups[1][0]  # each identity's face closest to the query: the gallery's rule
+        decision_target = targets.MatchMargin(match, runner)
+        images["runner_up"] = _rgb(candidates[1][1][0], size)
+        labels = {"answer": names[0], "runner_up": names[1], "target": f"cosine to {names[0]}'s closest face"}
+    else:  # a one-person gallery: the decision is naming the face at all, its cosine against the threshold
+        similarity = None
+        with torch.no_grad():
+            own = view.forward(torch.cat([x, faces[0][1]]))
+        closest = int(torch.nn.functional.cosine_similarity(own[:1], own[1:]).argmax())
+        match = own[1 + closest]
+        threshold = float(details["threshold"])
+        decision_target = targets.AboveThreshold(match, threshold)
+        labels = {"answer": names[0], "runner_up": f"the threshold {threshold:.3f}",
+                  "target": f"cosine to {names[0]}'s closest face"}
     clock.lap("per-layer similarity")
-    evidence, decision, ablation = _attribute_and_ablate(view, x, targets.CosineTo(match),
-                                                         targets.MatchMargin(match, runner), settings, clock)
+    evidence, decision, ablation = _attribute_and_ablate(view, x, targets.CosineTo(match), decision_target,
+                                                         settings, clock)
     view_pair = pair.pair_view(view.forward, view.sites, x, faces[0][1][:1], settings.fuse_last)
     clock.lap("pair view")
-    size = view.preprocess.input_size
-    images = {"query": _rgb(crop, size), "match": _rgb(candidates[0][1][0], size),
-              "runner_up": _rgb(candidates[1][1][0], size)}
-    names = [c[0] for c in candidates]
-    labels = {"answer": names[0], "runner_up": names[1], "target": f"cosine to {names[0]}'s closest face"}
     return _finish("identification", query, labels, evidence, decision, ablation, similarity, view_pair,
                    images, out_dir, settings, details, clock)
 
@@ -460,7 +473,8 @@ def _html(e: Explanation, images, labels, view_pair, settings) -> str:
     cosine = lambda name: "—" if sims.get(name) is None else f"{sims[name]:.3f}"  # noqa: E731 (not in the top hits)
     if "match" in images:
         faces.append(report.Face(e.answer, images["match"], f"match · gallery cosine {cosine(e.answer)}"))
-        faces.append(report.Face(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {cosine(e.runner_up)}"))
+        if "runner_up" in images:
+            faces.append(report.Face(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {cosine(e.runner_up)}"))
     top3 = ", ".join(e.ranking[:3])
     facts = [("answer", e.answer), ("runner-up", e.runner_up), ("heat-map target", f"{labels['target']} = {e.score:.4f}"),
              (f"decision {decision}", f"{e.margin:.4f} over {e.runner_up}"),

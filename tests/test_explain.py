@@ -94,6 +94,27 @@ def test_against_names_the_identity_to_explain(checkpoint, gallery, tmp_path):
         explain_identification(blank, folder, checkpoint, tmp_path, settings=settings(), device="cpu")
 
 
+@pytest.mark.slow  # real MTCNN and a real gallery on CPU
+def test_a_one_person_gallery_is_explained_against_its_threshold(checkpoint, gallery, tmp_path):
+    from facesearch.embed import Embedder
+    from facesearch.explain import explain_identification
+    from facesearch.gallery import Gallery
+    from facesearch.gallery.enroll import enroll
+
+    _, items = gallery
+    name = items[0][1]
+    with Gallery(tmp_path / "one") as g:
+        enroll(g, Embedder(checkpoint, device="cpu"), [i for i in items if i[1] == name], largest=True)
+        threshold = g.threshold()[0]
+    e = explain_identification(items[0][0], tmp_path / "one", checkpoint, tmp_path / "out", settings=settings(),
+                               device="cpu")
+    assert e.answer == name and e.runner_up == f"the threshold {threshold:.3f}"
+    assert e.margin == pytest.approx(e.score - threshold, abs=1e-4)  # the decision: named at all, or unknown
+    assert e.layers and all(l.similarity is None for l in e.layers)  # nothing to rank one person against
+    assert sorted(e.ranking) == sorted(l.name for l in e.layers)
+    assert "the threshold" in e.files["report"].read_text()
+
+
 def test_classification_draws_13_rows_and_compares_reference_classes(checkpoint, tmp_path):
     from facesearch.explain import explain_classification
 

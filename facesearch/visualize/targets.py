@@ -54,6 +54,17 @@ class MatchMargin:
         return self.match(embeddings) - self.runner_up(embeddings)  # (n,)
 
 
+class AboveThreshold:
+    """cos(query, match) - threshold: positive while the face is named at all (a one-person gallery's decision)."""
+
+    def __init__(self, match: torch.Tensor, threshold: float) -> None:
+        self.match = CosineTo(match)
+        self.threshold = float(threshold)
+
+    def __call__(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.match(embeddings) - self.threshold  # (n,)
+
+
 class LogitMargin:
     """logit[index] - logit[other]: positive while the predicted class beats the runner-up class."""
 
