@@ -245,12 +245,12 @@ def _choose(ranked, against: str | None, k: int, gallery) -> list[str]:
 
 def _gallery_faces(gallery, name: str, ranked, m: int) -> list:
     """Up to m enrolled crops of one identity: those most similar to the query first."""
-    from PIL import Image
+    from facesearch.data.images import load_image
 
     hits = next((faces for n, _, faces in ranked if n == name), [])
     paths = [h.crop_path for h in hits if h.crop_path]
     paths += [f.crop_path for f in gallery.identity(name).faces if f.crop_path and f.crop_path not in paths]
-    crops = [Image.open(p).convert("RGB") for p in paths[:m] if Path(p).is_file()]
+    crops = [load_image(p, min_side=1) for p in paths[:m] if Path(p).is_file()]
     if not crops:
         raise ExplainError(f"identity {name!r} has no stored face crops in the gallery to compare with")
     return crops

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from facesearch.data.images import IMAGE_SUFFIXES
+from facesearch.data.images import IMAGE_SUFFIXES, load_image
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +77,7 @@ def _decode(item: Item, size: int) -> np.ndarray:
     if isinstance(item, np.ndarray):
         image = Image.fromarray(item)
     else:
-        with Image.open(item) as im:
-            image = ImageOps.exif_transpose(im)
-            image.load()
+        image = load_image(item, min_side=1)  # the one decoder: EXIF-upright 8-bit RGB, bombs refused
     return np.asarray(to_square_rgb(image, size), dtype=np.uint8)
 
 

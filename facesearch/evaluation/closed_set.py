@@ -52,7 +52,7 @@ def held_out_items(
 def predict(loaded, files: list[Path], device, batch_size: int = 128) -> np.ndarray:
     """(n,) argmax class of each image under the model's own preprocessing."""
     import torch
-    from PIL import Image
+    from facesearch.data.images import load_image
 
     from facesearch.checkpoint import preprocess_batch
 
@@ -61,8 +61,7 @@ def predict(loaded, files: list[Path], device, batch_size: int = 128) -> np.ndar
         for start in range(0, len(files), batch_size):
             images = []
             for path in files[start : start + batch_size]:
-                with Image.open(path) as im:
-                    images.append(im.convert("RGB"))
+                images.append(load_image(path, min_side=1))
             x = preprocess_batch(images, loaded.preprocess).to(device)  # (b, 3, S, S)
             out.append(loaded.model(x).argmax(dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.int64)

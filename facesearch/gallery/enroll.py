@@ -196,8 +196,6 @@ def reembed(gallery: Gallery, embedder, batch_size: int = 64,
 
 def _recrop(info, crop_settings):
     """The face cut again from its unchanged photo, else the stored crop; (None, "") when neither exists."""
-    from PIL import Image
-
     from facesearch.data.detect import Face, crop_face
     from facesearch.data.images import ImageError, load_image
     from facesearch.data.images import file_sha256
@@ -211,6 +209,5 @@ def _recrop(info, crop_settings):
     except (OSError, ImageError) as e:
         logger.info("face %d: photo unusable (%s), using the stored crop", info.id, e)
     if info.crop_path is not None and info.crop_path.is_file():
-        with Image.open(info.crop_path) as im:
-            return im.convert("RGB"), "crop"
+        return load_image(info.crop_path, min_side=1), "crop"
     return None, ""

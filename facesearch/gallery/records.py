@@ -26,7 +26,7 @@ class IdentityNotFound(GalleryError):
 class NewFace:
     """One face to enroll: its embedding and where it came from."""
 
-    name: str  # identity, stored verbatim
+    name: str  # identity (the gallery stores it NFC-normalised and trimmed: identities.clean_name)
     embedding: np.ndarray  # (d,) float32, L2-normalised
     source_path: str | None = None
     source_sha256: str | None = None  # content hash of the photo: the same photo is enrolled once
