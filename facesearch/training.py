@@ -519,6 +519,7 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     if start is not None:  # the features were learnt on inputs normalised the starting model's way
         pre = Preprocess.from_dict(start["preprocess"])
         data = replace(data, mean=pre.mean, std=pre.std)
+        _warn_on_other_crops(start, face_crop_settings(data), data_dir)
     if state is not None and list(data.class_names) != list(state["class_names"]):
         raise ValueError(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
     model_config = VGGConfig(num_classes=len(data.class_names), input_size=input_size,
@@ -527,6 +528,19 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     log.info("training %s on %s: %d classes, %d train images, device %s, %d process(es)", kind, data_dir,
              len(data.class_names), len(data.train), device, ddp.world)
     return Trainer(data, run_dir, cfg, model_config, aug, ddp, device, on_progress, state, start).run()
+
+
+def _warn_on_other_crops(start: dict, crop: dict | None, data_dir) -> None:
+    """Fine-tuning on faces cut another way (aligned or not, another margin) than the starting model's wastes
+    what it learnt; say so (it is allowed: a long enough run adapts)."""
+    theirs = start.get("crop") or {}
+    if crop is None or not theirs:
+        return
+    differ = [f"{k} {crop[k]} (the starting model: {theirs[k]})" for k in ("align", "margin")
+              if k in theirs and crop.get(k) != theirs[k]]
+    if differ:
+        log.warning("%s: its crops were cut with %s; prepare them as the starting model's were for a fine-tune "
+                    "to build on it", data_dir, ", ".join(differ))
 
 
 def init_weights(net: VGG16, init: dict, class_names: Sequence[str] | None = None) -> dict:

@@ -120,6 +120,18 @@ def who_rates(out: Path, p: dict, orl: Path) -> dict:
     }
 
 
+def base_crop_options() -> list[str]:
+    """``prepare`` options that cut faces as the shipped base model's training crops were cut (its checkpoint
+    records them): the fine-tuning data, the gallery and the strangers must be cut the same way."""
+    from facesearch.checkpoint import read_checkpoint
+
+    crop = read_checkpoint("base").get("crop") or {}
+    options = ["--align"] if crop.get("align") else []
+    if "margin" in crop:
+        options += ["--margin", str(crop["margin"])]
+    return options
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "demo-out", help="Where every output goes.")
@@ -134,12 +146,13 @@ def main() -> None:
     log = out / "commands.log"
     t0 = time.perf_counter()
 
-    prep = run(["prepare", str(args.train_photos), str(out / "prepared-train"), "--min-photos", str(TRAIN_MIN_PHOTOS)],
-               log)
+    crop = base_crop_options()
+    prep = run(["prepare", str(args.train_photos), str(out / "prepared-train"), "--min-photos", str(TRAIN_MIN_PHOTOS),
+                *crop], log)
     print(f"  {prep['counts']} ; splits {prep.get('splits')}")
     for name, folder in (("gallery", args.photos), ("strangers", args.strangers)):
         held = run(["prepare", str(folder), str(out / f"prepared-{name}"),
-                    "--holdout-identities", str(len([d for d in folder.iterdir() if d.is_dir()]))], log)
+                    "--holdout-identities", str(len([d for d in folder.iterdir() if d.is_dir()])), *crop], log)
         print(f"  {held['counts']} (all held out of training)")
     p = plan(out / "prepared-train", args.train_photos, out / "prepared-gallery", args.photos,
              out / "prepared-strangers", args.strangers)
