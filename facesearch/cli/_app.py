@@ -247,9 +247,11 @@ identities_app = typer.Typer(no_args_is_help=True, help="List, show, rename, mer
 gallery_app = typer.Typer(no_args_is_help=True, help="Gallery statistics, consistency check, rebuild, re-embed.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
 evaluate_app = typer.Typer(no_args_is_help=True, help="Measure accuracy: LFW pairs, open-set, closed-set.")
+clusters_app = typer.Typer(no_args_is_help=True, help="Name, merge, split and edit the groups of `facesearch cluster`.")
 
 app.add_typer(cifar10_app, name="cifar10")
 app.add_typer(identities_app, name="identities")
 app.add_typer(gallery_app, name="gallery")
 app.add_typer(db_app, name="db")
 app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(clusters_app, name="clusters")

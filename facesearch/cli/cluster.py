@@ -1,0 +1,156 @@
+"""``facesearch cluster PHOTOS... --out CLUSTERS`` and ``facesearch clusters name|merge|split|remove|show``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from facesearch.cli._app import (
+    DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, Progress, app, clusters_app,
+)
+
+ClustersDir = Annotated[Path, typer.Argument(help="A clusters folder written by `facesearch cluster`.")]
+
+
+def _summary_text(summary: dict, failures: dict | None = None) -> str:
+    lines = [f"{summary['faces']} faces in {summary['photos']} photos: {summary['groups']} groups, "
+             f"{summary['unclustered']} faces unclustered ({summary['folder']})"]
+    for g in summary["group_list"]:
+        label = f" = {g['name']}" if g["name"] else ""
+        match = f"  (gallery: {g['identity']})" if g["identity"] else ""
+        lines.append(f"  group {g['group']}{label}: {g['faces']} faces{match}  {g['sheet']}")
+    for path, reason in (failures or {}).items():
+        lines.append(f"{path}: {reason}")
+    return "\n".join(lines)
+
+
+@app.command("cluster")
+def cluster(
+    photos: Annotated[list[Path], typer.Argument(help="Photo folders (searched recursively) or photos.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The clusters folder (an earlier run's is updated).")],
+    gallery: Annotated[Optional[Path], typer.Option(
+        "--gallery", "-g", envvar="FACESEARCH_GALLERY",
+        help="Label faces that match an enrolled identity (and use the gallery's model).")] = None,
+    algorithm: Annotated[Optional[str], typer.Option(
+        help='"complete" (default: every two faces of a group are close), "average" or "dbscan".')] = None,
+    eps: Annotated[Optional[float], typer.Option(
+        help="Cosine distance (1 - similarity) under which faces group (default: the earlier run's, else the "
+             "measured default).")] = None,
+    min_size: Annotated[Optional[int], typer.Option(help="Faces a group needs (default 2).")] = None,
+    db: DbUrl = None,
+    checkpoint: Checkpoint = None,
+    device: Device = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Group the faces of unlabelled photos by person: every face found, embedded as `who` does, grouped.
+
+    Writes faces.csv (one row per face: photo, box, group, distance to the group's centre), a contact sheet per
+    group (sheets/group-N.png) and clusters.json. Re-running over the folder keeps the groups' ids and names.
+    Name a group with `facesearch clusters name CLUSTERS GROUP NAME -g GALLERY`.
+    """
+    from dataclasses import replace
+
+    from facesearch.checkpoint import resolve_checkpoint
+    from facesearch.cli.gallery import _open, _photo_list
+    from facesearch.cluster import STATE_NAME, ClusterSettings, cluster_folder, load
+    from facesearch.embed import Embedder
+
+    files = _photo_list(photos)
+    given = {k: v for k, v in dict(algorithm=algorithm, eps=eps, min_size=min_size).items() if v is not None}
+    base = load(out).settings if (out / STATE_NAME).is_file() else ClusterSettings()
+    settings = replace(base, **given)
+    g = _open(gallery, db, reads_only=True) if gallery is not None else None
+    try:
+        model = resolve_checkpoint(checkpoint, g.model_source if g is not None else None)
+        embedder = Embedder.for_queries(model, device)
+        with Progress("finding faces", len(files)) as bar:
+            report = cluster_folder(files, out, embedder, settings, gallery=g, progress=bar.update)
+    finally:
+        if g is not None:
+            g.close()
+    summary = {**report.clusters.summary(), "new_photos": report.new_photos, "reused_photos": report.reused_photos,
+               "failures": report.failures}
+    typer.echo(json.dumps(summary, indent=2) if as_json else _summary_text(summary, report.failures))
+
+
+def _edit(folder: Path, change) -> dict:
+    from facesearch.cluster import draw_sheets, load, save
+
+    c = load(folder)
+    result = change(c)
+    save(c)
+    draw_sheets(c)
+    return {"result": result, **c.summary()}
+
+
+@clusters_app.command("show")
+def clusters_show(clusters: ClustersDir, as_json: JsonFlag = False) -> None:
+    """The groups of a clusters folder: size, name, gallery match, contact sheet."""
+    from facesearch.cluster import load
+
+    summary = load(clusters).summary()
+    typer.echo(json.dumps(summary, indent=2) if as_json else _summary_text(summary))
+
+
+@clusters_app.command("name")
+def clusters_name(
+    clusters: ClustersDir,
+    group: Annotated[int, typer.Argument(help="The group's number.")],
+    name: Annotated[str, typer.Argument(help="Who the group's faces are (a new or an existing identity).")],
+    gallery: GalleryDir = DEFAULT_GALLERY,
+    db: DbUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Enroll the group's faces in the gallery as NAME (each face once: faces already enrolled are skipped)."""
+    from facesearch.cli.gallery import _open
+    from facesearch.cluster import name_group
+
+    with _open(gallery, db, create=True) as g:
+        out = _edit(clusters, lambda c: name_group(c, group, name, g))
+    r = out["result"]
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    typer.echo(f"group {group} = {name!r}: {r['enrolled']} faces enrolled in {gallery}"
+               + (f", {len(r['duplicates'])} already enrolled" if r["duplicates"] else ""))
+
+
+@clusters_app.command("merge")
+def clusters_merge(
+    clusters: ClustersDir,
+    target: Annotated[int, typer.Argument(help="The group that stays.")],
+    sources: Annotated[list[int], typer.Argument(help="Groups whose faces move into TARGET.")],
+) -> None:
+    """Move every face of the SOURCES groups into TARGET (kept so on later runs)."""
+    from facesearch.cluster import merge
+
+    out = _edit(clusters, lambda c: merge(c, target, sources))
+    typer.echo(f"{out['result']} faces moved into group {target}")
+
+
+@clusters_app.command("split")
+def clusters_split(
+    clusters: ClustersDir,
+    group: Annotated[int, typer.Argument(help="The group to split.")],
+    eps: Annotated[Optional[float], typer.Option(help="The tighter distance (default: half the folder's).")] = None,
+) -> None:
+    """Cluster one group again, tighter; its parts become groups of their own."""
+    from facesearch.cluster import split
+
+    out = _edit(clusters, lambda c: split(c, group, eps))
+    typer.echo(f"group {group} became groups {', '.join(map(str, out['result'])) or '(none: all unclustered)'}")
+
+
+@clusters_app.command("remove")
+def clusters_remove(
+    clusters: ClustersDir,
+    faces: Annotated[list[int], typer.Argument(help="Face ids (faces.csv's face_id) to take out of their groups.")],
+) -> None:
+    """Take faces out of their groups (they stay out on later runs)."""
+    from facesearch.cluster import remove
+
+    out = _edit(clusters, lambda c: remove(c, faces))
+    typer.echo(f"{out['result']} faces taken out of their groups")

@@ -1,0 +1,150 @@
+"""`facesearch cluster`: grouping, the clusters folder across runs and edits, naming a group into a gallery."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from gallery_support import tiny_checkpoint
+
+NO_ENV = {"FACESEARCH_CHECKPOINT": None, "FACESEARCH_GALLERY": None, "FACESEARCH_DB": None}
+
+
+def run(*args, ok=True):
+    from facesearch.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], env=NO_ENV)
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def people_vectors(rng, n_people=5, per_person=6, strangers=10, d=32, spread=0.15):
+    centres = rng.normal(size=(n_people + strangers, d))
+    x = np.concatenate([np.repeat(centres[:n_people], per_person, 0), centres[n_people:]])
+    x = x + spread * rng.normal(size=x.shape)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    truth = [i for i in range(n_people) for _ in range(per_person)] + [-1] * strangers
+    return x.astype(np.float32), np.array(truth)
+
+
+@pytest.mark.parametrize("algorithm", ["complete", "average", "dbscan"])
+def test_group_faces_finds_the_people_and_leaves_strangers_unclustered(algorithm):
+    from facesearch.cluster import ClusterSettings, group_faces
+
+    x, truth = people_vectors(np.random.default_rng(0))
+    labels = group_faces(x, ClusterSettings(algorithm=algorithm, eps=0.3, min_size=2, centre=False))
+    for person in range(5):
+        assert len(set(labels[truth == person])) == 1 and labels[truth == person][0] >= 0, labels
+    assert len(set(labels[truth >= 0])) == 5  # five groups, one per person
+    assert (labels[truth == -1] == -1).all()  # one-off faces belong to no group
+
+
+def _clusters(tmp_path, x):
+    from facesearch.cluster import Clusters, ClusterSettings, FaceRow
+
+    rows = [FaceRow(i + 1, f"/p/{i}.jpg", f"sha{i}", [0, 0, 10, 10], 0.99, 1) for i in range(len(x))]
+    return Clusters(tmp_path, rows, x, {"fingerprint": "fp", "source": None},
+                    ClusterSettings(eps=0.3, centre=False))
+
+
+def test_regrouping_keeps_ids_names_and_a_persons_edits(tmp_path):
+    from facesearch.cluster import UNCLUSTERED, FaceRow, merge, regroup, remove
+
+    rng = np.random.default_rng(1)
+    x, truth = people_vectors(rng)
+    c = _clusters(tmp_path, x)
+    regroup(c)
+    group_of = {p: c.rows[int(np.flatnonzero(truth == p)[0])].group for p in range(5)}
+    c.names[group_of[0]] = "Ann"
+    removed = c.rows[int(np.flatnonzero(truth == 1)[0])].face_id
+    remove(c, [removed])
+    moved = merge(c, group_of[2], [group_of[3]])
+    assert moved == 6
+    # new photos: two more faces of person 0 and one new person
+    more, _ = people_vectors(np.random.default_rng(1), n_people=5, per_person=8, strangers=0)
+    extra = np.concatenate([more[6:8], people_vectors(np.random.default_rng(9), n_people=1, strangers=0)[0]])
+    start = len(c.rows)
+    c.rows += [FaceRow(start + i + 1, f"/p/new{i}.jpg", f"new{i}", [0, 0, 10, 10], 0.99, 1) for i in range(len(extra))]
+    c.vectors = np.concatenate([c.vectors, extra])
+    regroup(c)
+    assert c.names == {group_of[0]: "Ann"}
+    assert {r.group for r, t in zip(c.rows, truth) if t == 0} == {group_of[0]}
+    assert c.rows[start].group == c.rows[start + 1].group == group_of[0]  # the new photos of Ann joined her group
+    assert next(r for r in c.rows if r.face_id == removed).group == UNCLUSTERED  # taken out, stays out
+    assert {r.group for r, t in zip(c.rows, truth) if t in (2, 3)} == {group_of[2]}  # the merge holds
+    new_person = {r.group for r in c.rows[start + 2:]}
+    assert len(new_person) == 1 and new_person.isdisjoint(group_of.values())  # a new group, a new id
+
+
+@pytest.fixture(scope="module")
+def photos(sample_photos, tmp_path_factory):
+    """Two people (two photos each) and a group photo of the two."""
+    root = tmp_path_factory.mktemp("cluster")
+    folder = root / "photos"
+    folder.mkdir()
+    people = sorted(p for p in sample_photos.iterdir() if p.is_dir())[:2]
+    singles = []
+    for person in people:
+        for photo in sorted(person.glob("*.jpg"))[:2]:
+            shutil.copy(photo, folder / f"{person.name}-{photo.name}")
+            singles.append(folder / f"{person.name}-{photo.name}")
+    a, b = (Image.open(singles[i]).convert("RGB") for i in (0, 2))
+    group = Image.new("RGB", (a.width + b.width + 40, max(a.height, b.height)), (128, 128, 128))
+    group.paste(a, (0, 0))
+    group.paste(b, (a.width + 40, 0))
+    group.save(folder / "group.jpg", quality=95)
+    return root, folder, tiny_checkpoint(root / "tiny.pt"), [p.name for p in people]
+
+
+def test_cluster_then_name_a_group_then_rerun_with_new_photos(photos, tmp_path, sample_photos):
+    root, folder, checkpoint, people = photos
+    work = tmp_path / "photos"
+    shutil.copytree(folder, work)
+    out = tmp_path / "clusters"
+    # with random weights (centred on the folder) only a face and its own pasted copy are this close
+    first = json.loads(run("cluster", work, "--out", out, "-c", checkpoint, "--eps", "0.25", "--device", "cpu",
+                           "--json").stdout)
+    assert first["photos"] == 5 and first["faces"] >= 6 and first["new_photos"] == 5
+    rows = list(__import__("csv").DictReader(open(out / "faces.csv")))
+    in_group_photo = [r for r in rows if r["photo"].endswith("group.jpg")]
+    assert len(in_group_photo) >= 2
+    groups = {int(r["group"]) for r in in_group_photo}
+    assert len(groups - {-1}) >= 2  # a group photo's faces land in different groups
+    for g in first["group_list"]:
+        assert Path(g["sheet"]).is_file()
+    target = next(g for g in first["group_list"] if g["faces"] >= 2)
+    members = [r for r in rows if int(r["group"]) == target["group"]]
+    named = json.loads(run("clusters", "name", out, target["group"], "Someone", "-g", tmp_path / "g",
+                           "--json").stdout)
+    assert named["result"]["enrolled"] == len(members)
+    listed = json.loads(run("identities", "list", "-g", tmp_path / "g", "--json").stdout)
+    assert listed == [{"name": "Someone", "faces": len(members), "updated": listed[0]["updated"]}]
+    again = json.loads(run("clusters", "name", out, target["group"], "Someone", "-g", tmp_path / "g",
+                           "--json").stdout)
+    assert again["result"]["enrolled"] == 0 and len(again["result"]["duplicates"]) == len(members)  # once each
+    # a new photo appears: the old faces are reused, the name stays with its group
+    extra = sorted((sample_photos / people[1]).glob("*.jpg"))[5]
+    shutil.copy(extra, work / "new.jpg")
+    rerun = json.loads(run("cluster", work, "--out", out, "--device", "cpu", "-c", checkpoint, "--json").stdout)
+    assert rerun["new_photos"] == 1 and rerun["reused_photos"] == 5
+    names = {g["group"]: g["name"] for g in rerun["group_list"]}
+    assert names.get(target["group"]) == "Someone"
+
+
+def test_cluster_refuses_another_model_and_names_missing_groups(photos, tmp_path):
+    root, folder, checkpoint, _ = photos
+    out = tmp_path / "clusters"
+    run("cluster", folder, "--out", out, "-c", checkpoint, "--eps", "0.25", "--device", "cpu")
+    other = run("cluster", folder, "--out", out, "-c", tiny_checkpoint(tmp_path / "other.pt", seed=3), ok=False)
+    assert other.exit_code == 1 and "clustered with model" in other.stderr
+    missing = run("clusters", "name", out, "999", "X", "-g", tmp_path / "g", ok=False)
+    assert missing.exit_code == 1 and "no group 999" in missing.stderr
+    assert not (tmp_path / "g" / "gallery.db").exists() or run("identities", "list", "-g", tmp_path / "g").stdout \
+        .strip() == "(no identities)"
