@@ -178,6 +178,8 @@ def main() -> None:
     # The base model is the default of every command: no --checkpoint at all; the gallery records its model.
     ck = ([] if best == "base" else ["--checkpoint", str(out / "run")]) + ["--gallery", str(out / "gallery"),
                                                                           "--device", "cpu"]
+    # A fresh gallery each run: an earlier demo's may hold another model's embeddings (or another sample).
+    shutil.rmtree(out / "gallery", ignore_errors=True)
     # --largest: these are one-person photos, so the largest face is the person (prepare keeps the same one);
     # without it a photo with a bystander is refused, as it should be for unlabelled group shots
     enr = run(["enroll", str(link_photos(out / "inputs" / "enroll", p["enroll"])), *ck, "--largest"], log)

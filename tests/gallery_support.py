@@ -58,3 +58,19 @@ def tiny_checkpoint(path, input_size: int = 32, fc_width: int = 64, seed: int = 
     torch.manual_seed(seed)
     model = VGG16(VGGConfig(num_classes=3, input_size=input_size, fc_width=fc_width, embedding="pre_relu"))
     return save_checkpoint(path, model, ["a", "b", "c"], Preprocess(input_size))
+
+
+# The CLI as a user runs it, with none of facesearch's environment variables leaking in from the shell.
+NO_ENV = {"FACESEARCH_CHECKPOINT": None, "FACESEARCH_GALLERY": None, "FACESEARCH_DB": None, "FACESEARCH_LOG": None}
+
+
+def run_cli(*args, ok: bool = True, env: dict | None = None):
+    """``facesearch ARGS`` in-process; ``ok``: assert it exited 0 (showing its output if not)."""
+    from typer.testing import CliRunner
+
+    from facesearch.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], env={**NO_ENV, **(env or {})})
+    if ok:
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    return result

@@ -11,21 +11,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
-from gallery_support import tiny_checkpoint
+from gallery_support import run_cli, tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-NO_ENV = {"FACESEARCH_CHECKPOINT": None, "FACESEARCH_GALLERY": None, "FACESEARCH_DB": None}
 
 
-def run(*args, ok=True):
-    from facesearch.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args], env=NO_ENV)
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
+def run(*args, ok=True, env=None):
+    return run_cli(*args, ok=ok, env=env)
 
 
 def test_the_shipped_model_loads_compact_and_embeds():

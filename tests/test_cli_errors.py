@@ -10,17 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from gallery_support import tiny_checkpoint
-
-NO_ENV = {"FACESEARCH_CHECKPOINT": None, "FACESEARCH_GALLERY": None, "FACESEARCH_DB": None, "FACESEARCH_LOG": None}
+from gallery_support import run_cli, tiny_checkpoint
 
 
-def run(*args, env=None):
-    from facesearch.cli import app
-
-    return CliRunner().invoke(app, [str(a) for a in args], env={**NO_ENV, **(env or {})})
+def run(*args, ok=False, env=None):  # these tests look at failures: no exit-status assertion by default
+    return run_cli(*args, ok=ok, env=env)
 
 
 def json_error(result) -> dict:

@@ -9,20 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from gallery_support import tiny_checkpoint
-
-NO_ENV = {"FACESEARCH_CHECKPOINT": None, "FACESEARCH_GALLERY": None, "FACESEARCH_DB": None}
+from gallery_support import run_cli, tiny_checkpoint
 
 
-def run(*args, ok=True):
-    from facesearch.cli import app
-
-    result = CliRunner().invoke(app, [str(a) for a in args], env=NO_ENV)
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
+def run(*args, ok=True, env=None):
+    return run_cli(*args, ok=ok, env=env)
 
 
 def people_vectors(rng, n_people=5, per_person=6, strangers=10, d=32, spread=0.15):
