@@ -47,8 +47,8 @@ class ClusterSettings:
     neighbours; a group needs ``min_size`` faces. Defaults chosen by ``bench/cluster.py`` (docs/BENCHMARKS.md)."""
 
     algorithm: str = "complete"
-    eps: float = 0.35
-    min_size: int = 2
+    eps: float = 0.3
+    min_size: int = 3
     # Centre the folder's embeddings on their own mean first: faces of one photo collection share a common
     # component (lighting, camera, age of the photos) that crowds every cosine up; the model's training mean
     # does not remove it for photos unlike its training set.

@@ -39,7 +39,7 @@ def cluster(
     eps: Annotated[Optional[float], typer.Option(
         help="Cosine distance (1 - similarity) under which faces group (default: the earlier run's, else the "
              "measured default).")] = None,
-    min_size: Annotated[Optional[int], typer.Option(help="Faces a group needs (default 2).")] = None,
+    min_size: Annotated[Optional[int], typer.Option(help="Faces a group needs (default 3).")] = None,
     db: DbUrl = None,
     checkpoint: Checkpoint = None,
     device: Device = "auto",
