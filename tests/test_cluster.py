@@ -101,7 +101,7 @@ def test_cluster_then_name_a_group_then_rerun_with_new_photos(photos, tmp_path, 
     shutil.copytree(folder, work)
     out = tmp_path / "clusters"
     # with random weights (centred on the folder) only a face and its own pasted copy are this close
-    first = json.loads(run("cluster", work, "--out", out, "-c", checkpoint, "--eps", "0.25", "--device", "cpu",
+    first = json.loads(run("cluster", work, "--out", out, "-c", checkpoint, "--eps", "0.25", "--min-size", "2", "--device", "cpu",
                            "--json").stdout)
     assert first["photos"] == 5 and first["faces"] >= 6 and first["new_photos"] == 5
     rows = list(__import__("csv").DictReader(open(out / "faces.csv")))
@@ -133,7 +133,7 @@ def test_cluster_then_name_a_group_then_rerun_with_new_photos(photos, tmp_path, 
 def test_cluster_refuses_another_model_and_names_missing_groups(photos, tmp_path):
     root, folder, checkpoint, _ = photos
     out = tmp_path / "clusters"
-    run("cluster", folder, "--out", out, "-c", checkpoint, "--eps", "0.25", "--device", "cpu")
+    run("cluster", folder, "--out", out, "-c", checkpoint, "--eps", "0.25", "--min-size", "2", "--device", "cpu")
     other = run("cluster", folder, "--out", out, "-c", tiny_checkpoint(tmp_path / "other.pt", seed=3), ok=False)
     assert other.exit_code == 1 and "clustered with model" in other.stderr
     missing = run("clusters", "name", out, "999", "X", "-g", tmp_path / "g", ok=False)
