@@ -289,8 +289,8 @@ def _explain_faces(view, crop, query: str, candidates, out_dir: Path, settings, 
                                                          settings, clock)
     view_pair = pair.pair_view(view.forward, view.sites, x, faces[0][1][:1], settings.fuse_last)
     clock.lap("pair view")
-    return _finish("identification", query, labels, evidence, decision, ablation, similarity, view_pair,
-                   images, out_dir, settings, details, clock)
+    return _finish(_Computed("identification", query, labels, evidence, decision, ablation, similarity, view_pair,
+                             images), out_dir, settings, details, clock)
 
 
 def _attribute_and_ablate(view, x, evidence_target, decision_target, settings, clock):
@@ -355,8 +355,8 @@ def explain_classification(
     labels = {"answer": names[pred], "runner_up": names[second], "target": f"logit of {names[pred]}"}
     details = {"checkpoint": loaded.fingerprint, "settings": asdict(settings),
                "probabilities": {names[i]: float(p) for i, p in enumerate(torch.softmax(evidence.outputs[0], 0))}}
-    return _finish("classification", str(image), labels, evidence, decision, ablation, similarity, None,
-                   images, Path(out_dir), settings, details, clock)
+    return _finish(_Computed("classification", str(image), labels, evidence, decision, ablation, similarity, None,
+                             images), Path(out_dir), settings, details, clock)
 
 
 def _class_similarity(view, x, ranked: list[str], references: Path, settings: ExplainSettings):
@@ -382,28 +382,43 @@ def _reference_images(root: Path, name: str, settings: ExplainSettings) -> list:
 # --- figures, report, numbers --------------------------------------------------------------------------
 
 
-def _finish(kind, query, labels, evidence, decision, ablation, similarity, view_pair, images, out_dir: Path,
-            settings, details, clock) -> Explanation:
+@dataclass
+class _Computed:
+    """What one explanation computed, before anything is drawn or written."""
+
+    kind: str  # "identification" or "classification"
+    query: str
+    labels: dict  # answer, runner_up, target: the words the figures and the report use
+    evidence: object  # attribution toward the answer (heat maps)
+    decision: object  # attribution toward the decision margin (picks the channels to switch off)
+    ablation: object  # the layer ablation's result
+    similarity: object | None  # per-layer similarity to the candidates (None: nothing to compare)
+    view_pair: object | None  # the pair view (identification only)
+    images: dict  # query, match, runner_up as RGB arrays (what exists)
+
+
+def _finish(c: _Computed, out_dir: Path, settings, details, clock) -> Explanation:
     """Draw the figures, write the report and the JSON, and return the Explanation."""
     from facesearch.visualize.cam import layer_cams
     from facesearch.visualize.feature_maps import grid_from
+    from facesearch.visualize.report import explanation_html
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    maps = {name: m[0] for name, m in layer_cams(evidence, settings.cam).items()}
-    sizes = {n: tuple(a.shape[-2:]) for n, a in zip(evidence.names, evidence.activations) if a.dim() == 4}
-    grid = grid_from(list(zip(evidence.names, evidence.activations)), settings.maps_per_layer,
+    maps = {name: m[0] for name, m in layer_cams(c.evidence, settings.cam).items()}
+    sizes = {n: tuple(a.shape[-2:]) for n, a in zip(c.evidence.names, c.evidence.activations) if a.dim() == 4}
+    grid = grid_from(list(zip(c.evidence.names, c.evidence.activations)), settings.maps_per_layer,
                      settings.map_rule, settings.seed)
-    files = _draw(images, maps, sizes, grid, ablation, similarity, view_pair, labels, out_dir)
+    files = _draw(c.images, maps, sizes, grid, c.ablation, c.similarity, c.view_pair, c.labels, out_dir)
     clock.lap("figures")
-    figures = _layer_figures(evidence, ablation, similarity)
+    figures = _layer_figures(c.evidence, c.ablation, c.similarity)
     explanation = Explanation(
-        kind=kind, query=query, answer=labels["answer"], runner_up=labels["runner_up"],
-        score=float(evidence.scores[0]), margin=ablation.base, layers=figures,
-        emerges_at=similarity.emerges_at if similarity is not None else None, ranking=ablation.ranking(),
+        kind=c.kind, query=c.query, answer=c.labels["answer"], runner_up=c.labels["runner_up"],
+        score=float(c.evidence.scores[0]), margin=c.ablation.base, layers=figures,
+        emerges_at=c.similarity.emerges_at if c.similarity is not None else None, ranking=c.ablation.ranking(),
         files=files, seconds=clock.total, details={**details, "phase_s": clock.phases},
     )
     files["report"] = out_dir / "report.html"
-    files["report"].write_text(_html(explanation, images, labels, view_pair, settings), encoding="utf-8")
+    files["report"].write_text(explanation_html(explanation, c.images, c.labels, settings), encoding="utf-8")
     clock.lap("report")
     explanation = _replace_seconds(explanation, clock.total)
     files["json"] = out_dir / "explanation.json"
@@ -462,74 +477,3 @@ def _layer_figures(evidence, ablation, similarity) -> list[LayerFigures]:
             fall_random_sd=round(float(ablation.random_sd[i]), 5),
         ))
     return figures
-
-
-def _html(e: Explanation, images, labels, view_pair, settings) -> str:
-    from facesearch.visualize import report
-
-    decision = "margin" if e.kind == "identification" else "logit margin"
-    faces = [report.Face("query", images["query"], Path(e.query).name)]
-    sims = e.details.get("gallery_similarity", {})
-    cosine = lambda name: "—" if sims.get(name) is None else f"{sims[name]:.3f}"  # noqa: E731 (not in the top hits)
-    if "match" in images:
-        faces.append(report.Face(e.answer, images["match"], f"match · gallery cosine {cosine(e.answer)}"))
-        if "runner_up" in images:
-            faces.append(report.Face(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {cosine(e.runner_up)}"))
-    top3 = ", ".join(e.ranking[:3])
-    facts = [("answer", e.answer), ("runner-up", e.runner_up), ("heat-map target", f"{labels['target']} = {e.score:.4f}"),
-             (f"decision {decision}", f"{e.margin:.4f} over {e.runner_up}"),
-             ("match emerges at", e.emerges_at or "—"), ("layers carrying it (ablation)", top3),
-             ("model", e.details.get("checkpoint", "")), ("time", f"{e.seconds:.1f} s")]
-    if e.kind == "identification" and e.margin <= 0 and not e.details.get("against"):
-        facts.append(("caution", "measured without the gallery's mirror-image averaging the margin is not positive: "
-                                 "the answer and the runner-up are too close to call"))
-    sections = _sections(e, settings, decision)
-    title = f"Why facesearch says: {e.answer}" if e.kind == "identification" else f"Why the model says: {e.answer}"
-    return report.render_html(title, f"{e.kind} of {e.query}", faces, facts, sections)
-
-
-def _sections(e: Explanation, settings, decision: str) -> list:
-    from facesearch.visualize.report import Section
-
-    best = max(e.layers, key=lambda l: l.fall_top)
-    sections = []
-    if "similarity" in e.files:
-        sections.append(Section("Where the match emerges", (
-            "At every layer the query is compared with each candidate's closest face on that layer's pooled activations "
-            f"({'global average' if settings.pool == 'gap' else 'generalised-mean'} pooling, centred on the candidates' mean). Green: the answer, red: the "
-            f"runner-up. {'The answer leads from ' + e.emerges_at + ' onwards.' if e.emerges_at else 'The answer does not lead throughout the deep layers.'}"
-        ), [e.files["similarity"]]))
-    sections.append(Section("Which layers carry the decision", (
-        f"One layer at a time, the {settings.fraction:.0%} of its channels that gradient × activation credits most "
-        f"with the {decision} are switched off, against {settings.fraction:.0%} random channels ({settings.seeds} draws). "
-        f"The largest fall is at {best.name}: {best.fall_top:.4f} (random {best.fall_random:.4f} ± {best.fall_random_sd:.4f}); "
-        f"the {decision} itself is {e.margin:.4f}."
-    ), [e.files["ablation"]]))
-    sections.append(Section("Per-layer heat maps", (
-        "LayerCAM maps of the evidence for the answer at each conv layer (red: strong), each scaled to its own peak. "
-        "Shallow layers respond to edges and texture; deep layers to the parts the decision uses."
-    ), [e.files["layer_maps"]]))
-    if "pair" in e.files:
-        sections.append(Section("What makes the two faces similar", (
-            "Gradients of the cosine between the two embeddings, on both faces; lines join mutually most similar "
-            "regions, brighter and thicker for stronger ones."
-        ), [e.files["pair"]]))
-    sections.append(Section("Feature maps", (
-        f"{settings.maps_per_layer} channels per conv layer ({'strongest mean activation' if settings.map_rule == 'strongest' else 'seeded random'}), "
-        "each in its own colour range."
-    ), [e.files["feature_maps"]]))
-    sections.append(Section("The numbers", "", table=_table(e)))
-    return sections
-
-
-def _table(e: Explanation) -> tuple[list[str], list[list[str]]]:
-    columns = ["layer", "channels", "map", f"cos {e.answer}", f"cos {e.runner_up}", "rank",
-               "fall, top channels", "fall, random (± sd)"]
-    rows = []
-    for l in e.layers:
-        sims = l.similarity or {}
-        fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-        rows.append([l.name, str(l.channels), "×".join(map(str, l.size)) if l.size else "—",
-                     fmt(sims.get(e.answer)), fmt(sims.get(e.runner_up)), "—" if l.rank is None else str(l.rank),
-                     f"{l.fall_top:.4f}", f"{l.fall_random:.4f} ± {l.fall_random_sd:.4f}"])
-    return columns, rows

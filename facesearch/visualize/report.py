@@ -261,3 +261,75 @@ def draw_layer_maps(image: np.ndarray, maps: dict[str, np.ndarray], sizes: dict[
     rows[0].insert(0, fit_tile(image, tile))  # the face itself, beside the first block's two maps
     captions[0].insert(0, "input")
     return Mosaic(rows, labels, captions, title=title, tile=tile, label_width=64).draw(path)
+
+
+# --- the explanation's report -------------------------------------------------------------------------------
+
+
+def explanation_html(e, images: dict, labels: dict, settings) -> str:
+    """``report.html`` of an explanation (``facesearch.explain.Explanation``): the faces, the facts, one section per
+    figure with what it shows, and the per-layer table."""
+    decision = "margin" if e.kind == "identification" else "logit margin"
+    faces = [Face("query", images["query"], Path(e.query).name)]
+    sims = e.details.get("gallery_similarity", {})
+    cosine = lambda name: "—" if sims.get(name) is None else f"{sims[name]:.3f}"  # noqa: E731 (not in the top hits)
+    if "match" in images:
+        faces.append(Face(e.answer, images["match"], f"match · gallery cosine {cosine(e.answer)}"))
+        if "runner_up" in images:
+            faces.append(Face(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {cosine(e.runner_up)}"))
+    top3 = ", ".join(e.ranking[:3])
+    facts = [("answer", e.answer), ("runner-up", e.runner_up), ("heat-map target", f"{labels['target']} = {e.score:.4f}"),
+             (f"decision {decision}", f"{e.margin:.4f} over {e.runner_up}"),
+             ("match emerges at", e.emerges_at or "—"), ("layers carrying it (ablation)", top3),
+             ("model", e.details.get("checkpoint", "")), ("time", f"{e.seconds:.1f} s")]
+    if e.kind == "identification" and e.margin <= 0 and not e.details.get("against"):
+        facts.append(("caution", "measured without the gallery's mirror-image averaging the margin is not positive: "
+                                 "the answer and the runner-up are too close to call"))
+    sections = _sections(e, settings, decision)
+    title = f"Why facesearch says: {e.answer}" if e.kind == "identification" else f"Why the model says: {e.answer}"
+    return render_html(title, f"{e.kind} of {e.query}", faces, facts, sections)
+
+
+def _sections(e, settings, decision: str) -> list:
+    best = max(e.layers, key=lambda l: l.fall_top)
+    sections = []
+    if "similarity" in e.files:
+        sections.append(Section("Where the match emerges", (
+            "At every layer the query is compared with each candidate's closest face on that layer's pooled activations "
+            f"({'global average' if settings.pool == 'gap' else 'generalised-mean'} pooling, centred on the candidates' mean). Green: the answer, red: the "
+            f"runner-up. {'The answer leads from ' + e.emerges_at + ' onwards.' if e.emerges_at else 'The answer does not lead throughout the deep layers.'}"
+        ), [e.files["similarity"]]))
+    sections.append(Section("Which layers carry the decision", (
+        f"One layer at a time, the {settings.fraction:.0%} of its channels that gradient × activation credits most "
+        f"with the {decision} are switched off, against {settings.fraction:.0%} random channels ({settings.seeds} draws). "
+        f"The largest fall is at {best.name}: {best.fall_top:.4f} (random {best.fall_random:.4f} ± {best.fall_random_sd:.4f}); "
+        f"the {decision} itself is {e.margin:.4f}."
+    ), [e.files["ablation"]]))
+    sections.append(Section("Per-layer heat maps", (
+        "LayerCAM maps of the evidence for the answer at each conv layer (red: strong), each scaled to its own peak. "
+        "Shallow layers respond to edges and texture; deep layers to the parts the decision uses."
+    ), [e.files["layer_maps"]]))
+    if "pair" in e.files:
+        sections.append(Section("What makes the two faces similar", (
+            "Gradients of the cosine between the two embeddings, on both faces; lines join mutually most similar "
+            "regions, brighter and thicker for stronger ones."
+        ), [e.files["pair"]]))
+    sections.append(Section("Feature maps", (
+        f"{settings.maps_per_layer} channels per conv layer ({'strongest mean activation' if settings.map_rule == 'strongest' else 'seeded random'}), "
+        "each in its own colour range."
+    ), [e.files["feature_maps"]]))
+    sections.append(Section("The numbers", "", table=_table(e)))
+    return sections
+
+
+def _table(e) -> tuple[list[str], list[list[str]]]:
+    columns = ["layer", "channels", "map", f"cos {e.answer}", f"cos {e.runner_up}", "rank",
+               "fall, top channels", "fall, random (± sd)"]
+    rows = []
+    for l in e.layers:
+        sims = l.similarity or {}
+        fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+        rows.append([l.name, str(l.channels), "×".join(map(str, l.size)) if l.size else "—",
+                     fmt(sims.get(e.answer)), fmt(sims.get(e.runner_up)), "—" if l.rank is None else str(l.rank),
+                     f"{l.fall_top:.4f}", f"{l.fall_random:.4f} ± {l.fall_random_sd:.4f}"])
+    return columns, rows
