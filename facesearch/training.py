@@ -115,8 +115,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("epochs and batch_size must be >= 1 and lr > 0")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"--epochs {self.epochs} and --batch-size {self.batch_size} must be at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):  # also refuses nan
+            raise ValueError(f"--lr {self.lr}: a learning rate is a positive number")
+        for name in ("weight_decay", "warmup_epochs", "label_smoothing"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} {value}: must be a number of at least 0")
+        if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
+            raise ValueError(f"--time-budget {self.time_budget}: seconds, more than 0")
 
 
 @dataclass

@@ -264,3 +264,29 @@ def test_who_says_where_its_threshold_came_from(enrolled):
     assert given.exit_code == 0 and "(threshold 0.300, given)" in given.stdout
     default = json.loads(run("who", probe, "-g", gallery, "--device", "cpu", "--json").stdout)
     assert default["threshold_source"] == "default" and not default["threshold_calibrated"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["calibrate", "{photos}", "--fpir", "1.5"], "--fpir 1.5"),
+    (["calibrate", "{photos}", "--fpir", "nan"], "--fpir nan"),
+    (["explain", "{probe}", "-o", "{tmp}/x", "--maps", "-3"], "--maps"),
+    (["evaluate", "open-set", "{photos}", "--enroll", "0"], "--enroll"),
+])
+def test_out_of_range_options_are_refused_and_change_nothing(enrolled, tmp_path, sample_photos, args, says):
+    gallery, probe = enrolled
+    copy = _copy(gallery, tmp_path / "g")
+    before = _files(copy)
+    filled = [a.format(photos=sample_photos, probe=probe, tmp=tmp_path) for a in args]
+    result = run(*filled, "-g", copy, "--device", "cpu") if args[0] != "evaluate" else run(*filled, "--device", "cpu")
+    assert result.exit_code in (1, 2) and says in result.output, result.output
+    assert "Traceback" not in result.output
+    assert _files(copy) == before  # the stored threshold is untouched
+
+
+def test_training_options_that_are_not_numbers_are_refused(tmp_path):
+    from test_train import make_prepared_faces
+
+    data = make_prepared_faces(tmp_path / "data", n_ids=3, per_id=4, size=32)
+    for option, value in (("--lr", "nan"), ("--dropout", "1.5"), ("--weight-decay", "-1")):
+        result = run("train", data, "--out", tmp_path / "run", option, value, "--device", "cpu", "--epochs", "1")
+        assert result.exit_code == 1 and value in result.stderr, result.output

@@ -15,7 +15,7 @@ DEFAULT_RESULTS = Path("results/evaluations.jsonl")
 OutDir = Annotated[Optional[Path], typer.Option("--out", help="Folder for the PNG plots.")]
 Results = Annotated[Path, typer.Option("--results", help="JSONL file each evaluation is appended to.")]
 Baseline = Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also score a random-weights model.")]
-Boot = Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples for the 95 % intervals.")]
+Boot = Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95 % intervals.")]
 Seed = Annotated[int, typer.Option(help="Seed of the enrolment choice, the baseline's weights and the bootstrap.")]
 PAIRS_HELP = (
     "PAIRS_FILE [PAIRS_FILE2] IMAGES_DIR: one 10-fold file, or a train and a test file (LFW View 1); "
@@ -109,7 +109,7 @@ def _open_set_lines(s: dict) -> list[str]:
 @evaluate_app.command("open-set")
 def open_set(
     data_dir: Annotated[Path, typer.Argument(help="<identity>/*.jpg photos, or a prepare output.")],
-    enroll: Annotated[int, typer.Option(help="Photos enrolled per person; people with no more are distractors.")] = 1,
+    enroll: Annotated[int, typer.Option(min=1, help="Photos enrolled per person; people with no more are distractors.")] = 1,
     split: Annotated[
         Optional[list[str]],
         typer.Option(help="With a prepare output: only its photos of this split (repeatable), e.g. holdout."),
@@ -205,6 +205,8 @@ def calibrate(
         fail(f"{data_dir}: no such folder")
     if balanced and fpir is not None:
         fail("give --fpir or --balanced, not both")
+    if fpir is not None and not 0 < fpir < 1:  # also refuses nan
+        fail(f"--fpir {fpir}: a share of strangers strictly between 0 and 1, e.g. 0.01")
     target = None if balanced else (DEFAULT_FPIR if fpir is None else fpir)
     cal = calibrate_gallery(gallery, data_dir, checkpoint, target_fpir=target, device=device, db_url=db)
     if as_json:

@@ -14,8 +14,8 @@ from facesearch.cli._app import (
 
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs, report.html and explanation.json.")]
 Fraction = Annotated[float, typer.Option(help="Share of one layer's channels switched off in the ablation.")]
-Seeds = Annotated[int, typer.Option(help="Random channel draws per layer, against which the top channels are compared.")]
-Maps = Annotated[int, typer.Option("--maps", help="Feature maps drawn per conv layer.")]
+Seeds = Annotated[int, typer.Option(min=1, help="Random channel draws per layer, against which the top channels are compared.")]
+Maps = Annotated[int, typer.Option("--maps", min=1, max=64, help="Feature maps drawn per conv layer.")]
 Rule = Annotated[str, typer.Option(help='Which feature maps: "strongest" mean activation or seeded "random".')]
 Seed = Annotated[int, typer.Option(help="Seed of the random channel choices.")]
 

@@ -65,6 +65,8 @@ def choose_threshold(mated_top, mated_hit, nonmated_top, target_fpir: float | No
     """
     nonmated_top = np.asarray(nonmated_top, dtype=np.float64)
     mated_top = np.asarray(mated_top, dtype=np.float64)
+    if target_fpir is not None and not 0 < target_fpir < 1:  # also refuses nan
+        raise ValueError(f"target FPIR {target_fpir}: a share of strangers strictly between 0 and 1, e.g. 0.01")
     require_strangers(len(nonmated_top), target_fpir, len(mated_top))
     if target_fpir is None:
         threshold = metrics.equal_error(mated_top, nonmated_top).threshold

@@ -52,6 +52,11 @@ class VGGConfig:
             raise ValueError(f"input_size must be at least 32 px (five 2x2 poolings), not {self.input_size}")
         if self.num_classes < 2 or self.fc_width < 1:
             raise ValueError("num_classes must be >= 2 and fc_width >= 1")
+        if not 0 <= self.dropout < 1:  # also refuses nan
+            raise ValueError(f"dropout {self.dropout}: a probability from 0 up to (not including) 1")
+        if not (0 <= self.cosface_margin < 1 and self.cosface_scale > 0):
+            raise ValueError(f"CosFace margin {self.cosface_margin} must lie in [0, 1) and scale "
+                             f"{self.cosface_scale} be positive")
         if not 0 < self.conv_width <= 4 or min(self.conv_channels) < 1:
             raise ValueError(f"conv_width must be in (0, 4] and leave every conv a channel, not {self.conv_width}")
 
