@@ -170,19 +170,15 @@ def explain_identification(
     from facesearch.gallery import Gallery, GalleryError
 
     clock = _Clock()
-    if checkpoint is None:  # the model the gallery was built with
-        try:
-            with Gallery(gallery, db_url, create=False, read_only=None) as g:
-                checkpoint = resolve_checkpoint(None, g.model_source)
-        except GalleryError as error:
-            raise ExplainError(str(error)) from error
-    loaded = _load(checkpoint, device)
-    view = _view(loaded, "embedding")
-    clock.lap("load model")
-    query = _query_face(photo, loaded, device)  # detected, cropped and embedded as `who` does
-    clock.lap("find and embed the face")
     try:
-        with Gallery(gallery, db_url, create=False, read_only=None) as g:
+        with Gallery(gallery, db_url, create=False, read_only=None) as g:  # opened once
+            if checkpoint is None:  # the model the gallery was built with
+                checkpoint = resolve_checkpoint(None, g.model_source)
+            loaded = _load(checkpoint, device)
+            view = _view(loaded, "embedding")
+            clock.lap("load model")
+            query = _query_face(photo, loaded, device)  # detected, cropped and embedded as `who` does
+            clock.lap("find and embed the face")
             g.check_model(loaded.fingerprint)
             ranked = _rank_identities(g.search(query.embedding[None], k=200)[0])
             chosen = _choose(ranked, against, settings.candidates, g)
