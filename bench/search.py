@@ -70,13 +70,14 @@ class Synthetic:
     faces_per_identity: int = 8
     latent: int = 128
     spread: float = 0.7  # within-identity std / between-identity std, per latent axis
-    noise: float = 0.1  # share of each vector's energy that is isotropic 4,096-d noise
+    noise: float = 0.1  # share of each vector's energy that is isotropic noise
     seed: int = 0
+    dim: int = DIM  # embedding width (the model's fc7 when the gallery also holds real faces)
 
     def _basis(self) -> np.ndarray:
         rng = np.random.default_rng(self.seed)
-        q, _ = np.linalg.qr(rng.standard_normal((DIM, self.latent)).astype(np.float32))
-        return q.T.copy()  # (latent, DIM), orthonormal rows
+        q, _ = np.linalg.qr(rng.standard_normal((self.dim, self.latent)).astype(np.float32))
+        return q.T.copy()  # (latent, dim), orthonormal rows
 
     def _sigma(self) -> np.ndarray:
         return (1.0 / np.sqrt(np.arange(1, self.latent + 1))).astype(np.float32)  # (latent,)
@@ -92,7 +93,7 @@ class Synthetic:
         z += self.spread * rng.standard_normal(z.shape, dtype=np.float32) * self._sigma()
         x = z @ basis  # (n, DIM)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        eta = np.sqrt(self.noise / (1 - self.noise) / DIM)  # per-dim noise std for that energy share
+        eta = np.sqrt(self.noise / (1 - self.noise) / self.dim)  # per-dim noise std for that energy share
         x += eta * rng.standard_normal(x.shape, dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         return x
@@ -296,7 +297,7 @@ def bench_who(args) -> None:
         warm = who_warm(folder, loaded, photo, args.repeats)
         cold = who_cold(folder, checkpoint, photo, args.cold_repeats)
         emit(args, {"bench": "who", "faces": args.faces, "kind": kind, "photo_px": list(Image.open(photo).size),
-                    "checkpoint": str(checkpoint) if args.checkpoint else "random VGG16 112 px, fc 4096",
+                    "checkpoint": str(args.checkpoint) if args.checkpoint else "random VGG16 112 px, fc 4096",
                     **warm, **cold})
 
 
@@ -405,7 +406,8 @@ def build_gallery(folder: Path, loaded, args) -> None:
     from facesearch.gallery import Gallery, NewFace
     from facesearch.gallery.enroll import enroll
 
-    data = Synthetic(args.faces, latent=args.latent, spread=args.spread, noise=args.noise, seed=1)
+    data = Synthetic(args.faces, latent=min(args.latent, loaded.config.fc_width), spread=args.spread,
+                     noise=args.noise, seed=1, dim=loaded.config.fc_width)
     t = time.perf_counter()
     with Gallery(folder) as g:
         for ids, xb in data.chunks(args.faces):  # one transaction, one index build
