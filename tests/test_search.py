@@ -133,6 +133,7 @@ def test_who_answers_many_photos_in_one_run_as_each_alone_and_goes_on_past_a_bad
     (photos / "broken.jpg").write_bytes(b"not a jpeg")
     many = run("who", photos, "--device", "cpu", "--json", env=env, ok=False)
     assert many.exit_code == 2  # one photo could not be read, the others were answered
+    assert "answering: 5/5 (100 %" in many.stderr  # progress shows as plain lines when stderr is not a terminal
     lines = [json.loads(line) for line in many.stdout.splitlines()]
     assert [Path(r["photo"]).name for r in lines] == sorted(p.name for p in photos.iterdir())
     broken = next(r for r in lines if r["photo"].endswith("broken.jpg"))
