@@ -80,7 +80,7 @@ def enroll(
     Exit status: 0 when every photo is in the gallery under its name (enrolled now or before), 2 when some
     photos failed (each is listed with its reason), 1 when none could be enrolled.
     """
-    from facesearch.data.images import IMAGE_SUFFIXES
+    from facesearch.data.images import is_photo
     from facesearch.gallery.enroll import enroll as run_enroll, folder_items
     from facesearch.gallery.identities import clean_name
 
@@ -89,12 +89,11 @@ def enroll(
         name = clean_name(name)
     for path in paths:
         if name is not None and path.is_dir():
-            people = sorted(d.name for d in path.iterdir() if d.is_dir() and any(
-                p.suffix.lower() in IMAGE_SUFFIXES for p in d.rglob("*")))
+            people = sorted(d.name for d in path.iterdir() if d.is_dir() and any(is_photo(p) for p in d.rglob("*")))
             if people:
                 fail(f"{path}: holds person folders ({', '.join(people[:3])}{', ...' if len(people) > 3 else ''}); "
                      f"drop --name to enroll each sub-folder as its own person")
-            items += [(p, name) for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            items += [(p, name) for p in sorted(path.iterdir()) if is_photo(p)]
         elif name is not None:
             items.append((path, name))
         elif path.is_dir():
@@ -175,18 +174,13 @@ def who(
 
 
 def _photo_list(paths: list[Path]) -> list[Path]:
-    """The photos named and those inside the folders named (sorted), each once."""
-    from facesearch.data.images import IMAGE_SUFFIXES
+    """``data.images.list_photos``, refusing an empty result."""
+    from facesearch.data.images import list_photos
 
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(path)  # a missing file is reported in its turn
-    if not out:
+    photos = list_photos(paths)
+    if not photos:
         fail(f"no photos in {', '.join(map(str, paths))}")
-    return list(dict.fromkeys(out))
+    return photos
 
 
 def _who_many(photos, gallery, db, checkpoint, device, min_face, top_k, threshold, annotate, as_json) -> None:

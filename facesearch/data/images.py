@@ -12,6 +12,8 @@ import logging
 import os
 import warnings
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,6 +29,20 @@ MIN_SIDE = 32  # px; smaller photos cannot hold a face MTCNN finds (its smallest
 
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def is_photo(path: Path) -> bool:
+    """Whether a file is one a folder listing counts as a photo (by its suffix: ``IMAGE_SUFFIXES``)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def list_photos(paths: Sequence[str | os.PathLike]) -> list[Path]:
+    """The photos named and those anywhere inside the folders named (sorted per folder), each once, in order.
+    A named file is kept whatever it is (reading it says what is wrong with it)."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        out += sorted(p for p in path.rglob("*") if is_photo(p)) if path.is_dir() else [path]
+    return list(dict.fromkeys(out))
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from facesearch.data.images import IMAGE_SUFFIXES
+from facesearch.data.images import is_photo
 from facesearch.gallery.records import GalleryError, NewFace
 from facesearch.gallery.store import Gallery
 
@@ -43,7 +43,7 @@ def folder_items(root: str | os.PathLike) -> list[tuple[Path, str]]:
     root = Path(root)
     items = []
     for person in sorted(p for p in root.iterdir() if p.is_dir()):
-        photos = sorted(p for p in person.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        photos = sorted(p for p in person.rglob("*") if is_photo(p))
         items += [(photo, person.name) for photo in photos]
     return items
 
