@@ -120,7 +120,7 @@ def embed_photos(
         vectors = _embed_in_batches(embedder, [sources[k] for k in keys], batch_size, progress)
         embedded.vectors.update(zip(keys, vectors))
         return embedded
-    return _embed_raw_photos(embedder, relpaths, Path(images_dir), crop_size, select, batch_size, progress)
+    return _embed_raw_photos(embedder, relpaths, Path(images_dir), crop_size, select, progress)
 
 
 def _check_crops_match(out_dir: Path, crop) -> None:
@@ -179,41 +179,31 @@ def _embed_in_batches(embedder, loaders: Sequence[Callable], batch_size: int, pr
     return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def _embed_raw_photos(embedder, relpaths, images_dir: Path, crop_size, select, batch_size, progress) -> Embedded:
+def _embed_raw_photos(embedder, relpaths, images_dir: Path, crop_size, select, progress) -> Embedded:
     """Detect, keep one face (``select``) and embed, as ``who`` does; centre crop when no face is found.
 
     Each photo's face is found once per process for any number of models (the trained one and its random
-    baseline, say): the crops are kept in ``_FACE_CROPS`` by photo content and crop settings, and only the
-    embedding is computed again.
+    baseline, say): the crops are kept in ``_FACE_CROPS`` by photo file and crop settings, and only the
+    embedding is computed again. Photos go a batch at a time (never all crops in memory at once).
     """
     from facesearch.data.detect import center_crop
 
-    embedded, crops, fallback = Embedded(), {}, []
+    embedded = Embedded()
     settings = (embedder.crop, select, getattr(embedder.detector, "min_face_size", None))
-    todo = []
-    for rel in relpaths:
-        found = _FACE_CROPS.get((images_dir / rel, settings))
-        if found is None:
-            todo.append(rel)
-        else:
-            crops[rel] = found
     step = 16  # photos per detection batch
-    for start in range(0, len(todo), step):
-        batch = todo[start : start + step]
-        images = _load_photos(images_dir, batch, embedded.missing)  # rel -> image
-        found = embedder.detect_and_crop(list(images.values()), select=select)  # per photo: [(Face, crop)]
+    for start in range(0, len(relpaths), step):
+        batch = relpaths[start : start + step]
+        crops = {rel: _FACE_CROPS.get((images_dir / rel, settings)) for rel in batch}  # (crop, centre crop?)
+        images = _load_photos(images_dir, [rel for rel in batch if crops[rel] is None], embedded.missing)
+        found = embedder.detect_and_crop(list(images.values()), select=select) if images else []
         for (rel, image), faces in zip(images.items(), found):
             crop = faces[0][1] if faces else center_crop(image, crop_size)
             crops[rel] = _FACE_CROPS.put((images_dir / rel, settings), (crop, not faces))
+        keys = [rel for rel in batch if crops[rel] is not None]
+        embedded.vectors.update(zip(keys, embedder.embed_crops([crops[k][0] for k in keys])))
+        embedded.fallback.extend(k for k in keys if crops[k][1])
         if progress:
             progress(len(batch))
-    if progress and len(todo) < len(relpaths):
-        progress(len(relpaths) - len(todo))
-    keys = [rel for rel in relpaths if rel in crops]
-    vectors = _embed_in_batches(embedder, [lambda c=crops[k][0]: c for k in keys], batch_size, None)
-    embedded.vectors.update(zip(keys, vectors))
-    fallback = [k for k in keys if crops[k][1]]
-    embedded.fallback.extend(fallback)
     return embedded
 
 
@@ -269,11 +259,8 @@ def _load_photos(root: Path, relpaths: Sequence[str], missing: list[str]) -> dic
     for rel in relpaths:
         try:
             images[rel] = load_image(root / rel)
-        except ImageError as err:
+        except ImageError as err:  # load_image turns every OSError into one
             log.warning("%s", err)
-            missing.append(rel)
-        except OSError as err:
-            log.warning("%s: %s", root / rel, err.strerror or err)
             missing.append(rel)
     return images
 
