@@ -337,15 +337,18 @@ def regroup(c: Clusters, previous: dict[int, int] | None = None) -> None:
 
 
 def _distances(c: Clusters) -> None:
-    for g, members in c.groups().items():
-        idx = [i for i, r in enumerate(c.rows) if r.group == g]
-        centre = c.vectors[idx].mean(0)
-        centre /= max(np.linalg.norm(centre), 1e-12)
-        for i in idx:
-            c.rows[i].distance = round(float(1 - c.vectors[i] @ centre), 4)
-    for r in c.rows:
+    """Each face's cosine distance to its group's (normalised) mean; None for unclustered faces."""
+    by_group: dict[int, list[int]] = {}
+    for i, r in enumerate(c.rows):  # one pass over the faces, not one per group
         if r.group == UNCLUSTERED:
             r.distance = None
+        else:
+            by_group.setdefault(r.group, []).append(i)
+    for idx in by_group.values():
+        centre = c.vectors[idx].mean(0)
+        centre /= max(np.linalg.norm(centre), 1e-12)
+        for i, d in zip(idx, (1 - c.vectors[idx] @ centre).tolist()):
+            c.rows[i].distance = round(float(d), 4)
 
 
 def _label_with_gallery(c: Clusters, gallery) -> None:
@@ -452,7 +455,7 @@ def _crop(c: Clusters, r: FaceRow):
 
     try:
         return load_image(c.folder / "crops" / f"{r.face_id}.jpg", min_side=1)
-    except (ImageError, OSError):
+    except ImageError:  # load_image turns every OSError into one
         return None
 
 

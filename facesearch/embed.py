@@ -177,10 +177,8 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], select: 
             try:
                 images.append(load_image(path))
                 batch.append(path)
-            except ImageError as e:
+            except ImageError as e:  # load_image turns every OSError into one
                 failures[str(path)] = f"{e.status}: {e.reason}"
-            except OSError as e:
-                failures[str(path)] = e.strerror or str(e)
         for path, found in zip(batch, embedder.embed_images(images, select, paths=batch)):
             faces.extend(found)
             if not found:

@@ -114,10 +114,8 @@ def who_many(gallery: Gallery, embedder, photos: Sequence[str | os.PathLike], to
         for i, path in enumerate(batch):
             try:
                 images[i] = load_image(path)
-            except ImageError as e:
+            except ImageError as e:  # load_image turns every OSError into one
                 failures[i] = WhoFailure(path, e.status, e.reason)
-            except OSError as e:
-                failures[i] = WhoFailure(path, "unreadable", e.strerror or str(e))
         order = list(images)
         answers = dict(zip(order, _answer_images(gallery, embedder, [images[i] for i in order],
                                                  [batch[i] for i in order], rule)))
@@ -133,8 +131,11 @@ class _Rule:
 
     top_k: int
     threshold: float
-    calibrated: bool
-    source: str
+    source: str  # "given", "calibrated" or "default"
+
+    @property
+    def calibrated(self) -> bool:
+        return self.source == "calibrated"
 
     @classmethod
     def of(cls, gallery: Gallery, embedder, top_k: int, threshold: float | None) -> _Rule:
@@ -144,9 +145,9 @@ class _Rule:
             raise ValueError(f"threshold {threshold}: a cosine similarity lies between -1 and 1")
         gallery.check_model(embedder.fingerprint)
         if threshold is not None:
-            return cls(top_k, float(threshold), False, "given")
+            return cls(top_k, float(threshold), "given")
         value, meta = gallery.threshold()
-        return cls(top_k, float(value), meta is not None, "calibrated" if meta is not None else "default")
+        return cls(top_k, float(value), "calibrated" if meta is not None else "default")
 
 
 def _answer_images(gallery: Gallery, embedder, images: list, paths: list[str | None], rule: _Rule) -> list[WhoResult]:

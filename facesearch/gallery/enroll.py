@@ -125,8 +125,7 @@ def _enroll_batch(gallery: Gallery, embedder, batch, largest: bool) -> list[Enro
 
 def _load_new_photos(gallery: Gallery, batch, done: dict[int, EnrollOutcome]) -> dict:
     """Hash and decode the photos not enrolled yet; outcomes for the others go into ``done``."""
-    from facesearch.data.images import ImageError, load_image
-    from facesearch.data.images import file_sha256
+    from facesearch.data.images import ImageError, file_sha256, load_image
 
     loaded = {}
     for i, (path, name) in enumerate(batch):
@@ -197,8 +196,7 @@ def reembed(gallery: Gallery, embedder, batch_size: int = 64,
 def _recrop(info, crop_settings):
     """The face cut again from its unchanged photo, else the stored crop; (None, "") when neither exists."""
     from facesearch.data.detect import Face, crop_face
-    from facesearch.data.images import ImageError, load_image
-    from facesearch.data.images import file_sha256
+    from facesearch.data.images import ImageError, file_sha256, load_image
 
     c = crop_settings
     try:
