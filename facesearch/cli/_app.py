@@ -66,13 +66,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def user_message(error: BaseException) -> str | None:
     """The one- or two-line message for an expected failure, or None for a bug."""
-    from facesearch.checkpoint import CheckpointError
-    from facesearch.data.images import ImageError
-
-    if isinstance(error, CommandError):
-        return str(error)
-    if isinstance(error, (CheckpointError, ImageError)) or type(error).__module__.startswith("facesearch."):
-        return str(error)  # the library's own errors name the file and the reason
+    if type(error).__module__.startswith("facesearch."):
+        return str(error)  # CommandError and the library's own errors (ImageError, CheckpointError, ...) name the cause
     if isinstance(error, OSError):
         name = error.filename or ""
         reason = error.strerror or str(error)
