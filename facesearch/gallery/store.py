@@ -68,12 +68,12 @@ class Gallery:
                 raise GalleryError(f"{self.folder}: no such gallery folder")
             self.folder.mkdir(parents=True, mode=0o700)
         self.url = db.resolve_url(self.folder, url)
-        not_writable = self._not_writable()
+        sqlite_file = db.sqlite_path(self.url)
+        not_writable = self._not_writable(sqlite_file)
         if read_only is False and not_writable:
             raise GalleryError(f"{self.folder}: the gallery is read-only for this user (no write permission); "
                                "this command changes it: use a writable copy")
         self.read_only = not_writable if read_only is None else read_only
-        sqlite_file = db.sqlite_path(self.url)
         if sqlite_file is not None and not sqlite_file.exists():
             if self.read_only:
                 raise GalleryError(f"{self.folder}: no gallery database ({sqlite_file.name}) in this folder")
@@ -87,11 +87,11 @@ class Gallery:
             self._prepare_database(db.is_sqlite(self.url) if migrate is None else migrate)
         self._index = IndexKeeper(self.folder, self.engine, writable=not self.read_only)
 
-    def _not_writable(self) -> bool:
-        sqlite_file = db.sqlite_path(self.url)
-        if sqlite_file is None:
-            return not os.access(self.folder, os.W_OK)
-        return not os.access(self.folder, os.W_OK) or (sqlite_file.exists() and not os.access(sqlite_file, os.W_OK))
+    def _not_writable(self, sqlite_file: Path | None) -> bool:
+        """Whether this user may not write the folder (or the SQLite file in it)."""
+        if not os.access(self.folder, os.W_OK):
+            return True
+        return sqlite_file is not None and sqlite_file.exists() and not os.access(sqlite_file, os.W_OK)
 
     def _check_schema(self) -> None:
         """A read-only gallery cannot be upgraded: its schema must be this version's."""
