@@ -219,7 +219,7 @@ class ClusterReport:
 
 
 def cluster_folder(photos: Sequence[str | os.PathLike], out: str | os.PathLike, embedder,
-                   settings: ClusterSettings | None = None, gallery=None,
+                   changes: dict | None = None, gallery=None,
                    progress: Callable[[int], None] | None = None) -> ClusterReport:
     """Find, embed and group every face of ``photos``; write (or update) the clusters folder ``out``.
 
@@ -227,7 +227,7 @@ def cluster_folder(photos: Sequence[str | os.PathLike], out: str | os.PathLike, 
         photos: photo files (a folder's, listed by the caller).
         out: the clusters folder; an earlier run's is updated (its groups keep their ids and names).
         embedder: ``Embedder.for_queries(model)``: the same face finder and embedder as ``who``.
-        settings: grouping settings (default: the earlier run's, else ``ClusterSettings()``).
+        changes: ``ClusterSettings`` fields to change from the earlier run's settings (else from the defaults).
         gallery: label faces that match an enrolled identity above the gallery's threshold.
     """
     from facesearch.data.images import ImageError, file_sha256, load_image
@@ -238,7 +238,7 @@ def cluster_folder(photos: Sequence[str | os.PathLike], out: str | os.PathLike, 
     if old is not None and old.model["fingerprint"] != model["fingerprint"]:
         raise ClusterError(f"{out}: clustered with model {old.model['fingerprint']}, not {model['fingerprint']}; "
                            "use that model, or cluster into a new folder")
-    settings = settings or (old.settings if old else ClusterSettings())
+    settings = replace(old.settings if old else ClusterSettings(), **(changes or {}))
     by_sha: dict[str, list[int]] = {}
     if old is not None:
         for i, r in enumerate(old.rows):

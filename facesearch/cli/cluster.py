@@ -51,23 +51,19 @@ def cluster(
     group (sheets/group-N.png) and clusters.json. Re-running over the folder keeps the groups' ids and names.
     Name a group with `facesearch clusters name CLUSTERS GROUP NAME -g GALLERY`.
     """
-    from dataclasses import replace
-
     from facesearch.checkpoint import resolve_checkpoint
     from facesearch.cli.gallery import _open, _photo_list
-    from facesearch.cluster import STATE_NAME, ClusterSettings, cluster_folder, load
+    from facesearch.cluster import cluster_folder
     from facesearch.embed import Embedder
 
     files = _photo_list(photos)
     given = {k: v for k, v in dict(algorithm=algorithm, eps=eps, min_size=min_size).items() if v is not None}
-    base = load(out).settings if (out / STATE_NAME).is_file() else ClusterSettings()
-    settings = replace(base, **given)
     g = _open(gallery, db, reads_only=True) if gallery is not None else None
     try:
         model = resolve_checkpoint(checkpoint, g.model_source if g is not None else None)
         embedder = Embedder.for_queries(model, device)
         with Progress("finding faces", len(files)) as bar:
-            report = cluster_folder(files, out, embedder, settings, gallery=g, progress=bar.update)
+            report = cluster_folder(files, out, embedder, given, gallery=g, progress=bar.update)
     finally:
         if g is not None:
             g.close()
