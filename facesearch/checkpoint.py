@@ -82,6 +82,11 @@ def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
+def payload_fingerprint(payload: dict) -> str:
+    """A read checkpoint's fingerprint: the one recorded when it was saved, else hashed from its weights."""
+    return payload.get("fingerprint") or fingerprint(payload["model"])
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: torch.nn.Module,
@@ -253,7 +258,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         config=config,
         class_names=list(payload["class_names"]),
         preprocess=Preprocess.from_dict(payload["preprocess"]),
-        fingerprint=payload.get("fingerprint") or fingerprint(payload["model"]),
+        fingerprint=payload_fingerprint(payload),
         path=Path(path),
         extra=extra,
     )

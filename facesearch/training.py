@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from facesearch.checkpoint import (Preprocess, fingerprint, model_source, read_checkpoint, resolve_checkpoint,
+from facesearch.checkpoint import (Preprocess, model_source, payload_fingerprint, read_checkpoint, resolve_checkpoint,
                                    save_checkpoint)
 from facesearch.data.augment import AugmentConfig, augment, normalize
 from facesearch.data.batches import Batches
@@ -566,7 +566,7 @@ def init_weights(net: VGG16, init: dict, class_names: Sequence[str] | None = Non
     fresh = [k for k in missing if not k.startswith("head.") and k != "embedding_mean"]
     if fresh or unexpected:
         raise ValueError(f"{init['source']}: its layers do not fit this model (missing {fresh}, extra {unexpected})")
-    return {"source": init["source"], "fingerprint": fingerprint(init["model"])}
+    return {"source": init["source"], "fingerprint": payload_fingerprint(init)}
 
 
 def _model_fields(config: dict) -> dict:
