@@ -242,7 +242,7 @@ class Trainer:
         x = normalize(augment(x, self.aug, self.aug_generator), self.data.mean, self.data.std)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-            logits = self.model(x, y)  # y: the CosFace margin's true class; ignored by softmax
+            logits = self.model(x, y)  # y: a margin head's true class; ignored by softmax
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from PIL import Image
@@ -13,7 +15,7 @@ torch.set_num_threads(2)
 
 
 @pytest.mark.parametrize("size, side", [(32, 1), (112, 3), (224, 7)])
-@pytest.mark.parametrize("head", ["softmax", "cosface"])
+@pytest.mark.parametrize("head", ["softmax", "cosface", "arcface"])
 def test_entry_point_shapes(size, side, head):
     # Shapes propagate on the meta device without computing anything: 224 px costs nothing on a 2-core CPU.
     with torch.device("meta"):
@@ -85,11 +87,41 @@ def test_cosface_margin_applies_to_true_class_only():
     torch.testing.assert_close(diff, expected)
 
 
+def test_arcface_margin_adds_to_the_true_class_angle_only():
+    torch.manual_seed(0)
+    config = VGGConfig(num_classes=4, input_size=32, fc_width=16, head="arcface", arcface_margin=0.3)
+    model = VGG16(config).eval()
+    x, y = torch.randn(3, 3, 32, 32), torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        plain, margin = model(x) / config.cosface_scale, model(x, y) / config.cosface_scale
+    true = torch.nn.functional.one_hot(y, 4).bool()
+    torch.testing.assert_close(margin[~true], plain[~true])  # other classes untouched
+    theta = torch.acos(plain[true])  # random weights: angles near pi/2, far from the pi - m fallback
+    torch.testing.assert_close(margin[true], torch.cos(theta + 0.3), atol=1e-5, rtol=0)
+    assert (margin[true] < plain[true]).all()
+
+
+def test_arcface_falls_back_past_pi_minus_m():
+    """Beyond theta = pi - m, cos(theta + m) would grow again; the head keeps the penalty monotone instead."""
+    from facesearch.models.vgg import MarginHead
+
+    head = MarginHead(2, 2, "arcface", scale=1.0, margin=0.5)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    angles = torch.tensor([2.0, 2.5, 2.9, 3.1])  # the last three lie past pi - 0.5 = 2.64
+    x = torch.stack([torch.cos(angles), torch.sin(angles)], 1)
+    out = head(x, torch.zeros(4, dtype=torch.long))[:, 0]
+    assert torch.all(out[1:] < out[:-1])  # still falling with the angle
+    torch.testing.assert_close(out[2:], torch.cos(angles[2:]) - math.sin(math.pi - 0.5) * 0.5)
+
+
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="head"):
         VGGConfig(num_classes=3, head="arcface-ish")
     with pytest.raises(ValueError, match="input_size"):
         VGGConfig(num_classes=3, input_size=16)
+    with pytest.raises(ValueError, match="ArcFace margin"):
+        VGGConfig(num_classes=3, head="arcface", arcface_margin=2.0)
 
 
 def test_checkpoint_round_trip_reproduces_outputs(tmp_path):

@@ -25,7 +25,7 @@ Warmup = Annotated[Optional[float], typer.Option(help="Warm-up epochs before the
 InputSize = Annotated[Optional[int], typer.Option(help="Model input side in px. (default: crop size; CIFAR 32)")]
 FcWidth = Annotated[Optional[int], typer.Option(help="Width of fc6/fc7 (4096 classic). (default: preset)")]
 ConvWidth = Annotated[Optional[float], typer.Option(help="Channel multiplier of the 13 convs (1.0 classic).")]
-Head = Annotated[Optional[str], typer.Option(help='"softmax" or "cosface" (margin, still N-way). (default: preset)')]
+Head = Annotated[Optional[str], typer.Option(help='"softmax", "cosface" or "arcface" (margin heads, still N-way). (default: preset)')]
 Embedding = Annotated[Optional[str], typer.Option(help='fc7 read "pre_relu" or "post_relu". (default: preset)')]
 Dropout = Annotated[Optional[float], typer.Option(help="Dropout after fc6 and fc7. (default: preset)")]
 Budget = Annotated[Optional[float], typer.Option(help="Seconds of training; the schedule ends then, last.pt saved.")]
@@ -118,6 +118,8 @@ def train_faces(
         help='Augmentation: "faces" (default: mild zoom, shift, colour), "faces-strong" (wider: for many people '
              'with few photos) or "none".')] = None,
     cosface_margin: Annotated[Optional[float], typer.Option(help="CosFace margin m (with --head cosface).")] = None,
+    arcface_margin: Annotated[Optional[float], typer.Option(
+        help="ArcFace angular margin m in radians (with --head arcface).")] = None,
 ) -> None:
     """Train the VGG16 identity classifier on face crops (no label smoothing: it hurts the embedding).
 
@@ -127,7 +129,7 @@ def train_faces(
                          warmup_epochs=warmup_epochs, time_budget=time_budget, max_steps=max_steps,
                          checkpoint_every=checkpoint_every, device=device, compile=compile, workers=workers, seed=seed)
     model_options = dict(fc_width=fc_width, conv_width=conv_width, head=head, embedding=embedding, dropout=dropout,
-                         cosface_margin=cosface_margin)
+                         cosface_margin=cosface_margin, arcface_margin=arcface_margin)
     _run("faces", data_dir, out, resume, train_options, model_options, input_size, cache_dir, as_json, init, augment)
 
 

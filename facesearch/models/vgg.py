@@ -6,8 +6,8 @@ One contract, pinned by ``tests/test_vgg.py``:
   (7 at 224 px, 3 at 112 px, 1 at 32 px; ``512 * conv_width`` channels when the convs are narrowed);
 - ``forward_embedding(x)``: fc7, the penultimate fully connected layer, ``(n, fc_width)``, not normalised
   (callers L2-normalise); before or after its ReLU as ``VGGConfig.embedding`` says;
-- ``forward(x, labels=None)``: logits ``(n, num_classes)``; with a CosFace head and ``labels`` given (training)
-  the margin is subtracted from the true class.
+- ``forward(x, labels=None)``: logits ``(n, num_classes)``; with a margin head (CosFace, ArcFace) and ``labels``
+  given (training) the margin is applied to the true class.
 
 The head is never an upsampled 7x7 map: fc6 reads the flattened natural map (512 * s * s inputs: 25,088 at
 224 px, 4,608 at 112 px, 512 at 32 px). An adaptive average pool to ``s x s`` sits in front only so that an
@@ -16,6 +16,7 @@ off-size input (say 120 px) still fits; at the sizes above it is the identity.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 EMBEDDINGS = ("pre_relu", "post_relu")
-HEADS = ("softmax", "cosface")
+HEADS = ("softmax", "cosface", "arcface")
+MARGIN_HEADS = ("cosface", "arcface")
 
 
 @dataclass(frozen=True)
@@ -36,12 +38,15 @@ class VGGConfig:
     # any value; 0.25 costs ~1/16 of the FLOPs, for CPU-minute runs such as the demo's.
     conv_width: float = 1.0
     # fc7 read before or after its ReLU. Post-ReLU is the classic "penultimate layer" feature; pre-ReLU keeps
-    # the sign, which helps cosine similarity. With a CosFace head the head reads pre-ReLU fc7 either way.
+    # the sign, which helps cosine similarity. With a margin head the head reads pre-ReLU fc7 either way.
     embedding: str = "post_relu"
-    head: str = "softmax"  # "softmax" (plain linear fc8) or "cosface" (normalised weights, additive cos margin)
+    # "softmax" (plain linear fc8), "cosface" (normalised weights, s * (cos - m) for the true class) or
+    # "arcface" (normalised weights, s * cos(theta + m) for the true class).
+    head: str = "softmax"
     dropout: float = 0.5  # after fc6 and fc7 (classic 0.5)
-    cosface_scale: float = 30.0  # s in s * (cos - m); CosFace paper values
-    cosface_margin: float = 0.35  # m
+    cosface_scale: float = 30.0  # s of both margin heads (CosFace's value; ArcFace's paper used 64 on far more data)
+    cosface_margin: float = 0.35  # m of CosFace (its paper's value)
+    arcface_margin: float = 0.5  # m of ArcFace, an angle in radians (its paper's value)
 
     def __post_init__(self) -> None:
         if self.embedding not in EMBEDDINGS:
@@ -57,6 +62,8 @@ class VGGConfig:
         if not (0 <= self.cosface_margin < 1 and self.cosface_scale > 0):
             raise ValueError(f"CosFace margin {self.cosface_margin} must lie in [0, 1) and scale "
                              f"{self.cosface_scale} be positive")
+        if not 0 <= self.arcface_margin < math.pi / 2:
+            raise ValueError(f"ArcFace margin {self.arcface_margin} must lie in [0, pi/2) radians")
         if not 0 < self.conv_width <= 4 or min(self.conv_channels) < 1:
             raise ValueError(f"conv_width must be in (0, 4] and leave every conv a channel, not {self.conv_width}")
 
@@ -76,20 +83,35 @@ class VGGConfig:
         return asdict(self)
 
 
-class CosFaceHead(nn.Module):
-    """Large-margin cosine head (Wang et al., CosFace, 2018): logits = s * (cos(w_j, x) - m * [j == y])."""
+class MarginHead(nn.Module):
+    """Large-margin head on normalised weights and features; without labels (inference) logits = s * cos.
 
-    def __init__(self, in_features: int, num_classes: int, scale: float, margin: float) -> None:
+    With labels (training) the true class's cosine is penalised: CosFace (Wang et al., 2018) subtracts ``m``,
+    ArcFace (Deng et al., 2019) adds ``m`` to the angle. Past ``theta = pi - m`` ArcFace's cos(theta + m) would
+    rise again, so there it falls back to CosFace's form with the margin ``m * sin(m)`` (as insightface does).
+    """
+
+    def __init__(self, in_features: int, num_classes: int, kind: str, scale: float, margin: float) -> None:
         super().__init__()
+        if kind not in MARGIN_HEADS:
+            raise ValueError(f"margin head must be one of {MARGIN_HEADS}, not {kind!r}")
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         nn.init.normal_(self.weight, std=0.01)
-        self.scale, self.margin = scale, margin
+        self.kind, self.scale, self.margin = kind, scale, margin
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         cos = F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))  # (n, classes)
-        if labels is not None:
-            cos = cos - self.margin * F.one_hot(labels, cos.shape[1]).to(cos.dtype)
-        return self.scale * cos
+        if labels is None:
+            return self.scale * cos
+        true = F.one_hot(labels, cos.shape[1]).bool()
+        if self.kind == "cosface":
+            return self.scale * torch.where(true, cos - self.margin, cos)
+        m = self.margin
+        cos_t = cos.clamp(-1 + 1e-7, 1 - 1e-7)
+        sin_t = torch.sqrt(1 - cos_t * cos_t)
+        shifted = cos_t * math.cos(m) - sin_t * math.sin(m)  # cos(theta + m)
+        shifted = torch.where(cos_t > math.cos(math.pi - m), shifted, cos_t - math.sin(math.pi - m) * m)
+        return self.scale * torch.where(true, shifted, cos)
 
 
 class VGG16(nn.Module):
@@ -115,8 +137,9 @@ class VGG16(nn.Module):
         # checkpoint; zero in an untrained model. Without it, fc7 vectors share a large common component and
         # every cosine similarity crowds near 1 (0.99+ in short runs), which blurs ranks and thresholds.
         self.register_buffer("embedding_mean", torch.zeros(width))
-        if config.head == "cosface":
-            self.head = CosFaceHead(width, config.num_classes, config.cosface_scale, config.cosface_margin)
+        if config.head in MARGIN_HEADS:
+            margin = config.cosface_margin if config.head == "cosface" else config.arcface_margin
+            self.head = MarginHead(width, config.num_classes, config.head, config.cosface_scale, margin)
         else:
             self.head = nn.Linear(width, config.num_classes)
         self._init_weights()
@@ -152,10 +175,10 @@ class VGG16(nn.Module):
         return emb - self.embedding_mean.to(emb.dtype)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (n, num_classes). ``labels`` only matters for the CosFace head (training margin)."""
+        """Logits (n, num_classes). ``labels`` only matters for a margin head (the training margin)."""
         fc7 = self._fc7(x)
-        if self.config.head == "cosface":
-            return self.head(fc7, labels)  # the cosine head reads signed fc7
+        if self.config.head in MARGIN_HEADS:
+            return self.head(fc7, labels)  # a cosine head reads signed fc7
         return self.head(self.dropout(F.relu(fc7)))
 
     def conv_layers(self) -> list[tuple[str, nn.Conv2d]]:
@@ -166,5 +189,5 @@ class VGG16(nn.Module):
         return list(zip(names, convs))
 
     def fc_layers(self) -> list[tuple[str, nn.Module]]:
-        """The fully connected layers in order: fc6, fc7 and the head (fc8: Linear or CosFaceHead)."""
+        """The fully connected layers in order: fc6, fc7 and the head (fc8: Linear or MarginHead)."""
         return [("fc6", self.fc6), ("fc7", self.fc7), ("fc8", self.head)]
