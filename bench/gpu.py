@@ -104,12 +104,12 @@ def throughput(device: torch.device, size: int, batch: int, compiled: bool, step
     """Images/s of ``Trainer.train_step`` on synthetic data, and its model FLOP utilisation."""
     from facesearch.data.augment import AugmentConfig
     from facesearch.distributed import Distributed
-    from facesearch.training import TrainConfig, Trainer, model_options
+    from facesearch.training import TrainConfig, Trainer
     from facesearch.models.vgg import VGGConfig
 
     data = synthetic_faces(batch * 4, size, classes)
     cfg = TrainConfig.faces(batch_size=batch, compile=compiled, device=str(device), epochs=1000)
-    model_config = VGGConfig(num_classes=classes, input_size=size, **model_options("faces", fc_width=fc_width))
+    model_config = VGGConfig.faces(classes, size, fc_width=fc_width)
     trainer = Trainer(data, Path("/nonexistent"), cfg, model_config, AugmentConfig.faces(), Distributed(), device)
     trainer.step = trainer.total_steps // 2  # a mid-schedule learning rate (the value does not change the cost)
     flops = forward_flops(trainer.net, size, device)
@@ -139,7 +139,7 @@ def throughput(device: torch.device, size: int, batch: int, compiled: bool, step
 def cifar(args, device: torch.device) -> dict:
     """Train the CIFAR-10 preset for ``--budget-cifar`` seconds; test accuracy at the end (no selection)."""
     from facesearch.data.datasets import load_dataset
-    from facesearch.training import TrainConfig, train
+    from facesearch.training import TrainConfig, model_config, train
 
     cache = args.out / "cache"
     t = time.perf_counter()
@@ -148,7 +148,7 @@ def cifar(args, device: torch.device) -> dict:
     overrides = {"batch_size": 8, "max_steps": 2} if args.smoke else {}
     cfg = TrainConfig.cifar10(epochs=args.cifar_epochs, time_budget=args.budget_cifar, device=str(device),
                        compile=args.compile, eval_every=args.cifar_eval_every, lr=args.cifar_lr, **overrides)
-    model = {"fc_width": 16} if args.smoke else None
+    model = model_config("cifar10", args.cifar, fc_width=16) if args.smoke else None
     result = train("cifar10", args.cifar, args.out / "cifar10-run", cfg, model, cache_dir=cache,
                    on_progress=_printer("cifar10"))
     last = result.history[-1]
@@ -173,13 +173,13 @@ def _printer(name: str):
 def faces(args, device: torch.device) -> dict:
     """Train the face classifier for ``--budget-faces`` seconds; closed-set and verification figures."""
     from facesearch.checkpoint import load_checkpoint
-    from facesearch.training import TrainConfig, model_options, train
+    from facesearch.training import TrainConfig, model_config, train
 
     overrides = {"batch_size": 8, "max_steps": 2} if args.smoke else {"batch_size": args.batch}
     lr = args.face_lr or 0.05 * overrides["batch_size"] / 128  # preset 0.05 at batch 128, scaled linearly
     cfg = TrainConfig.faces(epochs=args.face_epochs, time_budget=args.budget_faces, device=str(device),
                        compile=args.compile, lr=lr, **overrides)
-    model = model_options("faces", fc_width=args.fc_width, head=args.head)
+    model = model_config("faces", args.faces, fc_width=args.fc_width, head=args.head)
     run_dir = args.out / "faces-run"
     result = train("faces", args.faces, run_dir, cfg, model, cache_dir=args.out / "cache",
                    on_progress=_printer("faces"))
@@ -377,7 +377,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--face-epochs", type=int, default=400, help="upper bound; the time budget ends the run")
     p.add_argument("--face-lr", type=float, default=None, help="default: 0.05 x batch / 128")
     p.add_argument("--fc-width", type=int, default=None, help="face model fc6/fc7 width (default: preset)")
-    p.add_argument("--head", default=None, help='"softmax" or "cosface" (default: preset)')
+    p.add_argument("--head", default=None, help='"softmax", "cosface" or "arcface" (default: preset)')
     p.add_argument("--no-compile", dest="compile", action="store_false", help="eager training runs")
     p.add_argument("--skip", default="", help="comma-separated sections to skip: peak,throughput,cifar10,faces")
     p.add_argument("--lfw", type=Path, help="a `prepare --select center` output of LFW View 1's images")

@@ -237,7 +237,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = resolve_checkpoint(path)
     payload = read_checkpoint(path)
     try:
-        config = VGGConfig(**payload["model_config"])
+        config = VGGConfig.from_dict(payload["model_config"])
         with torch.device("meta"):  # no memory and no random initialisation: the weights come from the file
             model = VGG16(config)
     except (TypeError, ValueError) as e:

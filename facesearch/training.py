@@ -36,7 +36,7 @@ from facesearch.checkpoint import (Preprocess, model_source, payload_fingerprint
                                    save_checkpoint)
 from facesearch.data.augment import AugmentConfig, augment, normalize
 from facesearch.data.batches import Batches
-from facesearch.data.datasets import Dataset, load_dataset
+from facesearch.data.datasets import Dataset, class_names, default_input_size, load_dataset
 from facesearch.distributed import Distributed, setup_distributed
 from facesearch.models.vgg import VGG16, VGGConfig
 from facesearch.visualize.curves import write_curves
@@ -453,15 +453,6 @@ def _rates(sums: torch.Tensor) -> dict:
 
 # --- entry point ---------------------------------------------------------------------------------------
 
-# The architecture per dataset: what `facesearch train` and `facesearch cifar10 train` build unless told otherwise.
-MODEL_PRESETS = {
-    # Classic VGG16 head until the GPU measurement (bench/gpu.py reports pre- vs post-ReLU verification;
-    # rerun it with --fc-width / --head to compare) says otherwise: not measured on this CPU, see BENCHMARKS.
-    "faces": {"fc_width": 4096, "head": "softmax", "embedding": "post_relu", "dropout": 0.5},
-    "cifar10": {"fc_width": 512, "head": "softmax", "embedding": "post_relu", "dropout": 0.0},
-}
-
-
 def face_crop_settings(data: Dataset) -> dict | None:
     """How ``prepare`` cut the training crops (size, margin, align), for checkpoints to hand on to ``Embedder``.
 
@@ -475,14 +466,17 @@ def face_crop_settings(data: Dataset) -> dict | None:
     return asdict(CropSettings.from_dict(read_settings(data.root)))  # defaults fill in for outputs older than the file
 
 
-def model_options(kind: str, **overrides) -> dict:
-    """The preset VGGConfig fields (all but num_classes/input_size) with ``overrides`` (None ignored) applied."""
-    return {**MODEL_PRESETS[kind], **{k: v for k, v in overrides.items() if v is not None}}
+def model_config(kind: str, data_dir: str | os.PathLike, input_size: int | None = None,
+                 **overrides) -> VGGConfig:
+    """The architecture ``train`` builds for this data unless given one: the kind's preset (``VGGConfig.faces``
+    or ``.cifar10``) with ``overrides`` (None values ignored), the head sized for the data's classes, the input
+    the crops' size (``input_size`` None)."""
+    return VGGConfig.for_kind(kind, len(class_names(kind, data_dir)), input_size or default_input_size(kind, data_dir),
+                              **overrides)
 
 
 def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
-          model: dict | None = None, aug: AugmentConfig | None = None, input_size: int | None = None,
-          cache_dir: str | os.PathLike | None = None, resume: bool = False,
+          model: VGGConfig | None = None, aug: AugmentConfig | None = None, cache_dir: str | os.PathLike | None = None, resume: bool = False,
           on_progress: Callable[[dict], None] | None = None, init: str | os.PathLike | None = None) -> TrainResult:
     """Train a VGG16 on faces (a ``prepare`` output) or CIFAR-10; the same code path for both.
 
@@ -491,9 +485,9 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
         data_dir: the prepare output, or the CIFAR-10 folder.
         run_dir: where checkpoints, metrics.jsonl and curves.png go.
         cfg: training settings (default: the kind's preset).
-        model: VGGConfig fields other than num_classes/input_size (default: the kind's preset).
+        model: the architecture (default: ``model_config(kind, data_dir)``, the kind's preset at the crops'
+            size); its ``num_classes`` must be the data's number of classes.
         aug: augmentation (default: AugmentConfig.faces() or .cifar()).
-        input_size: model input side (default: the crops' size from dataset.json for faces, 32 for CIFAR).
         cache_dir: uint8 cache folder (default RUN_DIR/cache).
         resume: continue RUN_DIR/last.pt at its exact step; model, schedule and augmentation come from the
             checkpoint, only runtime settings (device, compile, workers, max_steps, ...) from ``cfg``; the time
@@ -501,37 +495,38 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
         on_progress: called on rank 0 every ``log_every`` steps with step/total_steps/loss/lr/images_per_s.
         init: fine-tune: a checkpoint (or "base", the model shipped with facesearch) whose architecture, input
             size, normalisation and weights the run starts from; only the classifier head is new, sized for
-            this data's identities. ``model`` and ``input_size`` must then be left out.
+            this data's identities. ``model`` must then be left out (as on ``resume``).
     """
-    from facesearch.data.datasets import default_input_size
-
     cfg = cfg or TrainConfig.for_kind(kind)
     run_dir = Path(run_dir)
     state = read_checkpoint(run_dir / "last.pt") if resume else None
     start = None
+    if model is not None and (init is not None or state is not None):
+        raise ValueError("the architecture comes from the checkpoint on resume and init; leave `model` out")
     if init is not None and state is None:  # on --resume the run's own last.pt already holds the weights
         path = resolve_checkpoint(init)
         start = {**read_checkpoint(path), "source": model_source(path)}
-        model, input_size = _model_fields(start["model_config"]), start["model_config"]["input_size"]
+        architecture = VGGConfig.from_dict(start["model_config"])
     if state is not None:
         saved = TrainConfig.from_dict(state["train_config"])
         runtime = {k: getattr(cfg, k) for k in RUNTIME_FIELDS}
         runtime["time_budget"] = cfg.time_budget or saved.time_budget  # total seconds, earlier runs included
         cfg = replace(saved, **runtime)
-        model, aug = _model_fields(state["model_config"]), _augment_from_dict(state["augment"])
-        input_size = state["model_config"]["input_size"]
+        architecture, aug = VGGConfig.from_dict(state["model_config"]), _augment_from_dict(state["augment"])
+    if start is None and state is None:
+        architecture = model or model_config(kind, data_dir)
     ddp, device = setup_distributed(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    input_size = input_size or default_input_size(kind, data_dir)
-    data = load_dataset(kind, data_dir, input_size, cache_dir or run_dir / "cache", cfg.workers)
+    data = load_dataset(kind, data_dir, architecture.input_size, cache_dir or run_dir / "cache", cfg.workers)
     if start is not None:  # the features were learnt on inputs normalised the starting model's way
         pre = Preprocess.from_dict(start["preprocess"])
         data = replace(data, mean=pre.mean, std=pre.std)
         _warn_on_other_crops(start, face_crop_settings(data), data_dir)
     if state is not None and list(data.class_names) != list(state["class_names"]):
         raise ValueError(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
-    model_config = VGGConfig(num_classes=len(data.class_names), input_size=input_size,
-                             **(model or model_options(kind)))
+    if model is not None and model.num_classes != len(data.class_names):
+        raise ValueError(f"the model's head has {model.num_classes} classes; {data_dir} has {len(data.class_names)}")
+    model_config = replace(architecture, num_classes=len(data.class_names))  # a new head on init
     aug = aug or (AugmentConfig.faces() if kind == "faces" else AugmentConfig.cifar())
     log.info("training %s on %s: %d classes, %d train images, device %s, %d process(es)", kind, data_dir,
              len(data.class_names), len(data.train), device, ddp.world)
@@ -567,10 +562,6 @@ def init_weights(net: VGG16, init: dict, class_names: Sequence[str] | None = Non
     if fresh or unexpected:
         raise ValueError(f"{init['source']}: its layers do not fit this model (missing {fresh}, extra {unexpected})")
     return {"source": init["source"], "fingerprint": payload_fingerprint(init)}
-
-
-def _model_fields(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in ("num_classes", "input_size")}
 
 
 def _augment_from_dict(d: dict) -> AugmentConfig:

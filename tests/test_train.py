@@ -17,7 +17,7 @@ from facesearch.data.augment import AugmentConfig, augment
 from facesearch.data.datasets import load_dataset
 from facesearch.data.manifest import ManifestRow, read_manifest, write_manifest, write_settings
 from facesearch.data.detect import CropSettings
-from facesearch.training import TrainConfig, train
+from facesearch.training import TrainConfig, model_config, train
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
 TINY_MODEL = {"fc_width": 16, "dropout": 0.0}
@@ -53,7 +53,8 @@ def trained(faces, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     cfg = TrainConfig(epochs=3, batch_size=12, lr=0.02, warmup_epochs=0, log_every=1)
     events = []
-    result = train("faces", faces, run, cfg, TINY_MODEL, AugmentConfig.none(), on_progress=events.append)
+    result = train("faces", faces, run, cfg, model_config("faces", faces, **TINY_MODEL), AugmentConfig.none(),
+                   on_progress=events.append)
     return run, result, events
 
 
@@ -84,7 +85,7 @@ def test_run_dir_holds_metrics_curves_and_loadable_checkpoints(trained, faces):
 def test_resume_continues_at_the_exact_step(faces, tmp_path):
     # 1 epoch of 3 steps (batch 4), with augmentation and dropout so that the RNG state matters too.
     cfg = TrainConfig(epochs=1, batch_size=4, lr=0.02, warmup_epochs=0)
-    model = {"fc_width": 16, "dropout": 0.5}
+    model = model_config("faces", faces, fc_width=16, dropout=0.5)
     straight = train("faces", faces, tmp_path / "a", cfg, model, cache_dir=tmp_path / "cache")
     stopped = train("faces", faces, tmp_path / "b", TrainConfig(**{**cfg.__dict__, "max_steps": 2}), model,
                     cache_dir=tmp_path / "cache")
@@ -230,6 +231,16 @@ def test_init_starts_from_a_checkpoint_with_a_head_for_the_new_identities(traine
     assert out["init"] == record and len(out["class_names"]) == 2
     assert out["model_config"] == {**base["model_config"], "num_classes": 2}
     assert out["preprocess"] == base["preprocess"]
+    with pytest.raises(ValueError, match="leave `model` out"):  # the architecture is the checkpoint's
+        train("faces", two, tmp_path / "again", cfg, model_config("faces", two), init=run / "best.pt")
+
+
+def test_a_model_sized_for_other_data_is_refused(faces, tmp_path):
+    from facesearch.models.vgg import VGGConfig
+
+    cfg = TrainConfig(epochs=1, batch_size=4, max_steps=1)
+    with pytest.raises(ValueError, match="7 classes"):
+        train("faces", faces, tmp_path / "r", cfg, VGGConfig.faces(7, 32, fc_width=16))
 
 
 def test_cli_init_refuses_architecture_options(trained, faces, tmp_path):

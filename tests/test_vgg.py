@@ -153,3 +153,16 @@ def test_fingerprint_tells_weights_apart(tmp_path):
     fa = load_checkpoint(save_checkpoint(tmp_path / "a.pt", a, ["x", "y", "z"], prep)).fingerprint
     fb = load_checkpoint(save_checkpoint(tmp_path / "b.pt", b, ["x", "y", "z"], prep)).fingerprint
     assert fa != fb and len(fa) == 16
+
+
+def test_presets_are_constructors_and_from_dict_refuses_unknown_fields():
+    faces = VGGConfig.faces(5, 64, head="cosface", dropout=None)  # None: the preset's value
+    assert (faces.num_classes, faces.input_size, faces.fc_width, faces.head, faces.dropout) == (5, 64, 4096, "cosface", 0.5)
+    cifar = VGGConfig.cifar10()
+    assert (cifar.num_classes, cifar.input_size, cifar.fc_width, cifar.dropout) == (10, 32, 512, 0.0)
+    assert VGGConfig.for_kind("cifar10", 10, 32, fc_width=64).fc_width == 64
+    assert VGGConfig.from_dict(faces.to_dict()) == faces
+    old = {k: v for k, v in faces.to_dict().items() if k != "arcface_margin"}  # a checkpoint from before ArcFace
+    assert VGGConfig.from_dict(old) == faces
+    with pytest.raises(ValueError, match="does not know"):
+        VGGConfig.from_dict({**faces.to_dict(), "attention": True})

@@ -71,11 +71,11 @@ def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], tra
     if resume is not None and not (resume / "last.pt").is_file():
         fail(f"{resume / 'last.pt'}: no checkpoint to resume")
     cfg = training.TrainConfig.for_kind(kind, **train_options)
-    model = training.model_options(kind, **model_options)
+    # the architecture is the checkpoint's on --resume and --init
+    model = None if resume or init else training.model_config(kind, data, input_size, **model_options)
     with Progress("training") as bar:
-        result = training.train(kind, data, run_dir, cfg, model, aug=_augment(augment), input_size=input_size,
-                                cache_dir=cache_dir, resume=resume is not None, on_progress=_on_progress(bar),
-                                init=init)
+        result = training.train(kind, data, run_dir, cfg, model, aug=_augment(augment), cache_dir=cache_dir,
+                                resume=resume is not None, on_progress=_on_progress(bar), init=init)
     if int(os.environ.get("RANK", "0")) != 0:
         return
     summary = {"run_dir": str(result.run_dir), "epochs": result.epoch, "steps": result.step,

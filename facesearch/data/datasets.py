@@ -107,7 +107,7 @@ def face_sources(data_dir: Path) -> tuple[list[str], dict[str, tuple[list[Item],
 def cifar_sources(data_dir: Path) -> tuple[list[str], dict[str, tuple[list[Item], list[int]]]]:
     """Class names and {"train", "val"} (val = the test set) from image folders or cifar-10-batches-py."""
     if (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
-        class_names = sorted(p.name for p in (data_dir / "train").iterdir() if p.is_dir())
+        class_names = _folder_classes(data_dir / "train")
         splits = {split: _folder_items(data_dir / folder, class_names)
                   for split, folder in (("train", "train"), ("val", "test"))}
         return class_names, splits
@@ -115,6 +115,10 @@ def cifar_sources(data_dir: Path) -> tuple[list[str], dict[str, tuple[list[Item]
     if (batches / "batches.meta").is_file():
         return _cifar_batches(batches)
     raise FileNotFoundError(f"{data_dir}: no CIFAR-10 found; {CIFAR_HELP}")
+
+
+def _folder_classes(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
 
 
 def _folder_items(root: Path, class_names: Sequence[str]) -> tuple[list[Item], list[int]]:
@@ -231,12 +235,7 @@ def load_dataset(kind: str, data_dir: str | os.PathLike, input_size: int, cache_
         cache_dir: where the uint8 caches live (reused across runs when the inputs are unchanged).
         workers: decoding threads when a cache is built.
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        hint = CIFAR_HELP if kind == "cifar10" else "run `facesearch prepare RAW_DIR OUT_DIR` to make one"
-        raise FileNotFoundError(f"{data_dir}: no such folder; {hint}")
+    data_dir = _dataset_folder(kind, data_dir)
     class_names, splits = (face_sources if kind == "faces" else cifar_sources)(data_dir)
     sets, stats = {}, {}
     for split, (items, labels) in splits.items():
@@ -249,6 +248,25 @@ def load_dataset(kind: str, data_dir: str | os.PathLike, input_size: int, cache_
         log.warning("%s: no validation images; best.pt will follow training accuracy", data_dir)
     return Dataset(kind, str(data_dir), tuple(class_names), sets["train"], sets.get("val"),
                    tuple(stats["train"]["mean"]), tuple(stats["train"]["std"]), input_size)
+
+
+def class_names(kind: str, data_dir: str | os.PathLike) -> list[str]:
+    """The classes ``load_dataset`` will train on, read without decoding an image (a model's head is sized by
+    them before the data is loaded)."""
+    data_dir = _dataset_folder(kind, data_dir)
+    if kind == "cifar10" and (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
+        return _folder_classes(data_dir / "train")
+    return (face_sources if kind == "faces" else cifar_sources)(data_dir)[0]
+
+
+def _dataset_folder(kind: str, data_dir: str | os.PathLike) -> Path:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        hint = CIFAR_HELP if kind == "cifar10" else "run `facesearch prepare RAW_DIR OUT_DIR` to make one"
+        raise FileNotFoundError(f"{data_dir}: no such folder; {hint}")
+    return data_dir
 
 
 def default_input_size(kind: str, data_dir: str | os.PathLike) -> int:

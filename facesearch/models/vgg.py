@@ -17,7 +17,7 @@ off-size input (say 120 px) still fits; at the sizes above it is the identity.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -81,6 +81,38 @@ class VGGConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    # The defaults above are the face preset; the constructors below are the presets, one per dataset kind.
+    @classmethod
+    def faces(cls, num_classes: int, input_size: int = 112, **overrides) -> VGGConfig:
+        """``facesearch train``'s architecture: the classic VGG16 head (4,096-wide fc6/fc7, post-ReLU fc7,
+        dropout 0.5, softmax) until a GPU measurement says otherwise; ``overrides`` (None values ignored)."""
+        return cls._preset(num_classes, input_size, {}, overrides)
+
+    @classmethod
+    def cifar10(cls, num_classes: int = 10, input_size: int = 32, **overrides) -> VGGConfig:
+        """``facesearch cifar10 train``'s architecture: a 512-wide head without dropout (VGG16-BN's CIFAR form)."""
+        return cls._preset(num_classes, input_size, {"fc_width": 512, "dropout": 0.0}, overrides)
+
+    @classmethod
+    def for_kind(cls, kind: str, num_classes: int, input_size: int, **overrides) -> VGGConfig:
+        if kind not in ("faces", "cifar10"):
+            raise ValueError(f"dataset kind must be 'faces' or 'cifar10', not {kind!r}")
+        return (cls.faces if kind == "faces" else cls.cifar10)(num_classes, input_size, **overrides)
+
+    @classmethod
+    def _preset(cls, num_classes: int, input_size: int, preset: dict, overrides: dict) -> VGGConfig:
+        return cls(num_classes=num_classes, input_size=input_size,
+                   **{**preset, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VGGConfig:
+        """A config saved by ``to_dict`` (a checkpoint's ``model_config``); fields this version lacks are refused,
+        fields it added since take their defaults."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"architecture fields this version does not know: {sorted(unknown)}")
+        return cls(**d)
 
 
 class MarginHead(nn.Module):
