@@ -21,10 +21,6 @@ from facesearch.data.detect import CropSettings
 logger = logging.getLogger(__name__)
 
 SELECT_RULES = ("all", "largest", "center")
-# Smallest face looked for in a query photo, in photo pixels (MTCNN's own default is 20). A 20-40 px face is
-# blown up 3-6x into the model's input and rarely recognised, and skipping them cuts MTCNN's time on a 640 px
-# photo about threefold (measured 183 → 60 ms on this 2-core CPU). `who --min-face 20` finds them anyway.
-QUERY_MIN_FACE = 40
 
 
 @dataclass(frozen=True)
@@ -64,14 +60,18 @@ class Embedder:
         self._detector = detector
 
     @classmethod
-    def for_queries(cls, model, device: str = "auto", min_face: int = QUERY_MIN_FACE) -> "Embedder":
-        """The query-side face finder and embedder: what `who` answers with, and what explain, evaluate and
-        calibrate measure (one way to build it, so that they all find the same faces in the same photo)."""
-        from facesearch.checkpoint import resolve_device
-        from facesearch.data.detect import FaceDetector
+    def for_queries(cls, model, device: str = "auto", min_face: int | None = None) -> "Embedder":
+        """The query-side face finder and embedder: what `who` answers with, and what explain, evaluate,
+        calibrate and cluster measure (one way to build it, so that they all find the same faces in the same
+        photo). The detector's settings are the checkpoint's (``DetectorSettings``); ``min_face`` overrides
+        its smallest face."""
+        from facesearch.data.detect import DetectorSettings, FaceDetector
 
-        device = str(resolve_device(device))
-        return cls(model, device=device, detector=FaceDetector(device=device, min_face_size=min_face))
+        embedder = cls(model, device=device)
+        settings = DetectorSettings.from_checkpoint(embedder.loaded)
+        embedder._detector = FaceDetector(device=str(embedder.device), thresholds=settings.thresholds,
+                                          min_face_size=settings.min_face_size if min_face is None else min_face)
+        return embedder
 
     @property
     def fingerprint(self) -> str:

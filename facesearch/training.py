@@ -454,16 +454,18 @@ def _rates(sums: torch.Tensor) -> dict:
 # --- entry point ---------------------------------------------------------------------------------------
 
 def face_crop_settings(data: Dataset) -> dict | None:
-    """How ``prepare`` cut the training crops (size, margin, align), for checkpoints to hand on to ``Embedder``.
+    """How ``prepare`` cut the training crops (size, margin, align) and how queries look for faces
+    (``DetectorSettings``, under "detector"), for checkpoints to hand on to ``Embedder``.
 
     None for CIFAR-10 (no detection). A gallery must cut faces exactly as the training crops were cut.
     """
     if data.kind != "faces":
         return None
     from facesearch.data.manifest import read_settings
-    from facesearch.data.detect import CropSettings
+    from facesearch.data.detect import CropSettings, DetectorSettings
 
-    return asdict(CropSettings.from_dict(read_settings(data.root)))  # defaults fill in for outputs older than the file
+    crop = CropSettings.from_dict(read_settings(data.root))  # defaults fill in for outputs older than the file
+    return {**asdict(crop), "detector": DetectorSettings().to_dict()}
 
 
 def model_config(kind: str, data_dir: str | os.PathLike, input_size: int | None = None,

@@ -79,7 +79,8 @@ def test_who_answers_every_face_of_a_group_photo(group):
 
 
 def test_who_explain_evaluate_calibrate_and_the_demo_find_the_same_faces(group):
-    from facesearch.embed import QUERY_MIN_FACE, Embedder
+    from facesearch.data.detect import DetectorSettings
+    from facesearch.embed import Embedder
     from facesearch.evaluation.common import load_model, make_embedder
     from facesearch.explain import _query_face
     from facesearch.gallery import Gallery
@@ -91,7 +92,7 @@ def test_who_explain_evaluate_calibrate_and_the_demo_find_the_same_faces(group):
         boxes = [f.box for f in who(g, Embedder.for_queries(loaded, "cpu"), root / "group.jpg").faces]
     picture = Image.open(root / "group.jpg").convert("RGB")
     measured = make_embedder(loaded, "cpu")  # what evaluate and calibrate embed with (calibrate imports it)
-    assert measured.detector.min_face_size == QUERY_MIN_FACE
+    assert measured.detector.min_face_size == DetectorSettings().min_face_size == 40
     evaluated = [[round(float(v), 1) for v in f.face.box] for f in measured.embed_images([picture], "all")[0]]
     assert evaluated == boxes
     largest = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))

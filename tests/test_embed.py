@@ -83,3 +83,26 @@ def test_embed_files_reports_unreadable_and_faceless_photos(embedder, sample_pho
     assert result.failures[str(blank)].startswith("no_face")
     npy, meta = write_embeddings(result, tmp_path / "out" / "x.npy")
     assert np.load(npy).shape == (1, 64) and meta.is_file()
+
+
+def test_the_query_face_finder_follows_the_checkpoints_detector_settings(tmp_path):
+    """for_queries builds its MTCNN from what the checkpoint records; older checkpoints get the defaults, and an
+    explicit min_face (who --min-face) wins."""
+    import torch
+
+    from facesearch.checkpoint import Preprocess, save_checkpoint
+    from facesearch.data.detect import DetectorSettings
+    from facesearch.embed import Embedder
+    from facesearch.models.vgg import VGG16, VGGConfig
+
+    old = Embedder.for_queries(tiny_checkpoint(tmp_path / "old.pt"), "cpu").detector
+    assert (old.min_face_size, old.thresholds) == (40, (0.6, 0.7, 0.7)) == (DetectorSettings().min_face_size,
+                                                                          DetectorSettings().thresholds)
+    torch.manual_seed(0)
+    model = VGG16(VGGConfig(num_classes=3, input_size=32, fc_width=16))
+    recorded = {"size": 64, "margin": 0.2, "align": False, "detector": {"min_face_size": 24, "thresholds": [0.5, 0.6, 0.6]}}
+    path = save_checkpoint(tmp_path / "new.pt", model, ["a", "b", "c"], Preprocess(32), crop=recorded)
+    new = Embedder.for_queries(path, "cpu")
+    assert (new.detector.min_face_size, new.detector.thresholds) == (24, (0.5, 0.6, 0.6))
+    assert new.crop.size == 64
+    assert Embedder.for_queries(path, "cpu", min_face=60).detector.min_face_size == 60

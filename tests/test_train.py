@@ -76,7 +76,8 @@ def test_run_dir_holds_metrics_curves_and_loadable_checkpoints(trained, faces):
     assert best.preprocess.input_size == 32 and best.config.fc_width == 16
     assert best.extra["metrics"]["val_acc"] == result.best_val_acc
     # how prepare cut the crops travels with the model, so the gallery cuts faces the same way (not 112 px)
-    assert best.extra["crop"] == {"size": 32, "margin": 0.2, "align": False}
+    assert best.extra["crop"] == {"size": 32, "margin": 0.2, "align": False,  # and how queries look for faces
+                                  "detector": {"min_face_size": 40, "thresholds": [0.6, 0.7, 0.7]}}
     assert CropSettings.from_checkpoint(best) == CropSettings(size=32, margin=0.2, align=False)
     last = read_checkpoint(run / "last.pt")
     assert last["step"] == 3 and {"optimizer", "scheduler", "rng", "sampler"} <= set(last)

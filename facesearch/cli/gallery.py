@@ -142,7 +142,7 @@ def who(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Identities listed per face.")] = 5,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity (-1 to 1) needed to name a face (default: the gallery's calibrated one).")] = None,
     annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Save the photo with boxes and names here (several photos: into this folder).")] = None,
-    min_face: Annotated[int, typer.Option(min=12, help="Smallest face looked for, in pixels (20 finds tiny faces, slower).")] = 40,
+    min_face: Annotated[Optional[int], typer.Option(min=12, help="Smallest face looked for, in pixels (default: the model's, 40; 20 finds tiny faces, slower).")] = None,
     db: DbUrl = None,
     checkpoint: Checkpoint = None,
     device: Device = "auto",
