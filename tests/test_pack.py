@@ -1,4 +1,4 @@
-"""bench/pack.py: the GPU-transfer packer must restore every file byte for byte."""
+"""bench/device/pack.py: the GPU-transfer packer must restore every file byte for byte."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("bench_pack", REPO / "bench" / "pack.py")
+_spec = importlib.util.spec_from_file_location("bench_pack", REPO / "bench" / "device" / "pack.py")
 pack_mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pack_mod)
 

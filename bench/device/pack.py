@@ -6,8 +6,8 @@ the header is stored once and each file keeps only its scan data. CIFAR-10's 60,
 (tar) to ~19 MB; a folder of 112 px face crops shrinks similarly. Other files (manifest.csv,
 dataset.json) are stored whole.
 
-    python bench/pack.py pack ../shared/data/cifar10 .dev/cifar10.pack
-    python bench/pack.py unpack .dev/cifar10.pack /tmp/cifar10
+    python bench/device/pack.py pack ../shared/data/cifar10 .dev/cifar10.pack
+    python bench/device/pack.py unpack .dev/cifar10.pack /tmp/cifar10
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 # One GPU call for the explain benchmark (run from the repo root on the lent GPU machine, $OUT set):
 # train CIFAR-10 and the face model with bench/gpu.py, run the faithfulness benchmark on the face model,
 # compute CIFAR-10 feature-map grids, and send back the reports plus both models in fp16 parts.
-# Needs .dev/cifar10.pack and .dev/celeba112q85.pack (bench/pack.py) carried along.
+# Needs .dev/cifar10.pack and .dev/celeba112q85.pack (bench/device/pack.py) carried along.
 #   CIFAR_S / FACES_S: training seconds; PAIRS: faithfulness pairs.
 set -uo pipefail
 T=/tmp/xg
@@ -12,8 +12,8 @@ PAIRS=${PAIRS:-400}
 SMOKE=${SMOKE:-}  # set: a tiny CPU rehearsal of the whole script
 if [ -n "$SMOKE" ]; then GPU_ARGS="--smoke"; DEV=cpu; PAIRS=4; else GPU_ARGS=""; DEV=cuda; fi
 mkdir -p "$T/e"
-python3 bench/pack.py unpack .dev/cifar10.pack "$T/cifar" >/dev/null
-python3 bench/pack.py unpack .dev/celeba112q85.pack "$T/faces" >/dev/null
+python3 bench/device/pack.py unpack .dev/cifar10.pack "$T/cifar" >/dev/null
+python3 bench/device/pack.py unpack .dev/celeba112q85.pack "$T/faces" >/dev/null
 python3 bench/gpu.py --cifar "$T/cifar" --faces "$T/faces" --budget-cifar "$CIFAR_S" --budget-faces "$FACES_S" \
   --fc-width 512 --no-compile --skip throughput $GPU_ARGS --out "$T/b" >"$T/e/gpu.log" 2>&1
 tail -25 "$T/e/gpu.log"

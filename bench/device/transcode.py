@@ -3,7 +3,7 @@
 ``prepare`` writes crops at quality 95 (~6.6 kB at 112 px); at 85 they are about half the size, which lets
 the CelebA crops and the LFW crops travel together under the 64 MB limit. Used only for the GPU benchmark.
 
-    python bench/transcode.py /tmp/celeba /tmp/celeba-q85 --quality 85
+    python bench/device/transcode.py /tmp/celeba /tmp/celeba-q85 --quality 85
 """
 
 from __future__ import annotations
