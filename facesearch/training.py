@@ -528,11 +528,11 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
         raise ValueError(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
     if model is not None and model.num_classes != len(data.class_names):
         raise ValueError(f"the model's head has {model.num_classes} classes; {data_dir} has {len(data.class_names)}")
-    model_config = replace(architecture, num_classes=len(data.class_names))  # a new head on init
+    architecture = replace(architecture, num_classes=len(data.class_names))  # a new head on init
     aug = aug or (AugmentConfig.faces() if kind == "faces" else AugmentConfig.cifar())
     log.info("training %s on %s: %d classes, %d train images, device %s, %d process(es)", kind, data_dir,
              len(data.class_names), len(data.train), device, ddp.world)
-    return Trainer(data, run_dir, cfg, model_config, aug, ddp, device, on_progress, state, start).run()
+    return Trainer(data, run_dir, cfg, architecture, aug, ddp, device, on_progress, state, start).run()
 
 
 def _warn_on_other_crops(start: dict, crop: dict | None, data_dir) -> None:

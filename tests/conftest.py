@@ -1,4 +1,5 @@
-"""Shared fixtures: the bundled sample photos, and settings that keep tests fast on a 2-core CPU."""
+"""Shared fixtures: the bundled sample photos, a tiny checkpoint, and settings that keep tests fast on a
+2-core CPU. The plain builders they use (and tests call) are in builders.py."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ def sample_photos() -> Path:
 def sample_orl() -> Path:
     """``sample/orl/<sN>/*.pgm``: 3 ORL people x 10 greyscale photos."""
     return SAMPLE / "orl"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    """A random-weight VGG16 checkpoint (``builders.tiny_checkpoint``: 32 px, fc7 64 wide, 3 classes)."""
+    from builders import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 @pytest.fixture(autouse=True, scope="session")

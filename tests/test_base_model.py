@@ -12,13 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from gallery_support import run_cli, tiny_checkpoint
+from builders import run_cli as run, tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(*args, ok=True, env=None):
-    return run_cli(*args, ok=ok, env=env)
 
 
 def test_the_shipped_model_loads_compact_and_embeds():
@@ -118,7 +114,7 @@ def test_evaluate_and_embed_use_the_base_model_by_default(sample_photos, tmp_pat
 
 def test_train_init_base_fine_tunes_the_shipped_model(tmp_path):
     from facesearch.checkpoint import load_checkpoint, read_checkpoint
-    from test_train import make_prepared_faces
+    from builders import make_prepared_faces
 
     data = make_prepared_faces(tmp_path / "data", n_ids=3, per_id=5, size=64)
     run("train", data, "--out", tmp_path / "run", "--init", "base", "--epochs", "2", "--batch-size", "6",

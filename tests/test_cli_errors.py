@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gallery_support import run_cli, tiny_checkpoint
+from builders import run_cli, tiny_checkpoint
 
 
 def run(*args, ok=False, env=None):  # these tests look at failures: no exit-status assertion by default
@@ -284,7 +284,7 @@ def test_out_of_range_options_are_refused_and_change_nothing(enrolled, tmp_path,
 
 
 def test_training_options_that_are_not_numbers_are_refused(tmp_path):
-    from test_train import make_prepared_faces
+    from builders import make_prepared_faces
 
     data = make_prepared_faces(tmp_path / "data", n_ids=3, per_id=4, size=32)
     for option, value in (("--lr", "nan"), ("--dropout", "1.5"), ("--weight-decay", "-1")):

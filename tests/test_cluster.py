@@ -10,11 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gallery_support import run_cli, tiny_checkpoint
-
-
-def run(*args, ok=True, env=None):
-    return run_cli(*args, ok=ok, env=env)
+from builders import run_cli as run, tiny_checkpoint
 
 
 def people_vectors(rng, n_people=5, per_person=6, strangers=10, d=32, spread=0.15):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gallery_support import tiny_checkpoint
+from builders import tiny_checkpoint
 
 DIM = 32
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from facesearch.checkpoint import load_checkpoint, read_checkpoint
-from test_train import make_prepared_faces
+from builders import make_prepared_faces
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")

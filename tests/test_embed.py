@@ -6,12 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from gallery_support import tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+from builders import tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gallery_support import tiny_checkpoint
-
 CONVS = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
          "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3"]
 SMALL = dict(seeds=2, candidates=3, faces_per_identity=2, maps_per_layer=4)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")

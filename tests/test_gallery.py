@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gallery_support import BACKENDS, database_url
+from builders import BACKENDS, database_url
 
 DIM = 32
 FP = "model-a"

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from facesearch.data.images import NEUTRAL_GREY, ImageError, load_image
+
+from builders import png_with_size
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +18,6 @@ def face(sample_photos) -> Image.Image:
 
 def _diff(a: Image.Image, b: Image.Image) -> float:
     return float(np.abs(np.asarray(a, np.float32) - np.asarray(b.convert("RGB"), np.float32)).mean())
-
-
-def png_with_size(path: Path, width: int, height: int) -> Path:
-    """A 1x1 PNG whose header claims ``width`` x ``height`` pixels (a dimension bomb)."""
-    Image.new("L", (1, 1)).save(path)
-    data = bytearray(path.read_bytes())
-    ihdr = 8 + 8  # signature, then length and type of the IHDR chunk
-    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
-    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
-    path.write_bytes(bytes(data))
-    return path
 
 
 def test_rgb_jpeg_loads_unchanged(tmp_path, face):

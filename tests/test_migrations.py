@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from gallery_support import BACKENDS, database_url
+from builders import BACKENDS, database_url
 
 TABLES = {"identities", "faces", "gallery_state"}
 

@@ -17,7 +17,7 @@ from facesearch.data import prepare as prep
 from facesearch.data.detect import FaceDetector
 from facesearch.data.manifest import STATUSES, ManifestRow, read_manifest, read_settings
 from facesearch.data.prepare import PrepareSettings, assign_splits, crop_path, prepare, safe_folder
-from test_images import png_with_size
+from builders import png_with_size
 
 SETTINGS = PrepareSettings(min_photos=2, val=0.25, test=0.25)
 

@@ -9,25 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from gallery_support import BACKENDS, database_url, tiny_checkpoint
+from builders import BACKENDS, database_url, run_cli as run, tiny_checkpoint
 
-runner = CliRunner()
-
-
-def run(*args, ok=True, env=None):
-    from facesearch.cli import app
-
-    result = runner.invoke(app, [str(a) for a in args], env=env)
-    if ok:
-        assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -15,31 +14,13 @@ from typer.testing import CliRunner
 from facesearch.checkpoint import load_checkpoint, read_checkpoint
 from facesearch.data.augment import AugmentConfig, augment
 from facesearch.data.datasets import load_dataset
-from facesearch.data.manifest import ManifestRow, read_manifest, write_manifest, write_settings
+from facesearch.data.manifest import read_manifest, write_manifest
 from facesearch.data.detect import CropSettings
 from facesearch.training import TrainConfig, model_config, train
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
+from builders import make_prepared_faces
+
 TINY_MODEL = {"fc_width": 16, "dropout": 0.0}
-
-
-def make_prepared_faces(out: Path, n_ids: int = 3, per_id: int = 5, size: int = 32, n_val: int = 1) -> Path:
-    """A prepare-like output: manifest + dataset.json + square crops (first n_val photos of a person -> val)."""
-    rows = []
-    for person in sorted(p for p in SAMPLE.iterdir() if p.is_dir())[:n_ids]:
-        for j, photo in enumerate(sorted(person.glob("*.jpg"))[:per_id]):
-            sha = hashlib.sha256(photo.read_bytes()).hexdigest()
-            crop = f"{person.name}/{sha[:16]}.jpg"
-            (out / person.name).mkdir(parents=True, exist_ok=True)
-            with Image.open(photo) as im:
-                side = min(im.size)
-                im.convert("RGB").crop((0, 0, side, side)).resize((size, size)).save(out / crop)
-            rows.append(ManifestRow(path=f"{person.name}/{photo.name}", identity=person.name, sha256=sha,
-                                    size=photo.stat().st_size, mtime_ns=0, status="ok", reason="", prob=0.99,
-                                    n_faces=1, crop=crop, split="val" if j < n_val else "train"))
-    write_manifest(out, rows)
-    write_settings(out, {"size": size, "margin": 0.2, "align": False, "select": "largest", "seed": 0})
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +223,9 @@ def test_a_model_sized_for_other_data_is_refused(faces, tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=4, max_steps=1)
     with pytest.raises(ValueError, match="7 classes"):
         train("faces", faces, tmp_path / "r", cfg, VGGConfig.faces(7, 32, fc_width=16))
+    train("faces", faces, tmp_path / "preset", cfg)  # no model: the face preset, sized for these 3 people at 32 px
+    built = read_checkpoint(tmp_path / "preset" / "last.pt")["model_config"]
+    assert built == VGGConfig.faces(3, 32).to_dict()
 
 
 def test_cli_init_refuses_architecture_options(trained, faces, tmp_path):

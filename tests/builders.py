@@ -1,4 +1,5 @@
-"""Support for the gallery tests: database backends and a tiny random-weight checkpoint.
+"""Builders shared by the tests (the fixtures built from them live in conftest.py): database backends, a tiny
+random-weight checkpoint, a prepare-like output, hostile image files, and the CLI as a user runs it.
 
 Backends: SQLite always, PostgreSQL when ``FACESEARCH_TEST_PG_URL`` is set.
 
@@ -8,10 +9,16 @@ afterwards. ``FACESEARCH_REQUIRE_PG=1`` (set by ``.ci/run``) turns a missing ser
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 import uuid
+import zlib
+from pathlib import Path
 
 import pytest
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
@@ -74,3 +81,39 @@ def run_cli(*args, ok: bool = True, env: dict | None = None):
     if ok:
         assert result.exit_code == 0, result.output + repr(result.exception)
     return result
+
+
+def make_prepared_faces(out: Path, n_ids: int = 3, per_id: int = 5, size: int = 32, n_val: int = 1) -> Path:
+    """A prepare-like output: manifest + dataset.json + square crops (first n_val photos of a person -> val)."""
+    from PIL import Image
+
+    from facesearch.data.manifest import ManifestRow, write_manifest, write_settings
+
+    rows = []
+    for person in sorted(p for p in SAMPLE.iterdir() if p.is_dir())[:n_ids]:
+        for j, photo in enumerate(sorted(person.glob("*.jpg"))[:per_id]):
+            sha = hashlib.sha256(photo.read_bytes()).hexdigest()
+            crop = f"{person.name}/{sha[:16]}.jpg"
+            (out / person.name).mkdir(parents=True, exist_ok=True)
+            with Image.open(photo) as im:
+                side = min(im.size)
+                im.convert("RGB").crop((0, 0, side, side)).resize((size, size)).save(out / crop)
+            rows.append(ManifestRow(path=f"{person.name}/{photo.name}", identity=person.name, sha256=sha,
+                                    size=photo.stat().st_size, mtime_ns=0, status="ok", reason="", prob=0.99,
+                                    n_faces=1, crop=crop, split="val" if j < n_val else "train"))
+    write_manifest(out, rows)
+    write_settings(out, {"size": size, "margin": 0.2, "align": False, "select": "largest", "seed": 0})
+    return out
+
+
+def png_with_size(path: Path, width: int, height: int) -> Path:
+    """A 1x1 PNG whose header claims ``width`` x ``height`` pixels (a dimension bomb)."""
+    from PIL import Image
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = 8 + 8  # signature, then length and type of the IHDR chunk
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
+    path.write_bytes(bytes(data))
+    return path
