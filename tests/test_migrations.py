@@ -55,7 +55,7 @@ def test_migrations_are_found_without_alembic_ini():
 
     folder = db.migrations_dir()
     assert (folder / "env.py").is_file() and (folder / "script.py.mako").is_file()
-    assert db.head_revision() == "0002"
+    assert db.head_revision() == "0003"
 
 
 def test_sqlite_gallery_upgrades_itself_but_postgresql_waits_for_db_upgrade(tmp_path):
@@ -77,10 +77,24 @@ def test_0002_adds_the_model_source_and_keeps_an_existing_gallery(engine):
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO gallery_state (id, uid, epoch, model_fingerprint, created_at, updated_at) "
                              "VALUES (1, 'u', 3, 'abc', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
-    db.upgrade(engine)
+    db.upgrade(engine, "0002")
     assert db.current_revision(engine) == "0002"
     with engine.connect() as conn:
         row = conn.execute(sa.text("SELECT epoch, model_fingerprint, model_source FROM gallery_state")).one()
     assert tuple(row) == (3, "abc", None)
     db.downgrade(engine, "0001")
     assert "model_source" not in {c["name"] for c in sa.inspect(engine).get_columns("gallery_state")}
+
+
+def test_0003_adds_api_keys_and_downgrades_cleanly(engine):
+    """The keys `facesearch serve` accepts: a table of its own; an older gallery gains it empty."""
+    from facesearch.gallery import db
+
+    db.upgrade(engine, "0002")
+    assert "api_keys" not in sa.inspect(engine).get_table_names()
+    db.upgrade(engine)
+    assert db.current_revision(engine) == "0003"
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("api_keys")}
+    assert columns == {"id", "name", "digest", "read_only", "created_at"}
+    db.downgrade(engine, "0002")
+    assert "api_keys" not in sa.inspect(engine).get_table_names()

@@ -9,7 +9,7 @@ import os
 from facesearch.cli._app import app
 
 # One module per pipeline stage; each registers its commands on import.
-_COMMAND_MODULES = ("prepare", "train", "gallery", "cluster", "explain", "evaluate")
+_COMMAND_MODULES = ("prepare", "train", "gallery", "cluster", "explain", "evaluate", "serve")
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"facesearch.cli.{_name}")

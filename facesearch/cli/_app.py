@@ -243,6 +243,7 @@ gallery_app = typer.Typer(no_args_is_help=True, help="Gallery statistics, consis
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic migrations).")
 evaluate_app = typer.Typer(no_args_is_help=True, help="Measure accuracy: LFW pairs, open-set, closed-set.")
 clusters_app = typer.Typer(no_args_is_help=True, help="Name, merge, split and edit the groups of `facesearch cluster`.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of `facesearch serve`: create, list, revoke.")
 
 app.add_typer(cifar10_app, name="cifar10")
 app.add_typer(identities_app, name="identities")
@@ -250,3 +251,4 @@ app.add_typer(gallery_app, name="gallery")
 app.add_typer(db_app, name="db")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(clusters_app, name="clusters")
+app.add_typer(keys_app, name="keys")

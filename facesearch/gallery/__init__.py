@@ -4,7 +4,8 @@
 migrations, ``lock`` the folder lock; ``faces`` adds faces (model claim, rows, crop files), ``identities``
 looks them up, renames and merges, ``hits`` turns index results into search hits; ``index`` is the FAISS side,
 ``freshness`` keeps it matching the database (``sync`` diffs and builds it), ``check`` compares them;
-``enroll`` turns photos into faces; ``records`` holds what goes in and out.
+``enroll`` turns photos into faces; ``keys`` holds the API keys of ``facesearch serve``; ``records`` holds what
+goes in and out.
 """
 
 from facesearch.gallery.index import FaceIndex, IndexSettings
@@ -12,6 +13,7 @@ from facesearch.gallery.records import (
     AddResult,
     CheckReport,
     FaceHit,
+    FaceNotFound,
     FaceInfo,
     GalleryError,
     IdentityInfo,
@@ -22,6 +24,6 @@ from facesearch.gallery.records import (
 from facesearch.gallery.store import DEFAULT_THRESHOLD, Gallery
 
 __all__ = [
-    "DEFAULT_THRESHOLD", "AddResult", "CheckReport", "FaceHit", "FaceIndex", "FaceInfo", "Gallery", "GalleryError",
+    "DEFAULT_THRESHOLD", "AddResult", "CheckReport", "FaceHit", "FaceIndex", "FaceInfo", "FaceNotFound", "Gallery", "GalleryError",
     "IdentityInfo", "IdentityNotFound", "IndexSettings", "ModelMismatchError", "NewFace",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,13 @@ INDEX_NAME = "index.faiss"
 class IndexKeeper:
     """The gallery's index: the copy in memory, the file ``folder/index.faiss``, and how to bring them up to date."""
 
-    def __init__(self, folder: Path, engine: Engine, writable: bool = True):
-        self.folder, self.engine, self.writable = folder, engine, writable
+    def __init__(self, folder: Path, engine: Engine, writable: bool = True, concurrent: bool = False):
+        """``concurrent``: other threads may be searching the index in memory while it is brought up to date
+        (``facesearch serve``), so updates are made on a copy and swapped in whole when done."""
+        self.folder, self.engine, self.writable, self.concurrent = folder, engine, writable, concurrent
         self.path = folder / INDEX_NAME
         self._memory: FaceIndex | None = None
+        self._syncing = threading.Lock()  # the folder lock is per process: threads of one take turns here
 
     def current(self) -> FaceIndex | None:
         """The index matching the database now (None: no faces were ever enrolled)."""
@@ -52,7 +56,7 @@ class IndexKeeper:
 
     def sync(self, rebuild: bool = False) -> FaceIndex | None:
         """Bring the index up to date with SQL (``rebuild``: from scratch), write it, keep it in memory."""
-        with exclusive(self.folder) if self.writable else contextlib.nullcontext():
+        with self._syncing, exclusive(self.folder) if self.writable else contextlib.nullcontext():
             index = None if rebuild else self._from_file()
             with db.snapshot(self.engine) as conn:
                 key = sync.state_key(conn.execute(sa.select(GalleryState.__table__)).one())
@@ -69,6 +73,8 @@ class IndexKeeper:
         uid, epoch, settings, dim = key
         ids = np.asarray(conn.execute(sa.select(Face.id)).scalars().all(), dtype=np.int64)
         if index is not None and (index.uid, index.settings, index.dim) == (uid, settings, dim):
+            if self.concurrent and index is self._memory:
+                index = index.copy()  # searches in flight keep the one they hold
             sync.apply_diff(conn, index, ids)
         else:
             index = None

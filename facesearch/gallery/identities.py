@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from facesearch.gallery.models import Face, Identity, utcnow
-from facesearch.gallery.records import FaceInfo, GalleryError, IdentityInfo, IdentityNotFound
+from facesearch.gallery.records import FaceInfo, FaceNotFound, GalleryError, IdentityInfo, IdentityNotFound
 
 
 MAX_NAME_LENGTH = 200  # characters, after normalisation
@@ -41,6 +41,21 @@ def find(s: Session, name: str, folder: Path) -> Identity:
     if ident is None:
         raise IdentityNotFound(f"no identity named {name!r} in {folder}")
     return ident
+
+
+def create(s: Session, name: str) -> None:
+    """A new identity with no faces yet (faces are added by enrolling photos under its name)."""
+    if s.scalar(sa.select(Identity.id).where(Identity.name == name)) is not None:
+        raise GalleryError(f"an identity named {name!r} exists already")
+    s.add(Identity(name=name))
+
+
+def find_face(s: Session, face_id: int, folder: Path) -> Face:
+    """The face with this id; raises FaceNotFound."""
+    face = s.get(Face, face_id)
+    if face is None:
+        raise FaceNotFound(f"no face with id {face_id} in {folder}")
+    return face
 
 
 def list_all(s: Session) -> list[IdentityInfo]:

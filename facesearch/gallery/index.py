@@ -233,6 +233,13 @@ class FaceIndex:
             "settings": self.settings.to_dict(), "n_ids": len(self._ids), "n_tombstones": len(self._tombstones),
         }
 
+    def copy(self) -> FaceIndex:
+        """An independent copy (what a concurrent gallery changes while other threads search the original)."""
+        twin = FaceIndex(faiss.deserialize_index(faiss.serialize_index(self.index)), self.settings, self.dim,
+                         self.layout, self.uid, self.epoch)
+        twin._ids, twin._tombstones = self._ids.copy(), self._tombstones.copy()
+        return twin
+
     def write(self, path: str | os.PathLike) -> None:
         """Write the whole index to ``path`` (the caller renames a temp file into place)."""
         with open(path, "wb") as f:

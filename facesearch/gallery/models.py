@@ -1,12 +1,13 @@
 """The gallery's SQL schema (SQLAlchemy 2 ORM). Alembic migrations in ``migrations/`` own the tables.
 
-Three tables:
+Four tables:
 
 - ``identities``: one row per person, ``name`` unique and stored verbatim (never used in a path).
 - ``faces``: one row per enrolled face. Its primary key *is* the FAISS id, never reused
   (SQLite ``AUTOINCREMENT``, PostgreSQL identity column backed by a sequence).
 - ``gallery_state``: exactly one row; the gallery's model, threshold, index settings and the
   ``epoch`` every face mutation bumps, which tells a stale index file from a fresh one.
+- ``api_keys``: the keys ``facesearch serve`` accepts (``facesearch keys create``), stored as SHA-256 digests.
 """
 
 from __future__ import annotations
@@ -85,3 +86,15 @@ class GalleryState(Base):
     index_settings: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)  # IndexSettings as a dict
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text, unique=True)
+    # SHA-256 of the key: the key itself is shown once, at creation, and never stored. Keys are 32 random
+    # bytes, so a plain digest (no salt, no slow hash) cannot be searched back.
+    digest: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    read_only: Mapped[bool] = mapped_column(sa.Boolean, default=False)  # may recognize, may not change the gallery
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)

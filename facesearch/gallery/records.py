@@ -22,6 +22,10 @@ class IdentityNotFound(GalleryError):
     pass
 
 
+class FaceNotFound(GalleryError):
+    pass
+
+
 @dataclass(frozen=True)
 class NewFace:
     """One face to enroll: its embedding and where it came from."""

@@ -30,12 +30,13 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from facesearch.gallery import db, faces as face_rows, hits, identities
+from facesearch.gallery import db, faces as face_rows, hits, identities, keys
 from facesearch.gallery.check import inside, orphan_crops
 from facesearch.gallery.freshness import INDEX_NAME, IndexKeeper
 from facesearch.gallery.index import IndexFileError, IndexSettings, read_header
 from facesearch.gallery.lock import exclusive
 from facesearch.gallery.models import Face, GalleryState, Identity
+from facesearch.gallery.keys import KeyInfo
 from facesearch.gallery.records import AddResult, CheckReport, FaceHit, FaceInfo, GalleryError, IdentityInfo, NewFace
 
 # Cosine similarity below which `who` answers "unknown" when the gallery has no calibrated threshold
@@ -51,7 +52,7 @@ class Gallery:
     """
 
     def __init__(self, folder: str | os.PathLike, url: str | None = None, *, create: bool = True,
-                 migrate: bool | None = None, read_only: bool | None = False):
+                 migrate: bool | None = None, read_only: bool | None = False, concurrent: bool = False):
         """
         Args:
             folder: the gallery folder; created (private to the user: 0700, its database 0600) when missing
@@ -61,6 +62,8 @@ class Gallery:
             read_only: open for reading only: nothing in the folder or database is written (a search keeps
                 a stale index in memory). ``None``: read-only exactly when the user may not write the gallery
                 (a shared or read-only mount, another user's gallery); writes then refuse with a clear error.
+            concurrent: the object is shared by threads that search while others write (``facesearch serve``):
+                the index in memory is updated on a copy, never under a search in flight.
         """
         self.folder = Path(folder).resolve()
         if not self.folder.is_dir():
@@ -85,7 +88,7 @@ class Gallery:
             self._check_schema()
         else:
             self._prepare_database(db.is_sqlite(self.url) if migrate is None else migrate)
-        self._index = IndexKeeper(self.folder, self.engine, writable=not self.read_only)
+        self._index = IndexKeeper(self.folder, self.engine, writable=not self.read_only, concurrent=concurrent)
 
     def _not_writable(self, sqlite_file: Path | None) -> bool:
         """Whether this user may not write the folder (or the SQLite file in it)."""
@@ -245,6 +248,30 @@ class Gallery:
         with self._read() as s:
             return identities.describe(s, identities.clean_name(name), self.folder)
 
+    def create_identity(self, name: str) -> str:
+        """A new identity with no faces yet; returns its stored (cleaned) name."""
+        name = identities.clean_name(name)
+        with self._transaction() as s:
+            identities.create(s, name)
+        return name
+
+    def face(self, face_id: int) -> FaceInfo:
+        """One enrolled face; raises FaceNotFound."""
+        with self._read() as s:
+            f = identities.find_face(s, face_id, self.folder)
+            return identities.face_info(self.folder, f, f.identity.name)
+
+    def remove_face(self, face_id: int) -> FaceInfo:
+        """Delete one face (its row, its vector and its stored crop); its identity stays, possibly empty."""
+        with self._mutation() as s:
+            f = identities.find_face(s, face_id, self.folder)
+            info, crop = identities.face_info(self.folder, f, f.identity.name), f.crop_path
+            s.delete(f)
+            self._bump(s)
+        self._delete_crops([crop])
+        self._index.sync()
+        return info
+
     def rename(self, old: str, new: str) -> None:
         """Rename an identity (fails if ``new`` exists: merge instead)."""
         old, new = identities.clean_name(old), identities.clean_name(new)
@@ -283,6 +310,27 @@ class Gallery:
 
     def _inside(self, rel: str | None) -> Path | None:
         return inside(self.folder, rel)
+
+    # -- API keys (facesearch serve) ----------------------------------------------------------------
+
+    def create_key(self, name: str, read_only: bool = False) -> str:
+        """A new API key named ``name``; the key is returned once and only its digest is stored."""
+        name = identities.clean_name(name)
+        with self._transaction() as s:
+            return keys.create(s, name, read_only)
+
+    def api_keys(self) -> list[KeyInfo]:
+        with self._read() as s:
+            return keys.list_all(s)
+
+    def revoke_key(self, name: str) -> None:
+        with self._transaction() as s:
+            keys.revoke(s, identities.clean_name(name))
+
+    def check_key(self, key: str) -> KeyInfo | None:
+        """The key's record, None when the gallery does not accept it."""
+        with self._read() as s:
+            return keys.lookup(s, key)
 
     # -- search -------------------------------------------------------------------------------------
 

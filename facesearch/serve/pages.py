@@ -1,0 +1,182 @@
+"""The web pages: server-rendered Jinja templates over the same ``Service`` and ``Gallery`` calls as the API.
+
+Subjects (a thumbnail each), a subject (faces, rename, merge, delete, add a photo), "who is this" (drop a photo,
+see it with boxes and names: a little plain JS posting to /api/v1/recognize), explanations, and the gallery
+(stats, check, threshold). A form that fails comes back to its page with the reason.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from facesearch.gallery import GalleryError
+from facesearch.serve.app import KEY_COOKIE, PACKAGE, ApiError, Caller, caller, writer
+from facesearch.serve.service import UploadError
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(PACKAGE / "templates"))
+templates.env.filters["q"] = lambda s: quote(str(s), safe="")
+PAGE_SIZE = 60
+
+
+def is_page(request: Request) -> bool:
+    return not request.url.path.startswith("/api/")
+
+
+def _render(request: Request, name: str, who: Caller | None = None, status_code: int = 200, **context) -> HTMLResponse:
+    context.update(caller=who, message=request.query_params.get("message"), error=request.query_params.get("error"))
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def _back(path: str, **params) -> RedirectResponse:
+    query = urlencode({k: v for k, v in params.items() if v})
+    return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
+
+
+def _subject_url(name: str) -> str:
+    return f"/subjects/{quote(name, safe='')}"
+
+
+# -- login --------------------------------------------------------------------------------------------
+
+
+@router.get("/login")
+def login_page(request: Request, next: str = "/subjects"):
+    return _render(request, "login.html", next=next if next.startswith("/") else "/subjects")
+
+
+@router.post("/login")
+def login(request: Request, key: str = Form(...), next: str = Form("/subjects")):
+    info = request.app.state.service.gallery.check_key(key.strip())
+    if info is None:
+        return _render(request, "login.html", status_code=401, next=next, login_error="This key is not known to the gallery.")
+    response = RedirectResponse(next if next.startswith("/") and not next.startswith("//") else "/subjects", status_code=303)
+    response.set_cookie(KEY_COOKIE, key.strip(), httponly=True, samesite="strict")
+    return response
+
+
+@router.get("/logout")
+def logout():
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(KEY_COOKIE)
+    return response
+
+
+@router.get("/")
+def home():
+    return RedirectResponse("/subjects", status_code=303)
+
+
+# -- subjects -----------------------------------------------------------------------------------------
+
+
+@router.get("/subjects")
+def subjects_page(request: Request, page: int = 1, who: Caller = Depends(caller)):
+    gallery = request.app.state.service.gallery
+    everyone = gallery.identities()
+    pages = max(1, -(-len(everyone) // PAGE_SIZE))
+    page = min(max(1, page), pages)
+    shown = everyone[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+    thumbs = {}
+    for info in shown:  # a face per subject: the first enrolled one
+        faces = gallery.identity(info.name).faces
+        thumbs[info.name] = faces[0].id if faces else None
+    return _render(request, "subjects.html", who, subjects=shown, thumbs=thumbs, page=page, pages=pages,
+                   total=len(everyone))
+
+
+@router.post("/subjects")
+def create_subject(request: Request, name: str = Form(...), who: Caller = Depends(writer)):
+    try:
+        name = request.app.state.service.gallery.create_identity(name)
+    except GalleryError as e:
+        return _back("/subjects", error=str(e))
+    return _back(_subject_url(name), message=f"created {name}")
+
+
+@router.get("/subjects/{name:path}")
+def subject_page(request: Request, name: str, who: Caller = Depends(caller)):
+    gallery = request.app.state.service.gallery
+    info = gallery.identity(name)
+    others = [i.name for i in gallery.identities() if i.name != info.name]
+    return _render(request, "subject.html", who, subject=info, others=others, url=_subject_url(info.name))
+
+
+@router.post("/subjects/{name:path}/rename")
+def rename_subject(request: Request, name: str, new_name: str = Form(...), who: Caller = Depends(writer)):
+    gallery = request.app.state.service.gallery
+    try:
+        gallery.rename(name, new_name)
+        renamed = gallery.identity(new_name).name
+    except GalleryError as e:
+        return _back(_subject_url(name), error=str(e))
+    return _back(_subject_url(renamed), message=f"renamed {name} to {renamed}")
+
+
+@router.post("/subjects/{name:path}/merge")
+def merge_subject(request: Request, name: str, into: str = Form(...), who: Caller = Depends(writer)):
+    try:
+        moved = request.app.state.service.gallery.merge(name, into)
+    except GalleryError as e:
+        return _back(_subject_url(name), error=str(e))
+    return _back(_subject_url(into), message=f"merged {name} into {into} ({moved} faces)")
+
+
+@router.post("/subjects/{name:path}/delete")
+def delete_subject(request: Request, name: str, who: Caller = Depends(writer)):
+    try:
+        removed = request.app.state.service.remove_subject(name)
+    except GalleryError as e:
+        return _back(_subject_url(name), error=str(e))
+    return _back("/subjects", message=f"deleted {name} and its {removed} faces")
+
+
+@router.post("/subjects/{name:path}/faces")
+async def add_face(request: Request, name: str, photo: UploadFile, who: Caller = Depends(writer)):
+    service = request.app.state.service
+    try:
+        data = await photo.read(service.limits.max_bytes + 1)
+        outcome = await run_in_threadpool(service.add_photo, name, data, photo.filename)
+    except (GalleryError, UploadError) as e:
+        return _back(_subject_url(name), error=str(e))
+    if outcome.status != "enrolled":
+        return _back(_subject_url(name), error=f"{photo.filename}: {outcome.status} {outcome.reason}".strip())
+    return _back(_subject_url(name), message=f"{photo.filename}: enrolled as face {outcome.face_id}")
+
+
+@router.post("/faces/{face_id}/delete")
+def delete_face(request: Request, face_id: int, who: Caller = Depends(writer)):
+    try:
+        face = request.app.state.service.remove_face(face_id)
+    except GalleryError as e:
+        return _back("/subjects", error=str(e))
+    return _back(_subject_url(face.identity), message=f"deleted face {face_id}")
+
+
+# -- who is this, explain, the gallery ----------------------------------------------------------------
+
+
+@router.get("/who")
+def who_page(request: Request, who: Caller = Depends(caller)):
+    threshold, meta = request.app.state.service.gallery.threshold()
+    return _render(request, "who.html", who, threshold=threshold, calibrated=meta is not None)
+
+
+@router.get("/explain/{report}/{name}")
+def explain_file(request: Request, report: str, name: str, who: Caller = Depends(caller)):
+    path = request.app.state.service.report_file(report, name)
+    if path is None:
+        raise ApiError(404, "not_found", f"no explanation file {report}/{name} (reports last as long as the server)")
+    return FileResponse(path)
+
+
+@router.get("/gallery")
+def gallery_page(request: Request, check: bool = False, who: Caller = Depends(caller)):
+    gallery = request.app.state.service.gallery
+    report = gallery.check() if check else None
+    return _render(request, "gallery.html", who, stats=gallery.stats(), report=report)

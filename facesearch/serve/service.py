@@ -1,0 +1,202 @@
+"""What ``facesearch serve`` holds while it runs: one gallery, one model, and the library calls the API makes.
+
+Everything here is the CLI's own code path (``search.who``, ``gallery.enroll``, ``explain``): the service adds
+no second implementation, only uploads (size and pixel limits, stored by content hash so ``gallery reembed``
+still finds every enrolled photo) and the sharing of one gallery between request threads
+(``Gallery(concurrent=True)``: the index is updated on a copy while searches run).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from facesearch.data.images import IMAGE_SUFFIXES, ImageError, load_image
+
+UPLOADS = "uploads"  # inside the gallery folder: photos enrolled through the service, named by their sha256
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may send."""
+
+    max_bytes: int = 20 * 1024 * 1024  # an upload's size
+    max_pixels: int = 40_000_000  # a photo's width x height (a decompression bomb is refused before decoding)
+    max_top_k: int = 100
+
+
+class UploadError(ValueError):
+    """An upload the service refuses; ``status`` is prepare's vocabulary (``too_large``, ``not_an_image``...)."""
+
+    def __init__(self, status: str, reason: str, http_status: int = 422):
+        super().__init__(reason)
+        self.status, self.reason, self.http_status = status, reason, http_status
+
+
+class Service:
+    """The gallery and model of one ``facesearch serve`` process.
+
+    Args:
+        gallery: the gallery folder (it must exist: the service never creates one).
+        db_url: its database, when not the folder's SQLite file.
+        checkpoint: the model (default: the one the gallery was built with, else the shipped base model).
+        device: where the model runs.
+        limits: upload limits.
+    """
+
+    def __init__(self, gallery: str | os.PathLike, db_url: str | None = None, checkpoint=None,
+                 device: str = "cpu", limits: Limits = Limits()):
+        from facesearch.checkpoint import load_checkpoint, resolve_checkpoint
+        from facesearch.embed import Embedder
+        from facesearch.gallery import Gallery
+
+        self.gallery = Gallery(gallery, db_url, create=False, read_only=None, concurrent=True)
+        try:
+            self.loaded = load_checkpoint(resolve_checkpoint(checkpoint, self.gallery.model_source), device)
+            self.embedder = Embedder.for_queries(self.loaded, device)
+            if self.gallery.model_fingerprint is not None:
+                self.gallery.check_model(self.embedder.fingerprint)
+        except Exception:
+            self.gallery.close()
+            raise
+        self.device, self.limits = device, limits
+        self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # uploads in flight, explain reports
+        self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
+
+    def close(self) -> None:
+        self.gallery.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def warm_up(self) -> None:
+        """Run detection and the model once, so the first request does not pay for lazy initialisation."""
+        from PIL import Image
+
+        self.embedder.embed_images([Image.new("RGB", (160, 160), (128, 128, 128))], select="all")
+
+    # -- uploads ------------------------------------------------------------------------------------
+
+    def save_upload(self, data: bytes, filename: str | None) -> Path:
+        """Check an uploaded photo and write it to the scratch folder; returns its path (decoded once to check)."""
+        if len(data) > self.limits.max_bytes:
+            raise UploadError("too_large", f"{len(data)} bytes, more than the {self.limits.max_bytes} allowed", 413)
+        if not data:
+            raise UploadError("not_an_image", "empty upload (0 bytes)")
+        suffix = Path(filename or "").suffix.lower()
+        path = self.scratch / f"{uuid.uuid4().hex}{suffix if suffix in IMAGE_SUFFIXES else '.img'}"
+        path.write_bytes(data)
+        return path
+
+    def open_photo(self, path: Path, filename: str | None):
+        """The uploaded photo decoded (RGB), or UploadError with prepare's status and reason."""
+        try:
+            return load_image(path, max_pixels=self.limits.max_pixels)
+        except ImageError as e:
+            raise UploadError(e.status, f"{filename or 'upload'}: {e.reason}") from None
+
+    # -- recognize ----------------------------------------------------------------------------------
+
+    def recognize(self, data: bytes, filename: str | None, top_k: int, threshold: float | None) -> dict:
+        """``who`` on one uploaded photo: every face, its top-k identities, timings in milliseconds."""
+        from facesearch.search import who
+
+        t0 = time.perf_counter()
+        path = self.save_upload(data, filename)
+        try:
+            image = self.open_photo(path, filename)
+        finally:
+            path.unlink(missing_ok=True)
+        t1 = time.perf_counter()
+        result = who(self.gallery, self.embedder, image, top_k=top_k, threshold=threshold).to_dict()
+        t2 = time.perf_counter()
+        result["photo"] = filename
+        result["width"], result["height"] = image.size
+        result["timings_ms"] = {"decode": round(1000 * (t1 - t0), 1), "detect_embed_search": round(1000 * (t2 - t1), 1),
+                                "total": round(1000 * (t2 - t0), 1)}
+        return result
+
+    # -- enroll -------------------------------------------------------------------------------------
+
+    def add_photo(self, name: str, data: bytes, filename: str | None, largest: bool = False):
+        """Enroll one uploaded photo under ``name`` (``gallery.enroll``); the photo is kept in the gallery's
+        ``uploads/`` so that ``gallery reembed`` can cut its face again. Returns the EnrollOutcome."""
+        from facesearch.gallery.enroll import enroll
+
+        path = self.save_upload(data, filename)
+        try:
+            self.open_photo(path, filename)  # a bad upload is refused before anything is stored
+            kept = self._keep(path, data)
+            outcome = enroll(self.gallery, self.embedder, [(kept, name)], largest=largest)[0]
+        finally:
+            path.unlink(missing_ok=True)
+        if outcome.status != "enrolled" and kept.exists() and self.gallery.enrolled_as(_sha256(data)) is None:
+            kept.unlink(missing_ok=True)  # nothing refers to it
+        return outcome
+
+    def remove_face(self, face_id: int):
+        """``Gallery.remove_face``, and the uploaded photo it came from when nothing else refers to it."""
+        info = self.gallery.remove_face(face_id)
+        self._forget_uploads([info])
+        return info
+
+    def remove_subject(self, name: str) -> int:
+        """``Gallery.remove`` (the subject, its faces and crops), and the uploaded photos they came from."""
+        faces = self.gallery.identity(name).faces
+        removed = self.gallery.remove(name)
+        self._forget_uploads(faces)
+        return removed
+
+    def _forget_uploads(self, faces) -> None:
+        folder = (self.gallery.folder / UPLOADS).resolve()
+        for face in faces:
+            source = Path(face.source_path) if face.source_path else None
+            if source is not None and source.parent == folder and face.source_sha256 \
+                    and self.gallery.enrolled_as(face.source_sha256) is None:
+                source.unlink(missing_ok=True)
+
+    def _keep(self, path: Path, data: bytes) -> Path:
+        folder = self.gallery.folder / UPLOADS
+        folder.mkdir(mode=0o700, exist_ok=True)
+        kept = folder / f"{_sha256(data)}{path.suffix}"
+        if not kept.exists():
+            tmp = kept.with_name(f".{kept.name}.{uuid.uuid4().hex}.tmp")
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, kept)
+        return kept
+
+    # -- explain ------------------------------------------------------------------------------------
+
+    def explain(self, data: bytes, filename: str | None, against: str | None):
+        """``explain_identification`` of the largest face of an uploaded photo; returns (report id, Explanation).
+        The report's files stay in the scratch folder, served under /explain/<id>/, until the service stops."""
+        from facesearch.explain import explain_identification
+
+        path = self.save_upload(data, filename)
+        try:
+            self.open_photo(path, filename)
+            report = uuid.uuid4().hex
+            with self._explaining:
+                explanation = explain_identification(path, self.gallery.folder, self.loaded,
+                                                     self.scratch / "explain" / report, against=against,
+                                                     device=self.device, db_url=self.gallery.url)
+        finally:
+            path.unlink(missing_ok=True)
+        return report, explanation
+
+    def report_file(self, report: str, name: str) -> Path | None:
+        """A file of an explanation this service made, or None (no such report, or a path outside it)."""
+        if not report.isalnum():
+            return None
+        folder = (self.scratch / "explain" / report).resolve()
+        path = (folder / name).resolve()
+        return path if path.is_file() and path.parent == folder else None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

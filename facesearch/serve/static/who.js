@@ -1,0 +1,85 @@
+// "Who is this?": post the chosen photo to /api/v1/recognize (the login cookie authenticates), then draw each
+// face's box and name on a canvas and list the top identities. Plain JS, no build step.
+(function () {
+  const input = document.getElementById("photo"), drop = document.getElementById("drop");
+  const canvas = document.getElementById("canvas"), list = document.getElementById("faces");
+  const status = document.getElementById("status"), topK = document.getElementById("top-k");
+  const explainButton = document.getElementById("explain");
+  let current = null;
+
+  function colour(face) { return face.identity === "unknown" ? "#e33" : "#2c2"; }
+
+  function draw(image, result) {
+    const scale = Math.min(1, 800 / image.naturalWidth);
+    canvas.width = Math.round(image.naturalWidth * scale);
+    canvas.height = Math.round(image.naturalHeight * scale);
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
+    ctx.lineWidth = 3; ctx.font = "16px system-ui, sans-serif";
+    list.innerHTML = "";
+    result.faces.forEach(function (face, i) {
+      const [x1, y1, x2, y2] = face.box.map(function (v) { return v * scale; });
+      ctx.strokeStyle = colour(face); ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+      const label = (i + 1) + ". " + face.identity;
+      ctx.fillStyle = "rgba(0,0,0,.65)"; ctx.fillRect(x1, Math.max(0, y1 - 22), ctx.measureText(label).width + 8, 22);
+      ctx.fillStyle = "#fff"; ctx.fillText(label, x1 + 4, Math.max(16, y1 - 6));
+      const item = document.createElement("li");
+      const name = document.createElement("b");
+      name.className = "face-name" + (face.identity === "unknown" ? " unknown" : "");
+      name.textContent = face.identity;
+      item.appendChild(name);
+      const best = face.similarity === null ? "empty gallery" : "best " + face.similarity.toFixed(3);
+      item.appendChild(document.createTextNode(" (" + best + "; detector " + face.det_prob.toFixed(3) + ")"));
+      const matches = document.createElement("ul");
+      face.matches.forEach(function (m) {
+        const li = document.createElement("li");
+        const a = document.createElement("a");
+        a.href = "/subjects/" + encodeURIComponent(m.name); a.textContent = m.name;
+        li.appendChild(a); li.appendChild(document.createTextNode(" " + m.similarity.toFixed(3)));
+        matches.appendChild(li);
+      });
+      item.appendChild(matches);
+      list.appendChild(item);
+    });
+  }
+
+  async function recognize(file) {
+    current = file; explainButton.disabled = true;
+    status.textContent = "Looking for faces in " + file.name + "...";
+    const body = new FormData(); body.append("photo", file);
+    const response = await fetch("/api/v1/recognize?top_k=" + encodeURIComponent(topK.value || 3),
+                                 { method: "POST", body: body, credentials: "same-origin" });
+    const result = await response.json();
+    if (!response.ok) { status.textContent = "Refused: " + result.error.reason; list.innerHTML = ""; return; }
+    const image = new Image();
+    image.onload = function () {
+      draw(image, result);
+      const n = result.faces.length;
+      status.textContent = n + " face" + (n === 1 ? "" : "s") + " in " + file.name + " (" +
+        result.timings_ms.total.toFixed(0) + " ms, threshold " + result.threshold.toFixed(3) + ")";
+      status.dataset.done = "1";
+      explainButton.disabled = n === 0;
+    };
+    image.src = URL.createObjectURL(file);
+  }
+
+  async function explain() {
+    if (!current) return;
+    explainButton.disabled = true;
+    status.textContent = "Explaining the largest face (a few seconds)...";
+    const body = new FormData(); body.append("photo", current);
+    const response = await fetch("/api/v1/explain", { method: "POST", body: body, credentials: "same-origin" });
+    const result = await response.json();
+    if (!response.ok) { status.textContent = "Cannot explain: " + result.error.reason; explainButton.disabled = false; return; }
+    window.location.href = result.report_url;
+  }
+
+  input.addEventListener("change", function () { if (input.files.length) recognize(input.files[0]); });
+  explainButton.addEventListener("click", explain);
+  drop.addEventListener("dragover", function (e) { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", function () { drop.classList.remove("over"); });
+  drop.addEventListener("drop", function (e) {
+    e.preventDefault(); drop.classList.remove("over");
+    if (e.dataTransfer.files.length) recognize(e.dataTransfer.files[0]);
+  });
+})();

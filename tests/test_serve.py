@@ -1,0 +1,261 @@
+"""facesearch serve's API through FastAPI's test client: every endpoint, authentication and key rights, bad
+uploads answered 4xx with a reason, concurrent recognitions beside an enrollment, and the CLI around it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import threading
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx2")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from builders import png_with_size, run_cli, tiny_checkpoint  # noqa: E402
+
+PEOPLE = 3
+
+
+@pytest.fixture(scope="module")
+def served(sample_photos, tmp_path_factory):
+    """A gallery of 3 sample people x 2 photos (tiny random model), its keys, and spare photos."""
+    from facesearch.embed import Embedder
+    from facesearch.gallery import Gallery
+    from facesearch.gallery.enroll import enroll
+
+    root = tmp_path_factory.mktemp("serve")
+    checkpoint = tiny_checkpoint(root / "tiny.pt")
+    people = sorted(p for p in sample_photos.iterdir() if p.is_dir())[:PEOPLE]
+    photos = {p.name: sorted(p.glob("*.jpg")) for p in people}
+    with Gallery(root / "gallery") as g:
+        enroll(g, Embedder.for_queries(checkpoint, "cpu"), [(f, n) for n, fs in photos.items() for f in fs[:2]])
+        keys = {"full": g.create_key("app"), "read": g.create_key("viewer", read_only=True)}
+    return root, checkpoint, photos, keys
+
+
+@pytest.fixture()
+def client(served, tmp_path):
+    """A fresh copy of the gallery per test (tests change it) behind a TestClient."""
+    from facesearch.serve.app import create_app
+    from facesearch.serve.service import Limits, Service
+
+    root, checkpoint, _, _ = served
+    shutil.copytree(root / "gallery", tmp_path / "gallery")
+    service = Service(tmp_path / "gallery", checkpoint=checkpoint, limits=Limits(max_bytes=2_000_000, max_pixels=4_000_000))
+    with TestClient(create_app(service)) as c:
+        yield c
+    service.close()
+
+
+def auth(served, kind="full") -> dict:
+    return {"X-API-Key": served[3][kind]}
+
+
+def upload(path, name=None) -> dict:
+    return {"photo": (name or path.name, path.read_bytes(), "image/jpeg")}
+
+
+def error_of(response) -> dict:
+    return response.json()["error"]
+
+
+def test_recognize_names_an_enrolled_photo_by_upload_and_by_base64(client, served):
+    _, _, photos, _ = served
+    name, files = next(iter(photos.items()))
+    r = client.post("/api/v1/recognize?top_k=2", files=upload(files[0]), headers=auth(served, "read"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["faces"]) == 1 and body["photo"] == files[0].name
+    face = body["faces"][0]
+    assert face["identity"] == name and face["similarity"] > 0.99 and len(face["matches"]) == 2
+    assert len(face["box"]) == 4 and 0 < face["det_prob"] <= 1
+    assert face["matches"][0]["crop_url"] == f"/api/v1/faces/{face['matches'][0]['face_id']}/crop"
+    assert "source_path" not in face["matches"][0]  # the server's paths stay on the server
+    assert set(body["timings_ms"]) == {"decode", "detect_embed_search", "total"}
+    assert body["threshold_source"] == "default"
+    again = client.post("/api/v1/recognize", json={"image_base64": base64.b64encode(files[0].read_bytes()).decode(),
+                                                   "filename": "x.jpg"}, headers=auth(served))
+    assert again.status_code == 200 and again.json()["faces"][0]["identity"] == name
+    strict = client.post("/api/v1/recognize?threshold=1", files=upload(files[0]), headers=auth(served))
+    assert strict.json()["faces"][0]["identity"] == "unknown" and strict.json()["threshold_source"] == "given"
+
+
+def test_every_request_needs_a_key_and_read_only_keys_cannot_write(client, served):
+    _, _, photos, _ = served
+    photo = next(iter(photos.values()))[0]
+    for method, url in (("get", "/api/v1/subjects"), ("post", "/api/v1/recognize"), ("get", "/api/v1/gallery")):
+        r = getattr(client, method)(url)
+        assert r.status_code == 401 and "X-API-Key" in error_of(r)["reason"]
+    r = client.get("/api/v1/subjects", headers={"X-API-Key": "fs_not-a-key"})
+    assert r.status_code == 401 and "not known" in error_of(r)["reason"]
+    assert client.get("/api/v1/subjects", headers={"Authorization": f"Bearer {served[3]['read']}"}).status_code == 200
+    read = auth(served, "read")
+    refused = [client.post("/api/v1/subjects", json={"name": "x"}, headers=read),
+               client.patch("/api/v1/subjects/anyone", json={"name": "y"}, headers=read),
+               client.delete("/api/v1/faces/1", headers=read),
+               client.post(f"/api/v1/subjects/{next(iter(photos))}/faces", files=upload(photo), headers=read)]
+    for r in refused:
+        assert r.status_code == 403 and "read-only" in error_of(r)["reason"]
+    assert client.get("/health").json()["ok"] is True  # the one open endpoint
+
+
+def test_bad_uploads_are_answered_4xx_with_the_reason(client, served, tmp_path):
+    headers = auth(served)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    cases = {
+        "not_an_image": client.post("/api/v1/recognize", files=upload(text), headers=headers),
+        "empty": client.post("/api/v1/recognize", files={"photo": ("e.jpg", b"", "image/jpeg")}, headers=headers),
+        "bomb": client.post("/api/v1/recognize", files=upload(png_with_size(tmp_path / "b.png", 5000, 5000)),
+                            headers=headers),
+        "big": client.post("/api/v1/recognize", files={"photo": ("big.jpg", b"\xff" * 2_100_000, "image/jpeg")},
+                           headers=headers),
+        "no_field": client.post("/api/v1/recognize", files={"other": ("a.jpg", b"x", "image/jpeg")}, headers=headers),
+        "bad_base64": client.post("/api/v1/recognize", json={"image_base64": "%%%"}, headers=headers),
+        "no_body": client.post("/api/v1/recognize", content=b"raw", headers={**headers, "content-type": "text/plain"}),
+        "top_k": client.post("/api/v1/recognize?top_k=0", files=upload(text), headers=headers),
+        "threshold": client.post("/api/v1/recognize?threshold=2", files=upload(text), headers=headers),
+    }
+    expected = {"not_an_image": (422, "not_an_image", "notes.jpg"), "empty": (422, "not_an_image", "0 bytes"),
+                "bomb": (422, "too_large", "b.png"), "big": (413, "too_large", "allowed"),
+                "no_field": (422, "missing_photo", "photo"), "bad_base64": (422, "not_an_image", "base64"),
+                "no_body": (415, "missing_photo", "multipart"), "top_k": (422, "invalid_request", "top_k"),
+                "threshold": (422, "invalid_request", "threshold")}
+    for case, (code, status, words) in expected.items():
+        r = cases[case]
+        assert r.status_code == code, (case, r.text)
+        assert error_of(r)["status"] == status and words in error_of(r)["reason"], (case, r.text)
+        assert "Traceback" not in r.text
+
+
+def test_subjects_list_create_rename_merge_delete(client, served):
+    headers = auth(served)
+    names = sorted(served[2])
+    page = client.get("/api/v1/subjects?offset=1&limit=1", headers=headers).json()
+    assert page["total"] == PEOPLE and [s["name"] for s in page["subjects"]] == names[1:2]
+    created = client.post("/api/v1/subjects", json={"name": "  Zoë  "}, headers=headers)
+    assert created.status_code == 201 and created.json() == {**created.json(), "name": "Zoë", "faces": 0}
+    assert client.post("/api/v1/subjects", json={"name": "Zoë"}, headers=headers).status_code == 409
+    bad = client.post("/api/v1/subjects", json={"name": "a\u0000b"}, headers=headers)
+    assert bad.status_code == 400 and "control" in error_of(bad)["reason"]
+    one = client.get(f"/api/v1/subjects/{names[0]}", headers=headers).json()
+    assert one["faces"] == 2 and len(one["face_list"]) == 2
+    renamed = client.patch(f"/api/v1/subjects/{names[0]}", json={"name": "Ada / Lovelace"}, headers=headers)
+    assert renamed.status_code == 200 and renamed.json()["name"] == "Ada / Lovelace"
+    assert client.get("/api/v1/subjects/Ada%20%2F%20Lovelace/faces", headers=headers).json()["subject"] == "Ada / Lovelace"
+    merged = client.post("/api/v1/subjects/Ada%20%2F%20Lovelace/merge", json={"into": names[1]}, headers=headers)
+    assert merged.status_code == 200 and merged.json()["moved_faces"] == 2
+    assert client.get(f"/api/v1/subjects/{names[1]}", headers=headers).json()["faces"] == 4
+    missing = client.get("/api/v1/subjects/Ada%20%2F%20Lovelace", headers=headers)
+    assert missing.status_code == 404 and "no identity" in error_of(missing)["reason"]
+    gone = client.delete(f"/api/v1/subjects/{names[1]}", headers=headers)
+    assert gone.json() == {"deleted": names[1], "removed_faces": 4}
+    assert client.get("/api/v1/gallery/check", headers=headers).json()["ok"] is True
+
+
+def test_faces_add_download_and_delete(client, served, tmp_path):
+    headers = auth(served)
+    name, files = next(iter(served[2].items()))
+    added = client.post(f"/api/v1/subjects/{name}/faces", files=upload(files[5]), headers=headers)
+    assert added.status_code == 201 and added.json()["status"] == "enrolled", added.text
+    face_id = added.json()["face_id"]
+    duplicate = client.post(f"/api/v1/subjects/{name}/faces", files=upload(files[5]), headers=headers)
+    assert duplicate.status_code == 409 and duplicate.json()["enrolled_as"] == name
+    blank = tmp_path / "wall.png"
+    Image.new("RGB", (240, 200), (200, 190, 180)).save(blank)
+    faceless = client.post(f"/api/v1/subjects/{name}/faces", files=upload(blank), headers=headers)
+    assert faceless.status_code == 422 and error_of(faceless)["status"] == "no_face"
+    unknown = client.post("/api/v1/subjects/nobody/faces", files=upload(files[6]), headers=headers)
+    assert unknown.status_code == 404
+    crop = client.get(f"/api/v1/faces/{face_id}/crop", headers=headers)
+    assert crop.status_code == 200 and crop.headers["content-type"] == "image/jpeg" and crop.content[:2] == b"\xff\xd8"
+    assert client.get(f"/api/v1/faces/{face_id}", headers=headers).json()["subject"] == name
+    uploads = served_gallery(client) / "uploads"
+    kept = uploads / f"{hashlib.sha256(files[5].read_bytes()).hexdigest()}.jpg"
+    assert sorted(uploads.iterdir()) == [kept]  # the enrolled photo is kept (reembed re-cuts it); the blank one is not
+    deleted = client.delete(f"/api/v1/faces/{face_id}", headers=headers)
+    assert deleted.json() == {"deleted": face_id, "subject": name}
+    assert client.get(f"/api/v1/faces/{face_id}", headers=headers).status_code == 404
+    assert client.get(f"/api/v1/subjects/{name}", headers=headers).status_code == 200  # the subject stays
+    assert not kept.exists()  # nothing refers to the uploaded photo any more
+    assert client.get("/api/v1/gallery/check", headers=headers).json()["ok"] is True
+
+
+def served_gallery(client):
+    return client.app.state.service.gallery.folder
+
+
+def test_gallery_stats_and_openapi(client, served):
+    stats = client.get("/api/v1/gallery", headers=auth(served, "read")).json()
+    assert stats["identities"] == PEOPLE and stats["faces"] == 2 * PEOPLE and "folder" not in stats
+    spec = client.get("/api/v1/openapi.json").json()
+    assert {"/api/v1/recognize", "/api/v1/subjects", "/api/v1/explain", "/api/v1/faces/{face_id}/crop"} <= set(spec["paths"])
+    assert client.get("/api/docs").status_code == 200
+
+
+def test_explain_returns_the_figures_and_serves_the_report(client, served):
+    name, files = next(iter(served[2].items()))
+    r = client.post("/api/v1/explain", files=upload(files[0]), headers=auth(served, "read"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["answer"] == name and body["report_url"].startswith("/explain/")
+    assert [layer["kind"] for layer in body["layers"]].count("conv") == 13  # the 13 convs, then fc6 and fc7
+    page = client.get(body["report_url"], headers=auth(served, "read"))
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert client.get(body["report_url"], follow_redirects=False).status_code == 303  # pages send a caller without a key to log in
+    assert client.get("/explain/x/../../etc/passwd", headers=auth(served)).status_code == 404
+
+
+def test_recognitions_run_beside_an_enrollment_without_losing_anything(client, served):
+    headers = auth(served)
+    name, files = next(iter(served[2].items()))
+    results, errors = [], []
+
+    def recognize():
+        try:
+            for _ in range(3):
+                r = client.post("/api/v1/recognize", files=upload(files[0]), headers=headers)
+                results.append((r.status_code, r.json()["faces"][0]["identity"]))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=recognize) for _ in range(4)]
+    for t in threads:
+        t.start()
+    added = [client.post(f"/api/v1/subjects/{name}/faces", files=upload(f), headers=headers) for f in files[6:9]]
+    for t in threads:
+        t.join()
+    assert not errors and results == [(200, name)] * 12
+    assert all(a.status_code == 201 for a in added), [a.text for a in added]
+    stats = client.get("/api/v1/gallery", headers=headers).json()
+    assert stats["faces"] == 2 * PEOPLE + 3
+    assert client.get("/api/v1/gallery/check", headers=headers).json()["ok"] is True
+
+
+def test_cli_keys_and_serve_refusals(served, tmp_path):
+    root = served[0]
+    gallery = tmp_path / "g"
+    shutil.copytree(root / "gallery", gallery)
+    made = run_cli("keys", "create", "ci", "--read-only", "-g", gallery, "--json")
+    assert json.loads(made.stdout)["key"].startswith("fs_")
+    listed = json.loads(run_cli("keys", "list", "-g", gallery, "--json").stdout)
+    assert {"name": "ci", "read_only": True} in [{k: v for k, v in d.items() if k != "created_at"} for d in listed]
+    again = run_cli("keys", "create", "ci", "-g", gallery, ok=False)
+    assert again.exit_code == 1 and "exists already" in again.output
+    run_cli("keys", "revoke", "ci", "-g", gallery)
+    assert run_cli("keys", "revoke", "ci", "-g", gallery, ok=False).exit_code == 1
+    public = run_cli("serve", "-g", gallery, "--host", "0.0.0.0", ok=False)
+    assert public.exit_code == 1 and "--public" in public.output
+    empty = tmp_path / "empty"
+    run_cli("keys", "list", "-g", empty, ok=False)  # no gallery: refused, nothing created
+    assert not empty.exists()
+    for name in ("app", "viewer"):
+        run_cli("keys", "revoke", name, "-g", gallery)
+    nokeys = run_cli("serve", "-g", gallery, "-c", served[1], ok=False)
+    assert nokeys.exit_code == 1 and "keys create" in nokeys.output
