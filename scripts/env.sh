@@ -13,7 +13,7 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
     echo "[env] installing facesearch and its dependencies into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
     "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-    "$VENV/bin/python" -c "import facesearch, torch, torchvision, facenet_pytorch, faiss, sqlalchemy, alembic, typer, sklearn" \
+    "$VENV/bin/python" -c "import facesearch, torch, torchvision, facenet_pytorch, faiss, sqlalchemy, alembic, typer, sklearn, fastapi, uvicorn, playwright" \
         || { echo "[env] installation failed: see pip's output above" >&2; exit 1; }
     touch "$stamp"
 fi

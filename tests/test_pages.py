@@ -1,0 +1,165 @@
+"""The web pages of facesearch serve in a real headless Chromium (Playwright driving the system's browser):
+log in, the subjects, a subject renamed from its page, a photo uploaded on "who is this" with the drawn names
+read back, the explain report and the gallery page. Each page's screenshot is saved under test-artifacts/
+(not committed).
+
+Playwright's own browser download is not used: the tests drive ``chromium`` from the system (Debian's package;
+``.ci/run`` installs it). Without one they skip and say why, unless FACESEARCH_REQUIRE_BROWSER=1 (CI), where a
+missing browser fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+from builders import tiny_checkpoint  # noqa: E402
+
+pytestmark = pytest.mark.browser
+SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+def system_browser() -> str | None:
+    found = os.environ.get("FACESEARCH_CHROMIUM") or next(filter(None, map(shutil.which, BROWSERS)), None)
+    return found if found and Path(found).exists() else None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    path = system_browser()
+    if path is None:
+        message = f"no system Chromium ({', '.join(BROWSERS)} not on PATH; set FACESEARCH_CHROMIUM)"
+        if os.environ.get("FACESEARCH_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(sample_photos, tmp_path_factory):
+    """uvicorn on a free loopback port over a gallery of 3 sample people (tiny random model)."""
+    import uvicorn
+
+    from facesearch.embed import Embedder
+    from facesearch.gallery import Gallery
+    from facesearch.gallery.enroll import enroll
+    from facesearch.serve.app import create_app
+    from facesearch.serve.service import Service
+
+    root = tmp_path_factory.mktemp("pages")
+    checkpoint = tiny_checkpoint(root / "tiny.pt")
+    people = sorted(p for p in sample_photos.iterdir() if p.is_dir())[:3]
+    photos = {p.name: sorted(p.glob("*.jpg")) for p in people}
+    with Gallery(root / "gallery") as g:
+        enroll(g, Embedder.for_queries(checkpoint, "cpu"), [(f, n) for n, fs in photos.items() for f in fs[:2]])
+        key = g.create_key("browser")
+    service = Service(root / "gallery", checkpoint=checkpoint)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not uv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", key, photos
+    uv.should_exit = True
+    thread.join(10)
+    service.close()
+
+
+@pytest.fixture()
+def page(browser, server):
+    base, key, _ = server
+    context = browser.new_context(base_url=base, viewport={"width": 1200, "height": 900})
+    p = context.new_page()
+    p.goto("/subjects")  # no key yet: sent to log in
+    assert "/login" in p.url
+    p.fill("input[name=key]", key)
+    p.click("button[type=submit]")
+    p.wait_for_url("**/subjects")
+    yield p
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    assert (SHOTS / f"{name}.png").stat().st_size > 1000
+
+
+def test_subjects_page_lists_everyone_with_a_face(page, server):
+    names = sorted(server[2])
+    assert page.locator("li.subject .name").all_inner_texts() == names
+    thumbs = page.locator("li.subject img")
+    assert thumbs.count() == 3
+    page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    shot(page, "subjects")
+
+
+def test_who_is_this_draws_the_names_of_an_uploaded_photo(page, server):
+    name, files = next(iter(server[2].items()))
+    page.goto("/who")
+    page.set_input_files("#photo", str(files[0]))
+    page.wait_for_selector("#status[data-done]")
+    assert page.locator("#faces .face-name").all_inner_texts() == [name]
+    assert page.locator("#canvas").evaluate("c => c.width") > 0
+    assert "1 face" in page.inner_text("#status")
+    shot(page, "who")
+    stranger = next(iter(server[2].values()))[0].parents[1]  # another sample person, never enrolled
+    other = sorted(p for p in stranger.iterdir() if p.is_dir() and p.name not in server[2])[0]
+    page.set_input_files("#photo", str(sorted(other.glob("*.jpg"))[0]))
+    page.wait_for_function("() => document.querySelector('#status').textContent.includes('%s')"
+                           % sorted(other.glob('*.jpg'))[0].name)
+    assert len(page.locator("#faces .face-name").all_inner_texts()) >= 1
+
+
+def test_a_subject_is_renamed_from_its_page(page, server):
+    name = sorted(server[2])[-1]
+    page.goto(f"/subjects/{name}")
+    assert page.inner_text("#subject-name") == name
+    assert page.locator("li.face img").count() == 2
+    shot(page, "subject")
+    page.fill("#rename input[name=new_name]", "Grace Hopper")
+    page.click("#rename button")
+    page.wait_for_url("**/subjects/Grace%20Hopper*")
+    assert page.inner_text("#subject-name") == "Grace Hopper"
+    assert "renamed" in page.inner_text(".message")
+    page.goto("/subjects")
+    assert "Grace Hopper" in page.locator("li.subject .name").all_inner_texts()
+    page.goto("/subjects/Grace%20Hopper")
+    page.fill("#rename input[name=new_name]", sorted(server[2])[0])  # taken: the page says so, nothing changes
+    page.click("#rename button")
+    assert "exists already" in page.inner_text(".error")
+    assert page.inner_text("#subject-name") == "Grace Hopper"
+
+
+def test_the_gallery_page_and_the_explain_report(page, server):
+    page.goto("/gallery?check=1")
+    assert page.inner_text("#faces") == "6" and "consistent" in page.inner_text("#check")
+    shot(page, "gallery")
+    name, files = next(iter(server[2].items()))
+    page.goto("/who")
+    page.set_input_files("#photo", str(files[0]))
+    page.wait_for_selector("#status[data-done]")
+    page.click("#explain")
+    page.wait_for_url("**/explain/**", timeout=120_000)
+    assert name in page.content()
+    shot(page, "explain")
