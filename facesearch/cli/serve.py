@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -30,6 +30,8 @@ def serve(
     public: Annotated[bool, typer.Option("--public", help="Allow listening on a non-loopback address.")] = False,
     threads: Annotated[int, typer.Option("--threads", min=1, max=256,
                                                  help="Requests handled at once (the thread pool's size).")] = 16,
+    compute_slots: Annotated[Optional[int], typer.Option(min=1, max=64, help=(
+        "Recognitions and enrollments computing at once; the rest wait their turn (default: the CPUs, at most 8)."))] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest photo accepted, in MB.")] = 20.0,
     max_megapixels: Annotated[float, typer.Option(min=0.01, help="Largest photo accepted, in megapixels.")] = 40.0,
     device: Device = "cpu",
@@ -49,7 +51,7 @@ def serve(
     from facesearch.serve.app import create_app
     from facesearch.serve.service import Limits, Service
 
-    service = Service(gallery, db, checkpoint, device=device,
+    service = Service(gallery, db, checkpoint, device=device, compute_slots=compute_slots,
                       limits=Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=int(max_megapixels * 1e6)))
     try:
         if not service.gallery.api_keys():

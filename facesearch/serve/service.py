@@ -49,10 +49,11 @@ class Service:
         checkpoint: the model (default: the one the gallery was built with, else the shipped base model).
         device: where the model runs.
         limits: upload limits.
+        compute_slots: recognitions and enrollments computing at once (default: ``default_compute_slots()``).
     """
 
     def __init__(self, gallery: str | os.PathLike, db_url: str | None = None, checkpoint=None,
-                 device: str = "cpu", limits: Limits = Limits()):
+                 device: str = "cpu", limits: Limits = Limits(), compute_slots: int | None = None):
         from facesearch.checkpoint import load_checkpoint, resolve_checkpoint
         from facesearch.embed import Embedder
         from facesearch.gallery import Gallery
@@ -69,6 +70,9 @@ class Service:
         self.device, self.limits = device, limits
         self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # uploads in flight, explain reports
         self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
+        # Detection and the model use every core already (torch's intra-op threads): more requests computing at
+        # once only share them worse. The others wait their turn (bench/serve.py measured the difference).
+        self._computing = threading.Semaphore(compute_slots or default_compute_slots())
 
     def close(self) -> None:
         self.gallery.close()
@@ -113,12 +117,14 @@ class Service:
         finally:
             path.unlink(missing_ok=True)
         t1 = time.perf_counter()
-        result = who(self.gallery, self.embedder, image, top_k=top_k, threshold=threshold).to_dict()
+        with self._computing:
+            t_start = time.perf_counter()
+            result = who(self.gallery, self.embedder, image, top_k=top_k, threshold=threshold).to_dict()
         t2 = time.perf_counter()
         result["photo"] = filename
         result["width"], result["height"] = image.size
-        result["timings_ms"] = {"decode": round(1000 * (t1 - t0), 1), "detect_embed_search": round(1000 * (t2 - t1), 1),
-                                "total": round(1000 * (t2 - t0), 1)}
+        result["timings_ms"] = {"decode": round(1000 * (t1 - t0), 1), "queued": round(1000 * (t_start - t1), 1),
+                                "detect_embed_search": round(1000 * (t2 - t_start), 1), "total": round(1000 * (t2 - t0), 1)}
         return result
 
     # -- enroll -------------------------------------------------------------------------------------
@@ -132,7 +138,8 @@ class Service:
         try:
             self.open_photo(path, filename)  # a bad upload is refused before anything is stored
             kept = self._keep(path, data)
-            outcome = enroll(self.gallery, self.embedder, [(kept, name)], largest=largest)[0]
+            with self._computing:
+                outcome = enroll(self.gallery, self.embedder, [(kept, name)], largest=largest)[0]
         finally:
             path.unlink(missing_ok=True)
         if outcome.status != "enrolled" and kept.exists() and self.gallery.enrolled_as(_sha256(data)) is None:
@@ -196,6 +203,11 @@ class Service:
         folder = (self.scratch / "explain" / report).resolve()
         path = (folder / name).resolve()
         return path if path.is_file() and path.parent == folder else None
+
+
+def default_compute_slots() -> int:
+    """As many requests computing at once as there are CPUs, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 def _sha256(data: bytes) -> str:
