@@ -58,6 +58,7 @@ def people(sample_photos, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_gallery_built_without_a_checkpoint_answers_every_command_without_one(people, sample_photos, tmp_path):
     from facesearch.gallery import Gallery
 

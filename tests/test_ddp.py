@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this Python")
 def test_two_process_gloo_run_finishes_and_writes_one_checkpoint(tmp_path):
     data = make_prepared_faces(tmp_path / "prepared")  # 12 train crops, 32 px

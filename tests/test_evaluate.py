@@ -398,7 +398,6 @@ def test_evaluate_open_set_distractor_folder_probes_as_strangers_even_under_an_e
                                    distractor_splits=["holdout"])
 
 
-@pytest.mark.slow  # real MTCNN on CPU
 def test_evaluate_pairs_on_raw_photos_detects_faces_once_and_counts_centre_crops(tiny_checkpoint, tmp_path, monkeypatch):
     """Real MTCNN on real photos in LFW's layout; a photo with no face falls back to its centre crop."""
     people = sorted(p.name for p in SAMPLE.iterdir())[:3]
@@ -426,6 +425,7 @@ def test_evaluate_pairs_on_raw_photos_detects_faces_once_and_counts_centre_crops
     assert s["random_baseline"]["n_pairs"] == 4
 
 
+@pytest.mark.slow
 def test_cli_evaluate_pairs_open_set_and_closed_set(tiny_checkpoint, lfw_like, tmp_path):
     import json
 
@@ -464,7 +464,6 @@ def test_cli_evaluate_pairs_open_set_and_closed_set(tiny_checkpoint, lfw_like, t
     assert r.exit_code == 1 and "does not say which data" in r.output  # this checkpoint records no dataset
 
 
-@pytest.mark.slow  # real MTCNN on CPU
 def test_cli_calibrate_stores_the_threshold_in_the_gallery(tiny_checkpoint, tmp_path):
     import json
 

@@ -46,7 +46,6 @@ def explained(checkpoint, gallery, tmp_path_factory):
                                   settings=settings(), device="cpu")
 
 
-@pytest.mark.slow  # real MTCNN and a real gallery on CPU
 def test_an_enrolled_photo_is_explained_with_its_own_identity(explained, gallery):
     e, name = explained, gallery[1][0][1]
     assert e.answer == name and e.runner_up != name
@@ -60,7 +59,6 @@ def test_an_enrolled_photo_is_explained_with_its_own_identity(explained, gallery
     assert json.loads(e.files["json"].read_text())["answer"] == name
 
 
-@pytest.mark.slow  # real MTCNN and a real gallery on CPU
 def test_the_report_is_one_self_contained_file(explained):
     e = explained
     html = e.files["report"].read_text()
@@ -70,7 +68,6 @@ def test_the_report_is_one_self_contained_file(explained):
     assert "conv5_3" in html and e.answer in html and e.runner_up in html
 
 
-@pytest.mark.slow  # real MTCNN and a real gallery on CPU
 def test_against_names_the_identity_to_explain(checkpoint, gallery, tmp_path):
     from facesearch.explain import ExplainError, explain_identification
 
@@ -87,7 +84,6 @@ def test_against_names_the_identity_to_explain(checkpoint, gallery, tmp_path):
         explain_identification(blank, folder, checkpoint, tmp_path, settings=settings(), device="cpu")
 
 
-@pytest.mark.slow  # real MTCNN and a real gallery on CPU
 def test_a_one_person_gallery_is_explained_against_its_threshold(checkpoint, gallery, tmp_path):
     from facesearch.embed import Embedder
     from facesearch.explain import explain_identification
@@ -132,7 +128,6 @@ def test_classification_draws_13_rows_and_compares_reference_classes(checkpoint,
     assert sum(e.details["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
-@pytest.mark.slow  # real MTCNN and a real gallery on CPU
 def test_cli_explain_json_and_errors(checkpoint, gallery, tmp_path):
     from typer.testing import CliRunner
 

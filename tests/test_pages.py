@@ -151,6 +151,7 @@ def test_a_subject_is_renamed_from_its_page(page, server):
     assert page.inner_text("#subject-name") == "Grace Hopper"
 
 
+@pytest.mark.slow
 def test_the_gallery_page_and_the_explain_report(page, server):
     page.goto("/gallery?check=1")
     assert page.inner_text("#faces") == "6" and "consistent" in page.inner_text("#check")

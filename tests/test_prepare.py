@@ -322,7 +322,6 @@ def test_cli_json_and_clear_failure(tmp_path, sample_photos):
     assert same.exit_code == 1 and "must differ" in same.stderr
 
 
-@pytest.mark.slow
 def test_worker_processes_give_the_same_rows(first_run, tmp_path):
     """The two-process path (spawned workers) agrees with the in-process one."""
     base, first = first_run

@@ -64,6 +64,7 @@ def test_run_dir_holds_metrics_curves_and_loadable_checkpoints(trained, faces):
     assert last["step"] == 3 and {"optimizer", "scheduler", "rng", "sampler"} <= set(last)
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_exact_step(faces, tmp_path):
     # 1 epoch of 3 steps (batch 4), with augmentation and dropout so that the RNG state matters too.
     cfg = TrainConfig(epochs=1, batch_size=4, lr=0.02, warmup_epochs=0)
@@ -182,6 +183,7 @@ def test_best_checkpoint_centres_the_embedding_on_the_training_set(trained, face
     assert read_checkpoint(run / "last.pt")["model"]["embedding_mean"].abs().sum() == 0  # training state untouched
 
 
+@pytest.mark.slow
 def test_init_starts_from_a_checkpoint_with_a_head_for_the_new_identities(trained, tmp_path):
     """--init: every conv/BN/fc layer starts as the given model's, the head is new and sized for the new people,
     the normalisation is the starting model's, and fine-tuning lowers the loss."""
@@ -217,6 +219,7 @@ def test_init_starts_from_a_checkpoint_with_a_head_for_the_new_identities(traine
         train("faces", two, tmp_path / "again", cfg, model_config("faces", two), init=run / "best.pt")
 
 
+@pytest.mark.slow
 def test_a_model_sized_for_other_data_is_refused(faces, tmp_path):
     from facesearch.models.vgg import VGGConfig
 
