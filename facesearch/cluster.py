@@ -194,6 +194,16 @@ def save(c: Clusters) -> None:
     _atomic(c.folder / FACES_NAME, write_rows)
 
 
+def edit(folder: str | os.PathLike, change: Callable[[Clusters], object]) -> tuple[object, Clusters]:
+    """Load a clusters folder, apply ``change`` (name, merge, split, remove), save it and redraw its contact
+    sheets; returns what ``change`` returned and the folder as it is now."""
+    c = load(folder)
+    result = change(c)
+    save(c)
+    draw_sheets(c)
+    return result, c
+
+
 def _atomic(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:
     tmp = path.with_name(f".{path.name}.tmp{suffix}")
     write(tmp)

@@ -23,7 +23,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from builders import tiny_checkpoint  # noqa: E402
+from builders import run_cli, tiny_checkpoint  # noqa: E402
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
@@ -67,7 +67,13 @@ def server(sample_photos, tmp_path_factory):
     with Gallery(root / "gallery") as g:
         enroll(g, Embedder.for_queries(checkpoint, "cpu"), [(f, n) for n, fs in photos.items() for f in fs[:2]])
         key = g.create_key("browser")
-    service = Service(root / "gallery", checkpoint=checkpoint)
+    unlabelled = root / "unlabelled"  # photos of three other people, for the clusters page
+    unlabelled.mkdir()
+    for person in sorted(p for p in sample_photos.iterdir() if p.is_dir())[3:6]:
+        for f in sorted(person.glob("*.jpg"))[:4]:
+            shutil.copy(f, unlabelled / f"{person.name}-{f.name}")
+    run_cli("cluster", unlabelled, "--out", root / "clusters", "-c", checkpoint, "--eps", "0.25", "--min-size", "2")
+    service = Service(root / "gallery", checkpoint=checkpoint, clusters=root / "clusters")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -164,3 +170,20 @@ def test_the_gallery_page_and_the_explain_report(page, server):
     page.wait_for_url("**/explain/**", timeout=120_000)
     assert name in page.content()
     shot(page, "explain")
+
+
+def test_a_cluster_is_named_from_its_page_and_enrolled(page, server):
+    page.goto("/clusters")
+    groups = page.locator("section.cluster")
+    assert groups.count() >= 1
+    first = groups.first
+    faces = int(first.locator("h2 small").inner_text().split()[0])  # "N faces · ..."
+    assert faces >= 2 and first.locator("img").count() == min(faces, 12)
+    shot(page, "clusters")
+    first.locator("input[name=name]").fill("Katherine Johnson")
+    first.locator("button").click()
+    page.wait_for_url("**/clusters?*")
+    assert "named Katherine Johnson" in page.inner_text(".message")
+    assert page.locator("section.cluster .cluster-name").first.inner_text() == "Katherine Johnson"
+    page.goto("/subjects/Katherine%20Johnson")
+    assert page.locator("li.face").count() == faces  # every face of the group enrolled under the name

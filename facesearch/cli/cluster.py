@@ -73,12 +73,9 @@ def cluster(
 
 
 def _edit(folder: Path, change) -> dict:
-    from facesearch.cluster import draw_sheets, load, save
+    from facesearch.cluster import edit
 
-    c = load(folder)
-    result = change(c)
-    save(c)
-    draw_sheets(c)
+    result, c = edit(folder, change)
     return {"result": result, **c.summary()}
 
 

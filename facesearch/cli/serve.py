@@ -34,6 +34,8 @@ def serve(
         "Recognitions and enrollments computing at once; the rest wait their turn (default: the CPUs, at most 8)."))] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest photo accepted, in MB.")] = 20.0,
     max_megapixels: Annotated[float, typer.Option(min=0.01, help="Largest photo accepted, in megapixels.")] = 40.0,
+    clusters: Annotated[Optional[Path], typer.Option(
+        help="A `facesearch cluster` output: its groups are shown, and named (enrolled), on the /clusters page.")] = None,
     device: Device = "cpu",
 ) -> None:
     """Serve the gallery: a JSON API under /api/v1 (docs at /api/docs) and web pages, model and index loaded once.
@@ -51,7 +53,7 @@ def serve(
     from facesearch.serve.app import create_app
     from facesearch.serve.service import Limits, Service
 
-    service = Service(gallery, db, checkpoint, device=device, compute_slots=compute_slots,
+    service = Service(gallery, db, checkpoint, device=device, compute_slots=compute_slots, clusters=clusters,
                       limits=Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=int(max_megapixels * 1e6)))
     try:
         if not service.gallery.api_keys():

@@ -123,6 +123,12 @@ def create_app(service: Service, threads: int = 16) -> FastAPI:
             return _error(403, "read_only_gallery", str(e))
         return _error(409 if "exists already" in str(e) else 400, "refused", str(e))
 
+    from facesearch.cluster import ClusterError
+
+    @app.exception_handler(ClusterError)
+    async def cluster_error(request: Request, e: ClusterError):
+        return _error(404 if "no group" in str(e) or "no clusters folder" in str(e) else 400, "refused", str(e))
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors())

@@ -180,3 +180,34 @@ def gallery_page(request: Request, check: bool = False, who: Caller = Depends(ca
     gallery = request.app.state.service.gallery
     report = gallery.check() if check else None
     return _render(request, "gallery.html", who, stats=gallery.stats(), report=report)
+
+
+# -- clusters (facesearch cluster) --------------------------------------------------------------------
+
+
+@router.get("/clusters")
+def clusters_page(request: Request, who: Caller = Depends(caller)):
+    service = request.app.state.service
+    if service.clusters is None:
+        return _render(request, "clusters.html", who, summary=None)
+    return _render(request, "clusters.html", who, summary=service.cluster_groups())
+
+
+@router.get("/clusters/crops/{face_id}")
+def cluster_crop(request: Request, face_id: int, who: Caller = Depends(caller)):
+    path = request.app.state.service.cluster_crop(face_id)
+    if path is None:
+        raise ApiError(404, "not_found", f"no clustered face {face_id}")
+    return FileResponse(path, media_type="image/jpeg")
+
+
+@router.post("/clusters/{group}/name")
+async def name_cluster(request: Request, group: int, name: str = Form(...), who: Caller = Depends(writer)):
+    from facesearch.cluster import ClusterError
+
+    try:
+        result = await run_in_threadpool(request.app.state.service.name_cluster, group, name)
+    except (ClusterError, GalleryError) as e:
+        return _back("/clusters", error=str(e))
+    skipped = f", {len(result['duplicates'])} already enrolled" if result["duplicates"] else ""
+    return _back("/clusters", message=f"group {group} named {name}: {result['enrolled']} faces enrolled{skipped}")

@@ -50,10 +50,12 @@ class Service:
         device: where the model runs.
         limits: upload limits.
         compute_slots: recognitions and enrollments computing at once (default: ``default_compute_slots()``).
+        clusters: a ``facesearch cluster`` output whose groups the pages show and name (enrolling them here).
     """
 
     def __init__(self, gallery: str | os.PathLike, db_url: str | None = None, checkpoint=None,
-                 device: str = "cpu", limits: Limits = Limits(), compute_slots: int | None = None):
+                 device: str = "cpu", limits: Limits = Limits(), compute_slots: int | None = None,
+                 clusters: str | os.PathLike | None = None):
         from facesearch.checkpoint import load_checkpoint, resolve_checkpoint
         from facesearch.embed import Embedder
         from facesearch.gallery import Gallery
@@ -68,6 +70,12 @@ class Service:
             self.gallery.close()
             raise
         self.device, self.limits = device, limits
+        self.clusters = Path(clusters) if clusters is not None else None
+        if self.clusters is not None:
+            from facesearch.cluster import load
+
+            load(self.clusters)  # a folder that is not one is refused at start, not on the first page
+        self._editing_clusters = threading.Lock()  # one edit of the clusters folder at a time
         self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # uploads in flight, explain reports
         self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
         # Detection and the model use every core already (torch's intra-op threads): more requests computing at
@@ -176,6 +184,38 @@ class Service:
             shutil.copyfile(path, tmp)
             os.replace(tmp, kept)
         return kept
+
+    # -- clusters -----------------------------------------------------------------------------------
+
+    def cluster_groups(self) -> dict:
+        """The clusters folder's summary (``Clusters.summary``) with each group's face ids, closest first."""
+        from facesearch.cluster import load
+
+        c = load(self._clusters_folder())
+        summary = c.summary()
+        members = c.groups()
+        for g in summary["group_list"]:
+            g["face_ids"] = [r.face_id for r in members[g["group"]]]
+        return summary
+
+    def name_cluster(self, group: int, name: str) -> dict:
+        """``cluster.name_group`` through ``cluster.edit``: the group's faces enrolled as ``name``."""
+        from facesearch.cluster import edit, name_group
+
+        with self._editing_clusters, self._computing:
+            result, _ = edit(self._clusters_folder(), lambda c: name_group(c, group, name, self.gallery))
+        return result
+
+    def cluster_crop(self, face_id: int) -> Path | None:
+        path = self._clusters_folder() / "crops" / f"{face_id}.jpg"
+        return path if path.is_file() else None
+
+    def _clusters_folder(self) -> Path:
+        from facesearch.cluster import ClusterError
+
+        if self.clusters is None:
+            raise ClusterError("no clusters folder: start the service with --clusters DIR (a `facesearch cluster` output)")
+        return self.clusters
 
     # -- explain ------------------------------------------------------------------------------------
 
