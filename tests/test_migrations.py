@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from builders import BACKENDS, database_url
+from builders import BACKENDS, STORES, database_url
 
 TABLES = {"identities", "faces", "gallery_state"}
 
@@ -55,7 +55,7 @@ def test_migrations_are_found_without_alembic_ini():
 
     folder = db.migrations_dir()
     assert (folder / "env.py").is_file() and (folder / "script.py.mako").is_file()
-    assert db.head_revision() == "0003"
+    assert db.head_revision() == "0004"
 
 
 def test_sqlite_gallery_upgrades_itself_but_postgresql_waits_for_db_upgrade(tmp_path):
@@ -92,9 +92,38 @@ def test_0003_adds_api_keys_and_downgrades_cleanly(engine):
 
     db.upgrade(engine, "0002")
     assert "api_keys" not in sa.inspect(engine).get_table_names()
-    db.upgrade(engine)
+    db.upgrade(engine, "0003")
     assert db.current_revision(engine) == "0003"
     columns = {c["name"] for c in sa.inspect(engine).get_columns("api_keys")}
     assert columns == {"id", "name", "digest", "read_only", "created_at"}
     db.downgrade(engine, "0002")
     assert "api_keys" not in sa.inspect(engine).get_table_names()
+
+
+@pytest.fixture(params=STORES)
+def any_engine(request, tmp_path):
+    from facesearch.gallery import db
+
+    for url in database_url(request.param, tmp_path):
+        engine = db.create_engine(url or db.default_url(tmp_path))
+        yield request.param, engine
+        engine.dispose()
+
+
+def test_0004_adds_face_vectors_only_where_pgvector_is(any_engine):
+    """The vector table exists where PostgreSQL has pgvector, nowhere else; downgrading removes it."""
+    from facesearch.gallery import db
+
+    backend, engine = any_engine
+    db.upgrade(engine)
+    assert db.current_revision(engine) == "0004"
+    has = "face_vectors" in sa.inspect(engine).get_table_names()
+    if backend == "pgvector":
+        assert has
+        columns = {c["name"]: str(c["type"]) for c in sa.inspect(engine).get_columns("face_vectors")}
+        assert columns == {"face_id": "BIGINT", "embedding": "HALFVEC"}
+        db.check(engine)  # the table is outside the models' comparison, so check still passes
+    elif backend == "sqlite":
+        assert not has
+    db.downgrade(engine, "0003")
+    assert "face_vectors" not in sa.inspect(engine).get_table_names()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from builders import BACKENDS, database_url, run_cli as run, tiny_checkpoint
+from builders import STORES, database_url, run_cli as run, tiny_checkpoint
 
 
 
@@ -25,18 +25,23 @@ def people(sample_photos, tmp_path_factory):
     return root
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=STORES)
 def env(request, tmp_path):
     for url in database_url(request.param, tmp_path):
-        yield {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": url or ""}
+        yield {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": url or "", "store": request.param}
 
 
 def test_enroll_who_identities_and_maintenance_cycle(env, checkpoint, people, tmp_path):
+    from facesearch.gallery import db
+
+    store = ["--store", "pgvector"] if env.pop("store") == "pgvector" else []
     if env["FACESEARCH_DB"]:
         run("db", "upgrade", env=env)  # PostgreSQL is upgraded explicitly
-        assert "latest 0002" in run("db", "current", env=env).output
-    out = run("enroll", people, "-c", checkpoint, "--device", "cpu", "--json", env=env).output
+        assert f"latest {db.head_revision()}" in run("db", "current", env=env).output
+    out = run("enroll", people, "-c", checkpoint, "--device", "cpu", "--json", *store, env=env).output
     assert json.loads(out)["counts"] == {"enrolled": 6}
+    if store:
+        assert json.loads(run("gallery", "stats", "--json", env=env).output)["vector_store"] == "pgvector"
     again = json.loads(run("enroll", people, "-c", checkpoint, "--device", "cpu", "--json", env=env).output)
     assert again["counts"] == {"duplicate": 6}
 
@@ -60,7 +65,11 @@ def test_enroll_who_identities_and_maintenance_cycle(env, checkpoint, people, tm
     run("gallery", "rebuild", "--index", "hnsw", env=env)
     assert "consistent" in run("gallery", "check", env=env).output
     stats = json.loads(run("gallery", "stats", "--json", env=env).output)
-    assert stats["faces"] == 2 and stats["index_layout"] == "hnsw"
+    if store:  # the vectors and their HNSW index are in PostgreSQL: no index file
+        assert stats["faces"] == stats["vector_rows"] == 2 and stats["index_layout"] is None
+        assert stats["vector_index_bytes"] > 0
+    else:
+        assert stats["faces"] == 2 and stats["index_layout"] == "hnsw"
     gone = json.loads(run("who", photo, "-c", checkpoint, "--device", "cpu", "--json", env=env).output)
     assert gone["faces"][0]["matches"][0]["name"] == "O'Neil Jr"
 

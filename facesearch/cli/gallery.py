@@ -73,6 +73,9 @@ def enroll(
     db: DbUrl = None,
     checkpoint: Checkpoint = None,
     device: Device = "auto",
+    store: Annotated[Optional[str], typer.Option(
+        "--store", help='Where a new gallery keeps its vectors: "faiss" (an index file, the default) or "pgvector" '
+                        "(in PostgreSQL: needs --db and the pgvector extension).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Add faces to the gallery: one face per photo; photos already enrolled are skipped.
@@ -105,6 +108,11 @@ def enroll(
     if not items:
         fail(f"no photos to enroll in {', '.join(map(str, paths))}")
     with _open(gallery, db, create=True) as g:
+        if store is not None and store != g.index_settings.store:
+            if g.stats()["faces"]:
+                fail(f"{gallery}: its vectors are in the {g.index_settings.store} store; move them with "
+                     f"`facesearch gallery store {store}`")
+            g.use_store(store)
         embedder = _embedder(checkpoint, device, gallery=g)
         with Progress("enrolling", len(items), enabled=not as_json) as progress:
             outcomes = run_enroll(g, embedder, items, largest=largest, progress=progress.update)
@@ -330,6 +338,29 @@ def gallery_rebuild(
     with _open(gallery, db) as g:
         result = g.rebuild(replace(g.index_settings, **changes) if changes else None)
     typer.echo(f"index rebuilt: {result['layout']}, {result['faces']} faces")
+
+
+@gallery_app.command("store")
+def gallery_store(
+    store: Annotated[str, typer.Argument(help='"faiss" (an index file in the gallery folder) or "pgvector" '
+                                              "(the vectors and an HNSW index in PostgreSQL).")],
+    gallery: GalleryDir = DEFAULT_GALLERY,
+    db: DbUrl = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Move the gallery's vectors between the FAISS file and PostgreSQL's pgvector, in one transaction.
+
+    With pgvector every process that opens the gallery sees every committed enrollment at once (several
+    `facesearch serve` behind a load balancer); the faces, names and stored embeddings do not change.
+    """
+    from facesearch.gallery.index import STORES
+
+    if store not in STORES:
+        fail(f"store must be one of {', '.join(STORES)}, not {store!r}")
+    with _open(gallery, db) as g:
+        result = g.use_store(store)
+    _echo(result, as_json, f"{gallery}: vectors in the {store} store ({result['faces']} faces)"
+                           + ("" if result["moved"] else ", as they were"))
 
 
 @gallery_app.command("reembed")

@@ -49,7 +49,14 @@ def check_gallery(gallery) -> CheckReport:
         state = conn.execute(sa.select(GalleryState.__table__)).one()
         faces = conn.execute(sa.select(Face.id, Face.crop_path, Face.model_fingerprint)).all()
     ids = np.asarray([f[0] for f in faces], dtype=np.int64)
-    problems = check_index(gallery.index_path, state, ids)
+    if IndexSettings.from_dict(state.index_settings).store == "pgvector":
+        from facesearch.gallery.vectors import faces_without_vectors
+
+        with db.snapshot(gallery.engine) as conn:
+            without = faces_without_vectors(conn)
+        problems = [f"{without} faces have no vector in face_vectors (`gallery rebuild` writes them)"] if without else []
+    else:
+        problems = check_index(gallery.index_path, state, ids)
     mixed = sum(1 for f in faces if f[2] != state.model_fingerprint)
     if mixed:
         problems.append(f"{mixed} faces were embedded by a model other than the gallery's {state.model_fingerprint}")

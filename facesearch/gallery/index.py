@@ -37,6 +37,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 MAGIC = b"FSINDEX1"
+STORES = ("faiss", "pgvector")
 KINDS = ("flat", "hnsw", "ivf")
 IVF_CODECS = ("flat", "sq8", "pq")
 
@@ -47,8 +48,15 @@ class IndexFileError(Exception):
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """How the gallery's FAISS index is built. Stored in the database; ``gallery rebuild`` changes it."""
+    """Where the gallery's vectors are indexed and how. Stored in the database; ``gallery rebuild`` changes it,
+    ``gallery store`` moves a gallery between the stores.
 
+    ``store``: "faiss" (an index file in the gallery folder, rebuilt from SQL when stale; SQLite or PostgreSQL)
+    or "pgvector" (the vectors and an HNSW index in PostgreSQL itself: ``vectors.py``). The ``pg_*`` fields are
+    the pgvector HNSW index's; the others the FAISS index's.
+    """
+
+    store: str = "faiss"
     kind: str = "flat"  # "flat" | "hnsw" | "ivf"
     pca_dim: int | None = None  # reduce to this many dimensions first (None: keep the embedding's)
     min_train: int = 2000  # PCA / IVF are trained once the gallery has this many faces; exact flat before
@@ -63,8 +71,14 @@ class IndexSettings:
     ivf_codec: str = "flat"  # "flat" (exact vectors), "sq8" (1 byte per dim), "pq"
     pq_m: int = 32  # sub-quantizers for "pq" (bytes per face); must divide the (reduced) dimension
     max_tombstone_ratio: float = 0.2  # rebuild an HNSW index when this fraction of it is deleted faces
+    # pgvector's HNSW (its own defaults: m 16, ef_construction 64, ef_search 40); measured in docs/BENCHMARKS.md
+    pg_hnsw_m: int = 16
+    pg_ef_construction: int = 64
+    pg_ef_search: int = 100
 
     def __post_init__(self) -> None:
+        if self.store not in STORES:
+            raise ValueError(f"vector store must be one of {STORES}, not {self.store!r}")
         if self.kind not in KINDS:
             raise ValueError(f"index kind must be one of {KINDS}, not {self.kind!r}")
         if self.ivf_codec not in IVF_CODECS:

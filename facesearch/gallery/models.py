@@ -1,6 +1,6 @@
 """The gallery's SQL schema (SQLAlchemy 2 ORM). Alembic migrations in ``migrations/`` own the tables.
 
-Four tables:
+Four tables, and a fifth where PostgreSQL has pgvector:
 
 - ``identities``: one row per person, ``name`` unique and stored verbatim (never used in a path).
 - ``faces``: one row per enrolled face. Its primary key *is* the FAISS id, never reused
@@ -8,6 +8,8 @@ Four tables:
 - ``gallery_state``: exactly one row; the gallery's model, threshold, index settings and the
   ``epoch`` every face mutation bumps, which tells a stale index file from a fresh one.
 - ``api_keys``: the keys ``facesearch serve`` accepts (``facesearch keys create``), stored as SHA-256 digests.
+- ``face_vectors`` (PostgreSQL with the pgvector extension only; its own ``VectorBase`` metadata): each face's
+  embedding as ``halfvec``, searched in SQL by an HNSW index when the gallery's vector store is pgvector.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
+from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Deterministic constraint names, so migrations can drop and alter them on every backend.
@@ -98,3 +101,18 @@ class ApiKey(Base):
     digest: Mapped[str] = mapped_column(sa.String(64), unique=True)
     read_only: Mapped[bool] = mapped_column(sa.Boolean, default=False)  # may recognize, may not change the gallery
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class VectorBase(DeclarativeBase):
+    """Tables that exist only where the database has pgvector (migration 0004 creates them there)."""
+
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class FaceVector(VectorBase):
+    __tablename__ = "face_vectors"
+
+    face_id: Mapped[int] = mapped_column(FaceId, sa.ForeignKey(Face.id, ondelete="CASCADE"), primary_key=True)
+    # No fixed dimension in the column (a gallery may move to a model of another width); the HNSW index is on
+    # the cast to halfvec(d) of the gallery's d (gallery/vectors.py), and searches order by that same cast.
+    embedding: Mapped[Any] = mapped_column(HALFVEC())

