@@ -75,6 +75,7 @@ class IndexSettings:
     pg_hnsw_m: int = 16
     pg_ef_construction: int = 64
     pg_ef_search: int = 100
+    pg_build_memory_mb: int = 1024  # maintenance_work_mem while the index is built: a graph that fits builds fast
 
     def __post_init__(self) -> None:
         if self.store not in STORES:

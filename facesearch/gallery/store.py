@@ -245,7 +245,8 @@ class Gallery:
             return
         conn = s.connection()
         vectors.insert(conn, [row.id for _, row in rows], np.stack([np.asarray(f.embedding, np.float32) for f, _ in rows]))
-        vectors.ensure_index(conn, state.embedding_dim, settings.pg_hnsw_m, settings.pg_ef_construction)
+        vectors.ensure_index(conn, state.embedding_dim, settings.pg_hnsw_m, settings.pg_ef_construction,
+                                    settings.pg_build_memory_mb)
 
     def _sync_index(self, rebuild: bool = False):
         """Bring the FAISS index file up to date after a change (the pgvector store needs nothing: SQL is it)."""
@@ -450,7 +451,8 @@ class Gallery:
             settings = IndexSettings.from_dict(state.index_settings)
             n = vectors.fill(conn)
             if state.embedding_dim is not None:
-                vectors.ensure_index(conn, state.embedding_dim, settings.pg_hnsw_m, settings.pg_ef_construction)
+                vectors.ensure_index(conn, state.embedding_dim, settings.pg_hnsw_m, settings.pg_ef_construction,
+                                    settings.pg_build_memory_mb)
             self._bump(s)
         return {"layout": "pgvector hnsw", "faces": n}
 
@@ -469,7 +471,8 @@ class Gallery:
                     vectors.check_dim(state.embedding_dim)
                 n = vectors.fill(conn)
                 if state.embedding_dim is not None:
-                    vectors.ensure_index(conn, state.embedding_dim, target.pg_hnsw_m, target.pg_ef_construction)
+                    vectors.ensure_index(conn, state.embedding_dim, target.pg_hnsw_m, target.pg_ef_construction,
+                                        target.pg_build_memory_mb)
             else:
                 vectors.clear(conn)
                 n = s.scalar(sa.select(sa.func.count(Face.id)))

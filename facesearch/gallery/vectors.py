@@ -85,8 +85,9 @@ def _hnsw(dim: int, m: int = 16, ef_construction: int = 64) -> sa.Index:
     return index
 
 
-def ensure_index(conn: Connection, dim: int, m: int, ef_construction: int) -> None:
-    """The HNSW index for embeddings of ``dim`` dimensions (others', from an earlier model, are dropped)."""
+def ensure_index(conn: Connection, dim: int, m: int, ef_construction: int, build_memory_mb: int = 1024) -> None:
+    """The HNSW index for embeddings of ``dim`` dimensions (others', from an earlier model, are dropped);
+    built with ``build_memory_mb`` of maintenance_work_mem (this transaction only)."""
     check_dim(dim)
     name = f"{INDEX_PREFIX}{dim}"
     existing = {ix["name"] for ix in sa.inspect(conn).get_indexes(_TABLE.name)}
@@ -94,6 +95,7 @@ def ensure_index(conn: Connection, dim: int, m: int, ef_construction: int) -> No
         if old.startswith(INDEX_PREFIX):
             _hnsw(int(old[len(INDEX_PREFIX):])).drop(conn)
     if name not in existing:
+        conn.execute(sa.select(sa.func.set_config("maintenance_work_mem", f"{int(build_memory_mb)}MB", True)))
         _hnsw(dim, m, ef_construction).create(conn)
 
 
