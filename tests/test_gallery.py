@@ -79,7 +79,9 @@ def assert_consistent(g):
     with g.engine.connect() as conn:
         rows = conn.execute(sa.select(Face.id, Face.embedding).order_by(Face.id)).all()
     if rows:
-        xq = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+        from facesearch.gallery.faces import decode_embeddings
+
+        xq = decode_embeddings([r[1] for r in rows], g.stats()["embedding_dim"])
         top1 = [hits[0].face_id for hits in g.search(xq, k=1)]
         assert top1 == [r[0] for r in rows]
     report = g.check()
@@ -308,3 +310,28 @@ def test_threshold_defaults_then_stores_calibration(open_gallery):
     assert g.threshold() == (DEFAULT_THRESHOLD, None)
     g.set_threshold(0.42, {"far": 0.001, "source": "lfw"})
     assert open_gallery().threshold() == (0.42, {"far": 0.001, "source": "lfw"})
+
+
+def test_pgvector_galleries_on_two_machines_see_each_commit_at_once(open_gallery, backend, url, tmp_path):
+    """Two gallery folders (two servers) on one pgvector database: a face one enrolls is found by the other
+    in its next search, with no index file anywhere; a removal is gone for both."""
+    if backend != "pgvector":
+        pytest.skip("the pgvector store's sharing")
+    from facesearch.gallery import Gallery
+
+    here = open_gallery()
+    there = Gallery(tmp_path / "elsewhere", url, migrate=True)
+    try:
+        rng = np.random.default_rng(11)
+        x = unit(rng, 3)
+        here.add_faces(new_faces(["ann", "bob", "cy"], x), FP)
+        assert [h[0].identity for h in there.search(x, k=1)] == ["ann", "bob", "cy"]
+        more = unit(rng, 1)
+        there.add_faces(new_faces(["dee"], more, tag="q"), FP)
+        assert here.search(more, k=1)[0][0].identity == "dee"
+        here.remove("bob")
+        assert "bob" not in {h.identity for h in there.search(x[1:2], k=5)[0]}
+        assert not (tmp_path / "g" / "index.faiss").exists() and not (tmp_path / "elsewhere" / "index.faiss").exists()
+        assert there.check().ok and here.stats()["vector_rows"] == 3
+    finally:
+        there.close()

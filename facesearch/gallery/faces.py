@@ -15,6 +15,26 @@ from facesearch.gallery.models import Face, GalleryState, Identity, utcnow
 from facesearch.gallery.records import GalleryError, ModelMismatchError, NewFace
 
 
+# How a face's full embedding is stored in ``faces.embedding``: float32, 4 bytes a dimension (2 KB for the base
+# model's 512). Half precision would halve that and moved a real model's cosines by at most 6e-5 (docs/
+# BENCHMARKS.md, "Storage"), but a model whose cosines crowd within 1e-4 of each other (random weights, as
+# the demo's baseline and the tests use) loses its exact self-matches; not switched. Every read and write of the
+# column goes through the two functions below.
+STORED = np.dtype(np.float32)
+
+
+def encode_embedding(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).reshape(-1).astype(STORED).tobytes()
+
+
+def decode_embeddings(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    """Stored embeddings → (n, dim) float32; a blob of another size means a mixed-model gallery."""
+    size = STORED.itemsize * dim
+    if any(len(b) != size for b in blobs):
+        raise ValueError(f"stored embeddings of a size other than {dim} values: run `facesearch gallery reembed`")
+    return np.frombuffer(b"".join(blobs), dtype=STORED).reshape(len(blobs), dim).astype(np.float32, copy=False)
+
+
 def check_model(s: Session, state: GalleryState, fingerprint: str, folder: Path) -> None:
     """Raise ModelMismatchError unless the gallery is empty or holds this model's embeddings."""
     held = state.model_fingerprint
@@ -62,11 +82,10 @@ def insert_faces(s: Session, faces: Sequence[NewFace], fingerprint: str,
         if face.name not in identities:
             identities[face.name] = s.scalar(sa.select(Identity).where(Identity.name == face.name)) or Identity(name=face.name)
             identities[face.name].updated_at = utcnow()
-        vector = np.ascontiguousarray(face.embedding, dtype=np.float32).reshape(-1)
         row = Face(
             identity=identities[face.name], source_path=face.source_path, source_sha256=sha,
             box=_floats(face.box), landmarks=_floats(face.landmarks), det_prob=face.det_prob,
-            embedding=vector.tobytes(), model_fingerprint=fingerprint,
+            embedding=encode_embedding(face.embedding), model_fingerprint=fingerprint,
         )
         s.add(row)
         rows.append((face, row))

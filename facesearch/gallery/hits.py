@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from facesearch.gallery.check import inside_lexically
+from facesearch.gallery.faces import decode_embeddings
 from facesearch.gallery.models import Face, Identity
 from facesearch.gallery.records import FaceHit
 
@@ -35,8 +36,8 @@ def ranked_hits(folder: Path, query: np.ndarray, sims: np.ndarray, ids: np.ndarr
     recomputed from the stored embeddings. ``rows`` lacks the -1 padding and faces deleted since the search."""
     found = [(float(sim), int(i), rows[int(i)]) for sim, i in zip(sims, ids) if int(i) in rows]
     if found and not exact:
-        stored = np.frombuffer(b"".join(row.embedding for _, _, row in found), dtype=np.float32)
-        cosines = (stored.reshape(len(found), -1) @ query).tolist()
+        stored = decode_embeddings([row.embedding for _, _, row in found], len(query))
+        cosines = (stored @ query).tolist()
         found = [(cos, i, row) for cos, (_, i, row) in zip(cosines, found)]
     hits = [FaceHit(i, row.name, sim, inside_lexically(folder, row.crop_path), row.source_path) for sim, i, row in found]
     return sorted(hits, key=lambda h: -h.similarity)

@@ -67,7 +67,7 @@ class Face(Base):
     box: Mapped[list[float] | None] = mapped_column(sa.JSON)  # x1, y1, x2, y2 in photo pixels
     landmarks: Mapped[list[list[float]] | None] = mapped_column(sa.JSON)  # (5, 2)
     det_prob: Mapped[float | None] = mapped_column(sa.Float)
-    embedding: Mapped[bytes] = mapped_column(sa.LargeBinary)  # float32 (d,), L2-normalised
+    embedding: Mapped[bytes] = mapped_column(sa.LargeBinary)  # (d,) L2-normalised, float32 (faces.STORED)
     model_fingerprint: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
 

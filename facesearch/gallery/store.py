@@ -449,7 +449,7 @@ class Gallery:
         with self._mutation() as s:
             conn, state = s.connection(), self._state(s)
             settings = IndexSettings.from_dict(state.index_settings)
-            n = vectors.fill(conn)
+            n = vectors.fill(conn, state.embedding_dim)
             if state.embedding_dim is not None:
                 vectors.ensure_index(conn, state.embedding_dim, settings.pg_hnsw_m, settings.pg_ef_construction,
                                     settings.pg_build_memory_mb)
@@ -469,7 +469,7 @@ class Gallery:
                 vectors.require(conn, self.url)
                 if state.embedding_dim is not None:
                     vectors.check_dim(state.embedding_dim)
-                n = vectors.fill(conn)
+                n = vectors.fill(conn, state.embedding_dim)
                 if state.embedding_dim is not None:
                     vectors.ensure_index(conn, state.embedding_dim, target.pg_hnsw_m, target.pg_ef_construction,
                                         target.pg_build_memory_mb)
@@ -510,7 +510,8 @@ class Gallery:
             if have != {int(i) for i in face_ids}:
                 raise GalleryError("re-embedding must cover every face of the gallery exactly once")
             for face_id, vector in zip(face_ids, vectors):
-                s.execute(sa.update(Face).where(Face.id == int(face_id)).values(embedding=vector.tobytes(), model_fingerprint=fingerprint))
+                s.execute(sa.update(Face).where(Face.id == int(face_id)).values(
+                    embedding=face_rows.encode_embedding(vector), model_fingerprint=fingerprint))
             state = self._state(s)
             state.model_fingerprint, state.embedding_dim = fingerprint, int(vectors.shape[1])
             state.model_source = source

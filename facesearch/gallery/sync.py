@@ -13,6 +13,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from facesearch.gallery.faces import decode_embeddings
 from facesearch.gallery.index import FaceIndex, IndexSettings
 from facesearch.gallery.models import Face
 
@@ -38,13 +39,6 @@ def header_key(header: dict[str, Any]) -> IndexKey:
     return header["uid"], header["epoch"], IndexSettings.from_dict(header["settings"]), header["dim"]
 
 
-def decode(blobs: list[bytes], dim: int) -> np.ndarray:
-    """Stored embeddings → (n, dim) float32; a blob of the wrong size means a mixed-model gallery."""
-    if any(len(b) != 4 * dim for b in blobs):
-        raise ValueError(f"stored embeddings of a size other than {dim} floats: run `facesearch gallery reembed`")
-    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
-
-
 def fetch_vectors(conn: Connection, ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, (n, dim) vectors) for these face ids, in chunks; ids no longer present are left out."""
     out_ids, out_x = [], []
@@ -52,7 +46,7 @@ def fetch_vectors(conn: Connection, ids: np.ndarray, dim: int) -> tuple[np.ndarr
         chunk = [int(i) for i in ids[start : start + CHUNK]]
         rows = conn.execute(sa.select(Face.id, Face.embedding).where(Face.id.in_(chunk))).all()
         out_ids.append(np.asarray([r[0] for r in rows], dtype=np.int64))
-        out_x.append(decode([r[1] for r in rows], dim))
+        out_x.append(decode_embeddings([r[1] for r in rows], dim))
     if not out_ids:
         return np.empty(0, np.int64), np.empty((0, dim), np.float32)
     return np.concatenate(out_ids), np.concatenate(out_x)
@@ -64,7 +58,7 @@ def iter_vectors(conn: Connection, dim: int) -> Iterator[tuple[np.ndarray, np.nd
         sa.select(Face.id, Face.embedding).order_by(Face.id)
     )
     for rows in result.partitions():
-        yield np.asarray([r[0] for r in rows], dtype=np.int64), decode([r[1] for r in rows], dim)
+        yield np.asarray([r[0] for r in rows], dtype=np.int64), decode_embeddings([r[1] for r in rows], dim)
 
 
 def apply_diff(conn: Connection, index: FaceIndex, ids: np.ndarray) -> tuple[int, int]:

@@ -116,14 +116,14 @@ def insert(conn, face_ids, vectors: np.ndarray) -> None:
             conn.execute(sa.insert(_TABLE), rows)
 
 
-def fill(conn) -> int:
+def fill(conn, dim: int | None) -> int:
     """Replace every row by the faces' stored embeddings (moving a gallery in, rebuilding, re-embedding). The
     HNSW index goes first (it may be of another width, and building it once after the load is faster than
     keeping it up to date row by row): the caller builds it again with ``ensure_index``."""
     drop_indexes(conn)
     _truncate(conn)
     n = 0
-    for ids, vectors in _face_chunks(conn):
+    for ids, vectors in _face_chunks(conn, dim):
         insert(conn, ids, vectors)
         n += len(ids)
     return n
@@ -139,15 +139,17 @@ def _truncate(conn) -> None:
     conn.execute(sa.text(f"TRUNCATE {_TABLE.name}"))
 
 
-def _face_chunks(conn) -> Iterator[tuple[list[int], np.ndarray]]:
+def _face_chunks(conn, dim: int | None) -> Iterator[tuple[list[int], np.ndarray]]:
+    from facesearch.gallery.faces import decode_embeddings
+
     last = -1
-    while True:
+    while dim is not None:
         rows = conn.execute(sa.select(Face.id, Face.embedding).where(Face.id > last).order_by(Face.id)
                             .limit(CHUNK)).all()
         if not rows:
             return
         last = rows[-1][0]
-        yield [r[0] for r in rows], np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+        yield [r[0] for r in rows], decode_embeddings([r[1] for r in rows], dim)
 
 
 def search(conn, xq: np.ndarray, k: int, dim: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
