@@ -2,7 +2,8 @@
 
 Stages (one module each): ``facesearch.data`` (prepare), ``facesearch.models`` (VGG16),
 ``facesearch.training``, ``facesearch.embed``, ``facesearch.gallery``, ``facesearch.search``,
-``facesearch.visualize`` + ``facesearch.explain``, ``facesearch.evaluation``.
+``facesearch.cluster``, ``facesearch.visualize`` + ``facesearch.explain``, ``facesearch.evaluation``;
+``facesearch.serve`` puts a gallery behind a REST API and web pages.
 
 The names below are the public API; they are imported on first use, so ``import facesearch`` loads no
 model and no heavy library::
