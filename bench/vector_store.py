@@ -166,8 +166,8 @@ def main() -> None:
     p.add_argument("--ef-search", type=int, nargs="+", default=[40, 100, 200])
     p.add_argument("--nq", type=int, default=200)
     p.add_argument("--insert", type=int, default=2000, help="faces added incrementally after the build")
-    p.add_argument("--m", type=int, default=16, help="pgvector HNSW m")
-    p.add_argument("--ef-construction", type=int, default=64, help="pgvector HNSW ef_construction")
+    p.add_argument("--m", type=int, default=32, help="pgvector HNSW m (the gallery's default)")
+    p.add_argument("--ef-construction", type=int, default=128, help="pgvector HNSW ef_construction (the gallery's default)")
     p.add_argument("--build-memory-mb", type=int, default=1024, help="maintenance_work_mem for the build")
     p.add_argument("--faiss", action=argparse.BooleanOptionalAction, default=True,
                    help="also the same vectors in the gallery's FAISS HNSW")

@@ -38,6 +38,16 @@ def _back(path: str, **params) -> RedirectResponse:
     return RedirectResponse(f"{path}?{query}" if query else path, status_code=303)
 
 
+def _act(on_error: str, action) -> RedirectResponse:
+    """Run a form's change: ``action()`` returns (page to show, message); a refusal comes back to ``on_error``
+    with its reason."""
+    try:
+        page, message = action()
+    except (GalleryError, UploadError) as e:
+        return _back(on_error, error=str(e))
+    return _back(page, message=message)
+
+
 def _subject_url(name: str) -> str:
     return f"/subjects/{quote(name, safe='')}"
 
@@ -110,30 +120,30 @@ def subject_page(request: Request, name: str, who: Caller = Depends(caller)):
 @router.post("/subjects/{name:path}/rename")
 def rename_subject(request: Request, name: str, new_name: str = Form(...), who: Caller = Depends(writer)):
     gallery = request.app.state.service.gallery
-    try:
+
+    def rename():
         gallery.rename(name, new_name)
         renamed = gallery.identity(new_name).name
-    except GalleryError as e:
-        return _back(_subject_url(name), error=str(e))
-    return _back(_subject_url(renamed), message=f"renamed {name} to {renamed}")
+        return _subject_url(renamed), f"renamed {name} to {renamed}"
+
+    return _act(_subject_url(name), rename)
 
 
 @router.post("/subjects/{name:path}/merge")
 def merge_subject(request: Request, name: str, into: str = Form(...), who: Caller = Depends(writer)):
-    try:
+    def merge():
         moved = request.app.state.service.gallery.merge(name, into)
-    except GalleryError as e:
-        return _back(_subject_url(name), error=str(e))
-    return _back(_subject_url(into), message=f"merged {name} into {into} ({moved} faces)")
+        return _subject_url(into), f"merged {name} into {into} ({moved} faces)"
+
+    return _act(_subject_url(name), merge)
 
 
 @router.post("/subjects/{name:path}/delete")
 def delete_subject(request: Request, name: str, who: Caller = Depends(writer)):
-    try:
-        removed = request.app.state.service.remove_subject(name)
-    except GalleryError as e:
-        return _back(_subject_url(name), error=str(e))
-    return _back("/subjects", message=f"deleted {name} and its {removed} faces")
+    def delete():
+        return "/subjects", f"deleted {name} and its {request.app.state.service.remove_subject(name)} faces"
+
+    return _act(_subject_url(name), delete)
 
 
 @router.post("/subjects/{name:path}/faces")
@@ -151,11 +161,11 @@ async def add_face(request: Request, name: str, photo: UploadFile, who: Caller =
 
 @router.post("/faces/{face_id}/delete")
 def delete_face(request: Request, face_id: int, who: Caller = Depends(writer)):
-    try:
+    def delete():
         face = request.app.state.service.remove_face(face_id)
-    except GalleryError as e:
-        return _back("/subjects", error=str(e))
-    return _back(_subject_url(face.identity), message=f"deleted face {face_id}")
+        return _subject_url(face.identity), f"deleted face {face_id}"
+
+    return _act("/subjects", delete)
 
 
 # -- who is this, explain, the gallery ----------------------------------------------------------------
