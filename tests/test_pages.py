@@ -98,6 +98,10 @@ def page(browser, server):
     p = context.new_page()
     p.goto("/subjects")  # no key yet: sent to log in
     assert "/login" in p.url
+    p.fill("input[name=key]", "fs_wrong")
+    p.click("button[type=submit]")
+    assert "not known" in p.inner_text(".error")
+    shot(p, "login")
     p.fill("input[name=key]", key)
     p.click("button[type=submit]")
     p.wait_for_url("**/subjects")
