@@ -45,15 +45,15 @@ def orphan_crops(folder: Path, referenced: set[Path | None]) -> list[Path]:
 
 def check_gallery(gallery) -> CheckReport:
     """Everything that disagrees with the database, as readable sentences (empty: consistent)."""
-    with db.snapshot(gallery.engine) as conn:
+    from facesearch.gallery.vectors import faces_without_vectors
+
+    with db.snapshot(gallery.engine) as conn:  # one snapshot: the faces, the state and the vector rows agree
         state = conn.execute(sa.select(GalleryState.__table__)).one()
         faces = conn.execute(sa.select(Face.id, Face.crop_path, Face.model_fingerprint)).all()
+        in_sql = IndexSettings.from_dict(state.index_settings).store == "pgvector"
+        without = faces_without_vectors(conn) if in_sql else 0
     ids = np.asarray([f[0] for f in faces], dtype=np.int64)
-    if IndexSettings.from_dict(state.index_settings).store == "pgvector":
-        from facesearch.gallery.vectors import faces_without_vectors
-
-        with db.snapshot(gallery.engine) as conn:
-            without = faces_without_vectors(conn)
+    if in_sql:
         problems = [f"{without} faces have no vector in face_vectors (`gallery rebuild` writes them)"] if without else []
     else:
         problems = check_index(gallery.index_path, state, ids)

@@ -246,7 +246,7 @@ class Gallery:
         conn = s.connection()
         vectors.insert(conn, [row.id for _, row in rows], np.stack([np.asarray(f.embedding, np.float32) for f, _ in rows]))
         vectors.ensure_index(conn, state.embedding_dim, settings.pg_hnsw_m, settings.pg_ef_construction,
-                                    settings.pg_build_memory_mb)
+                             settings.pg_build_memory_mb)
 
     def _sync_index(self, rebuild: bool = False):
         """Bring the FAISS index file up to date after a change (the pgvector store needs nothing: SQL is it)."""
@@ -411,7 +411,7 @@ class Gallery:
             "vector_store": settings.store, **in_sql,
             "model_fingerprint": state.model_fingerprint, "model_source": state.model_source, "embedding_dim": state.embedding_dim,
             "threshold": threshold, "threshold_calibrated": meta is not None, "epoch": state.epoch,
-            "index_settings": IndexSettings.from_dict(state.index_settings).to_dict(),
+            "index_settings": settings.to_dict(),
             "index_layout": header.get("layout"), "index_faces": header.get("n_ids"),
             "index_tombstones": header.get("n_tombstones"), "index_epoch": header.get("epoch"),
             "index_bytes": self.index_path.stat().st_size if self.index_path.exists() else None,
@@ -447,14 +447,19 @@ class Gallery:
     def _refill_vectors(self) -> dict[str, Any]:
         """The pgvector store's rows written again from ``faces``, and its HNSW index built anew."""
         with self._mutation() as s:
-            conn, state = s.connection(), self._state(s)
-            settings = IndexSettings.from_dict(state.index_settings)
-            n = vectors.fill(conn, state.embedding_dim)
-            if state.embedding_dim is not None:
-                vectors.ensure_index(conn, state.embedding_dim, settings.pg_hnsw_m, settings.pg_ef_construction,
-                                    settings.pg_build_memory_mb)
+            state = self._state(s)
+            n = self._load_vectors(s.connection(), state, IndexSettings.from_dict(state.index_settings))
             self._bump(s)
         return {"layout": "pgvector hnsw", "faces": n}
+
+    @staticmethod
+    def _load_vectors(conn, state: GalleryState, settings: IndexSettings) -> int:
+        """Every face's vector row from ``faces``, then the HNSW index for the gallery's width; rows written."""
+        n = vectors.fill(conn, state.embedding_dim)
+        if state.embedding_dim is not None:
+            vectors.ensure_index(conn, state.embedding_dim, settings.pg_hnsw_m, settings.pg_ef_construction,
+                                 settings.pg_build_memory_mb)
+        return n
 
     def use_store(self, store: str) -> dict[str, Any]:
         """Move the gallery's vectors to ``store`` ("faiss" or "pgvector"), in one transaction; the faces, their
@@ -468,11 +473,8 @@ class Gallery:
             if store == "pgvector":
                 vectors.require(conn, self.url)
                 if state.embedding_dim is not None:
-                    vectors.check_dim(state.embedding_dim)
-                n = vectors.fill(conn, state.embedding_dim)
-                if state.embedding_dim is not None:
-                    vectors.ensure_index(conn, state.embedding_dim, target.pg_hnsw_m, target.pg_ef_construction,
-                                        target.pg_build_memory_mb)
+                    vectors.check_dim(state.embedding_dim)  # before copying a whole gallery
+                n = self._load_vectors(conn, state, target)
             else:
                 vectors.clear(conn)
                 n = s.scalar(sa.select(sa.func.count(Face.id)))

@@ -54,9 +54,10 @@ def fetch_vectors(conn: Connection, ids: np.ndarray, dim: int) -> tuple[np.ndarr
 
 def iter_vectors(conn: Connection, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every stored embedding, streamed in chunks of (ids, (n, dim) vectors)."""
-    result = conn.execution_options(stream_results=True, yield_per=CHUNK).execute(
-        sa.select(Face.id, Face.embedding).order_by(Face.id)
-    )
+    # streaming is this statement's option, not the connection's: Connection.execution_options changes the
+    # connection itself, and the caller's next statements (inserts, with the pgvector store) would stream too
+    result = conn.execute(sa.select(Face.id, Face.embedding).order_by(Face.id)
+                          .execution_options(stream_results=True, yield_per=CHUNK))
     for rows in result.partitions():
         yield np.asarray([r[0] for r in rows], dtype=np.int64), decode_embeddings([r[1] for r in rows], dim)
 

@@ -12,15 +12,13 @@ pgvector indexes at most 4,000 dimensions of halfvec; a wider model is refused w
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 import sqlalchemy as sa
 from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import Connection
 
-from facesearch.gallery import db
+from facesearch.gallery import db, sync
 from facesearch.gallery.models import Face, FaceVector
 from facesearch.gallery.records import GalleryError
 
@@ -107,7 +105,7 @@ def drop_indexes(conn: Connection) -> None:
 
 
 def insert(conn, face_ids, vectors: np.ndarray) -> None:
-    """Rows for new faces (inside the transaction that adds them)."""
+    """Rows for new faces (inside the transaction that adds them), in chunks of ``CHUNK``."""
     vectors = np.asarray(vectors, dtype=np.float32)
     for start in range(0, len(face_ids), CHUNK):
         rows = [{"face_id": int(i), "embedding": v} for i, v in zip(face_ids[start:start + CHUNK],
@@ -123,7 +121,7 @@ def fill(conn, dim: int | None) -> int:
     drop_indexes(conn)
     _truncate(conn)
     n = 0
-    for ids, vectors in _face_chunks(conn, dim):
+    for ids, vectors in ([] if dim is None else sync.iter_vectors(conn, dim)):
         insert(conn, ids, vectors)
         n += len(ids)
     return n
@@ -137,19 +135,6 @@ def _truncate(conn) -> None:
     """TRUNCATE, not DELETE: deleted rows stay in the table until vacuumed, and CREATE INDEX indexes those too
     (older snapshots may see them), so vectors of another width would break the ``halfvec(d)`` cast."""
     conn.execute(sa.text(f"TRUNCATE {_TABLE.name}"))
-
-
-def _face_chunks(conn, dim: int | None) -> Iterator[tuple[list[int], np.ndarray]]:
-    from facesearch.gallery.faces import decode_embeddings
-
-    last = -1
-    while dim is not None:
-        rows = conn.execute(sa.select(Face.id, Face.embedding).where(Face.id > last).order_by(Face.id)
-                            .limit(CHUNK)).all()
-        if not rows:
-            return
-        last = rows[-1][0]
-        yield [r[0] for r in rows], decode_embeddings([r[1] for r in rows], dim)
 
 
 def search(conn, xq: np.ndarray, k: int, dim: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
