@@ -8,7 +8,6 @@ still finds every enrolled photo) and the sharing of one gallery between request
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from facesearch.data.images import IMAGE_SUFFIXES, ImageError, load_image
+from facesearch.data.images import IMAGE_SUFFIXES, ImageError, file_sha256, load_image
 
 UPLOADS = "uploads"  # inside the gallery folder: photos enrolled through the service, named by their sha256
 
@@ -29,7 +28,6 @@ class Limits:
 
     max_bytes: int = 20 * 1024 * 1024  # an upload's size
     max_pixels: int = 40_000_000  # a photo's width x height (a decompression bomb is refused before decoding)
-    max_top_k: int = 100
 
 
 class UploadError(ValueError):
@@ -95,7 +93,7 @@ class Service:
     # -- uploads ------------------------------------------------------------------------------------
 
     def save_upload(self, data: bytes, filename: str | None) -> Path:
-        """Check an uploaded photo and write it to the scratch folder; returns its path (decoded once to check)."""
+        """Check an upload's size and write it to the scratch folder; returns its path (``open_photo`` decodes it)."""
         if len(data) > self.limits.max_bytes:
             raise UploadError("too_large", f"{len(data)} bytes, more than the {self.limits.max_bytes} allowed", 413)
         if not data:
@@ -145,12 +143,13 @@ class Service:
         path = self.save_upload(data, filename)
         try:
             self.open_photo(path, filename)  # a bad upload is refused before anything is stored
-            kept = self._keep(path, data)
+            sha = file_sha256(path)  # the content hash enroll dedupes on
+            kept = self._keep(path, sha)
             with self._computing:
                 outcome = enroll(self.gallery, self.embedder, [(kept, name)], largest=largest)[0]
         finally:
             path.unlink(missing_ok=True)
-        if outcome.status != "enrolled" and kept.exists() and self.gallery.enrolled_as(_sha256(data)) is None:
+        if outcome.status != "enrolled" and kept.exists() and self.gallery.enrolled_as(sha) is None:
             kept.unlink(missing_ok=True)  # nothing refers to it
         return outcome
 
@@ -175,10 +174,10 @@ class Service:
                     and self.gallery.enrolled_as(face.source_sha256) is None:
                 source.unlink(missing_ok=True)
 
-    def _keep(self, path: Path, data: bytes) -> Path:
+    def _keep(self, path: Path, sha: str) -> Path:
         folder = self.gallery.folder / UPLOADS
         folder.mkdir(mode=0o700, exist_ok=True)
-        kept = folder / f"{_sha256(data)}{path.suffix}"
+        kept = folder / f"{sha}{path.suffix}"
         if not kept.exists():
             tmp = kept.with_name(f".{kept.name}.{uuid.uuid4().hex}.tmp")
             shutil.copyfile(path, tmp)
@@ -248,7 +247,3 @@ class Service:
 def default_compute_slots() -> int:
     """As many requests computing at once as there are CPUs, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
