@@ -150,3 +150,18 @@ def png_with_size(path: Path, width: int, height: int) -> Path:
     data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
     path.write_bytes(bytes(data))
     return path
+
+
+def enrolled_gallery(root, sample_photos, people: int = 3, per_person: int = 2):
+    """ROOT/gallery with the first ``people`` sample people, ``per_person`` photos each, enrolled by a tiny
+    random checkpoint (ROOT/tiny.pt) through the query face finder. Returns (checkpoint, {name: photos})."""
+    from facesearch.embed import Embedder
+    from facesearch.gallery import Gallery
+    from facesearch.gallery.enroll import enroll
+
+    checkpoint = tiny_checkpoint(root / "tiny.pt")
+    chosen = sorted(p for p in sample_photos.iterdir() if p.is_dir())[:people]
+    photos = {p.name: sorted(p.glob("*.jpg")) for p in chosen}
+    with Gallery(root / "gallery") as g:
+        enroll(g, Embedder.for_queries(checkpoint, "cpu"), [(f, n) for n, fs in photos.items() for f in fs[:per_person]])
+    return checkpoint, photos

@@ -23,7 +23,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 sync_api = pytest.importorskip("playwright.sync_api")
 
-from builders import run_cli, tiny_checkpoint  # noqa: E402
+from builders import enrolled_gallery, run_cli  # noqa: E402
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
@@ -54,18 +54,13 @@ def server(sample_photos, tmp_path_factory):
     """uvicorn on a free loopback port over a gallery of 3 sample people (tiny random model)."""
     import uvicorn
 
-    from facesearch.embed import Embedder
     from facesearch.gallery import Gallery
-    from facesearch.gallery.enroll import enroll
     from facesearch.serve.app import create_app
     from facesearch.serve.service import Service
 
     root = tmp_path_factory.mktemp("pages")
-    checkpoint = tiny_checkpoint(root / "tiny.pt")
-    people = sorted(p for p in sample_photos.iterdir() if p.is_dir())[:3]
-    photos = {p.name: sorted(p.glob("*.jpg")) for p in people}
+    checkpoint, photos = enrolled_gallery(root, sample_photos)
     with Gallery(root / "gallery") as g:
-        enroll(g, Embedder.for_queries(checkpoint, "cpu"), [(f, n) for n, fs in photos.items() for f in fs[:2]])
         key = g.create_key("browser")
     unlabelled = root / "unlabelled"  # photos of three other people, for the clusters page
     unlabelled.mkdir()

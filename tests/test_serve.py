@@ -17,7 +17,7 @@ pytest.importorskip("httpx2")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from builders import png_with_size, run_cli, tiny_checkpoint  # noqa: E402
+from builders import enrolled_gallery, png_with_size, run_cli  # noqa: E402
 
 PEOPLE = 3
 
@@ -25,16 +25,11 @@ PEOPLE = 3
 @pytest.fixture(scope="module")
 def served(sample_photos, tmp_path_factory):
     """A gallery of 3 sample people x 2 photos (tiny random model), its keys, and spare photos."""
-    from facesearch.embed import Embedder
     from facesearch.gallery import Gallery
-    from facesearch.gallery.enroll import enroll
 
     root = tmp_path_factory.mktemp("serve")
-    checkpoint = tiny_checkpoint(root / "tiny.pt")
-    people = sorted(p for p in sample_photos.iterdir() if p.is_dir())[:PEOPLE]
-    photos = {p.name: sorted(p.glob("*.jpg")) for p in people}
+    checkpoint, photos = enrolled_gallery(root, sample_photos, PEOPLE)
     with Gallery(root / "gallery") as g:
-        enroll(g, Embedder.for_queries(checkpoint, "cpu"), [(f, n) for n, fs in photos.items() for f in fs[:2]])
         keys = {"full": g.create_key("app"), "read": g.create_key("viewer", read_only=True)}
     return root, checkpoint, photos, keys
 
