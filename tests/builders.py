@@ -88,15 +88,16 @@ def database_url(backend: str, tmp_path):
 
 
 def tiny_checkpoint(path, input_size: int = 32, fc_width: int = 64, seed: int = 0):
-    """A random-weight VGG16 checkpoint small enough to run in milliseconds (pre-ReLU fc7, so no
-    embedding is all zeros)."""
+    """A random-weight VGG16 checkpoint small enough to run in milliseconds and to store in a few MB (quarter-width
+    convs; pre-ReLU fc7, so no embedding is all zeros)."""
     import torch
 
     from facesearch.checkpoint import Preprocess, save_checkpoint
     from facesearch.models.vgg import VGG16, VGGConfig
 
     torch.manual_seed(seed)
-    model = VGG16(VGGConfig(num_classes=3, input_size=input_size, fc_width=fc_width, embedding="pre_relu"))
+    model = VGG16(VGGConfig(num_classes=3, input_size=input_size, fc_width=fc_width, conv_width=0.25,
+                            embedding="pre_relu"))
     return save_checkpoint(path, model, ["a", "b", "c"], Preprocess(input_size))
 
 

@@ -136,8 +136,10 @@ def test_who_answers_many_photos_in_one_run_as_each_alone_and_goes_on_past_a_bad
             continue
         alone = json.loads(run("who", r["photo"], "--device", "cpu", "--json", env=env).stdout)
         assert [f["identity"] for f in r["faces"]] == [f["identity"] for f in alone["faces"]]
+        # photos detected together are padded to one canvas, which moves MTCNN's boxes by a few pixels
+        # (facesearch.data.detect): the same people, similarities within rounding of those crops
         sims = [m["similarity"] for f in r["faces"] for m in f["matches"]]
-        assert sims == pytest.approx([m["similarity"] for f in alone["faces"] for m in f["matches"]], abs=1e-4)
+        assert sims == pytest.approx([m["similarity"] for f in alone["faces"] for m in f["matches"]], abs=1e-3)
     text = run("who", tmp_path / "missing.jpg", photos, "--device", "cpu", env=env, ok=False)
     assert text.exit_code == 2 and "missing.jpg: unreadable" in text.stdout
     assert "# threshold 0.500 (default)" in text.stdout and len(text.stdout.splitlines()) == 1 + 6
