@@ -166,3 +166,27 @@ def test_presets_are_constructors_and_from_dict_refuses_unknown_fields():
     assert VGGConfig.from_dict(old) == faces
     with pytest.raises(ValueError, match="does not know"):
         VGGConfig.from_dict({**faces.to_dict(), "attention": True})
+
+
+def test_fc_batch_norm_normalises_the_embedding_and_old_configs_load_without_it(tmp_path):
+    torch.manual_seed(0)
+    config = VGGConfig(num_classes=4, input_size=32, fc_width=16, conv_width=0.25, dropout=0.0, head="cosface",
+                       embedding="pre_relu", fc_batch_norm=True)
+    model = VGG16(config).train()
+    x = torch.randn(32, 3, 32, 32) * 3 + 1
+    with torch.no_grad():
+        fc7 = model._fc7(x)  # training mode: the batch's own statistics
+    torch.testing.assert_close(fc7.mean(0), torch.zeros(16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fc7.std(0, unbiased=False), torch.ones(16), atol=1e-3, rtol=0)
+    assert isinstance(model.fc6_bn, torch.nn.BatchNorm1d) and isinstance(model.fc7_bn, torch.nn.BatchNorm1d)
+    assert [m for _, m in model.fc_layers()][:2] == [model.fc6_bn, model.fc7_bn]  # explain reads the embedding
+    # the running statistics travel in the checkpoint: a reloaded model embeds the same in eval mode
+    model.eval()
+    path = save_checkpoint(tmp_path / "m.pt", model, ["a", "b", "c", "d"], Preprocess(32))
+    again = load_checkpoint(path, "cpu").model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again.forward_embedding(x), model.forward_embedding(x))
+    # a checkpoint written before the field existed is the classic head, without BatchNorm
+    old = {k: v for k, v in config.to_dict().items() if k != "fc_batch_norm"}
+    assert VGGConfig.from_dict(old).fc_batch_norm is False
+    assert isinstance(VGG16(VGGConfig.from_dict(old)).fc7_bn, torch.nn.Identity)

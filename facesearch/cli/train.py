@@ -28,6 +28,8 @@ ConvWidth = Annotated[Optional[float], typer.Option(help="Channel multiplier of 
 Head = Annotated[Optional[str], typer.Option(help='"softmax", "cosface" or "arcface" (margin heads, still N-way). (default: preset)')]
 Embedding = Annotated[Optional[str], typer.Option(help='fc7 read "pre_relu" or "post_relu". (default: preset)')]
 Dropout = Annotated[Optional[float], typer.Option(help="Dropout after fc6 and fc7. (default: preset)")]
+FcBatchNorm = Annotated[Optional[bool], typer.Option(
+    "--fc-batch-norm/--no-fc-batch-norm", help="BatchNorm on fc6 and on fc7's output (the embedding). (default: preset)")]
 Budget = Annotated[Optional[float], typer.Option(help="Seconds of training; the schedule ends then, last.pt saved.")]
 MaxSteps = Annotated[Optional[int], typer.Option(help="Stop after this many steps.")]
 Every = Annotated[float, typer.Option(help="Seconds between mid-epoch saves of last.pt.")]
@@ -108,7 +110,8 @@ def train_faces(
     out: Out = None, resume: Resume = None, epochs: Epochs = None, batch_size: BatchSize = None, lr: Lr = None,
     optimizer: Optim = "sgd", weight_decay: WeightDecay = None, warmup_epochs: Warmup = None,
     input_size: InputSize = None, fc_width: FcWidth = None, conv_width: ConvWidth = None, head: Head = None,
-    embedding: Embedding = None, dropout: Dropout = None, time_budget: Budget = None, max_steps: MaxSteps = None,
+    embedding: Embedding = None, dropout: Dropout = None, fc_batch_norm: FcBatchNorm = None,
+    time_budget: Budget = None, max_steps: MaxSteps = None,
     checkpoint_every: Every = 600.0, device: Device = "auto", compile: Compile = False, workers: Workers = 4,
     cache_dir: Cache = None, seed: Seed = 0, as_json: JsonFlag = False,
     init: Annotated[Optional[str], typer.Option(
@@ -129,7 +132,7 @@ def train_faces(
                          warmup_epochs=warmup_epochs, time_budget=time_budget, max_steps=max_steps,
                          checkpoint_every=checkpoint_every, device=device, compile=compile, workers=workers, seed=seed)
     model_options = dict(fc_width=fc_width, conv_width=conv_width, head=head, embedding=embedding, dropout=dropout,
-                         cosface_margin=cosface_margin, arcface_margin=arcface_margin)
+                         fc_batch_norm=fc_batch_norm, cosface_margin=cosface_margin, arcface_margin=arcface_margin)
     _run("faces", data_dir, out, resume, train_options, model_options, input_size, cache_dir, as_json, init, augment)
 
 

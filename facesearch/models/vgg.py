@@ -44,6 +44,9 @@ class VGGConfig:
     # "arcface" (normalised weights, s * cos(theta + m) for the true class).
     head: str = "softmax"
     dropout: float = 0.5  # after fc6 and fc7 (classic 0.5)
+    # BatchNorm on fc6 (before its ReLU) and on fc7's output, as the embedding heads of margin-loss face models
+    # have it (ArcFace's "BN-Dropout-FC-BN"); False: the classic VGG16 fully connected layers.
+    fc_batch_norm: bool = False
     cosface_scale: float = 30.0  # s of both margin heads (CosFace's value; ArcFace's paper used 64 on far more data)
     cosface_margin: float = 0.35  # m of CosFace (its paper's value)
     arcface_margin: float = 0.5  # m of ArcFace, an angle in radians (its paper's value)
@@ -164,6 +167,8 @@ class VGG16(nn.Module):
         width = config.fc_width
         self.fc6 = nn.Linear(config.conv_channels[-1] * side * side, width)
         self.fc7 = nn.Linear(width, width)
+        self.fc6_bn = nn.BatchNorm1d(width) if config.fc_batch_norm else nn.Identity()
+        self.fc7_bn = nn.BatchNorm1d(width) if config.fc_batch_norm else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
         # The training set's mean embedding, subtracted by forward_embedding. Set by the trainer with each best
         # checkpoint; zero in an untrained model. Without it, fc7 vectors share a large common component and
@@ -195,10 +200,10 @@ class VGG16(nn.Module):
         return self.features(x)
 
     def _fc7(self, x: torch.Tensor) -> torch.Tensor:
-        """fc7 before its ReLU, (n, fc_width)."""
+        """fc7 before its ReLU, (n, fc_width) (after its BatchNorm with ``fc_batch_norm``)."""
         x = torch.flatten(self.pool(self.forward_features(x)), 1)  # (n, channels * s * s)
-        x = self.dropout(F.relu(self.fc6(x)))
-        return self.fc7(x)
+        x = self.dropout(F.relu(self.fc6_bn(self.fc6(x))))
+        return self.fc7_bn(self.fc7(x))
 
     def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
         """fc7 as ``config.embedding`` says, minus the training set's mean embedding, (n, fc_width); not normalised."""
@@ -221,5 +226,9 @@ class VGG16(nn.Module):
         return list(zip(names, convs))
 
     def fc_layers(self) -> list[tuple[str, nn.Module]]:
-        """The fully connected layers in order: fc6, fc7 and the head (fc8: Linear or MarginHead)."""
+        """The fully connected layers in order, each as the module whose output is the layer's pre-activation
+        (what explain reads): fc6, fc7 (their BatchNorm with ``fc_batch_norm``) and the head (fc8: Linear or
+        MarginHead)."""
+        if self.config.fc_batch_norm:
+            return [("fc6", self.fc6_bn), ("fc7", self.fc7_bn), ("fc8", self.head)]
         return [("fc6", self.fc6), ("fc7", self.fc7), ("fc8", self.head)]
