@@ -182,6 +182,9 @@ class Trainer:
         self.net = net.to(device, memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.net, cfg)
         self.batches = Batches(data.train, cfg.batch_size, cfg.seed, ddp, device)
+        if model_config.fc_batch_norm and self.batches.local_batch < 2:
+            raise ValueError(f"a batch of {self.batches.local_batch} crop per process cannot train the fully connected "
+                             "layers' BatchNorm: give --batch-size of at least 2 per process")
         self.val_batches = Batches(data.val, cfg.batch_size, cfg.seed, ddp, device) if data.val else None
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         self.aug_generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + ddp.rank)

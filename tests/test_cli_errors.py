@@ -290,3 +290,13 @@ def test_training_options_that_are_not_numbers_are_refused(tmp_path):
     for option, value in (("--lr", "nan"), ("--dropout", "1.5"), ("--weight-decay", "-1")):
         result = run("train", data, "--out", tmp_path / "run", option, value, "--device", "cpu", "--epochs", "1")
         assert result.exit_code == 1 and value in result.stderr, result.output
+
+
+def test_a_one_crop_batch_with_fc_batch_norm_is_refused_before_training(tmp_path):
+    from builders import make_prepared_faces
+
+    data = make_prepared_faces(tmp_path / "data", n_ids=3, per_id=4, size=32)
+    result = run("train", data, "--out", tmp_path / "run", "--fc-batch-norm", "--batch-size", "1",
+                 "--conv-width", "0.25", "--fc-width", "16", "--device", "cpu", "--epochs", "1")
+    assert result.exit_code == 1 and "--batch-size of at least 2" in result.stderr, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run" / "last.pt").exists()
