@@ -426,8 +426,8 @@ def split(c: Clusters, group: int, eps: float | None = None) -> list[int]:
     labels = group_faces(c.vectors[members], tighter)
     ids: dict[int, int] = {}
     for i, label in zip(members, labels.tolist()):
-        if label == UNCLUSTERED:
-            c.rows[i].group = UNCLUSTERED
+        if label == UNCLUSTERED:  # fits none of the tighter parts: the algorithm's to place again on later runs
+            c.rows[i].group, c.rows[i].pinned = UNCLUSTERED, ""
             continue
         if label not in ids:
             ids[label] = group if label == 0 else c.next_group

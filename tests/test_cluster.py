@@ -71,6 +71,26 @@ def test_regrouping_keeps_ids_names_and_a_persons_edits(tmp_path):
     assert len(new_person) == 1 and new_person.isdisjoint(group_of.values())  # a new group, a new id
 
 
+def test_split_pins_its_parts_and_frees_the_faces_that_fit_none(tmp_path):
+    from facesearch.cluster import UNCLUSTERED, merge, regroup, split
+
+    x, truth = people_vectors(np.random.default_rng(2))
+    c = _clusters(tmp_path, x)
+    regroup(c)
+    first, second = (c.rows[int(np.flatnonzero(truth == p)[0])].group for p in (0, 1))
+    merge(c, first, [second])  # a person's edit: every face of both now pinned "in" the first group
+    assert all(c.rows[i].pinned == "in" for i in np.flatnonzero(np.isin(truth, (0, 1))))
+    stray = int(np.flatnonzero(truth == -1)[0])  # a stranger pulled in by hand, far from both people
+    c.rows[stray].group, c.rows[stray].pinned = first, "in"
+    parts = split(c, first, eps=0.3)
+    assert len(parts) == 2 and first in parts
+    assert {c.rows[i].group for i in np.flatnonzero(np.isin(truth, (0, 1)))} == set(parts)
+    assert c.rows[stray].group == UNCLUSTERED and c.rows[stray].pinned == ""  # not held at "no group" by a pin
+    regroup(c)
+    assert c.rows[stray].group == UNCLUSTERED  # a one-off face: the algorithm leaves it out again, by itself
+    assert {c.rows[i].group for i in np.flatnonzero(truth == 0)} != {c.rows[i].group for i in np.flatnonzero(truth == 1)}
+
+
 @pytest.fixture(scope="module")
 def photos(sample_photos, tmp_path_factory):
     """Two people (two photos each) and a group photo of the two."""
