@@ -229,6 +229,5 @@ class VGG16(nn.Module):
         """The fully connected layers in order, each as the module whose output is the layer's pre-activation
         (what explain reads): fc6, fc7 (their BatchNorm with ``fc_batch_norm``) and the head (fc8: Linear or
         MarginHead)."""
-        if self.config.fc_batch_norm:
-            return [("fc6", self.fc6_bn), ("fc7", self.fc7_bn), ("fc8", self.head)]
-        return [("fc6", self.fc6), ("fc7", self.fc7), ("fc8", self.head)]
+        bn = self.config.fc_batch_norm
+        return [("fc6", self.fc6_bn if bn else self.fc6), ("fc7", self.fc7_bn if bn else self.fc7), ("fc8", self.head)]
