@@ -106,9 +106,9 @@ class Synthetic:
             rng = np.random.default_rng((self.seed, 2, start))
             yield ids, self._faces(ids // self.faces_per_identity, rng, basis)
 
-    def queries(self, nq: int) -> np.ndarray:
-        """New faces of enrolled identities."""
-        rng = np.random.default_rng((self.seed, 3))
+    def queries(self, nq: int, stream: int = 3) -> np.ndarray:
+        """New faces of enrolled identities (another ``stream``: other faces, e.g. to warm a cache)."""
+        rng = np.random.default_rng((self.seed, stream))
         identities = rng.integers(0, max(self.n // self.faces_per_identity, 1), nq)
         return self._faces(identities, rng, self._basis())
 

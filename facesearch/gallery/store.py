@@ -363,8 +363,10 @@ class Gallery:
             embeddings when the index approximates them).
         """
         xq = np.atleast_2d(np.asarray(xq, dtype=np.float32))
-        if self.index_settings.store == "pgvector":
-            return self._search_sql(xq, k)
+        with self._read() as s:
+            state = self._state(s)
+            if IndexSettings.from_dict(state.index_settings).store == "pgvector":
+                return self._search_sql(s, state, xq, k)
         index = self._index.current()
         if index is None or len(index.ids) == 0:
             return [[] for _ in xq]
@@ -375,18 +377,16 @@ class Gallery:
             rows = hits.hit_rows(s, np.unique(I[I >= 0]), with_embeddings=not index.exact)
         return [hits.ranked_hits(self.folder, q, sims, ids, rows, index.exact) for q, sims, ids in zip(xq, S, I)]
 
-    def _search_sql(self, xq: np.ndarray, k: int) -> list[list[FaceHit]]:
-        """The pgvector store's search: the HNSW index in SQL, then exact re-scoring from ``faces``."""
-        with self._read() as s:
-            state = self._state(s)
-            settings = IndexSettings.from_dict(state.index_settings)
-            if state.embedding_dim is None:
-                return [[] for _ in xq]
-            if xq.shape[1] != state.embedding_dim:
-                raise GalleryError(f"query embeddings have {xq.shape[1]} dimensions, the gallery {state.embedding_dim}")
-            S, I = vectors.search(s.connection(), xq, k, state.embedding_dim, settings.pg_ef_search)
-            rows = hits.hit_rows(s, np.unique(I[I >= 0]), with_embeddings=True)
-        return [hits.ranked_hits(self.folder, q, sims, ids, rows, exact=False) for q, sims, ids in zip(xq, S, I)]
+    def _search_sql(self, s: Session, state: GalleryState, xq: np.ndarray, k: int) -> list[list[FaceHit]]:
+        """The pgvector store's search, in the caller's read transaction: the HNSW index in SQL, each query's
+        top-k fetched with its rows in one statement, then re-scored exactly from the float32 embeddings."""
+        if state.embedding_dim is None:
+            return [[] for _ in xq]
+        if xq.shape[1] != state.embedding_dim:
+            raise GalleryError(f"query embeddings have {xq.shape[1]} dimensions, the gallery {state.embedding_dim}")
+        ef_search = IndexSettings.from_dict(state.index_settings).pg_ef_search
+        found = vectors.search(s.connection(), xq, k, state.embedding_dim, ef_search)
+        return [hits.ranked_hits(self.folder, q, sims, ids, rows, exact=False) for q, (sims, ids, rows) in zip(xq, found)]
 
     # -- maintenance --------------------------------------------------------------------------------
 

@@ -18,8 +18,9 @@ from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import Connection
 
-from facesearch.gallery import db, sync
-from facesearch.gallery.models import Face, FaceVector
+from facesearch.gallery import db, hits, sync
+from facesearch.gallery.hits import HitRow
+from facesearch.gallery.models import Face, FaceVector, Identity
 from facesearch.gallery.records import GalleryError
 
 EXTENSION = "vector"
@@ -137,18 +138,24 @@ def _truncate(conn) -> None:
     conn.execute(sa.text(f"TRUNCATE {_TABLE.name}"))
 
 
-def search(conn, xq: np.ndarray, k: int, dim: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest faces of each query by the HNSW index: (similarities, face ids), -1 padded."""
+def search(conn, xq: np.ndarray, k: int, dim: int,
+           ef_search: int) -> list[tuple[np.ndarray, np.ndarray, dict[int, HitRow]]]:
+    """The ``k`` nearest faces of each query by the HNSW index, with their rows (embeddings included, for exact
+    re-scoring): one statement a query, the index's top-k joined to faces and identities. Per query: the
+    index's (halfvec) similarities and the face ids, nearest first, and the rows by face id."""
     conn.execute(sa.select(sa.func.set_config("hnsw.ef_search", str(int(ef_search)), True)))  # this transaction
-    S = np.full((len(xq), k), -np.inf, dtype=np.float32)
-    I = np.full((len(xq), k), -1, dtype=np.int64)
     indexed = _indexed(dim)
-    for row, q in enumerate(np.asarray(xq, dtype=np.float32)):
+    out = []
+    for q in np.asarray(xq, dtype=np.float32):
         distance = indexed.cosine_distance(q)
-        found = conn.execute(sa.select(_TABLE.c.face_id, distance).order_by(distance).limit(k)).all()
-        for j, (face_id, d) in enumerate(found):
-            S[row, j], I[row, j] = 1.0 - d, face_id
-    return S, I
+        top = sa.select(_TABLE.c.face_id, distance.label("distance")).order_by(distance).limit(k).subquery()
+        query = (sa.select(top.c.distance, *hits.hit_columns(with_embeddings=True)).select_from(top)
+                 .join(Face, Face.id == top.c.face_id).join(Identity, Identity.id == Face.identity_id)
+                 .order_by(top.c.distance))
+        rows = conn.execute(query).all()
+        out.append((np.array([1.0 - row[0] for row in rows], dtype=np.float32),
+                    np.array([row[1] for row in rows], dtype=np.int64), {row[1]: HitRow(*row[2:]) for row in rows}))
+    return out
 
 
 def describe(conn, dim: int | None) -> dict:
