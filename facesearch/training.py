@@ -38,7 +38,7 @@ from facesearch.data.augment import AugmentConfig, augment, normalize
 from facesearch.data.batches import Batches
 from facesearch.data.datasets import Dataset, class_names, default_input_size, load_dataset
 from facesearch.distributed import Distributed, setup_distributed
-from facesearch.models.vgg import VGG16, VGGConfig
+from facesearch.models.vgg import MARGIN_HEADS, VGG16, MarginHead, VGGConfig
 from facesearch.visualize.curves import write_curves
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4  # on conv/linear weights only, not on biases and BatchNorm
     warmup_epochs: float = 2.0  # linear warm-up, then cosine to zero
+    # A margin head's margin grows linearly from 0 to its full value over these first epochs (0: the full margin
+    # from the first step). ArcFace's margin on a head that cannot yet tell anyone apart can collapse a run.
+    margin_warmup_epochs: float = 0.0
     label_smoothing: float = 0.0  # keep 0 for faces: smoothing hurts penultimate-layer embeddings
     eval_flip: bool = False  # validation averages the logits of the image and its mirror image
     seed: int = 0
@@ -119,7 +122,7 @@ class TrainConfig:
             raise ValueError(f"--epochs {self.epochs} and --batch-size {self.batch_size} must be at least 1")
         if not (math.isfinite(self.lr) and self.lr > 0):  # also refuses nan
             raise ValueError(f"--lr {self.lr}: a learning rate is a positive number")
-        for name in ("weight_decay", "warmup_epochs", "label_smoothing"):
+        for name in ("weight_decay", "warmup_epochs", "margin_warmup_epochs", "label_smoothing"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} {value}: must be a number of at least 0")
@@ -185,6 +188,9 @@ class Trainer:
         if model_config.fc_batch_norm and self.batches.local_batch < 2:
             raise ValueError(f"a batch of {self.batches.local_batch} crop per process cannot train the fully connected "
                              "layers' BatchNorm: give --batch-size of at least 2 per process")
+        if cfg.margin_warmup_epochs and model_config.head not in MARGIN_HEADS:
+            raise ValueError(f"--margin-warmup-epochs {cfg.margin_warmup_epochs}: the {model_config.head} head has no "
+                             "margin to warm up (use --head cosface or arcface)")
         self.val_batches = Batches(data.val, cfg.batch_size, cfg.seed, ddp, device) if data.val else None
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         self.aug_generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + ddp.rank)
@@ -242,6 +248,7 @@ class Trainer:
     def train_step(self, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor) -> None:
         """One optimisation step on a uint8 batch (b, S, S, 3); adds loss sum, correct and count to ``sums``."""
         self._set_lr()
+        self._set_margin()
         x = normalize(augment(x, self.aug, self.aug_generator), self.data.mean, self.data.std)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
@@ -266,6 +273,15 @@ class Trainer:
         self.lr = self.cfg.lr * lr_factor(progress, warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
+
+    def _set_margin(self) -> None:
+        """The margin head's margin for this step: ramped over ``margin_warmup_epochs``, then the model's own."""
+        head, arch = self.net.head, self.net.config
+        if not isinstance(head, MarginHead):
+            return
+        full = arch.cosface_margin if arch.head == "cosface" else arch.arcface_margin
+        ramp = self.cfg.margin_warmup_epochs * self.batches.steps_per_epoch
+        head.margin = full * min(1.0, self.step / ramp) if ramp > 0 else full
 
     def _check_stop(self) -> bool:
         """Stop at the step limit or the time budget; save last.pt on the time interval."""

@@ -252,3 +252,28 @@ def test_cli_augment_presets_are_named_and_recorded(faces, tmp_path):
             "--batch-size", "4", "--fc-width", "8", "--epochs", "1"]
     assert CliRunner().invoke(app, args).exit_code == 0
     assert tuple(read_checkpoint(tmp_path / "s" / "last.pt")["augment"]["scale"]) == AugmentConfig.faces_strong().scale
+
+
+def test_margin_warmup_grows_the_arcface_margin_from_zero_then_keeps_it(faces, tmp_path, monkeypatch):
+    """ArcFace's margin on a head that cannot tell anyone apart yet can collapse a run (every cosine obtuse,
+    where the angular penalty is small); --margin-warmup-epochs ramps it in from 0."""
+    from facesearch.models.vgg import MarginHead
+
+    seen, forward = [], MarginHead.forward
+
+    def recording(self, x, labels=None):
+        if labels is not None:
+            seen.append(self.margin)
+        return forward(self, x, labels)
+
+    monkeypatch.setattr(MarginHead, "forward", recording)
+    cfg = TrainConfig(epochs=4, batch_size=12, lr=0.02, warmup_epochs=0, margin_warmup_epochs=2, log_every=1)
+    arch = model_config("faces", faces, **{**TINY_MODEL, "head": "arcface", "embedding": "pre_relu"})
+    train("faces", faces, tmp_path / "run", cfg, arch, AugmentConfig.none())
+    assert seen == pytest.approx([0.0, 0.25, 0.5, 0.5])  # one step an epoch: step / 2 epochs of the full 0.5
+
+
+def test_margin_warmup_without_a_margin_head_is_refused(faces, tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=12, margin_warmup_epochs=2)
+    with pytest.raises(ValueError, match="no margin to warm up"):
+        train("faces", faces, tmp_path / "run", cfg, model_config("faces", faces, **TINY_MODEL), AugmentConfig.none())

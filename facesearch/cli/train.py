@@ -123,14 +123,18 @@ def train_faces(
     cosface_margin: Annotated[Optional[float], typer.Option(help="CosFace margin m (with --head cosface).")] = None,
     arcface_margin: Annotated[Optional[float], typer.Option(
         help="ArcFace angular margin m in radians (with --head arcface).")] = None,
+    margin_warmup_epochs: Annotated[Optional[float], typer.Option(
+        help="Grow the margin head's margin linearly from 0 over these first epochs (default 0: full from the "
+             "start).")] = None,
 ) -> None:
     """Train the VGG16 identity classifier on face crops (no label smoothing: it hurts the embedding).
 
     With few people or no GPU, fine-tune the shipped base model: `facesearch train DATA --out RUN --init base`.
     """
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                         warmup_epochs=warmup_epochs, time_budget=time_budget, max_steps=max_steps,
-                         checkpoint_every=checkpoint_every, device=device, compile=compile, workers=workers, seed=seed)
+                         warmup_epochs=warmup_epochs, margin_warmup_epochs=margin_warmup_epochs,
+                         time_budget=time_budget, max_steps=max_steps, checkpoint_every=checkpoint_every,
+                         device=device, compile=compile, workers=workers, seed=seed)
     model_options = dict(fc_width=fc_width, conv_width=conv_width, head=head, embedding=embedding, dropout=dropout,
                          fc_batch_norm=fc_batch_norm, cosface_margin=cosface_margin, arcface_margin=arcface_margin)
     _run("faces", data_dir, out, resume, train_options, model_options, input_size, cache_dir, as_json, init, augment)
