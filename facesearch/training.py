@@ -38,7 +38,7 @@ from facesearch.data.augment import AugmentConfig, augment, normalize
 from facesearch.data.batches import Batches
 from facesearch.data.datasets import Dataset, class_names, default_input_size, load_dataset
 from facesearch.distributed import Distributed, setup_distributed
-from facesearch.models.vgg import MARGIN_HEADS, VGG16, MarginHead, VGGConfig
+from facesearch.models.vgg import VGG16, VGGConfig
 from facesearch.visualize.curves import write_curves
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class Trainer:
         if model_config.fc_batch_norm and self.batches.local_batch < 2:
             raise ValueError(f"a batch of {self.batches.local_batch} crop per process cannot train the fully connected "
                              "layers' BatchNorm: give --batch-size of at least 2 per process")
-        if cfg.margin_warmup_epochs and model_config.head not in MARGIN_HEADS:
+        if cfg.margin_warmup_epochs and model_config.margin is None:
             raise ValueError(f"--margin-warmup-epochs {cfg.margin_warmup_epochs}: the {model_config.head} head has no "
                              "margin to warm up (use --head cosface or arcface)")
         self.val_batches = Batches(data.val, cfg.batch_size, cfg.seed, ddp, device) if data.val else None
@@ -276,12 +276,11 @@ class Trainer:
 
     def _set_margin(self) -> None:
         """The margin head's margin for this step: ramped over ``margin_warmup_epochs``, then the model's own."""
-        head, arch = self.net.head, self.net.config
-        if not isinstance(head, MarginHead):
+        full = self.net.config.margin
+        if full is None:
             return
-        full = arch.cosface_margin if arch.head == "cosface" else arch.arcface_margin
         ramp = self.cfg.margin_warmup_epochs * self.batches.steps_per_epoch
-        head.margin = full * min(1.0, self.step / ramp) if ramp > 0 else full
+        self.net.head.margin = full * min(1.0, self.step / ramp) if ramp > 0 else full
 
     def _check_stop(self) -> bool:
         """Stop at the step limit or the time budget; save last.pt on the time interval."""

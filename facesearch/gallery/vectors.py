@@ -19,7 +19,6 @@ from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import Connection
 
 from facesearch.gallery import db, hits, sync
-from facesearch.gallery.hits import HitRow
 from facesearch.gallery.models import Face, FaceVector, Identity
 from facesearch.gallery.records import GalleryError
 
@@ -139,7 +138,7 @@ def _truncate(conn) -> None:
 
 
 def search(conn, xq: np.ndarray, k: int, dim: int,
-           ef_search: int) -> list[tuple[np.ndarray, np.ndarray, dict[int, HitRow]]]:
+           ef_search: int) -> list[tuple[np.ndarray, np.ndarray, dict[int, hits.HitRow]]]:
     """The ``k`` nearest faces of each query by the HNSW index, with their rows (embeddings included, for exact
     re-scoring): one statement a query, the index's top-k joined to faces and identities. Per query: the
     index's (halfvec) similarities and the face ids, nearest first, and the rows by face id."""
@@ -154,7 +153,7 @@ def search(conn, xq: np.ndarray, k: int, dim: int,
                  .order_by(top.c.distance))
         rows = conn.execute(query).all()
         out.append((np.array([1.0 - row[0] for row in rows], dtype=np.float32),
-                    np.array([row[1] for row in rows], dtype=np.int64), {row[1]: HitRow(*row[2:]) for row in rows}))
+                    np.array([row[1] for row in rows], dtype=np.int64), {row[1]: hits.HitRow(*row[2:]) for row in rows}))
     return out
 
 

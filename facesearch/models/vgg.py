@@ -71,6 +71,13 @@ class VGGConfig:
             raise ValueError(f"conv_width must be in (0, 4] and leave every conv a channel, not {self.conv_width}")
 
     @property
+    def margin(self) -> float | None:
+        """The margin head's training margin (CosFace's or ArcFace's), None for softmax."""
+        if self.head not in MARGIN_HEADS:
+            return None
+        return self.cosface_margin if self.head == "cosface" else self.arcface_margin
+
+    @property
     def conv_channels(self) -> list[int]:
         """Output channels of the 13 convs, in order (VGG16's configuration "D" times ``conv_width``)."""
         from torchvision.models.vgg import cfgs
@@ -175,8 +182,7 @@ class VGG16(nn.Module):
         # every cosine similarity crowds near 1 (0.99+ in short runs), which blurs ranks and thresholds.
         self.register_buffer("embedding_mean", torch.zeros(width))
         if config.head in MARGIN_HEADS:
-            margin = config.cosface_margin if config.head == "cosface" else config.arcface_margin
-            self.head = MarginHead(width, config.num_classes, config.head, config.cosface_scale, margin)
+            self.head = MarginHead(width, config.num_classes, config.head, config.cosface_scale, config.margin)
         else:
             self.head = nn.Linear(width, config.num_classes)
         self._init_weights()
