@@ -335,3 +335,26 @@ def test_pgvector_galleries_on_two_machines_see_each_commit_at_once(open_gallery
         assert there.check().ok and here.stats()["vector_rows"] == 3
     finally:
         there.close()
+
+
+def test_search_breadth_of_the_store_in_use_is_set_by_rebuild(open_gallery, backend, url, tmp_path, monkeypatch):
+    """`gallery rebuild --ef-search N` sets the breadth of the store the vectors are in: FAISS's HNSW, or
+    pgvector's, which takes it without rewriting a vector row or rebuilding its index."""
+    import json
+
+    from builders import NO_ENV, run_cli
+    from facesearch.gallery import Gallery
+
+    g = open_gallery()
+    x = unit(np.random.default_rng(12), 6)
+    g.add_faces(new_faces([f"p{i}" for i in range(6)], x), FP)
+    g.close()
+    pg = backend == "pgvector"
+    if pg:  # nothing may be rebuilt: a refill here fails the test
+        monkeypatch.setattr(Gallery, "_refill_vectors", lambda self: pytest.fail("rebuilt the pgvector index"))
+    where = ["-g", str(tmp_path / "g"), *(["--db", url] if url else [])]
+    out = run_cli("gallery", "rebuild", "--ef-search", "40", *where, env=NO_ENV).output
+    assert ("nothing rebuilt" in out) == pg
+    settings = json.loads(run_cli("gallery", "stats", *where, "--json", env=NO_ENV).output)["index_settings"]
+    assert (settings["pg_ef_search"], settings["hnsw_ef_search"]) == ((40, 768) if pg else (200, 40))
+    assert [h[0].identity for h in open_gallery().search(x, k=1)] == [f"p{i}" for i in range(6)]

@@ -325,19 +325,27 @@ def gallery_rebuild(
     index: Annotated[Optional[str], typer.Option("--index", help='Index kind: "flat" (exact), "hnsw" or "ivf".')] = None,
     pca: Annotated[Optional[int], typer.Option("--pca", help="Reduce embeddings to this many dimensions (0: no PCA).")] = None,
     ivf_codec: Annotated[Optional[str], typer.Option(help='IVF codes: "flat", "sq8" or "pq".')] = None,
-    ef_search: Annotated[Optional[int], typer.Option(help="HNSW search breadth (recall vs speed).")] = None,
-    nprobe: Annotated[Optional[int], typer.Option(help="IVF lists visited per query (recall vs speed).")] = None,
+    ef_search: Annotated[Optional[int], typer.Option(
+        help="HNSW search breadth (recall vs speed) of the store in use; a pgvector gallery takes it at once, "
+             "without rebuilding its index.", min=1)] = None,
+    nprobe: Annotated[Optional[int], typer.Option(help="IVF lists visited per query (recall vs speed).", min=1)] = None,
 ) -> None:
     """Rebuild the index from the database (optionally with new index settings); delete orphan crops."""
     from dataclasses import replace
 
-    changes = {k: v for k, v in dict(kind=index, ivf_codec=ivf_codec, hnsw_ef_search=ef_search, ivf_nprobe=nprobe).items()
-               if v is not None}
-    if pca is not None:
-        changes["pca_dim"] = pca or None
     with _open(gallery, db) as g:
-        result = g.rebuild(replace(g.index_settings, **changes) if changes else None)
-    typer.echo(f"index rebuilt: {result['layout']}, {result['faces']} faces")
+        current = g.index_settings  # a pgvector gallery keeps the FAISS settings for a move back to the file
+        ef_field = "pg_ef_search" if current.store == "pgvector" else "hnsw_ef_search"
+        changes = {k: v for k, v in {"kind": index, "ivf_codec": ivf_codec, ef_field: ef_search,
+                                     "ivf_nprobe": nprobe}.items() if v is not None}
+        if pca is not None:
+            changes["pca_dim"] = pca or None
+        result = g.rebuild(replace(current, **changes) if changes else None)
+    if result["rebuilt"]:
+        typer.echo(f"index rebuilt: {result['layout']}, {result['faces']} faces")
+    else:
+        typer.echo(f"{result['layout']}: ef_search {ef_search} from the next search on, {result['faces']} faces, "
+                   "nothing rebuilt")
 
 
 @gallery_app.command("store")

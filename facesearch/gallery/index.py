@@ -98,6 +98,10 @@ class IndexSettings:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in (d or {}).items() if k in known})
 
+    def pg_index(self) -> tuple[int, int]:
+        """What the pgvector HNSW index is built from (``pg_ef_search`` is read at each search)."""
+        return self.pg_hnsw_m, self.pg_ef_construction
+
     def needs_training(self) -> bool:
         return self.kind == "ivf" or self.pca_dim is not None
 

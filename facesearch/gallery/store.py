@@ -425,19 +425,25 @@ class Gallery:
 
     def rebuild(self, settings: IndexSettings | None = None) -> dict[str, Any]:
         """Rebuild the index from SQL (optionally with new settings) and delete orphan crop files. With the
-        pgvector store: every vector row written again from ``faces`` and the HNSW index built anew."""
-        if settings is not None and settings.store != self.index_settings.store:
+        pgvector store: every vector row written again from ``faces`` and the HNSW index built anew, unless
+        the new settings change only how it is searched (``pg_ef_search``): those are stored, nothing is rebuilt.
+        """
+        current = self.index_settings
+        if settings is not None and settings.store != current.store:
             raise GalleryError(f"moving the vectors to the {settings.store} store is `facesearch gallery store "
                                f"{settings.store}`, not a rebuild")
         if settings is not None:
             with self._mutation() as s:
                 self._state(s).index_settings = settings.to_dict()
                 self._bump(s)
-        if self.index_settings.store == "pgvector":
+        if current.store == "pgvector" and settings is not None and settings.pg_index() == current.pg_index():
+            result = {"layout": "pgvector hnsw", "faces": self.stats()["faces"], "rebuilt": False}
+        elif current.store == "pgvector":
             result = self._refill_vectors()
         else:
             index = self._index.sync(rebuild=True)
-            result = {"layout": index.layout if index else None, "faces": len(index.ids) if index else 0}
+            result = {"layout": index.layout if index else None, "faces": len(index.ids) if index else 0,
+                      "rebuilt": True}
         with self._read() as s:
             crops = s.scalars(sa.select(Face.crop_path).where(Face.crop_path.is_not(None))).all()
         for path in orphan_crops(self.folder, {self._inside(c) for c in crops}):
@@ -450,7 +456,7 @@ class Gallery:
             state = self._state(s)
             n = self._load_vectors(s.connection(), state, IndexSettings.from_dict(state.index_settings))
             self._bump(s)
-        return {"layout": "pgvector hnsw", "faces": n}
+        return {"layout": "pgvector hnsw", "faces": n, "rebuilt": True}
 
     @staticmethod
     def _load_vectors(conn, state: GalleryState, settings: IndexSettings) -> int:
