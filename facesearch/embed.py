@@ -115,8 +115,13 @@ class Embedder:
             e = self.model.forward_embedding(x).float()  # (n or 2n, d)
         if self.flip:
             e = e[: len(crops)] + e[len(crops) :]
-        e = torch.nn.functional.normalize(e, dim=1)
-        return e.cpu().numpy().astype(np.float32, copy=False)
+        e = torch.nn.functional.normalize(e, dim=1).cpu().numpy().astype(np.float32, copy=False)
+        if not np.isfinite(e).all():  # damaged weights: such vectors would match nothing and poison a gallery
+            from facesearch.checkpoint import CheckpointError
+
+            raise CheckpointError(f"{self.loaded.path or 'the model'}: gives embeddings that are not finite numbers "
+                                  "(NaN or inf): its weights are damaged")
+        return e
 
     def embed_photo(self, photo, select: str = "all") -> list[tuple[object, np.ndarray]]:
         """Faces of one photo (path or PIL image) with their embeddings, as ``(Face, (d,) array)`` pairs.

@@ -497,3 +497,27 @@ def test_cli_calibrate_stores_the_threshold_in_the_gallery(tiny_checkpoint, tmp_
     assert r.exit_code != 0 and "not both" in r.output
     r = CliRunner().invoke(app, [*args, "--balanced"])
     assert r.exit_code == 1 and "needs at least 10 of each" in r.output  # 4 + 3 photos: too few to balance
+
+
+def test_cli_calibrate_refuses_a_gallery_with_nobody_enrolled_and_stores_nothing(tiny_checkpoint, tmp_path):
+    from typer.testing import CliRunner
+
+    from facesearch.cli import app
+    from facesearch.gallery import Gallery
+
+    people = sorted(p.name for p in SAMPLE.iterdir())[:3]
+    for p in people:
+        (tmp_path / "cal" / p).mkdir(parents=True)
+        src = sorted((SAMPLE / p).glob("*.jpg"))[0]
+        (tmp_path / "cal" / p / src.name).write_bytes(src.read_bytes())
+    with Gallery(tmp_path / "g"):  # a gallery, empty
+        pass
+    r = CliRunner().invoke(app, ["calibrate", str(tmp_path / "cal"), "--gallery", str(tmp_path / "g"), "--checkpoint",
+                                 str(tiny_checkpoint), "--device", "cpu", "--fpir", "0.5"])
+    assert r.exit_code == 1 and "nobody is enrolled" in r.output
+    with Gallery(tmp_path / "g", create=False) as gallery:
+        assert gallery.threshold()[1] is None  # still the default, uncalibrated
+    (tmp_path / "plain").mkdir()
+    r = CliRunner().invoke(app, ["calibrate", str(tmp_path / "cal"), "--gallery", str(tmp_path / "plain"),
+                                 "--checkpoint", str(tiny_checkpoint), "--device", "cpu"])
+    assert r.exit_code != 0 and "not a gallery" in r.output and not (tmp_path / "plain" / "gallery.db").exists()

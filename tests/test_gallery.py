@@ -358,3 +358,52 @@ def test_search_breadth_of_the_store_in_use_is_set_by_rebuild(open_gallery, back
     settings = json.loads(run_cli("gallery", "stats", *where, "--json", env=NO_ENV).output)["index_settings"]
     assert (settings["pg_ef_search"], settings["hnsw_ef_search"]) == ((40, 768) if pg else (200, 40))
     assert [h[0].identity for h in open_gallery().search(x, k=1)] == [f"p{i}" for i in range(6)]
+
+
+def test_a_folder_without_its_database_is_not_taken_for_a_new_gallery(faiss_only, backend, open_gallery, tmp_path):
+    """Read commands on a plain folder say it is no gallery and write nothing there; a gallery whose database
+    is gone or empty while its index and crops remain is refused, so nothing overwrites what a backup restores."""
+    if backend != "sqlite":
+        pytest.skip("the SQLite file of the gallery folder")
+    from builders import NO_ENV, run_cli
+    from facesearch.gallery import Gallery, GalleryError
+
+    (tmp_path / "plain").mkdir()
+    for args in (["gallery", "stats"], ["identities", "list"], ["gallery", "rebuild"]):
+        r = run_cli(*args, "-g", str(tmp_path / "plain"), ok=False, env=NO_ENV)
+        assert r.exit_code != 0 and "not a gallery" in r.output, args
+    assert list((tmp_path / "plain").iterdir()) == []
+    g = open_gallery()
+    g.add_faces(new_faces(["ann", "bob"], unit(np.random.default_rng(13), 2), crops=True), FP)
+    assert g.search(unit(np.random.default_rng(13), 2), k=1)  # the index file is written
+    g.close()
+    db_file = tmp_path / "g" / "gallery.db"
+    index_bytes = (tmp_path / "g" / "index.faiss").read_bytes()
+    for damage in ("empty", "missing"):
+        db_file.write_bytes(b"") if damage == "empty" else db_file.unlink()
+        with pytest.raises(GalleryError, match=f"database is {damage}.*index.faiss and crops"):
+            Gallery(tmp_path / "g")
+        r = run_cli("enroll", "-g", str(tmp_path / "g"), str(tmp_path / "none.jpg"), "--name", "x", ok=False, env=NO_ENV)
+        assert r.exit_code != 0 and f"database is {damage}" in r.output
+    assert (tmp_path / "g" / "index.faiss").read_bytes() == index_bytes
+
+
+def test_non_finite_embeddings_are_refused_before_anything_is_stored(open_gallery, tmp_path):
+    import torch
+
+    from builders import tiny_checkpoint
+    from facesearch.checkpoint import CheckpointError, load_checkpoint
+    from facesearch.embed import Embedder
+    from facesearch.gallery import GalleryError
+
+    g = open_gallery()
+    x = unit(np.random.default_rng(14), 2)
+    x[1, 3] = np.nan
+    with pytest.raises(GalleryError, match="not finite"):
+        g.add_faces(new_faces(["ann", "bob"], x), FP)
+    assert g.stats()["faces"] == 0
+    loaded = load_checkpoint(tiny_checkpoint(tmp_path / "nan.pt"), device="cpu")
+    with torch.no_grad():
+        next(loaded.model.parameters()).fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="not finite"):
+        Embedder(loaded, device="cpu").embed_crops([Image.new("RGB", (32, 32), (120, 90, 60))])

@@ -14,10 +14,11 @@ from facesearch.cli._app import DEFAULT_GALLERY, Checkpoint, DbUrl, Device, Gall
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def _open(gallery: Path, db: str | None, writes: bool):
+def _open(gallery: Path, db: str | None, writes: bool, starts: bool = False):
+    """The gallery; one that ``starts`` it may be an empty folder (a server set up before anyone is enrolled)."""
     from facesearch.gallery import Gallery
 
-    return Gallery(gallery, db, create=False, read_only=False if writes else None)
+    return Gallery(gallery, db, create=starts and gallery.is_dir(), read_only=False if writes else None)
 
 
 @app.command()
@@ -77,7 +78,7 @@ def keys_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create an API key; it is printed once (only its SHA-256 digest is stored)."""
-    with _open(gallery, db, writes=True) as g:
+    with _open(gallery, db, writes=True, starts=True) as g:
         key = g.create_key(name, read_only=read_only)
     if as_json:
         typer.echo(json.dumps({"name": name, "read_only": read_only, "key": key}))

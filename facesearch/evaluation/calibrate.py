@@ -162,6 +162,9 @@ def calibrate_gallery(
         photos = {key: identity for identity, keys in list_photos(data_dir).items() for key in keys}
         fresh = [k for k in photos if not _already_enrolled(gallery, Path(data_dir) / k)]
         enrolled = {info.name for info in gallery.identities()}
+        if not enrolled:  # every probe's best score would be -inf: no threshold means anything
+            raise ValueError(f"{gallery_dir}: nobody is enrolled in this gallery; enroll people before calibrating "
+                             "their unknown-threshold")
         n_strangers = sum(photos[k] not in enrolled for k in fresh)
         require_strangers(n_strangers, target_fpir, len(fresh) - n_strangers)  # before the slow part
         embedded = embed_photos(make_embedder(loaded, device), fresh, data_dir, crop_size=loaded.preprocess.input_size,

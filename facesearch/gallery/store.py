@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from facesearch.gallery import db, faces as face_rows, hits, identities, keys, vectors
-from facesearch.gallery.check import inside, orphan_crops
+from facesearch.gallery.check import CROPS_DIR, inside, orphan_crops
 from facesearch.gallery.freshness import INDEX_NAME, IndexKeeper
 from facesearch.gallery.index import IndexFileError, IndexSettings, read_header
 from facesearch.gallery.lock import exclusive
@@ -77,9 +77,11 @@ class Gallery:
             raise GalleryError(f"{self.folder}: the gallery is read-only for this user (no write permission); "
                                "this command changes it: use a writable copy")
         self.read_only = not_writable if read_only is None else read_only
-        if sqlite_file is not None and not sqlite_file.exists():
-            if self.read_only:
-                raise GalleryError(f"{self.folder}: no gallery database ({sqlite_file.name}) in this folder")
+        if sqlite_file is not None and (not sqlite_file.exists() or sqlite_file.stat().st_size == 0):
+            self._refuse_lost_database(sqlite_file)
+            if self.read_only or not create:
+                raise GalleryError(f"{self.folder}: not a gallery (no {sqlite_file.name} in this folder); "
+                                   "`facesearch enroll PHOTOS -g FOLDER` creates one")
             os.close(os.open(sqlite_file, os.O_CREAT | os.O_WRONLY, 0o600))  # SQLite keeps these permissions
         self.engine = db.create_engine(self.url, read_only=self.read_only)
         self._read = sessionmaker(self.engine, expire_on_commit=False)
@@ -89,6 +91,16 @@ class Gallery:
         else:
             self._prepare_database(db.is_sqlite(self.url) if migrate is None else migrate)
         self._index = IndexKeeper(self.folder, self.engine, writable=not self.read_only, concurrent=concurrent)
+
+    def _refuse_lost_database(self, sqlite_file: Path) -> None:
+        """A folder whose database is gone (or empty) but whose index or crops remain is a damaged gallery, not a
+        new one: starting afresh there would overwrite the index of faces a backup of the database could restore."""
+        left = [name for name in (INDEX_NAME, CROPS_DIR) if (self.folder / name).exists()]
+        if left:
+            state = "empty" if sqlite_file.exists() else "missing"
+            raise GalleryError(f"{sqlite_file}: the gallery database is {state}, but {' and '.join(left)} of its "
+                               "faces remain in the folder: restore the database from a backup, or move the folder "
+                               "aside to start a new gallery")
 
     def _not_writable(self, sqlite_file: Path | None) -> bool:
         """Whether this user may not write the folder (or the SQLite file in it)."""
@@ -213,8 +225,13 @@ class Gallery:
             The new face ids and the faces skipped because their photo is already enrolled.
         Raises:
             ModelMismatchError: the gallery holds another model's embeddings.
+            GalleryError: an embedding that is not finite.
         """
         faces = [dataclasses.replace(f, name=identities.clean_name(f.name)) for f in faces]
+        for f in faces:
+            if not np.isfinite(f.embedding).all():  # a NaN row would match nothing, and FAISS would rank it anyway
+                raise GalleryError(f"{f.source_path or f.name}: its embedding is not finite numbers (NaN or inf); "
+                                   "nothing was enrolled")
         duplicates: list[tuple[int, str]] = []
         written: list[Path] = []
         try:

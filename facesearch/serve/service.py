@@ -58,7 +58,8 @@ class Service:
         from facesearch.embed import Embedder
         from facesearch.gallery import Gallery
 
-        self.gallery = Gallery(gallery, db_url, create=False, read_only=None, concurrent=True)
+        # an existing empty folder starts a gallery (people are enrolled through the API); a missing one is refused
+        self.gallery = Gallery(gallery, db_url, create=Path(gallery).is_dir(), read_only=None, concurrent=True)
         try:
             self.loaded = load_checkpoint(resolve_checkpoint(checkpoint, self.gallery.model_source), device)
             self.embedder = Embedder.for_queries(self.loaded, device)
