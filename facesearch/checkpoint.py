@@ -265,10 +265,25 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given, if this machine has it.
+
+    Raises:
+        ValueError: not a device name, or a GPU this machine does not have.
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {str(device)!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= have:
+            raise ValueError(f"device {str(device)!r}: this machine has {have or 'no'} CUDA GPU{'s' if have != 1 else ''}; "
+                             "use --device cpu (or auto)")
+    elif resolved.type != "cpu" and not (resolved.type == "mps" and torch.backends.mps.is_available()):
+        raise ValueError(f"device {str(device)!r}: not available on this machine; use auto, cpu, cuda or cuda:N")
+    return resolved
 
 
 def preprocess_batch(images: Sequence, preprocess: Preprocess) -> torch.Tensor:

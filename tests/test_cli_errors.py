@@ -300,3 +300,23 @@ def test_a_one_crop_batch_with_fc_batch_norm_is_refused_before_training(tmp_path
                  "--conv-width", "0.25", "--fc-width", "16", "--device", "cpu", "--epochs", "1")
     assert result.exit_code == 1 and "--batch-size of at least 2" in result.stderr, result.output
     assert "Traceback" not in result.output and not (tmp_path / "run" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("device, says", [("bogus", "not a device"), ("cuda:7", "CUDA GPU")])
+def test_a_device_this_machine_cannot_use_is_named(tmp_path, sample_photos, device, says):
+    photo = next(sample_photos.rglob("*.jpg"))
+    result = run("embed", photo, "-o", tmp_path / "e.npy", "-c", tiny_checkpoint(tmp_path / "m.pt"), "--device", device)
+    assert result.exit_code == 1 and f"device {device!r}" in result.stderr and says in result.stderr
+    assert "unexpected" not in result.output and not (tmp_path / "e.npy").exists()
+
+
+def test_a_smallest_face_larger_than_the_photo_finds_no_face_instead_of_failing(tmp_path, sample_photos):
+    from facesearch.gallery import Gallery
+
+    with Gallery(tmp_path / "g"):
+        pass
+    photos = sorted(sample_photos.rglob("*.jpg"))[:2]
+    result = run("who", *photos, "-g", tmp_path / "g", "-c", tiny_checkpoint(tmp_path / "m.pt"), "--device", "cpu",
+                 "--min-face", "5000", "--json")
+    assert result.exit_code == 0, result.output
+    assert [len(json.loads(line)["faces"]) for line in result.stdout.splitlines()] == [0, 0]  # a JSON line a photo

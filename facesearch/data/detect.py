@@ -113,6 +113,8 @@ class FaceDetector:
         mtcnn = self._model()
         height = max(a.shape[0] for a in arrays)
         width = max(a.shape[1] for a in arrays)
+        if min(height, width) < min_face:  # MTCNN's image pyramid would be empty: no face that large fits
+            return [[] for _ in arrays]
         canvas = np.full((len(arrays), height, width, 3), NEUTRAL_GREY[0], dtype=np.uint8)  # (n, H, W, 3)
         for k, a in enumerate(arrays):
             canvas[k, : a.shape[0], : a.shape[1]] = a
