@@ -202,6 +202,11 @@ def _torch_load(path: Path):
     import warnings
     import zipfile
 
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head and not head.startswith((b"PK", b"\x80")):  # neither torch's zip format nor a pickle: a photo, text...
+        raise CheckpointError(f"{path}: not a checkpoint (facesearch checkpoints are the torch files `facesearch "
+                              "train` writes: give one, a training run folder or \"base\")")
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
             warnings.simplefilter("ignore", UserWarning)

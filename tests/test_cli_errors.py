@@ -44,6 +44,8 @@ def _checkpoints(folder: Path) -> dict[str, Path]:
     name = next(k for k, v in payload["model"].items() if v.ndim == 4)
     torch.save({**payload, "model": {**payload["model"], name: torch.zeros(1, 1, 1, 1)}}, made["shapes"])
     made["missing"] = folder / "missing.pt"
+    made["photo"] = folder / "photo.pt"  # a file of another kind given as a checkpoint
+    made["photo"].write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
     return made
 
 
@@ -54,6 +56,7 @@ def _checkpoints(folder: Path) -> dict[str, Path]:
     ("architecture", "architecture is not one"),
     ("shapes", "weights do not fit"),
     ("missing", "no such checkpoint"),
+    ("photo", "not a checkpoint"),
 ])
 def test_each_unusable_checkpoint_has_its_own_message(tmp_path, sample_photos, kind, says):
     path = _checkpoints(tmp_path)[kind]
