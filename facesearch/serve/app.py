@@ -115,13 +115,14 @@ def create_app(service: Service, threads: int = 16) -> FastAPI:
 
     @app.exception_handler(GalleryError)
     async def gallery_error(request: Request, e: GalleryError):
+        reason = str(e).replace(str(service.gallery.folder), "the gallery")  # the server's paths stay its own
         if isinstance(e, (IdentityNotFound, FaceNotFound)):
-            return _error(404, "not_found", str(e))
+            return _error(404, "not_found", reason)
         if isinstance(e, ModelMismatchError):
-            return _error(409, "model_mismatch", str(e))
-        if "read-only" in str(e):
-            return _error(403, "read_only_gallery", str(e))
-        return _error(409 if "exists already" in str(e) else 400, "refused", str(e))
+            return _error(409, "model_mismatch", reason)
+        if "read-only" in reason:
+            return _error(403, "read_only_gallery", reason)
+        return _error(409 if "exists already" in reason else 400, "refused", reason)
 
     from facesearch.cluster import ClusterError
 
