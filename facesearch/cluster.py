@@ -14,7 +14,9 @@ result in a folder that later runs and edits build on::
 Faces that fit no group are unclustered (group -1), never forced into one. Re-running over the folder embeds
 only new photos, clusters everything again and gives each new group the id (and name) of the old group whose
 faces it holds most of, so names survive. Edits by a person are kept over later runs: a face moved into a
-group (``merge``) stays there, a face taken out (``remove``) stays out.
+group (``merge``) stays there, a face taken out (``remove``) stays out. One clusters folder holds one photo
+collection: a run that would drop the faces of photos still on disk but not given (another folder clustered into
+the same CLUSTERS) is refused; photos deleted since go, photos moved are found again by their content.
 """
 
 from __future__ import annotations
@@ -222,6 +224,9 @@ def _row(d: dict) -> FaceRow:
 
 @dataclass(frozen=True)
 class ClusterReport:
+    """What ``cluster_folder`` did. When no photo gave a face nothing was written (an earlier run's folder is as
+    it was) and ``clusters`` holds no faces."""
+
     clusters: Clusters
     new_photos: int  # photos detected and embedded this run
     reused_photos: int  # photos whose faces came from the earlier run
@@ -239,6 +244,10 @@ def cluster_folder(photos: Sequence[str | os.PathLike], out: str | os.PathLike, 
         embedder: ``Embedder.for_queries(model)``: the same face finder and embedder as ``who``.
         changes: ``ClusterSettings`` fields to change from the earlier run's settings (else from the defaults).
         gallery: label faces that match an enrolled identity above the gallery's threshold.
+
+    Raises:
+        ClusterError: ``out`` was clustered with another model, or holds faces of photos still on disk that are not
+            among ``photos`` (they, and their groups' names, would be lost).
     """
     from facesearch.data.images import ImageError, file_sha256, load_image
 
@@ -257,8 +266,8 @@ def cluster_folder(photos: Sequence[str | os.PathLike], out: str | os.PathLike, 
     next_face = 1 + max((r.face_id for r in old.rows), default=0) if old else 1
     fresh: list[tuple[str, str]] = []  # (path, sha) to detect
     seen: set[str] = set()
-    for photo in photos:
-        path = str(Path(photo).resolve())
+    given = [str(Path(photo).resolve()) for photo in photos]
+    for path in given:
         try:
             sha = file_sha256(path)
         except OSError as e:
@@ -273,10 +282,11 @@ def cluster_folder(photos: Sequence[str | os.PathLike], out: str | os.PathLike, 
                 vectors.append(old.vectors[i])
         else:
             fresh.append((path, sha))
+    if old is not None:
+        _refuse_dropping(old, set(given), seen)
     if progress and len(photos) > len(fresh):
         progress(len(photos) - len(fresh))
     crops_dir = out / "crops"
-    crops_dir.mkdir(parents=True, exist_ok=True)
     step = 16
     for start in range(0, len(fresh), step):
         batch = fresh[start : start + step]
@@ -287,6 +297,8 @@ def cluster_folder(photos: Sequence[str | os.PathLike], out: str | os.PathLike, 
             except ImageError as e:
                 failures[path] = f"{e.status}: {e.reason}"
         found = embedder.embed_images(list(images.values()), select="all")
+        if any(found):
+            crops_dir.mkdir(parents=True, exist_ok=True)
         for (path, sha), faces in zip(images, found):
             if not faces:
                 failures[path] = "no_face: no face detected"
@@ -300,6 +312,8 @@ def cluster_folder(photos: Sequence[str | os.PathLike], out: str | os.PathLike, 
         if progress:
             progress(len(batch))
     matrix = np.stack(vectors) if vectors else np.empty((0, embedder.dim), np.float32)
+    if not rows:  # no photo gave a face: nothing to group, and an earlier run's folder is left as it was
+        return ClusterReport(Clusters(out, [], matrix, model, settings), len(fresh), 0, failures)
     clusters = Clusters(out, rows, matrix, model, settings, dict(old.names) if old else {},
                         old.next_group if old else 0)
     regroup(clusters, previous={r.face_id: r.group for r in old.rows} if old else {})
@@ -308,6 +322,26 @@ def cluster_folder(photos: Sequence[str | os.PathLike], out: str | os.PathLike, 
     save(clusters)
     draw_sheets(clusters)
     return ClusterReport(clusters, len(fresh), len(seen) - len(fresh), failures)
+
+
+def _refuse_dropping(old: Clusters, given: set[str], shas: set[str]) -> None:
+    """Refuse a run whose photos leave out photos of the earlier run that are still on disk: their faces, and
+    the names of their groups, would go (photos given under another path are found by their content)."""
+    left = sorted({r.photo for r in old.rows
+                   if r.photo not in given and r.sha256 not in shas and os.path.exists(r.photo)})
+    if left:
+        raise ClusterError(f"{old.folder}: holds the faces of {len(left)} photos in {_folders(left)}, which are not "
+                           f"among the photos given ({_folders(given)}); this run would drop them and their groups' "
+                           "names. Give those photos too, or cluster into a new --out folder")
+
+
+def _folders(paths) -> str:
+    """The folder that holds ``paths`` (their deepest common one), else the first few of their folders."""
+    parents = sorted({os.path.dirname(p) for p in paths})
+    common = os.path.commonpath(parents)
+    if len(parents) == 1 or os.path.dirname(common) != common:  # a common folder that is not the root
+        return common
+    return ", ".join(parents[:3]) + (f" and {len(parents) - 3} more" if len(parents) > 3 else "")
 
 
 def regroup(c: Clusters, previous: dict[int, int] | None = None) -> None:
@@ -442,7 +476,14 @@ def split(c: Clusters, group: int, eps: float | None = None) -> list[int]:
 def name_group(c: Clusters, group: int, name: str, gallery) -> dict:
     """Enroll the group's faces in ``gallery`` as ``name`` (a new or an existing identity), each face once.
 
-    Returns: {"enrolled", "duplicates" (faces already in the gallery, with their identity)}.
+    A face already enrolled is skipped: as ``name`` it counts as named; as another identity it stays that
+    identity's (as `enroll` leaves a photo enrolled under another name). The group takes the name only when some of
+    its faces are ``name``'s.
+
+    Returns: {"enrolled", "duplicates" (faces already in the gallery, with their identity), "elsewhere" (identity ->
+    the face ids it holds, for faces enrolled as another identity than ``name``)}.
+    Raises:
+        ClusterError: every face of the group is another identity's already (nothing is changed).
     """
     from facesearch.gallery import NewFace
     from facesearch.gallery.identities import clean_name
@@ -453,11 +494,20 @@ def name_group(c: Clusters, group: int, name: str, gallery) -> dict:
     faces = [NewFace(name, c.vectors[index[r.face_id]], source_path=r.photo, source_sha256=r.key, box=r.box,
                      det_prob=r.det_prob, crop=_crop(c, r)) for r in members]
     result = gallery.add_faces(faces, c.model["fingerprint"], source=c.model.get("source"))
+    duplicates = [(members[i].face_id, holder) for i, holder in result.duplicates]
+    elsewhere: dict[str, list[int]] = {}
+    for face_id, holder in duplicates:
+        if holder != name:
+            elsewhere.setdefault(holder, []).append(face_id)
+    if sum(map(len, elsewhere.values())) == len(members):
+        held = ", ".join(f"{n!r} ({len(ids)} faces)" for n, ids in elsewhere.items())
+        raise ClusterError(f"group {group}: none of its {len(members)} faces enrolled as {name!r}: already enrolled "
+                           f"as {held}; if they are {name!r}, rename or merge that identity (`facesearch identities "
+                           "rename|merge`)")
     c.names[group] = name
     for r in members:
         r.pinned = "in"
-    return {"enrolled": len(result.ids), "duplicates": [(members[i].face_id, holder)
-                                                              for i, holder in result.duplicates]}
+    return {"enrolled": len(result.ids), "duplicates": duplicates, "elsewhere": elsewhere}
 
 
 def _crop(c: Clusters, r: FaceRow):

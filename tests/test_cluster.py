@@ -156,3 +156,68 @@ def test_cluster_refuses_another_model_and_names_missing_groups(photos, tmp_path
     assert missing.exit_code == 1 and "no group 999" in missing.stderr
     assert not (tmp_path / "g" / "gallery.db").exists() or run("identities", "list", "-g", tmp_path / "g").stdout \
         .strip() == "(no identities)"
+
+
+def test_cluster_refuses_another_folder_into_the_same_clusters_and_keeps_a_moved_one(photos, tmp_path, sample_photos):
+    from facesearch.cluster import edit
+
+    root, folder, checkpoint, _ = photos
+    work, out = tmp_path / "photos", tmp_path / "clusters"
+    shutil.copytree(folder, work)
+    first = json.loads(run("cluster", work, "--out", out, "-c", checkpoint, "--eps", "0.25", "--min-size", "2",
+                           "--device", "cpu", "--json").stdout)
+    named = first["group_list"][0]["group"]
+    edit(out, lambda c: c.names.update({named: "Ann"}))
+    stored = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    other = tmp_path / "other"
+    other.mkdir()
+    for photo in sorted(sorted(p for p in sample_photos.iterdir() if p.is_dir())[2].glob("*.jpg"))[:2]:
+        shutil.copy(photo, other / photo.name)
+    refused = run("cluster", other, "--out", out, "-c", checkpoint, "--device", "cpu", ok=False)
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert str(work) in refused.stderr and str(other) in refused.stderr and "new --out" in refused.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == stored  # nothing stored is lost
+    moved = work.rename(tmp_path / "moved")  # the same photos elsewhere: found again by their content
+    again = json.loads(run("cluster", moved, "--out", out, "-c", checkpoint, "--device", "cpu", "--json").stdout)
+    assert again["reused_photos"] == 5 and again["new_photos"] == 0
+    assert {g["group"]: g["name"] for g in again["group_list"]}[named] == "Ann"
+
+
+def test_cluster_of_missing_or_unreadable_photos_fails_and_writes_nothing(photos, tmp_path):
+    root, folder, checkpoint, _ = photos
+    missing = run("cluster", tmp_path / "nonexist", "--out", tmp_path / "c1", "-c", checkpoint, ok=False)
+    assert missing.exit_code == 1 and "nonexist: no such file or folder" in missing.stderr
+    empty = tmp_path / "empty.jpg"
+    empty.touch()
+    none = run("cluster", empty, "--out", tmp_path / "c2", "-c", checkpoint, "--device", "cpu", "--json", ok=False)
+    assert none.exit_code == 1 and "empty file" in json.loads(none.stdout)["failures"][str(empty)]
+    assert not (tmp_path / "c1").exists() and not (tmp_path / "c2").exists()
+    some = run("cluster", folder, empty, "--out", tmp_path / "c3", "-c", checkpoint, "--device", "cpu", ok=False)
+    assert some.exit_code == 2 and "1 of 6 photos could not be read" in some.stderr
+    assert f"{empty}: not_an_image" in some.stdout and (tmp_path / "c3" / "clusters.json").is_file()
+
+
+def test_naming_a_group_whose_faces_are_another_identitys_says_whose_and_claims_no_name(photos, tmp_path):
+    import csv
+
+    root, folder, checkpoint, _ = photos
+    out, gallery = tmp_path / "clusters", tmp_path / "g"
+    run("cluster", folder, "--out", out, "-c", checkpoint, "--eps", "0.25", "--min-size", "2", "--device", "cpu")
+    rows = list(csv.DictReader(open(out / "faces.csv")))
+    # a group of a single photo's face and its copy in the group photo (the only faces this close)
+    single = next(r for r in rows if r["group"] != "-1" and r["n_faces"] == "1")
+    group = single["group"]
+    assert sum(r["group"] == group for r in rows) == 2
+    run("enroll", single["photo"], "--name", "a", "-g", gallery, "-c", checkpoint, "--device", "cpu")
+    some = run("clusters", "name", out, group, "B", "-g", gallery, ok=False)
+    assert some.exit_code == 2 and f"1 already enrolled as 'a' (faces {single['face_id']})" in some.stdout
+    assert "1 of 2 faces not enrolled as 'B'" in some.stderr
+    assert json.loads(run("clusters", "show", out, "--json").stdout)["group_list"][0]["name"] == "B"
+    stored = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    none = run("clusters", "name", out, group, "C", "-g", gallery, "--json", ok=False)  # one face 'a''s, one 'B''s
+    message = json.loads(none.stdout)["error"]["message"]
+    assert none.exit_code == 1 and "none of its 2 faces enrolled as 'C'" in message
+    assert "'a' (1 faces)" in message and "'B' (1 faces)" in message
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == stored  # still 'B', nothing pinned
+    names = {i["name"] for i in json.loads(run("identities", "list", "-g", gallery, "--json").stdout)}
+    assert names == {"a", "B"}

@@ -101,3 +101,36 @@ def test_the_query_face_finder_follows_the_checkpoints_detector_settings(tmp_pat
     assert (new.detector.min_face_size, new.detector.thresholds) == (24, (0.5, 0.6, 0.6))
     assert new.crop.size == 64
     assert Embedder.for_queries(path, "cpu", min_face=60).detector.min_face_size == 60
+
+
+def test_embed_command_names_each_failure_and_writes_nothing_when_no_face_was_embedded(checkpoint, sample_photos,
+                                                                                       tmp_path):
+    from builders import run_cli
+
+    photo = sorted(sample_photos.glob("*/*.jpg"))[0]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "empty.jpg").touch()
+    (bad / "notes.jpg").write_text("not a photo")
+    out = tmp_path / "e.npy"
+    failing = [bad / "empty.jpg", tmp_path / "nonexist.jpg"]
+    for given, named in ((failing, failing), ([bad], [bad / "empty.jpg", bad / "notes.jpg"])):
+        result = run_cli("embed", *given, "-o", out, "-c", checkpoint, "--device", "cpu", ok=False)
+        assert result.exit_code == 1 and "Traceback" not in result.output and "nothing written" in result.stderr
+        assert all(f"{p}: " in result.stderr for p in named), result.stderr
+        assert not out.exists() and not out.with_suffix(".json").exists()
+    some = run_cli("embed", bad, photo, "-o", out, "-c", checkpoint, "--device", "cpu", ok=False)
+    assert some.exit_code == 2 and "2 of 3 photos gave no face" in some.stderr
+    assert f"{bad / 'notes.jpg'}: " in some.stderr
+    assert np.load(out).shape == (1, 64) and f"→ {out} " in some.stdout
+
+
+@pytest.mark.parametrize("out", ["e1.txt", "folder"])
+def test_embed_command_refuses_an_out_it_would_not_write_as_given(checkpoint, sample_photos, tmp_path, out):
+    from builders import run_cli
+
+    (tmp_path / "folder").mkdir()
+    photo = sorted(sample_photos.glob("*/*.jpg"))[0]
+    result = run_cli("embed", photo, "-o", tmp_path / out, "-c", checkpoint, "--device", "cpu", ok=False)
+    assert result.exit_code == 1 and f"--out {tmp_path / out}: " in result.stderr
+    assert not list(tmp_path.glob("*.npy"))

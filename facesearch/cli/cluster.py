@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from facesearch.cli._app import (
-    DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, Progress, app, clusters_app,
+    DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, Progress, app, clusters_app, fail,
 )
 
 ClustersDir = Annotated[Path, typer.Argument(help="A clusters folder written by `facesearch cluster`.")]
@@ -50,12 +50,18 @@ def cluster(
     Writes faces.csv (one row per face: photo, box, group, distance to the group's centre), a contact sheet per
     group (sheets/group-N.png) and clusters.json. Re-running over the folder keeps the groups' ids and names.
     Name a group with `facesearch clusters name CLUSTERS GROUP NAME -g GALLERY`.
+
+    Exit status: 0 when every photo was read (photos without a face are listed), 2 when some could not be read,
+    1 when no photo gave a face (nothing is written).
     """
     from facesearch.checkpoint import resolve_checkpoint
     from facesearch.cli.gallery import _open, _photo_list
     from facesearch.cluster import cluster_folder
     from facesearch.embed import Embedder
 
+    for path in photos:
+        if not path.exists():
+            fail(f"{path}: no such file or folder")
     files = _photo_list(photos)
     given = {k: v for k, v in dict(algorithm=algorithm, eps=eps, min_size=min_size).items() if v is not None}
     g = _open(gallery, db, reads_only=True) if gallery is not None else None
@@ -69,7 +75,27 @@ def cluster(
             g.close()
     summary = {**report.clusters.summary(), "new_photos": report.new_photos, "reused_photos": report.reused_photos,
                "failures": report.failures}
-    typer.echo(json.dumps(summary, indent=2) if as_json else _summary_text(summary, report.failures))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    elif report.clusters.rows:
+        typer.echo(_summary_text(summary, report.failures))
+    else:  # nothing clustered: the reasons, not a summary of a folder that was not written
+        typer.echo("\n".join(f"{path}: {reason}" for path, reason in report.failures.items()))
+    _exit_status(report, len(files), out, as_json)
+
+
+def _exit_status(report, n_photos: int, out: Path, as_json: bool) -> None:
+    """Exit status 1 when no photo gave a face, 2 when some photos could not be read (as `who` does)."""
+    unreadable = [p for p, reason in report.failures.items() if not reason.startswith("no_face")]
+    if not report.clusters.rows:
+        message, code = f"no face found in any of the {n_photos} photos (reasons above); nothing written to {out}", 1
+    elif unreadable:
+        message, code = f"{len(unreadable)} of {n_photos} photos could not be read (listed above)", 2
+    else:
+        return
+    if not as_json:
+        typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=code)
 
 
 def _edit(folder: Path, change) -> dict:
@@ -97,18 +123,31 @@ def clusters_name(
     db: DbUrl = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Enroll the group's faces in the gallery as NAME (each face once: faces already enrolled are skipped)."""
+    """Enroll the group's faces in the gallery as NAME (each face once: faces already enrolled are skipped).
+
+    Exit status: 0 when every face is NAME's (enrolled now or before), 2 when some are already another identity's
+    (each listed; the group is named), 1 when all are (nothing changes: the group is not named).
+    """
     from facesearch.cli.gallery import _open
     from facesearch.cluster import name_group
 
     with _open(gallery, db, create=True) as g:
         out = _edit(clusters, lambda c: name_group(c, group, name, g))
     r = out["result"]
+    elsewhere = sum(map(len, r["elsewhere"].values()))
     if as_json:
         typer.echo(json.dumps(out, indent=2, default=str))
-        return
-    typer.echo(f"group {group} = {name!r}: {r['enrolled']} faces enrolled in {gallery}"
-               + (f", {len(r['duplicates'])} already enrolled" if r["duplicates"] else ""))
+    else:
+        named = len(r["duplicates"]) - elsewhere
+        typer.echo(f"group {group} = {name!r}: {r['enrolled']} faces enrolled in {gallery}"
+                   + (f", {named} already enrolled" if named else "")
+                   + "".join(f", {len(ids)} already enrolled as {holder!r} (faces {', '.join(map(str, ids))})"
+                             for holder, ids in r["elsewhere"].items()))
+    if elsewhere:  # as `enroll` does: some faces are not NAME's (every face another's is refused by name_group)
+        if not as_json:
+            typer.echo(f"error: {elsewhere} of {len(r['duplicates']) + r['enrolled']} faces not enrolled as {name!r} "
+                       "(already another identity's, above)", err=True)
+        raise typer.Exit(code=2)
 
 
 @clusters_app.command("merge")

@@ -45,23 +45,37 @@ def _echo(data, as_json: bool, text: str) -> None:
 
 @app.command()
 def embed(
-    photos: Annotated[list[Path], typer.Argument(help="Photo files.")],
+    photos: Annotated[list[Path], typer.Argument(help="Photos, or folders of them (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Embeddings (n, d) float32 .npy; rows described in the .json beside it.")],
     select: Annotated[str, typer.Option(help='Faces per photo: "largest", "center" or "all".')] = "largest",
     flip: Flip = True,
     checkpoint: Checkpoint = None,
     device: Device = "auto",
 ) -> None:
-    """Embed the faces of photos (L2-normalised fc7), detected and cropped as `prepare` does."""
+    """Embed the faces of photos (L2-normalised fc7), detected and cropped as `prepare` does.
+
+    Exit status: 0 when every photo gave a face, 2 when some did not (each is listed with its reason), 1 when
+    none did (nothing is written).
+    """
     from facesearch.embed import embed_files, write_embeddings
 
+    if out.is_dir():
+        fail(f"--out {out}: a folder; give the .npy file to write")
+    if out.suffix != ".npy":
+        fail(f"--out {out}: not a .npy file name (numpy would write {out}.npy)")
+    files = _photo_list(photos)
     embedder = _embedder(checkpoint, device, flip)
-    with Progress("embedding", len(photos)) as progress:
-        result = embed_files(embedder, [str(p) for p in photos], select=select, progress=progress.update)
-    npy, meta = write_embeddings(result, out)
+    with Progress("embedding", len(files)) as progress:
+        result = embed_files(embedder, [str(p) for p in files], select=select, progress=progress.update)
     for path, reason in result.failures.items():
         typer.echo(f"{path}: {reason}", err=True)
-    typer.echo(f"{len(result.faces)} faces from {len(photos) - len(result.failures)} photos → {npy} (rows: {meta})")
+    if not result.faces:
+        fail(f"no face embedded from the {len(files)} photos (reasons above); nothing written to {out}")
+    npy, meta = write_embeddings(result, out)
+    typer.echo(f"{len(result.faces)} faces from {len(files) - len(result.failures)} photos → {npy} (rows: {meta})")
+    if result.failures:
+        typer.echo(f"error: {len(result.failures)} of {len(files)} photos gave no face (reasons above)", err=True)
+        raise typer.Exit(code=2)
 
 
 @app.command()
