@@ -323,3 +323,32 @@ def test_a_smallest_face_larger_than_the_photo_finds_no_face_instead_of_failing(
                  "--min-face", "5000", "--json")
     assert result.exit_code == 0, result.output
     assert [len(json.loads(line)["faces"]) for line in result.stdout.splitlines()] == [0, 0]  # a JSON line a photo
+
+
+def test_destructive_commands_ask_first_and_refuse_unknown_targets_before_asking(tmp_path):
+    from facesearch.gallery import Gallery, NewFace
+
+    with Gallery(tmp_path / "g") as g:
+        g.add_faces([NewFace("ann", torch.nn.functional.normalize(torch.ones(8), dim=0).numpy())], "model-a")
+    where = ["-g", tmp_path / "g"]
+    unasked = run("db", "downgrade", "base", *where)  # no --yes, nobody to answer: nothing is dropped
+    assert unasked.exit_code != 0 and "drop every gallery table" in unasked.output
+    bogus = run("db", "downgrade", "bogus", *where, "--yes")
+    assert bogus.exit_code == 1 and "revision 'bogus'" in bogus.stderr and "unexpected" not in bogus.output
+    nobody = run("identities", "remove", "nobody", *where)
+    assert nobody.exit_code == 1 and "no identity named 'nobody'" in nobody.output and "?" not in nobody.output
+    with Gallery(tmp_path / "g", create=False) as g:
+        assert [i.name for i in g.identities()] == ["ann"]
+
+
+def test_rebuild_refuses_a_pca_wider_than_the_embedding_and_says_when_ivf_starts(tmp_path):
+    import numpy as np
+
+    from facesearch.gallery import Gallery, NewFace
+
+    with Gallery(tmp_path / "g") as g:
+        g.add_faces([NewFace("ann", np.eye(8, dtype=np.float32)[0])], "model-a")
+    wide = run("gallery", "rebuild", "--pca", "600", "-g", tmp_path / "g")
+    assert wide.exit_code == 1 and "--pca 600" in wide.stderr and "8 dimensions" in wide.stderr
+    ivf = run("gallery", "rebuild", "--index", "ivf", "-g", tmp_path / "g", ok=True)
+    assert "flat, 1 faces (exact until the gallery holds 2000 faces: then the ivf index is trained)" in ivf.output

@@ -303,9 +303,10 @@ def identities_remove(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete an identity, its faces, their vectors and their stored crops."""
-    if not yes:
-        typer.confirm(f"remove {name!r} and all its faces?", abort=True)
     with _open(gallery, db) as g:
+        faces = g.identity(name).n_faces  # an unknown name is refused before anything is asked
+        if not yes:
+            typer.confirm(f"remove {name!r} and its {faces} faces?", abort=True)
         removed = g.remove(name)
     typer.echo(f"removed {name!r}: {removed} faces")
 
@@ -353,10 +354,17 @@ def gallery_rebuild(
         changes = {k: v for k, v in {"kind": index, "ivf_codec": ivf_codec, ef_field: ef_search,
                                      "ivf_nprobe": nprobe}.items() if v is not None}
         if pca is not None:
+            dim = g.stats()["embedding_dim"]
+            if pca < 0 or (dim is not None and pca >= dim):
+                fail(f"--pca {pca}: the gallery's embeddings have {dim} dimensions; give fewer (0: no PCA)")
             changes["pca_dim"] = pca or None
         result = g.rebuild(replace(current, **changes) if changes else None)
+        settings = g.index_settings
     if result["rebuilt"]:
-        typer.echo(f"index rebuilt: {result['layout']}, {result['faces']} faces")
+        waits = settings.store == "faiss" and settings.needs_training() and result["faces"] < settings.min_train
+        typer.echo(f"index rebuilt: {result['layout']}, {result['faces']} faces"
+                   + (f" (exact until the gallery holds {settings.min_train} faces: then the {settings.kind}"
+                      f"{' + PCA' if settings.pca_dim else ''} index is trained)" if waits else ""))
     else:
         typer.echo(f"{result['layout']}: ef_search {ef_search} from the next search on, {result['faces']} faces, "
                    "nothing rebuilt")
@@ -427,12 +435,22 @@ def db_upgrade(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None,
 
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument(help='Target revision ("base": drop every gallery table).')],
-                 gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None) -> None:
-    """Revert schema migrations down to REVISION."""
+                 gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None,
+                 yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False) -> None:
+    """Revert schema migrations down to REVISION (asks first: a downgrade can drop tables and what they hold)."""
+    from alembic.util import CommandError
+
     from facesearch.gallery import db as gdb
 
     engine = _engine(gallery, db)
-    gdb.downgrade(engine, revision)
+    if not yes:
+        what = "drop every gallery table and all it holds (identities, faces, keys)" if revision == "base" else \
+            "undo the schema changes after it; columns they added are dropped with their data"
+        typer.confirm(f"downgrade {gdb.masked(engine)} to {revision!r}: {what}?", abort=True)
+    try:
+        gdb.downgrade(engine, revision)
+    except CommandError as e:
+        fail(f"revision {revision!r}: {e} (`facesearch db current` shows the known ones)")
     typer.echo(f"{gdb.masked(engine)}: at revision {gdb.current_revision(engine)}")
 
 
