@@ -327,3 +327,56 @@ def test_worker_processes_give_the_same_rows(first_run, tmp_path):
     base, first = first_run
     report = prepare(base / "raw", tmp_path / "out", SETTINGS, device="cpu", workers=2)
     assert [(r.path, r.status) for r in report.rows] == [(r.path, r.status) for r in first.rows]
+
+
+@pytest.mark.parametrize("layout, says", [
+    ("loose", "holds no person folders"),  # photos straight in RAW_DIR: nobody to label them with
+    ("empty", "holds no person folders"),
+    ("empty_people", "its person folders (ann, bob) hold no photos"),
+])
+def test_a_raw_folder_without_photos_in_person_folders_is_refused_and_the_output_kept(tmp_path, sample_photos,
+                                                                                      layout, says):
+    from builders import make_prepared_faces, run_cli
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    if layout == "loose":
+        for photo in sorted(sample_photos.glob("07201/*.jpg"))[:2]:
+            shutil.copy(photo, raw)
+    if layout == "empty_people":
+        (raw / "ann").mkdir()
+        (raw / "bob").mkdir()
+    out = make_prepared_faces(tmp_path / "out", n_ids=2, per_id=2)  # an earlier output: its crops must survive
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    result = run_cli("prepare", raw, out, "--workers", "1", "--device", "cpu", ok=False)
+    assert result.exit_code == 1 and str(raw) in result.stderr and says in result.stderr, result.output
+    assert "Traceback" not in result.output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--size", "0"), ("--size", "-5"), ("--size", "1025"), ("--margin", "nan"), ("--margin", "-1"),
+    ("--margin", "inf"), ("--workers", "0"), ("--workers", "-1"), ("--min-photos", "-1"),
+    ("--min-train-photos", "-1"), ("--holdout-identities", "-1"),
+])
+def test_cli_out_of_range_options_are_named_before_any_work(tmp_path, sample_photos, option, value):
+    from builders import run_cli
+
+    (tmp_path / "raw" / "07201").mkdir(parents=True)
+    shutil.copy(sorted(sample_photos.glob("07201/*.jpg"))[0], tmp_path / "raw" / "07201")
+    result = run_cli("prepare", tmp_path / "raw", tmp_path / "out", option, value, "--device", "cpu", ok=False)
+    assert result.exit_code in (1, 2) and option in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_holding_out_more_people_than_there_are_is_refused(tmp_path, sample_photos):
+    """It used to hold everyone out (nothing left to train on) with only a log line."""
+    from builders import run_cli
+
+    for person in ("ann", "bob"):
+        (tmp_path / "raw" / person).mkdir(parents=True)
+        shutil.copy(sorted(sample_photos.glob("07201/*.jpg"))[0 if person == "ann" else 1], tmp_path / "raw" / person)
+    result = run_cli("prepare", tmp_path / "raw", tmp_path / "out", "--holdout-identities", "3", "--device", "cpu",
+                     ok=False)
+    assert result.exit_code == 1 and "--holdout-identities 3" in result.stderr and "2 people" in result.stderr
+    assert str(tmp_path / "raw") in result.stderr and not (tmp_path / "out").exists()

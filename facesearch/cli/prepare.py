@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -22,19 +23,22 @@ def prepare(
         help="RAW_DIR... OUT_DIR: photo folders, one sub-folder per identity (nested folders allowed; several "
              "folders merge their identities by name), then where crops, manifest.csv and dataset.json go "
              "(reruns resume).", metavar="RAW_DIR... OUT_DIR")],
-    size: Annotated[int, typer.Option(help="Crop side in pixels.")] = 112,
+    size: Annotated[int, typer.Option(
+        min=32, max=1024, help="Crop side in pixels (the model reads 32 at least).")] = 112,
     margin: Annotated[float, typer.Option(help="Context around the face box, as a fraction of its side.")] = 0.2,
     align: Annotated[bool, typer.Option(help="Align by the 5 landmarks (similarity transform).")] = False,
     select: Annotated[str, typer.Option(help='Face kept from group photos: "largest" or "center" (LFW-style).')] = "largest",
     device: Device = "auto",
-    workers: Annotated[int, typer.Option(help="Detection processes on CPU, each single-threaded.")] = 2,
+    workers: Annotated[int, typer.Option(min=1, help="Detection processes on CPU, each single-threaded.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed of the train/val/test and holdout assignment.")] = 0,
     val: Annotated[float, typer.Option(help="Fraction of each identity's photos for validation.")] = 0.1,
     test: Annotated[float, typer.Option(help="Fraction of each identity's photos for test.")] = 0.1,
-    min_photos: Annotated[int, typer.Option(help="Identities with fewer ok photos stay train-only.")] = 5,
+    min_photos: Annotated[int, typer.Option(min=0, help="Identities with fewer ok photos stay train-only.")] = 5,
     min_train_photos: Annotated[int, typer.Option(
-        help="Identities with fewer ok photos are held out as strangers (one photo cannot teach a classifier).")] = 2,
-    holdout_identities: Annotated[int, typer.Option(help="Whole identities kept out for open-set evaluation.")] = 0,
+        min=0, help="Identities with fewer ok photos are held out as strangers (one photo cannot teach a "
+                    "classifier).")] = 2,
+    holdout_identities: Annotated[int, typer.Option(
+        min=0, help="Whole identities kept out for open-set evaluation.")] = 0,
     as_json: JsonFlag = False,
 ) -> None:
     """Detect, crop and split every photo; one manifest row per file, with a status and a reason."""
@@ -49,6 +53,8 @@ def prepare(
     for raw_dir in raw_dirs:
         if not raw_dir.is_dir():
             fail(f"{raw_dir}: not a folder")
+    if not (math.isfinite(margin) and margin >= 0):
+        fail(f"--margin {margin}: a fraction of the face box's side, 0 or more")
     if not (0 <= val and 0 <= test and val + test < 1):
         fail(f"--val {val} and --test {test} must be fractions that leave some photos for training")
     settings = PrepareSettings(

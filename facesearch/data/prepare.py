@@ -135,7 +135,15 @@ def prepare(
     out_dir = Path(out_dir).resolve()
     roots = raw_roots(raw_dir, out_dir)
     all_old_rows, old_rows, old_settings = _previous_run(out_dir, settings)
-    files = [f for label, root in roots.items() for f in scan(root, exclude=out_dir, label=label)]
+    files = []
+    for label, root in roots.items():
+        found = scan(root, exclude=out_dir, label=label)
+        _require_people(root, found, out_dir)
+        files += found
+    people = {f.identity for f in files if f.identity}
+    if settings.holdout_identities > len(people):
+        raise ValueError(f"--holdout-identities {settings.holdout_identities} is more than the {len(people)} "
+                         f"people in {', '.join(str(r) for r in roots.values())}")
     rows, jobs, reused = _plan(files, out_dir, old_rows, old_settings, settings)
     if on_total:
         on_total(len(jobs))
@@ -267,6 +275,21 @@ def scan(raw_dir: Path, exclude: Path | None = None, label: str = "") -> list[_F
         dirs[:] = kept
         files += [entry(folder / name) for name in sorted(names) if not name.startswith(".")]
     return files
+
+
+def _require_people(root: Path, files: list[_File], out_dir: Path) -> None:
+    """Refuse a raw folder with no file inside a person folder: nothing in it could be labelled, and an earlier
+    output's crops would all be dropped as stale."""
+    if any(f.identity for f in files):
+        return
+    folders = sorted(d.name for d in root.iterdir()
+                     if d.is_dir() and not d.name.startswith(".") and d.resolve() != out_dir)
+    if folders:
+        shown = ", ".join(folders[:3]) + (", ..." if len(folders) > 3 else "")
+        raise ValueError(f"{root}: its person folders ({shown}) hold no photos")
+    loose = f"; its {len(files)} loose file(s) have no identity" if files else ""
+    raise ValueError(f"{root}: holds no person folders (one sub-folder per person, with that person's photos)"
+                     f"{loose}")
 
 
 def _hash_files(files: list[_File], old_by_path: dict[str, ManifestRow]) -> list[ManifestRow]:
