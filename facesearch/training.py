@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from facesearch.checkpoint import (Preprocess, model_source, payload_fingerprint, read_checkpoint, resolve_checkpoint,
                                    save_checkpoint)
 from facesearch.data.augment import AugmentConfig, augment, normalize
-from facesearch.data.batches import Batches
+from facesearch.data.batches import SAMPLINGS, Batches
 from facesearch.data.datasets import Dataset, class_names, default_input_size, load_dataset
 from facesearch.distributed import Distributed, setup_distributed
 from facesearch.models.vgg import VGG16, VGGConfig
@@ -64,6 +64,7 @@ class TrainConfig:
     # from the first step). ArcFace's margin on a head that cannot yet tell anyone apart can collapse a run.
     margin_warmup_epochs: float = 0.0
     label_smoothing: float = 0.0  # keep 0 for faces: smoothing hurts penultimate-layer embeddings
+    sampling: str = "photos"  # "photos": every crop once an epoch; "identities": every person equally often
     eval_flip: bool = False  # validation averages the logits of the image and its mirror image
     seed: int = 0
     time_budget: float | None = None  # seconds of training (compilation and evaluation included); then stop
@@ -118,6 +119,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"--sampling {self.sampling!r}: one of {', '.join(SAMPLINGS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"--epochs {self.epochs} and --batch-size {self.batch_size} must be at least 1")
         if not (math.isfinite(self.lr) and self.lr > 0):  # also refuses nan
@@ -128,6 +131,10 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} {value}: must be a number of at least 0")
         if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
             raise ValueError(f"--time-budget {self.time_budget}: seconds, more than 0")
+        if self.max_steps is not None and self.max_steps < 1:  # 0 would read as "no limit"
+            raise ValueError(f"--max-steps {self.max_steps}: must be at least 1")
+        if not self.checkpoint_every > 0:  # also refuses nan; inf: no mid-epoch saves
+            raise ValueError(f"--checkpoint-every {self.checkpoint_every}: seconds, more than 0")
 
 
 @dataclass
@@ -184,7 +191,7 @@ class Trainer:
         # channels_last on CPU too: oneDNN's NHWC convolutions train VGG16 ~1.5x faster there (measured, 32 px)
         self.net = net.to(device, memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.net, cfg)
-        self.batches = Batches(data.train, cfg.batch_size, cfg.seed, ddp, device)
+        self.batches = Batches(data.train, cfg.batch_size, cfg.seed, ddp, device, cfg.sampling)
         if model_config.fc_batch_norm and self.batches.local_batch < 2:
             raise ValueError(f"a batch of {self.batches.local_batch} crop per process cannot train the fully connected "
                              "layers' BatchNorm: give --batch-size of at least 2 per process")

@@ -158,6 +158,7 @@ def main() -> None:
              out / "prepared-strangers", args.strangers)
     # Fine-tune the shipped base model on the sample's training people: its layers start from the base model,
     # only the classifier head is new (sized for these people). A fixed number of epochs: load-independent.
+    shutil.rmtree(out / "run", ignore_errors=True)  # a rerun trains afresh (train refuses a folder holding a run)
     train = run(["train", str(out / "prepared-train"), "--out", str(out / "run"), "--init", "base",
                  "--optimizer", "adamw", "--lr", "2e-4", "--batch-size", "64", "--epochs", str(args.epochs),
                  "--device", "cpu"], log)

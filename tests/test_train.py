@@ -277,3 +277,62 @@ def test_margin_warmup_without_a_margin_head_is_refused(faces, tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=12, margin_warmup_epochs=2)
     with pytest.raises(ValueError, match="no margin to warm up"):
         train("faces", faces, tmp_path / "run", cfg, model_config("faces", faces, **TINY_MODEL), AugmentConfig.none())
+
+
+def test_cli_refuses_a_run_folder_that_holds_a_run_and_leaves_it_alone(trained, faces, tmp_path):
+    """Without --resume a new run would overwrite the checkpoints and append to another run's metrics."""
+    from builders import run_cli
+
+    run, _, _ = trained
+    before = {name: (run / name).read_bytes() for name in ("best.pt", "last.pt", "metrics.jsonl")}
+    result = run_cli("train", faces, "--out", run, "--max-steps", "1", "--batch-size", "4", "--fc-width", "8",
+                     ok=False)
+    assert result.exit_code == 1 and str(run) in result.stderr and "--resume" in result.stderr, result.output
+    assert "Traceback" not in result.output
+    assert {name: (run / name).read_bytes() for name in before} == before
+    (tmp_path / "crashed").mkdir()  # metrics but no last.pt: nothing to resume, only a new --out helps
+    (tmp_path / "crashed" / "metrics.jsonl").write_text("{}\n")
+    result = run_cli("train", faces, "--out", tmp_path / "crashed", ok=False)
+    assert result.exit_code == 1 and "choose a new --out" in result.stderr and "--resume" not in result.stderr
+    result = run_cli("train", faces, "--resume", run, "--out", tmp_path / "other", ok=False)
+    assert result.exit_code == 1 and "--out" in result.stderr and not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--max-steps", "0"), ("--max-steps", "-1"), ("--input-size", "0"),
+                                           ("--input-size", "1025"), ("--checkpoint-every", "0"),
+                                           ("--checkpoint-every", "nan"), ("--fc-width", "0"), ("--workers", "0")])
+def test_cli_out_of_range_training_options_are_named_before_training(faces, tmp_path, option, value):
+    from builders import run_cli
+
+    # the option under test comes last: of two --fc-width (or --max-steps) the last counts
+    small = ["--batch-size", "4", "--fc-width", "8", "--conv-width", "0.25", "--max-steps", "1"]
+    result = run_cli("train", faces, "--out", tmp_path / "run", *small, option, value, ok=False)
+    assert result.exit_code in (1, 2) and option in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_step_limit_and_save_interval_are_checked_by_the_config():
+    with pytest.raises(ValueError, match="--max-steps 0"):  # 0 used to mean "no limit"
+        TrainConfig(max_steps=0)
+    with pytest.raises(ValueError, match="--checkpoint-every"):
+        TrainConfig(checkpoint_every=0)
+
+
+def test_identity_sampling_draws_every_person_equally_often_and_repeats_per_seed():
+    from facesearch.data.batches import Batches
+    from facesearch.data.datasets import ImageSet
+    from facesearch.distributed import Distributed
+
+    labels = np.array([0] * 90 + [1] * 9 + [2] * 1)  # 90, 9 and 1 photos
+    data = ImageSet(images=np.zeros((100, 4, 4, 3), np.uint8), labels=labels)
+    ddp = Distributed()
+    by = {s: Batches(data, 10, 0, ddp, torch.device("cpu"), sampling=s) for s in ("photos", "identities")}
+    drawn = {s: np.concatenate([labels[b.indices(e, k).numpy()] for e in range(30) for k in range(10)])
+             for s, b in by.items()}
+    assert np.bincount(drawn["photos"]).tolist() == [2700, 270, 30]  # every crop once an epoch
+    shares = np.bincount(drawn["identities"], minlength=3) / len(drawn["identities"])
+    assert np.allclose(shares, 1 / 3, atol=0.04), shares
+    again = Batches(data, 10, 0, ddp, torch.device("cpu"), sampling="identities")
+    assert torch.equal(again.indices(3, 2), by["identities"].indices(3, 2))  # resumable: seeded by epoch
+    with pytest.raises(ValueError, match="--sampling 'people'"):
+        TrainConfig(sampling="people")

@@ -22,8 +22,9 @@ Lr = Annotated[Optional[float], typer.Option(help="Peak learning rate after warm
 Optim = Annotated[str, typer.Option(help='"sgd" (Nesterov momentum) or "adamw".')]
 WeightDecay = Annotated[Optional[float], typer.Option(help="Weight decay, not on biases/BN. (default: preset)")]
 Warmup = Annotated[Optional[float], typer.Option(help="Warm-up epochs before the cosine decay. (default: preset)")]
-InputSize = Annotated[Optional[int], typer.Option(help="Model input side in px. (default: crop size; CIFAR 32)")]
-FcWidth = Annotated[Optional[int], typer.Option(help="Width of fc6/fc7 (4096 classic). (default: preset)")]
+InputSize = Annotated[Optional[int], typer.Option(
+    min=32, max=1024, help="Model input side in px (32 at least: five 2x2 poolings). (default: crop size; CIFAR 32)")]
+FcWidth = Annotated[Optional[int], typer.Option(min=1, help="Width of fc6/fc7 (4096 classic). (default: preset)")]
 ConvWidth = Annotated[Optional[float], typer.Option(help="Channel multiplier of the 13 convs (1.0 classic).")]
 Head = Annotated[Optional[str], typer.Option(help='"softmax", "cosface" or "arcface" (margin heads, still N-way). (default: preset)')]
 Embedding = Annotated[Optional[str], typer.Option(help='fc7 read "pre_relu" or "post_relu". (default: preset)')]
@@ -34,7 +35,7 @@ Budget = Annotated[Optional[float], typer.Option(help="Seconds of training; the 
 MaxSteps = Annotated[Optional[int], typer.Option(help="Stop after this many steps.")]
 Every = Annotated[float, typer.Option(help="Seconds between mid-epoch saves of last.pt.")]
 Compile = Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model.")]
-Workers = Annotated[int, typer.Option(help="Threads decoding images into the uint8 cache.")]
+Workers = Annotated[int, typer.Option(min=1, help="Threads decoding images into the uint8 cache.")]
 Cache = Annotated[Optional[Path], typer.Option(help="uint8 cache folder, reused across runs. (default: RUN_DIR/cache)")]
 Seed = Annotated[int, typer.Option(help="Seed of weights, batch order and augmentation.")]
 
@@ -65,6 +66,8 @@ def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], tra
     run_dir = out or resume
     if run_dir is None:
         fail("give --out RUN_DIR (or --resume RUN_DIR)")
+    if out is not None and resume is not None and out.resolve() != resume.resolve():
+        fail(f"--out {out} and --resume {resume}: a resumed run continues in its own folder; leave --out out")
     if init is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in {**model_options, "input_size": input_size}.items()
                  if v is not None]
@@ -72,6 +75,8 @@ def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], tra
             fail(f"{', '.join(given)}: the architecture comes from --init {init}; leave them out")
     if resume is not None and not (resume / "last.pt").is_file():
         fail(f"{resume / 'last.pt'}: no checkpoint to resume")
+    if resume is None:
+        _refuse_earlier_run(run_dir)
     cfg = training.TrainConfig.for_kind(kind, **train_options)
     # the architecture is the checkpoint's on --resume and --init
     model = None if resume or init else training.model_config(kind, data, input_size, **model_options)
@@ -90,6 +95,18 @@ def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], tra
     typer.echo(f"{result.epoch} epochs, {result.step} steps in {result.elapsed:.0f} s "
                f"({result.images_per_s:.0f} images/s); best validation accuracy {best}")
     typer.echo(f"checkpoints: {result.run_dir / 'best.pt'}, {result.run_dir / 'last.pt'}")
+
+
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # what a run writes that a new run would overwrite or mix into
+
+
+def _refuse_earlier_run(run_dir: Path) -> None:
+    """A new run into a folder holding another's checkpoints would overwrite them and mix the metrics."""
+    found = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if not found:
+        return
+    resume = f"pass --resume {run_dir} to continue it, or " if "last.pt" in found else ""
+    fail(f"{run_dir}: already holds a training run ({', '.join(found)}); {resume}choose a new --out")
 
 
 def _augment(name: Optional[str]):
@@ -126,13 +143,16 @@ def train_faces(
     margin_warmup_epochs: Annotated[Optional[float], typer.Option(
         help="Grow the margin head's margin linearly from 0 over these first epochs (default 0: full from the "
              "start).")] = None,
+    sampling: Annotated[Optional[str], typer.Option(
+        help='"photos" (default: every crop once an epoch) or "identities" (every person equally often, '
+             "whatever their number of photos).")] = None,
 ) -> None:
     """Train the VGG16 identity classifier on face crops (no label smoothing: it hurts the embedding).
 
     With few people or no GPU, fine-tune the shipped base model: `facesearch train DATA --out RUN --init base`.
     """
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                         warmup_epochs=warmup_epochs, margin_warmup_epochs=margin_warmup_epochs,
+                         warmup_epochs=warmup_epochs, margin_warmup_epochs=margin_warmup_epochs, sampling=sampling,
                          time_budget=time_budget, max_steps=max_steps, checkpoint_every=checkpoint_every,
                          device=device, compile=compile, workers=workers, seed=seed)
     model_options = dict(fc_width=fc_width, conv_width=conv_width, head=head, embedding=embedding, dropout=dropout,

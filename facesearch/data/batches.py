@@ -10,17 +10,30 @@ from facesearch.data.datasets import ImageSet
 from facesearch.distributed import Distributed
 
 
-class Batches:
-    """Index permutations per epoch (seeded by seed and epoch: resumable) and uint8 batch gathering."""
+SAMPLINGS = ("photos", "identities")
 
-    def __init__(self, data: ImageSet, batch_size: int, seed: int, ddp: Distributed, device: torch.device):
-        self.n, self.seed, self.ddp, self.device = len(data), seed, ddp, device
+
+class Batches:
+    """Index permutations per epoch (seeded by seed and epoch: resumable) and uint8 batch gathering.
+
+    ``sampling``: "photos" (each epoch every crop once, in a random order) or "identities" (each epoch as many
+    draws, with replacement, of a person chosen uniformly and then one of their crops: a person with 30 photos is
+    seen as often as one with 2).
+    """
+
+    def __init__(self, data: ImageSet, batch_size: int, seed: int, ddp: Distributed, device: torch.device,
+                 sampling: str = "photos"):
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, not {sampling!r}")
+        self.n, self.seed, self.ddp, self.device, self.sampling = len(data), seed, ddp, device, sampling
         self.global_batch = max(ddp.world, min(batch_size, self.n - self.n % ddp.world))
         if self.global_batch % ddp.world:
             raise ValueError(f"batch size {batch_size} does not split over {ddp.world} processes")
         self.local_batch = self.global_batch // ddp.world
         self.steps_per_epoch = self.n // self.global_batch  # drop the ragged last batch
         self.labels = torch.from_numpy(data.labels).to(device)
+        counts = np.bincount(data.labels)
+        self._weights = torch.from_numpy(1.0 / counts[data.labels]).double()  # per crop: 1 / its person's crops
         self.images = _resident(data.images, device)  # device tensor, or the memmap itself
         self._perm_epoch, self._perm = -1, None
 
@@ -28,7 +41,10 @@ class Batches:
         """This process's share of batch ``step`` of ``epoch`` (on the device when the images are)."""
         if self._perm_epoch != epoch:  # one permutation per epoch, copied to the device once
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            perm = torch.randperm(self.n, generator=g)
+            if self.sampling == "photos":
+                perm = torch.randperm(self.n, generator=g)
+            else:
+                perm = torch.multinomial(self._weights, self.n, replacement=True, generator=g)
             self._perm = perm.to(self.device) if isinstance(self.images, torch.Tensor) else perm
             self._perm_epoch = epoch
         start = step * self.global_batch + self.ddp.rank * self.local_batch
