@@ -244,6 +244,8 @@ def test_cli_keys_and_serve_refusals(served, tmp_path):
     assert {"name": "ci", "read_only": True} in [{k: v for k, v in d.items() if k != "created_at"} for d in listed]
     again = run_cli("keys", "create", "ci", "-g", gallery, ok=False)
     assert again.exit_code == 1 and "exists already" in again.output
+    blank = run_cli("keys", "create", " ", "-g", gallery, ok=False)
+    assert blank.exit_code == 1 and "API key name ' ': empty" in blank.output
     run_cli("keys", "revoke", "ci", "-g", gallery)
     assert run_cli("keys", "revoke", "ci", "-g", gallery, ok=False).exit_code == 1
     public = run_cli("serve", "-g", gallery, "--host", "0.0.0.0", ok=False)

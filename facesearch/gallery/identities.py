@@ -16,22 +16,22 @@ MAX_NAME_LENGTH = 200  # characters, after normalisation
 _JOINERS = {"\u200c", "\u200d"}  # zero-width (non-)joiners: part of how some scripts write names
 
 
-def clean_name(name: str) -> str:
+def clean_name(name: str, what: str = "identity name") -> str:
     """An identity name as the gallery stores it: Unicode NFC (so "Zoë" typed two ways is one person), without
     surrounding white space. Raises GalleryError for an empty name, one over ``MAX_NAME_LENGTH`` characters, or
-    one holding control or invisible formatting characters."""
+    one holding control or invisible formatting characters. ``what``: the kind of name, for the message."""
     if not isinstance(name, str):
-        raise GalleryError(f"identity name {name!r}: not text")
+        raise GalleryError(f"{what} {name!r}: not text")
     cleaned = unicodedata.normalize("NFC", name).strip()
     if not cleaned:
-        raise GalleryError(f"identity name {name!r}: empty")
+        raise GalleryError(f"{what} {name!r}: empty")
     if len(cleaned) > MAX_NAME_LENGTH:
-        raise GalleryError(f"identity name {cleaned[:40]!r}...: {len(cleaned)} characters, more than the "
+        raise GalleryError(f"{what} {cleaned[:40]!r}...: {len(cleaned)} characters, more than the "
                            f"{MAX_NAME_LENGTH} allowed")
     bad = sorted({c for c in cleaned if unicodedata.category(c).startswith("C") and c not in _JOINERS})
     if bad:
         codes = ", ".join(f"U+{ord(c):04X}" for c in bad)
-        raise GalleryError(f"identity name {cleaned!r}: holds control or invisible characters ({codes})")
+        raise GalleryError(f"{what} {cleaned!r}: holds control or invisible characters ({codes})")
     return cleaned
 
 

@@ -350,7 +350,7 @@ class Gallery:
 
     def create_key(self, name: str, read_only: bool = False) -> str:
         """A new API key named ``name``; the key is returned once and only its digest is stored."""
-        name = identities.clean_name(name)
+        name = identities.clean_name(name, "API key name")
         with self._transaction() as s:
             return keys.create(s, name, read_only)
 
