@@ -352,3 +352,14 @@ def test_rebuild_refuses_a_pca_wider_than_the_embedding_and_says_when_ivf_starts
     assert wide.exit_code == 1 and "--pca 600" in wide.stderr and "8 dimensions" in wide.stderr
     ivf = run("gallery", "rebuild", "--index", "ivf", "-g", tmp_path / "g", ok=True)
     assert "flat, 1 faces (exact until the gallery holds 2000 faces: then the ivf index is trained)" in ivf.output
+
+
+def test_architecture_and_store_values_are_named_and_create_nothing(tmp_path, sample_photos):
+    from builders import make_prepared_faces
+
+    data = make_prepared_faces(tmp_path / "data")
+    narrow = run("train", data, "--out", tmp_path / "run", "--conv-width", "0", "--device", "cpu")
+    assert narrow.exit_code == 1 and "--conv-width 0" in narrow.stderr
+    photo = next(sample_photos.rglob("*.jpg"))
+    bogus = run("enroll", photo, "--name", "ann", "-g", tmp_path / "g", "--store", "bogus")
+    assert bogus.exit_code == 1 and "--store 'bogus'" in bogus.stderr and not (tmp_path / "g").exists()

@@ -121,6 +121,10 @@ def enroll(
             fail(f"{path}: no such file or folder")
     if not items:
         fail(f"no photos to enroll in {', '.join(map(str, paths))}")
+    from facesearch.gallery.index import STORES
+
+    if store is not None and store not in STORES:  # before a new gallery is created for nothing
+        fail(f"--store {store!r}: one of {', '.join(STORES)}")
     with _open(gallery, db, create=True) as g:
         if store is not None and store != g.index_settings.store:
             if g.stats()["faces"]:

@@ -57,9 +57,11 @@ class VGGConfig:
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, not {self.head!r}")
         if self.input_size < 32:
-            raise ValueError(f"input_size must be at least 32 px (five 2x2 poolings), not {self.input_size}")
-        if self.num_classes < 2 or self.fc_width < 1:
-            raise ValueError("num_classes must be >= 2 and fc_width >= 1")
+            raise ValueError(f"--input-size {self.input_size}: at least 32 px (five 2x2 poolings)")
+        if self.num_classes < 2:
+            raise ValueError(f"{self.num_classes} identities: a classifier needs at least 2")
+        if self.fc_width < 1:
+            raise ValueError(f"--fc-width {self.fc_width}: at least 1")
         if not 0 <= self.dropout < 1:  # also refuses nan
             raise ValueError(f"dropout {self.dropout}: a probability from 0 up to (not including) 1")
         if not (0 <= self.cosface_margin < 1 and self.cosface_scale > 0):
@@ -68,7 +70,7 @@ class VGGConfig:
         if not 0 <= self.arcface_margin < math.pi / 2:
             raise ValueError(f"ArcFace margin {self.arcface_margin} must lie in [0, pi/2) radians")
         if not 0 < self.conv_width <= 4 or min(self.conv_channels) < 1:
-            raise ValueError(f"conv_width must be in (0, 4] and leave every conv a channel, not {self.conv_width}")
+            raise ValueError(f"--conv-width {self.conv_width}: in (0, 4], and wide enough to leave every conv a channel")
 
     @property
     def margin(self) -> float | None:
