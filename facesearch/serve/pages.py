@@ -219,5 +219,8 @@ async def name_cluster(request: Request, group: int, name: str = Form(...), who:
         result = await run_in_threadpool(request.app.state.service.name_cluster, group, name)
     except (ClusterError, GalleryError) as e:
         return _back("/clusters", error=str(e))
-    skipped = f", {len(result['duplicates'])} already enrolled" if result["duplicates"] else ""
+    elsewhere = result["elsewhere"]
+    named = len(result["duplicates"]) - sum(map(len, elsewhere.values()))
+    skipped = (f", {named} already enrolled" if named else "") + "".join(
+        f", {len(ids)} already enrolled as {holder}" for holder, ids in elsewhere.items())
     return _back("/clusters", message=f"group {group} named {name}: {result['enrolled']} faces enrolled{skipped}")
