@@ -32,8 +32,8 @@ class Batches:
         self.local_batch = self.global_batch // ddp.world
         self.steps_per_epoch = self.n // self.global_batch  # drop the ragged last batch
         self.labels = torch.from_numpy(data.labels).to(device)
-        counts = np.bincount(data.labels)
-        self._weights = torch.from_numpy(1.0 / counts[data.labels]).double()  # per crop: 1 / its person's crops
+        if sampling == "identities":  # per crop: 1 / its person's crops
+            self._weights = torch.from_numpy(1.0 / np.bincount(data.labels)[data.labels]).double()
         self.images = _resident(data.images, device)  # device tensor, or the memmap itself
         self._perm_epoch, self._perm = -1, None
 
