@@ -165,7 +165,8 @@ def model_source(path: str | os.PathLike) -> str:
 
 
 INFERENCE_KEYS = ("format", "fingerprint", "model_config", "class_names", "preprocess", "model", "crop", "epoch", "step",
-                  "elapsed", "metrics", "best_val_acc", "train_config", "augment", "dataset", "init")
+                  "elapsed", "metrics", "best_val_acc", "train_config", "augment", "dataset", "init",
+                  "teacher")
 
 
 def export_checkpoint(source: str | os.PathLike, target: str | os.PathLike, half: bool = True) -> Path:
@@ -249,7 +250,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{path}: its architecture is not one this version of facesearch builds ({e})") from None
     # float32 compute whatever the file stores (the base model is half precision)
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()}
-    state.setdefault("embedding_mean", torch.zeros(config.fc_width))  # checkpoints from before centring
+    state.setdefault("embedding_mean", torch.zeros(config.embedding_width))  # checkpoints from before centring
     try:
         model.load_state_dict(state, assign=True)
     except RuntimeError as e:

@@ -87,7 +87,7 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        return self.loaded.config.fc_width
+        return self.loaded.config.embedding_width
 
     @property
     def detector(self):

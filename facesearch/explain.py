@@ -330,6 +330,9 @@ def explain_classification(
 
     clock = _Clock()
     loaded = _load(checkpoint, device)
+    if loaded.config.num_classes == 0:
+        raise ExplainError(f"{checkpoint}: this model has no classes to explain a prediction over (it was "
+                           "distilled from a teacher without labels); explain a match in a gallery instead (-g)")
     view = _view(loaded, "logits")
     clock.lap("load model")
     try:

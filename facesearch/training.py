@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from facesearch.data.batches import SAMPLINGS, Batches
 from facesearch.data.datasets import Dataset, class_names, default_input_size, load_dataset
 from facesearch.distributed import Distributed, setup_distributed
 from facesearch.models.vgg import VGG16, VGGConfig
+from facesearch.teacher import TEACHERS
 from facesearch.visualize.curves import write_curves
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,11 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (CUDA: a one-off compile, then faster steps)
     workers: int = 4  # threads decoding images when the uint8 cache is built
     eval_batch_size: int = 500
+    # Distillation: a public face model ("dlib") whose vector of each crop fc7 (or its projection) learns to point
+    # along, by cosine and by the batch's similarity matrix; faces without a trainable identity train too.
+    teacher: str | None = None
+    distill_weight: float = 1.0  # weight of the teacher's loss
+    identity_weight: float = 1.0  # weight of the identity (classification) loss; 0 with a teacher: no head
 
     # The defaults above are the face recipe; the constructors below are the presets, one per dataset kind.
     @classmethod
@@ -125,7 +132,12 @@ class TrainConfig:
             raise ValueError(f"--epochs {self.epochs} and --batch-size {self.batch_size} must be at least 1")
         if not (math.isfinite(self.lr) and self.lr > 0):  # also refuses nan
             raise ValueError(f"--lr {self.lr}: a learning rate is a positive number")
-        for name in ("weight_decay", "warmup_epochs", "margin_warmup_epochs", "label_smoothing"):
+        if self.teacher is not None and self.teacher not in TEACHERS:
+            raise ValueError(f"--teacher {self.teacher!r}: one of {', '.join(TEACHERS)}")
+        if self.teacher is None and self.identity_weight == 0:
+            raise ValueError("--identity-weight 0 leaves nothing to train without a --teacher")
+        for name in ("weight_decay", "warmup_epochs", "margin_warmup_epochs", "label_smoothing", "distill_weight",
+                     "identity_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"--{name.replace('_', '-')} {value}: must be a number of at least 0")
@@ -144,8 +156,9 @@ class TrainResult:
     epoch: int  # completed epochs
     elapsed: float  # seconds of training
     images_per_s: float  # mean training throughput (all processes)
-    best_val_acc: float | None
+    best_val_acc: float | None  # closed-set accuracy of best.pt (a teacher's run: at its best cosine)
     history: list[dict] = field(default_factory=list)
+    best_val_teacher_cos: float | None = None  # under a teacher: best.pt's mean cosine to the teacher's vectors
 
 
 def lr_factor(progress: float, warmup: float) -> float:
@@ -172,8 +185,9 @@ class Trainer:
     def __init__(self, data: Dataset, run_dir: Path, cfg: TrainConfig, model_config: VGGConfig,
                  aug: AugmentConfig, ddp: Distributed, device: torch.device,
                  on_progress: Callable[[dict], None] | None = None, state: dict | None = None,
-                 init: dict | None = None):
+                 init: dict | None = None, teacher: dict | None = None):
         self.data, self.run_dir, self.cfg, self.aug = data, run_dir, cfg, aug
+        self.data_teacher = teacher  # TeacherInfo.to_dict() of the distilled teacher, for the checkpoints
         self.ddp, self.device, self.on_progress = ddp, device, on_progress
         self.cuda = device.type == "cuda"
         if self.cuda:
@@ -195,6 +209,12 @@ class Trainer:
         if model_config.fc_batch_norm and self.batches.local_batch < 2:
             raise ValueError(f"a batch of {self.batches.local_batch} crop per process cannot train the fully connected "
                              "layers' BatchNorm: give --batch-size of at least 2 per process")
+        self.teacher = data.train.targets is not None
+        if self.teacher:
+            self._check_teacher(model_config, data.train.targets.shape[1])
+        if cfg.sampling == "identities" and (data.train.labels < 0).any():
+            raise ValueError("--sampling identities draws people: it cannot draw the faces without an identity that "
+                             "a teacher trains on; use --sampling photos")
         if cfg.margin_warmup_epochs and model_config.margin is None:
             raise ValueError(f"--margin-warmup-epochs {cfg.margin_warmup_epochs}: the {model_config.head} head has no "
                              "margin to warm up (use --head cosface or arcface)")
@@ -234,12 +254,13 @@ class Trainer:
     def _train_epoch(self) -> tuple[torch.Tensor, bool]:
         """Steps from ``step_in_epoch`` to the epoch's end, or until the budget/step limit says stop."""
         self.model.train()
-        sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, correct, count
+        sums = torch.zeros(5, device=self.device, dtype=torch.float64)  # loss, correct, labelled, count, cosine
         window = (time.perf_counter(), self.step)
         stop = False
         for s in range(self.step_in_epoch, self.batches.steps_per_epoch):
-            x, y = self.batches.take(self.batches.indices(self.epoch, s))
-            self.train_step(x, y, sums)
+            idx = self.batches.indices(self.epoch, s)
+            x, y = self.batches.take(idx)
+            self.train_step(x, y, sums, self.batches.targets_of(idx))
             self.step, self.step_in_epoch = self.step + 1, s + 1
             if self._time_origin is None:
                 self._time_origin = self._synced_elapsed()
@@ -252,22 +273,46 @@ class Trainer:
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
         return sums, stop
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor) -> None:
-        """One optimisation step on a uint8 batch (b, S, S, 3); adds loss sum, correct and count to ``sums``."""
+    def _check_teacher(self, model_config: VGGConfig, dim: int) -> None:
+        width = model_config.projection or model_config.embedding_width
+        if width != dim:
+            raise ValueError(f"the teacher's vectors have {dim} numbers and the distilled layer {width}: give "
+                             f"--fc7-width {dim} (fc7 itself learns the teacher's vectors) or --projection {dim}")
+        if model_config.embedding != "pre_relu" and not model_config.projection:
+            raise ValueError("fc7 distilled itself must be read before its ReLU: give --embedding pre_relu")
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor, t: torch.Tensor | None = None) -> None:
+        """One optimisation step on a uint8 batch (b, S, S, 3) with labels ``y`` (-1: no identity) and, under a
+        teacher, its unit vectors ``t`` (b, dim); adds loss, correct, labelled, count, teacher cosine to ``sums``."""
         self._set_lr()
         self._set_margin()
         x = normalize(augment(x, self.aug, self.aug_generator), self.data.mean, self.data.std)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-            logits = self.model(x, y)  # y: a margin head's true class; ignored by softmax
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+            if t is None:
+                logits, student = self.model(x, y), None  # y: a margin head's true class; ignored by softmax
+            else:
+                logits, student = self.model(x, y, distill=True)
+        labelled = y >= 0
+        loss = torch.zeros((), device=x.device)
+        if logits is not None and self.cfg.identity_weight:
+            ce = F.cross_entropy(logits.float(), y, ignore_index=-1, reduction="sum",
+                                 label_smoothing=self.cfg.label_smoothing)
+            loss = loss + self.cfg.identity_weight * ce / labelled.sum().clamp(min=1)
+        if student is not None:
+            cos, relation = distillation_losses(student.float(), t)
+            loss = loss + self.cfg.distill_weight * ((1 - cos).mean() + relation)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         with torch.no_grad():  # accumulated on the device: no host sync per step
             sums[0] += loss.detach() * len(y)
-            sums[1] += (logits.argmax(1) == y).sum()
-            sums[2] += len(y)
+            if logits is not None:
+                sums[1] += (logits.argmax(1) == y).sum()
+            sums[2] += labelled.sum()
+            sums[3] += len(y)
+            if student is not None:
+                sums[4] += cos.sum()
 
     def _set_lr(self) -> None:
         progress = self.step / self.total_steps
@@ -284,7 +329,7 @@ class Trainer:
     def _set_margin(self) -> None:
         """The margin head's margin for this step: ramped over ``margin_warmup_epochs``, then the model's own."""
         full = self.net.config.margin
-        if full is None:
+        if full is None or self.net.head is None:
             return
         ramp = self.cfg.margin_warmup_epochs * self.batches.steps_per_epoch
         self.net.head.margin = full * min(1.0, self.step / ramp) if ramp > 0 else full
@@ -326,7 +371,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
     def _report(self, sums: torch.Tensor, window: tuple[float, int]) -> tuple[float, int]:
-        loss_sum, _, count = sums.tolist()  # a host sync, once every log_every steps
+        loss_sum, _, _, count, _ = sums.tolist()  # a host sync, once every log_every steps
         now = time.perf_counter()
         images = (self.step - window[1]) * self.batches.global_batch
         self.on_progress({"step": self.step, "total_steps": self._step_limit(), "epoch": self.epoch,
@@ -336,21 +381,27 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, batches: "Batches") -> dict:
-        """Loss and accuracy over a whole split (eval mode, plain un-compiled module; shards under DDP)."""
+        """Loss and accuracy (with an identity head) and the mean cosine to the teacher's vectors (under a
+        teacher) over a whole split (eval mode, plain un-compiled module; shards under DDP)."""
         was_training = self.net.training
         self.net.eval()
-        sums = torch.zeros(3, device=self.device, dtype=torch.float64)
+        sums = torch.zeros(5, device=self.device, dtype=torch.float64)
         for idx in batches.shard().split(self.cfg.eval_batch_size):
             x, y = batches.take(idx)
             x = normalize(x, self.data.mean, self.data.std)
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-                logits = self.net(x).float()
-                if self.cfg.eval_flip:
-                    logits = (logits + self.net(x.flip(3)).float()) / 2
-            sums[0] += F.cross_entropy(logits, y, reduction="sum")
-            sums[1] += (logits.argmax(1) == y).sum()
+                logits, student = self.net(x, distill=True)
+                if self.cfg.eval_flip and logits is not None:
+                    logits = (logits.float() + self.net(x.flip(3)).float()) / 2
+            if logits is not None:
+                sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
+                sums[1] += (logits.argmax(1) == y).sum()
             sums[2] += len(y)
+            sums[3] += len(y)
+            t = batches.targets_of(idx)
+            if t is not None:
+                sums[4] += distillation_losses(student.float(), t)[0].sum()
         self.net.train(was_training)
         return _rates(self._all_reduce(sums))
 
@@ -369,8 +420,11 @@ class Trainer:
                   "lr": self.lr, "train_loss": train["loss"], "train_acc": train["acc"],
                   "val_loss": val["loss"] if val else None, "val_acc": val["acc"] if val else None,
                   "images_per_s": self._train_images / max(1e-9, self._train_seconds), "elapsed": elapsed}
+        if self.teacher:  # the mean cosine of the distilled vector to the teacher's: what picks best.pt
+            record.update(train_teacher_cos=train["teacher_cos"], val_teacher_cos=val["teacher_cos"] if val else None)
         self.history.append(record)
-        score = record["val_acc"] if self.val_batches else record["train_acc"]
+        kind = "teacher_cos" if self.teacher else "acc"
+        score = record[f"val_{kind}"] if self.val_batches else record[f"train_{kind}"]
         if score is not None and (self.best is None or score > self.best):
             self.best = score
             if self.ddp.main:
@@ -417,7 +471,7 @@ class Trainer:
                 "best_val_acc": self.best, "train_config": asdict(self.cfg), "augment": asdict(self.aug),
                 "dataset": {"kind": self.data.kind, "root": self.data.root, "n_train": len(self.data.train),
                             "n_val": len(self.data.val) if self.data.val else 0},
-                "crop": self._crop, "init": self.init}
+                "crop": self._crop, "init": self.init, "teacher": self.data_teacher}
 
     def _save_best(self) -> None:
         if self._best_weights is not None:
@@ -467,13 +521,29 @@ class Trainer:
             torch.cuda.set_rng_state(mine["cuda"], self.device)
 
     def _result(self) -> TrainResult:
-        return TrainResult(self.run_dir, self.step, self.epoch, self._elapsed(),
-                           self._train_images / max(1e-9, self._train_seconds), self.best, list(self.history))
+        rate = self._train_images / max(1e-9, self._train_seconds)
+        if not self.teacher:
+            return TrainResult(self.run_dir, self.step, self.epoch, self._elapsed(), rate, self.best, list(self.history))
+        key = "val" if self.val_batches else "train"
+        best = max(self.history, key=lambda r: r[f"{key}_teacher_cos"] or -1.0, default={})
+        acc = best.get(f"{key}_acc") if self.net.head is not None else None
+        return TrainResult(self.run_dir, self.step, self.epoch, self._elapsed(), rate, acc, list(self.history),
+                           self.best)
 
 
 def _rates(sums: torch.Tensor) -> dict:
-    loss_sum, correct, count = sums.tolist()
-    return {"loss": loss_sum / max(1, count), "acc": correct / max(1, count)}
+    """{"loss", "acc" (over the labelled faces), "teacher_cos"} of the sums (loss, correct, labelled, count,
+    cosine)."""
+    loss_sum, correct, labelled, count, cos = sums.tolist()
+    return {"loss": loss_sum / max(1, count), "acc": correct / max(1, labelled), "teacher_cos": cos / max(1, count)}
+
+
+def distillation_losses(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cosine (n,) of each student vector (n, d) to its teacher's unit vector, and the mean squared difference
+    of the batch's two cosine-similarity matrices (where each face sits among the others, as the teacher has it)."""
+    s = F.normalize(student, dim=1)
+    relation = (s @ s.T - teacher @ teacher.T).pow(2).mean()
+    return (s * teacher).sum(1), relation
 
 
 # --- entry point ---------------------------------------------------------------------------------------
@@ -493,18 +563,19 @@ def face_crop_settings(data: Dataset) -> dict | None:
     return {**asdict(crop), "detector": DetectorSettings().to_dict()}
 
 
-def model_config(kind: str, data_dir: str | os.PathLike, input_size: int | None = None,
+def model_config(kind: str, data_dir: str | os.PathLike, input_size: int | None = None, teacher: bool = False,
                  **overrides) -> VGGConfig:
     """The architecture ``train`` builds for this data unless given one: the kind's preset (``VGGConfig.faces``
-    or ``.cifar10``) with ``overrides`` (None values ignored), the head sized for the data's classes, the input
-    the crops' size (``input_size`` None)."""
-    return VGGConfig.for_kind(kind, len(class_names(kind, data_dir)), input_size or default_input_size(kind, data_dir),
-                              **overrides)
+    or ``.cifar10``) with ``overrides`` (None values ignored), the head sized for the data's classes (none when
+    a ``teacher`` trains a folder without identities), the input the crops' size (``input_size`` None)."""
+    classes = len(class_names(kind, data_dir, unlabelled=teacher))
+    return VGGConfig.for_kind(kind, classes, input_size or default_input_size(kind, data_dir), **overrides)
 
 
 def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cfg: TrainConfig | None = None,
           model: VGGConfig | None = None, aug: AugmentConfig | None = None, cache_dir: str | os.PathLike | None = None, resume: bool = False,
-          on_progress: Callable[[dict], None] | None = None, init: str | os.PathLike | None = None) -> TrainResult:
+          on_progress: Callable[[dict], None] | None = None, init: str | os.PathLike | None = None,
+          on_teacher: Callable[[int, int], None] | None = None) -> TrainResult:
     """Train a VGG16 on faces (a ``prepare`` output) or CIFAR-10; the same code path for both.
 
     Args:
@@ -523,6 +594,8 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
         init: fine-tune: a checkpoint (or "base", the model shipped with facesearch) whose architecture, input
             size, normalisation and weights the run starts from; only the classifier head is new, sized for
             this data's identities. ``model`` must then be left out (as on ``resume``).
+        on_teacher: with ``cfg.teacher``, called with (done, total) while the teacher encodes the crops its
+            cache lacks (rank 0).
     """
     cfg = cfg or TrainConfig.for_kind(kind)
     run_dir = Path(run_dir)
@@ -544,7 +617,13 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
         architecture = model or model_config(kind, data_dir)
     ddp, device = setup_distributed(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(kind, data_dir, architecture.input_size, cache_dir or run_dir / "cache", cfg.workers)
+    if cfg.teacher is not None and kind != "faces":
+        raise ValueError(f"--teacher {cfg.teacher} is a face model: it teaches face crops, not {kind}")
+    data = load_dataset(kind, data_dir, architecture.input_size, cache_dir or run_dir / "cache", cfg.workers,
+                        unlabelled=cfg.teacher is not None)
+    teacher = None
+    if cfg.teacher is not None:
+        data, teacher = with_teacher_targets(data, cfg.teacher, min(cfg.workers, os.cpu_count() or 1), on_teacher)
     if start is not None:  # the features were learnt on inputs normalised the starting model's way
         pre = Preprocess.from_dict(start["preprocess"])
         data = replace(data, mean=pre.mean, std=pre.std)
@@ -553,11 +632,45 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
         raise ValueError(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
     if model is not None and model.num_classes != len(data.class_names):
         raise ValueError(f"the model's head has {model.num_classes} classes; {data_dir} has {len(data.class_names)}")
+    if cfg.teacher is not None and cfg.identity_weight == 0:  # the teacher alone: no identity head
+        data = replace(data, class_names=())
     architecture = replace(architecture, num_classes=len(data.class_names))  # a new head on init
     aug = aug or (AugmentConfig.faces() if kind == "faces" else AugmentConfig.cifar())
     log.info("training %s on %s: %d classes, %d train images, device %s, %d process(es)", kind, data_dir,
              len(data.class_names), len(data.train), device, ddp.world)
-    return Trainer(data, run_dir, cfg, architecture, aug, ddp, device, on_progress, state, start).run()
+    return Trainer(data, run_dir, cfg, architecture, aug, ddp, device, on_progress, state, start, teacher).run()
+
+
+def with_teacher_targets(data: Dataset, name: str, workers: int = 1,
+                         on_progress: Callable[[int, int], None] | None = None) -> tuple[Dataset, dict]:
+    """``data`` with the teacher's vectors of its train and validation crops as targets: computed once per crop
+    (cached beside the prepared data, resumable; rank 0 computes while the other ranks wait), centred on the
+    training crops' mean and scaled to unit length. Raw face descriptors share a large common part (dlib's:
+    a mean cosine of 0.84 between different people); a student learning them uncentred learns that part.
+
+    Returns:
+        (the dataset, the teacher's ``TeacherInfo`` as a dict).
+    """
+    from facesearch.data.datasets import _barrier, _is_main_process
+    from facesearch.data.manifest import read_settings
+    from facesearch.teacher import teacher_vectors
+
+    crop = {k: v for k, v in read_settings(data.root).items() if k in ("size", "margin", "align")}
+    sets = [data.train] + ([data.val] if data.val else [])
+    sources = [p for s in sets for p in s.sources]
+    if not _is_main_process():
+        _barrier()  # rank 0 fills the cache first
+    vectors, info = teacher_vectors(name, data.root, sources, crop, workers=workers,
+                                    on_progress=on_progress if _is_main_process() else None)
+    if _is_main_process():
+        _barrier()
+    n = len(data.train)
+    centre = vectors[:n].mean(0)
+    unit = vectors - centre
+    unit /= np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    train = replace(data.train, targets=np.ascontiguousarray(unit[:n], dtype=np.float32))
+    val = replace(data.val, targets=np.ascontiguousarray(unit[n:], dtype=np.float32)) if data.val else None
+    return replace(data, train=train, val=val), info.to_dict()
 
 
 def _warn_on_other_crops(start: dict, crop: dict | None, data_dir) -> None:
@@ -585,7 +698,8 @@ def init_weights(net: VGG16, init: dict, class_names: Sequence[str] | None = Non
     weights = {k: v for k, v in init["model"].items()
                if (same_people or not k.startswith("head.")) and k != "embedding_mean"}
     missing, unexpected = net.load_state_dict(weights, strict=False)
-    fresh = [k for k in missing if not k.startswith("head.") and k != "embedding_mean"]
+    # a new head, and a new teacher projection when the starting model had none, start fresh
+    fresh = [k for k in missing if not k.startswith(("head.", "projection.")) and k != "embedding_mean"]
     if fresh or unexpected:
         raise ValueError(f"{init['source']}: its layers do not fit this model (missing {fresh}, extra {unexpected})")
     return {"source": init["source"], "fingerprint": payload_fingerprint(init)}

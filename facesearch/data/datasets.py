@@ -37,12 +37,19 @@ CIFAR_HELP = (
 Item = Union[Path, np.ndarray]  # an image file, or an already decoded (H, W, 3) uint8 array
 
 
+UNLABELLED = -1  # the label of a training crop with no identity to learn (a teacher's vector trains it)
+
+
 @dataclass(frozen=True)
 class ImageSet:
-    """One split: images (n, S, S, 3) uint8 (a read-only memmap) and labels (n,) int64."""
+    """One split: images (n, S, S, 3) uint8 (a read-only memmap) and labels (n,) int64 (``UNLABELLED`` for a
+    face with no trainable identity). ``sources`` are the image files (faces), ``targets`` a teacher's vectors
+    (n, dim) float32 of them when a run distils one."""
 
     images: np.ndarray
     labels: np.ndarray
+    sources: tuple[Path, ...] = ()
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -84,9 +91,15 @@ def _decode(item: Item, size: int) -> np.ndarray:
 # --- where the images come from ----------------------------------------------------------------------
 
 
-def face_sources(data_dir: Path) -> tuple[list[str], dict[str, tuple[list[Item], list[int]]]]:
-    """Class names (sorted identities of the train split) and {split: (crop paths, labels)} of a prepare output."""
-    from facesearch.data.manifest import ok_rows, read_manifest
+def face_sources(data_dir: Path, unlabelled: bool = False) -> tuple[list[str], dict[str, tuple[list[Item], list[int]]]]:
+    """Class names (sorted identities of the train split) and {split: (crop paths, labels)} of a prepare output.
+
+    With ``unlabelled`` (a teacher trains the run) the train split also holds the faces that have no identity to
+    learn, labelled ``UNLABELLED``: the "unlabelled" split (``prepare --unlabelled``) and the strangers (people
+    with fewer photos than ``--min-train-photos``, held out because one photo cannot teach a classifier).
+    People held out on purpose (``--holdout-identities``) never train.
+    """
+    from facesearch.data.manifest import ok_rows, read_manifest, read_settings
 
     rows = ok_rows(read_manifest(data_dir))
     if not rows:
@@ -94,14 +107,31 @@ def face_sources(data_dir: Path) -> tuple[list[str], dict[str, tuple[list[Item],
     if all(r.split is None for r in rows):
         raise ValueError(f"{data_dir / 'manifest.csv'}: rows carry no split; re-run `facesearch prepare`")
     class_names = sorted({r.identity for r in rows if r.split == "train"})
+    extra = _unlabelled_rows(rows, int(read_settings(data_dir).get("min_train_photos", 2))) if unlabelled else []
     if len(class_names) < 2:
-        raise ValueError(f"{data_dir / 'manifest.csv'}: the train split needs at least 2 identities")
+        if not unlabelled:
+            hint = ("; its faces have no names: a teacher can train on them (--teacher)"
+                    if any(r.split == "unlabelled" for r in rows) else "")
+            raise ValueError(f"{data_dir / 'manifest.csv'}: the train split needs at least 2 identities{hint}")
+        class_names, extra = [], extra + [r for r in rows if r.split == "train"]  # a teacher alone trains
     index = {name: i for i, name in enumerate(class_names)}
     splits: dict[str, tuple[list[Item], list[int]]] = {}
     for split in ("train", "val"):
         keep = [r for r in rows if r.split == split and r.identity in index]
         splits[split] = ([data_dir / r.crop for r in keep], [index[r.identity] for r in keep])
+    items, labels = splits["train"]
+    splits["train"] = (items + [data_dir / r.crop for r in extra], labels + [UNLABELLED] * len(extra))
     return class_names, splits
+
+
+def _unlabelled_rows(rows: list, min_train_photos: int) -> list:
+    """The ok rows with no identity to learn: split "unlabelled", and the strangers (split "holdout" for having
+    fewer than ``min_train_photos`` photos, not people held out on purpose)."""
+    from collections import Counter
+
+    photos = Counter(r.identity for r in rows)
+    return [r for r in rows if r.split == "unlabelled"
+            or (r.split == "holdout" and photos[r.identity] < min_train_photos)]
 
 
 def cifar_sources(data_dir: Path) -> tuple[list[str], dict[str, tuple[list[Item], list[int]]]]:
@@ -153,7 +183,7 @@ def _cache_key(kind: str, items: Sequence[Item], labels: Sequence[int], size: in
         else:
             st = item.stat()
             h.update(f"{item}|{st.st_size}|{st.st_mtime_ns}".encode())
-        h.update(label.to_bytes(4, "little"))
+        h.update(label.to_bytes(4, "little", signed=True))  # -1: a face with no identity
     return h.hexdigest()[:20]
 
 
@@ -221,11 +251,12 @@ def cached_split(name: str, items: Sequence[Item], labels: Sequence[int], size: 
         os.replace(tmp, sidecar)  # written last: its presence says the cache is complete
     _barrier()  # other DDP ranks wait here for rank 0's cache
     images = np.load(path, mmap_mode="r")
-    return ImageSet(images, np.asarray(labels, dtype=np.int64)), json.loads(sidecar.read_text())
+    sources = tuple(item for item in items if isinstance(item, Path))
+    return ImageSet(images, np.asarray(labels, dtype=np.int64), sources), json.loads(sidecar.read_text())
 
 
 def load_dataset(kind: str, data_dir: str | os.PathLike, input_size: int, cache_dir: str | os.PathLike,
-                 workers: int = 4) -> Dataset:
+                 workers: int = 4, unlabelled: bool = False) -> Dataset:
     """Faces (a ``prepare`` output: train on its "train" split, validate on "val") or CIFAR-10.
 
     Args:
@@ -234,9 +265,13 @@ def load_dataset(kind: str, data_dir: str | os.PathLike, input_size: int, cache_
         input_size: side in px the images are cached at (the model's input size).
         cache_dir: where the uint8 caches live (reused across runs when the inputs are unchanged).
         workers: decoding threads when a cache is built.
+        unlabelled: faces only: train on the faces with no identity to learn too (``face_sources``).
     """
     data_dir = _dataset_folder(kind, data_dir)
-    class_names, splits = (face_sources if kind == "faces" else cifar_sources)(data_dir)
+    if kind == "faces":
+        class_names, splits = face_sources(data_dir, unlabelled)
+    else:
+        class_names, splits = cifar_sources(data_dir)
     sets, stats = {}, {}
     for split, (items, labels) in splits.items():
         if items:
@@ -250,13 +285,13 @@ def load_dataset(kind: str, data_dir: str | os.PathLike, input_size: int, cache_
                    tuple(stats["train"]["mean"]), tuple(stats["train"]["std"]), input_size)
 
 
-def class_names(kind: str, data_dir: str | os.PathLike) -> list[str]:
+def class_names(kind: str, data_dir: str | os.PathLike, unlabelled: bool = False) -> list[str]:
     """The classes ``load_dataset`` will train on, read without decoding an image (a model's head is sized by
     them before the data is loaded)."""
     data_dir = _dataset_folder(kind, data_dir)
     if kind == "cifar10" and (data_dir / "train").is_dir() and (data_dir / "test").is_dir():
         return _folder_classes(data_dir / "train")
-    return (face_sources if kind == "faces" else cifar_sources)(data_dir)[0]
+    return face_sources(data_dir, unlabelled)[0] if kind == "faces" else cifar_sources(data_dir)[0]
 
 
 def _dataset_folder(kind: str, data_dir: str | os.PathLike) -> Path:

@@ -36,7 +36,7 @@ STATUSES = (
     "no_identity",  # a file directly in RAW_DIR, not inside an identity folder
     "not_followed",  # a link to a folder outside RAW_DIR (or back into a folder already scanned)
 )
-SPLITS = ("train", "val", "test", "holdout")
+SPLITS = ("train", "val", "test", "holdout", "unlabelled")  # unlabelled: prepare --unlabelled
 
 
 @dataclass

@@ -54,6 +54,9 @@ class PrepareSettings:
     min_photos: int = 5  # identities with fewer ok photos stay train-only
     min_train_photos: int = 2  # identities with fewer ok photos cannot teach a classifier: held out as strangers
     holdout_identities: int = 0  # whole identities kept out (split "holdout") for open-set evaluation
+    # Faces with no names: every photo under RAW_DIR, in folders or not, gets no identity and split "unlabelled"
+    # (what `train --teacher` learns from without labels).
+    unlabelled: bool = False
     min_side: int = 32  # px; smaller photos are "too_small"
     max_pixels: int | None = None  # decompression-bomb limit; None = Pillow's
     # Detection speed knobs (see FaceDetector); photos with no face found are retried without them.
@@ -68,7 +71,8 @@ class PrepareSettings:
 
     def content_key(self) -> dict:
         """What a row's status and kept face depend on: change any and every photo is re-done."""
-        return {"select": self.select, "min_side": self.min_side, "max_pixels": self.max_pixels}
+        return {"select": self.select, "min_side": self.min_side, "max_pixels": self.max_pixels,
+                "unlabelled": self.unlabelled}
 
 
 @dataclass
@@ -138,12 +142,17 @@ def prepare(
     files = []
     for label, root in roots.items():
         found = scan(root, exclude=out_dir, label=label)
-        _require_people(root, found, out_dir)
+        if settings.unlabelled:  # no names: folders are only where the photos happen to be
+            found = [replace(f, identity="") for f in found]
+        else:
+            _require_people(root, found, out_dir)
         files += found
     people = {f.identity for f in files if f.identity}
     if settings.holdout_identities > len(people):
         raise ValueError(f"--holdout-identities {settings.holdout_identities} is more than the {len(people)} "
                          f"people in {', '.join(str(r) for r in roots.values())}")
+    if settings.unlabelled and not files:
+        raise ValueError(f"{', '.join(str(r) for r in roots.values())}: no files to look for faces in")
     rows, jobs, reused = _plan(files, out_dir, old_rows, old_settings, settings)
     if on_total:
         on_total(len(jobs))
@@ -318,7 +327,7 @@ def _plan(files, out_dir, old_rows, old_settings, settings):
     """Rows settled without decoding (duplicates, conflicts, reused) and jobs for the rest."""
     rows = _hash_files(files, {r.path: r for r in old_rows})
     source = {f.path: f.source for f in files}
-    _mark_duplicates(rows)
+    _mark_duplicates(rows, settings.unlabelled)
     old_by_content = {(r.identity, r.sha256): r for r in old_rows if r.status in _PROCESSED and r.sha256}
     same_crops = {k: old_settings.get(k) for k in settings.crop_key()} == settings.crop_key()
     settled, jobs, reused = [], [], 0
@@ -339,12 +348,13 @@ def _plan(files, out_dir, old_rows, old_settings, settings):
     return settled, jobs, reused
 
 
-def _mark_duplicates(rows: list[ManifestRow]) -> None:
+def _mark_duplicates(rows: list[ManifestRow], unlabelled: bool = False) -> None:
     """Same bytes twice: ``duplicate`` within one identity (the first path is kept), ``conflict`` across
-    identities (none of the copies is kept: we cannot tell whose photo it is)."""
+    identities (none of the copies is kept: we cannot tell whose photo it is). A file with no identity is
+    ``no_identity``, unless the run is ``unlabelled``."""
     by_hash: dict[str, list[ManifestRow]] = defaultdict(list)
     for row in rows:
-        if not row.status and not row.identity:
+        if not row.status and not row.identity and not unlabelled:
             row.status, row.reason = "no_identity", "not inside an identity folder (RAW_DIR/<identity>/...)"
         elif not row.status:
             by_hash[row.sha256].append(row)
@@ -570,13 +580,15 @@ def assign_splits(rows: list[ManifestRow], settings: PrepareSettings) -> tuple[l
     enough photos) get split "holdout". Copies of one photo in several raw folders (same identity and file
     name) always train.
 
+    An ``unlabelled`` run puts every ok row in split "unlabelled".
+
     Returns:
         (train-only identities, holdout identities, stranger identities), each sorted.
     """
     by_identity: dict[str, list[ManifestRow]] = defaultdict(list)
     for row in rows:
-        row.split = None
-        if row.status == "ok":
+        row.split = "unlabelled" if settings.unlabelled and row.status == "ok" else None
+        if row.status == "ok" and not settings.unlabelled:
             by_identity[row.identity].append(row)
     strangers = sorted(i for i, rs in by_identity.items() if len(rs) < settings.min_train_photos)
     small = sorted(i for i, rs in by_identity.items() if len(rs) < settings.min_photos and i not in strangers)

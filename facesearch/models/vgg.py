@@ -7,7 +7,12 @@ One contract, pinned by ``tests/test_vgg.py``:
 - ``forward_embedding(x)``: fc7, the penultimate fully connected layer, ``(n, fc_width)``, not normalised
   (callers L2-normalise); before or after its ReLU as ``VGGConfig.embedding`` says;
 - ``forward(x, labels=None)``: logits ``(n, num_classes)``; with a margin head (CosFace, ArcFace) and ``labels``
-  given (training) the margin is applied to the true class.
+  given (training) the margin is applied to the true class. A model distilled from a teacher without labels has
+  no identity head (``num_classes`` 0) and only the first two.
+
+Distillation (``train --teacher``) trains a vector against the teacher's: fc7 itself (``fc7_width`` set to the
+teacher's width) or a linear projection of fc7 (``projection``); ``forward(x, labels, distill=True)`` gives it
+with the logits.
 
 The head is never an upsampled 7x7 map: fc6 reads the flattened natural map (512 * s * s inputs: 25,088 at
 224 px, 4,608 at 112 px, 512 at 32 px). An adaptive average pool to ``s x s`` sits in front only so that an
@@ -50,6 +55,10 @@ class VGGConfig:
     cosface_scale: float = 30.0  # s of both margin heads (CosFace's value; ArcFace's paper used 64 on far more data)
     cosface_margin: float = 0.35  # m of CosFace (its paper's value)
     arcface_margin: float = 0.5  # m of ArcFace, an angle in radians (its paper's value)
+    # fc7's width when it differs from fc6's (None: fc_width). Set to a teacher's width, fc7 itself is distilled.
+    fc7_width: int | None = None
+    # Width of a linear projection of fc7 trained against a teacher's vectors (0: none; fc7 itself is distilled).
+    projection: int = 0
 
     def __post_init__(self) -> None:
         if self.embedding not in EMBEDDINGS:
@@ -58,10 +67,12 @@ class VGGConfig:
             raise ValueError(f"head must be one of {HEADS}, not {self.head!r}")
         if self.input_size < 32:
             raise ValueError(f"--input-size {self.input_size}: at least 32 px (five 2x2 poolings)")
-        if self.num_classes < 2:
+        if self.num_classes < 2 and self.num_classes != 0:  # 0: no identity head (a teacher alone trains it)
             raise ValueError(f"{self.num_classes} identities: a classifier needs at least 2")
-        if self.fc_width < 1:
-            raise ValueError(f"--fc-width {self.fc_width}: at least 1")
+        if self.fc_width < 1 or (self.fc7_width is not None and self.fc7_width < 1):
+            raise ValueError(f"--fc-width {self.fc_width} / --fc7-width {self.fc7_width}: at least 1")
+        if self.projection < 0:
+            raise ValueError(f"--projection {self.projection}: a width, 0 for none")
         if not 0 <= self.dropout < 1:  # also refuses nan
             raise ValueError(f"dropout {self.dropout}: a probability from 0 up to (not including) 1")
         if not (0 <= self.cosface_margin < 1 and self.cosface_scale > 0):
@@ -85,6 +96,11 @@ class VGGConfig:
         from torchvision.models.vgg import cfgs
 
         return [round(c * self.conv_width) for c in cfgs["D"] if c != "M"]
+
+    @property
+    def embedding_width(self) -> int:
+        """fc7's width: the embedding's."""
+        return self.fc7_width or self.fc_width
 
     @property
     def map_size(self) -> int:
@@ -147,7 +163,7 @@ class MarginHead(nn.Module):
         cos = F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))  # (n, classes)
         if labels is None:
             return self.scale * cos
-        true = F.one_hot(labels, cos.shape[1]).bool()
+        true = F.one_hot(labels.clamp(min=0), cos.shape[1]).bool() & (labels >= 0)[:, None]  # -1: no identity
         if self.kind == "cosface":
             return self.scale * torch.where(true, cos - self.margin, cos)
         m = self.margin
@@ -173,20 +189,23 @@ class VGG16(nn.Module):
                                     batch_norm=config.batch_norm)
         side = config.map_size
         self.pool = nn.AdaptiveAvgPool2d(side)  # identity at multiples of 32 px
-        width = config.fc_width
+        width, width7 = config.fc_width, config.embedding_width
         self.fc6 = nn.Linear(config.conv_channels[-1] * side * side, width)
-        self.fc7 = nn.Linear(width, width)
+        self.fc7 = nn.Linear(width, width7)
         self.fc6_bn = nn.BatchNorm1d(width) if config.fc_batch_norm else nn.Identity()
-        self.fc7_bn = nn.BatchNorm1d(width) if config.fc_batch_norm else nn.Identity()
+        self.fc7_bn = nn.BatchNorm1d(width7) if config.fc_batch_norm else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
         # The training set's mean embedding, subtracted by forward_embedding. Set by the trainer with each best
         # checkpoint; zero in an untrained model. Without it, fc7 vectors share a large common component and
         # every cosine similarity crowds near 1 (0.99+ in short runs), which blurs ranks and thresholds.
-        self.register_buffer("embedding_mean", torch.zeros(width))
-        if config.head in MARGIN_HEADS:
-            self.head = MarginHead(width, config.num_classes, config.head, config.cosface_scale, config.margin)
+        self.register_buffer("embedding_mean", torch.zeros(width7))
+        if config.num_classes == 0:
+            self.head = None  # distilled from a teacher only: no identities to classify
+        elif config.head in MARGIN_HEADS:
+            self.head = MarginHead(width7, config.num_classes, config.head, config.cosface_scale, config.margin)
         else:
-            self.head = nn.Linear(width, config.num_classes)
+            self.head = nn.Linear(width7, config.num_classes)
+        self.projection = nn.Linear(width7, config.projection) if config.projection else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -219,9 +238,24 @@ class VGG16(nn.Module):
         emb = F.relu(fc7) if self.config.embedding == "post_relu" else fc7
         return emb - self.embedding_mean.to(emb.dtype)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (n, num_classes). ``labels`` only matters for a margin head (the training margin)."""
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, distill: bool = False):
+        """Logits (n, num_classes). ``labels`` only matters for a margin head (the training margin; -1: a face
+        with no identity).
+
+        With ``distill`` (training under a teacher; one pass through DDP) a pair: the logits (None without an
+        identity head) and the vector distilled to the teacher, the projection of fc7 or fc7 itself (before its
+        ReLU), ``(n, projection or fc7 width)``.
+        """
         fc7 = self._fc7(x)
+        if distill:
+            logits = self._logits(fc7, labels) if self.head is not None else None
+            return logits, (self.projection(fc7) if self.projection is not None else fc7)
+        if self.head is None:
+            raise ValueError("this model has no identity head (it was distilled from a teacher without labels): "
+                             "it embeds faces, it does not classify them")
+        return self._logits(fc7, labels)
+
+    def _logits(self, fc7: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if self.config.head in MARGIN_HEADS:
             return self.head(fc7, labels)  # a cosine head reads signed fc7
         return self.head(self.dropout(F.relu(fc7)))
@@ -238,4 +272,5 @@ class VGG16(nn.Module):
         (what explain reads): fc6, fc7 (their BatchNorm with ``fc_batch_norm``) and the head (fc8: Linear or
         MarginHead)."""
         bn = self.config.fc_batch_norm
-        return [("fc6", self.fc6_bn if bn else self.fc6), ("fc7", self.fc7_bn if bn else self.fc7), ("fc8", self.head)]
+        layers = [("fc6", self.fc6_bn if bn else self.fc6), ("fc7", self.fc7_bn if bn else self.fc7)]
+        return layers + ([("fc8", self.head)] if self.head is not None else [])
