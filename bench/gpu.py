@@ -113,7 +113,7 @@ def throughput(device: torch.device, size: int, batch: int, compiled: bool, step
     trainer = Trainer(data, Path("/nonexistent"), cfg, model_config, AugmentConfig.faces(), Distributed(), device)
     trainer.step = trainer.total_steps // 2  # a mid-schedule learning rate (the value does not change the cost)
     flops = forward_flops(trainer.net, size, device)
-    sums = torch.zeros(3, device=device, dtype=torch.float64)
+    sums = trainer.new_sums()
 
     def run(n: int) -> None:
         for i in range(n):

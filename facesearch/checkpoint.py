@@ -11,6 +11,9 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
     fingerprint     sha256 of ``model`` (see ``fingerprint``), recorded when saved so loading need not hash it
     crop            {"size", "margin", "align"}: how prepare cut the training faces (faces only; Embedder
                     cuts gallery and query faces the same way)
+    threshold       optional {"value", "fpir", "measured_on"}: the similarity ``who`` names faces at in a gallery
+                    never calibrated (the base model's, measured on held-out people)
+    teacher         optional: the teacher a distilled model learnt from (name, version, weights, licence)
     training state  optimizer, scheduler, rng, sampler, epoch, step, elapsed, metrics, history, train_config,
                     dataset (all optional: a checkpoint made for inference only may leave them out)
 """
@@ -166,14 +169,18 @@ def model_source(path: str | os.PathLike) -> str:
 
 INFERENCE_KEYS = ("format", "fingerprint", "model_config", "class_names", "preprocess", "model", "crop", "epoch", "step",
                   "elapsed", "metrics", "best_val_acc", "train_config", "augment", "dataset", "init",
-                  "teacher")
+                  "teacher", "threshold")
 
 
-def export_checkpoint(source: str | os.PathLike, target: str | os.PathLike, half: bool = True) -> Path:
+def export_checkpoint(source: str | os.PathLike, target: str | os.PathLike, half: bool = True,
+                      threshold: dict | None = None) -> Path:
     """A compact copy of a checkpoint for inference and ``--init``: no optimizer, RNG or history; floating
-    point weights in half precision when ``half`` (``load_checkpoint`` computes in float32 either way)."""
+    point weights in half precision when ``half`` (``load_checkpoint`` computes in float32 either way);
+    ``threshold`` ({"value", "fpir", "measured_on"}) recorded for galleries never calibrated."""
     payload = read_checkpoint(source)
     out = {k: payload[k] for k in INFERENCE_KEYS if payload.get(k) is not None}
+    if threshold is not None:
+        out["threshold"] = threshold
     if half:
         out["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
     out["fingerprint"] = fingerprint(out["model"])
@@ -258,7 +265,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{path}: its weights do not fit the architecture it records "
                               f"({'; '.join(problems) or str(e).splitlines()[0]})") from None
     model.to(resolve_device(device)).eval()
-    extra = {k: payload[k] for k in ("epoch", "step", "metrics", "crop") if payload.get(k) is not None}
+    extra = {k: payload[k] for k in ("epoch", "step", "metrics", "crop", "threshold") if payload.get(k) is not None}
     return LoadedModel(
         model=model,
         config=config,

@@ -168,6 +168,7 @@ def explain_identification(
     """
     from facesearch.checkpoint import resolve_checkpoint
     from facesearch.gallery import Gallery, GalleryError
+    from facesearch.search import answer_threshold
 
     clock = _Clock()
     try:
@@ -183,7 +184,7 @@ def explain_identification(
             ranked = _rank_identities(g.search(query.embedding[None], k=200)[0])
             chosen = _choose(ranked, against, settings.candidates, g)
             candidates = [(name, _gallery_faces(g, name, ranked, settings.faces_per_identity)) for name in chosen]
-            threshold = g.threshold()[0]
+            threshold = answer_threshold(g, loaded)[0]
     except GalleryError as error:
         raise ExplainError(str(error)) from error
     clock.lap("search the gallery")

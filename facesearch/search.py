@@ -2,7 +2,8 @@
 
 Face hits are aggregated per identity: an identity scores the cosine similarity of its best matching
 face (the face is reported too). The best identity is the answer when it reaches the threshold — the
-gallery's calibrated one (``facesearch calibrate`` stores it), else ``DEFAULT_THRESHOLD`` — and
+gallery's calibrated one (``facesearch calibrate`` stores it), else the one its model records (the base model's,
+measured on held-out people at a stated false-positive rate: its model card), else ``DEFAULT_THRESHOLD`` — and
 ``"unknown"`` otherwise. Higher thresholds are stricter: fewer wrong names, more unknowns.
 """
 
@@ -45,7 +46,8 @@ class WhoResult:
     threshold: float
     threshold_calibrated: bool
     faces: list[FaceAnswer]
-    threshold_source: str = "default"  # "given" (the caller's), "calibrated" (the gallery's) or "default"
+    # "given" (the caller's), "calibrated" (the gallery's), "model" (what the model records) or "default"
+    threshold_source: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,7 +133,7 @@ class _Rule:
 
     top_k: int
     threshold: float
-    source: str  # "given", "calibrated" or "default"
+    source: str  # "given", "calibrated", "model" or "default"
 
     @property
     def calibrated(self) -> bool:
@@ -146,8 +148,18 @@ class _Rule:
         gallery.check_model(embedder.fingerprint)
         if threshold is not None:
             return cls(top_k, float(threshold), "given")
-        value, meta = gallery.threshold()
-        return cls(top_k, float(value), "calibrated" if meta is not None else "default")
+        return cls(top_k, *answer_threshold(gallery, embedder.loaded))
+
+
+def answer_threshold(gallery: Gallery, loaded) -> tuple[float, str]:
+    """The threshold ``who`` names faces at when the caller gives none, and where it comes from: the gallery's
+    calibrated one ("calibrated"), else the one the gallery's model records ("model"), else the documented
+    ``DEFAULT_THRESHOLD`` ("default")."""
+    value, meta = gallery.threshold()
+    if meta is not None:
+        return float(value), "calibrated"
+    recorded = (loaded.extra.get("threshold") or {}).get("value") if loaded is not None else None
+    return (float(recorded), "model") if recorded is not None else (float(value), "default")
 
 
 def _answer_images(gallery: Gallery, embedder, images: list, paths: list[str | None], rule: _Rule) -> list[WhoResult]:

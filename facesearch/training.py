@@ -254,7 +254,7 @@ class Trainer:
     def _train_epoch(self) -> tuple[torch.Tensor, bool]:
         """Steps from ``step_in_epoch`` to the epoch's end, or until the budget/step limit says stop."""
         self.model.train()
-        sums = torch.zeros(5, device=self.device, dtype=torch.float64)  # loss, correct, labelled, count, cosine
+        sums = self.new_sums()
         window = (time.perf_counter(), self.step)
         stop = False
         for s in range(self.step_in_epoch, self.batches.steps_per_epoch):
@@ -280,6 +280,10 @@ class Trainer:
                              f"--fc7-width {dim} (fc7 itself learns the teacher's vectors) or --projection {dim}")
         if model_config.embedding != "pre_relu" and not model_config.projection:
             raise ValueError("fc7 distilled itself must be read before its ReLU: give --embedding pre_relu")
+
+    def new_sums(self) -> torch.Tensor:
+        """What ``train_step`` and ``evaluate`` add up on the device: loss, correct, labelled, count, cosine."""
+        return torch.zeros(5, device=self.device, dtype=torch.float64)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor, t: torch.Tensor | None = None) -> None:
         """One optimisation step on a uint8 batch (b, S, S, 3) with labels ``y`` (-1: no identity) and, under a
@@ -385,7 +389,7 @@ class Trainer:
         teacher) over a whole split (eval mode, plain un-compiled module; shards under DDP)."""
         was_training = self.net.training
         self.net.eval()
-        sums = torch.zeros(5, device=self.device, dtype=torch.float64)
+        sums = self.new_sums()
         for idx in batches.shard().split(self.cfg.eval_batch_size):
             x, y = batches.take(idx)
             x = normalize(x, self.data.mean, self.data.std)

@@ -1,5 +1,6 @@
 # Sourced by the other scripts: make (once) and activate the project's virtual environment in .venv.
-# Installs facesearch editable with its test extras; reinstalls when pyproject.toml changed.
+# Installs facesearch editable with its test extras (FACESEARCH_EXTRAS, default "dev"; CI adds "teacher");
+# reinstalls when pyproject.toml changed or other extras are asked for.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FACESEARCH_VENV:-$ROOT/.venv}"
@@ -8,14 +9,15 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "[env] creating $VENV (first time: about 2 minutes, ~5.7 GB with torch)" >&2
     "$PY" -m venv "$VENV"
 fi
+EXTRAS="${FACESEARCH_EXTRAS:-dev}"
 stamp="$VENV/.facesearch-installed"
-if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-    echo "[env] installing facesearch and its dependencies into $VENV" >&2
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$(cat "$stamp")" != "$EXTRAS" ]; then
+    echo "[env] installing facesearch[$EXTRAS] and its dependencies into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
     "$VENV/bin/python" -c "import facesearch, torch, torchvision, facenet_pytorch, faiss, sqlalchemy, alembic, typer, sklearn, fastapi, uvicorn, playwright" \
         || { echo "[env] installation failed: see pip's output above" >&2; exit 1; }
-    touch "$stamp"
+    echo "$EXTRAS" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"

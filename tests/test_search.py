@@ -115,6 +115,28 @@ def test_who_says_unknown_below_the_threshold_and_uses_the_calibrated_one(checkp
         assert result.faces[0].matches[0].name == "ann"  # candidates are still listed
 
 
+def test_an_uncalibrated_gallery_answers_at_its_models_recorded_threshold(checkpoint, people, tmp_path):
+    from facesearch.checkpoint import export_checkpoint
+    from facesearch.embed import Embedder
+    from facesearch.gallery import DEFAULT_THRESHOLD, Gallery
+    from facesearch.gallery.enroll import enroll, folder_items
+    from facesearch.search import who
+
+    recorded = export_checkpoint(checkpoint, tmp_path / "recorded.pt", half=False,
+                                 threshold={"value": 1.0, "fpir": 0.01, "measured_on": "test"})
+    photo = sorted((people / "ann").glob("*.jpg"))[0]
+    for model, expected in ((checkpoint, (DEFAULT_THRESHOLD, "default")), (recorded, (1.0, "model"))):
+        embedder = Embedder(model, device="cpu")
+        with Gallery(tmp_path / f"g-{expected[1]}") as g:
+            enroll(g, embedder, folder_items(people))
+            result = who(g, embedder, photo)
+            assert (result.threshold, result.threshold_source) == expected and not result.threshold_calibrated
+            if expected[1] == "model":  # 1.0: even the enrolled photo itself is refused (float32 cosines)
+                assert result.faces[0].identity == "unknown" and result.faces[0].matches[0].name == "ann"
+                g.set_threshold(0.0, {"source": "test"})  # calibrating the gallery overrides the model's
+                assert who(g, embedder, photo).threshold_source == "calibrated"
+
+
 def test_who_answers_many_photos_in_one_run_as_each_alone_and_goes_on_past_a_bad_one(checkpoint, people, tmp_path):
     env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
     run("enroll", people, "-c", checkpoint, "--device", "cpu", env=env)

@@ -190,3 +190,21 @@ def test_fc_batch_norm_normalises_the_embedding_and_old_configs_load_without_it(
     old = {k: v for k, v in config.to_dict().items() if k != "fc_batch_norm"}
     assert VGGConfig.from_dict(old).fc_batch_norm is False
     assert isinstance(VGG16(VGGConfig.from_dict(old)).fc7_bn, torch.nn.Identity)
+
+
+def test_a_distilled_fc7_has_its_own_width_an_optional_projection_and_maybe_no_head():
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 32, 32)
+    narrow = VGG16(VGGConfig(num_classes=4, input_size=32, fc_width=64, fc7_width=16, conv_width=0.25,
+                             embedding="pre_relu", fc_batch_norm=True)).eval()
+    logits, student = narrow(x, distill=True)
+    assert logits.shape == (3, 4) and student.shape == (3, 16) and narrow.forward_embedding(x).shape == (3, 16)
+    assert torch.allclose(student, narrow.forward_embedding(x))  # fc7 itself is what the teacher trains
+    projected = VGG16(VGGConfig(num_classes=4, input_size=32, fc_width=64, conv_width=0.25, projection=8)).eval()
+    assert projected(x, distill=True)[1].shape == (3, 8) and projected.forward_embedding(x).shape == (3, 64)
+    headless = VGG16(VGGConfig(num_classes=0, input_size=32, fc_width=64, fc7_width=16, conv_width=0.25)).eval()
+    assert headless(x, distill=True)[0] is None and [n for n, _ in headless.fc_layers()] == ["fc6", "fc7"]
+    with pytest.raises(ValueError, match="no identity head"):
+        headless(x)
+    with pytest.raises(ValueError, match="at least 2"):
+        VGGConfig(num_classes=1)

@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from facesearch.gallery import GalleryError
+from facesearch.search import answer_threshold
 from facesearch.serve.app import KEY_COOKIE, PACKAGE, ApiError, Caller, caller, writer
 from facesearch.serve.service import UploadError
 
@@ -173,8 +174,10 @@ def delete_face(request: Request, face_id: int, who: Caller = Depends(writer)):
 
 @router.get("/who")
 def who_page(request: Request, who: Caller = Depends(caller)):
-    threshold, meta = request.app.state.service.gallery.threshold()
-    return _render(request, "who.html", who, threshold=threshold, calibrated=meta is not None)
+    service = request.app.state.service
+    threshold, source = answer_threshold(service.gallery, service.embedder.loaded)
+    return _render(request, "who.html", who, threshold=threshold, calibrated=source == "calibrated",
+                   threshold_source=source)
 
 
 @router.get("/explain/{report}/{name}")
