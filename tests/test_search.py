@@ -189,6 +189,18 @@ def test_reembed_moves_the_gallery_to_a_new_model(checkpoint, people, tmp_path):
     assert run("who", photo, "-c", checkpoint, "--device", "cpu", ok=False, env=env).exit_code == 1
 
 
+def test_a_gallery_of_an_earlier_base_model_says_how_to_move_to_the_shipped_one(checkpoint, people, tmp_path):
+    import sqlite3
+
+    env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
+    run("enroll", people / "ann", "--name", "ann", "-c", checkpoint, "--device", "cpu", env=env)
+    with sqlite3.connect(tmp_path / "g" / "gallery.db") as conn:  # as if enrolled with an earlier base model
+        conn.execute("UPDATE gallery_state SET model_source = 'base'")
+    refused = run("who", sorted((people / "ann").glob("*.jpg"))[1], "--device", "cpu", ok=False, env=env)
+    assert refused.exit_code == 1 and "an earlier base model" in refused.output
+    assert "facesearch gallery reembed --checkpoint base" in refused.output and "Traceback" not in refused.output
+
+
 def test_embed_command_writes_vectors_and_rows(checkpoint, people, tmp_path):
     photos = sorted((people / "ann").glob("*.jpg"))
     run("embed", *photos, "-c", checkpoint, "--device", "cpu", "--out", tmp_path / "e.npy")

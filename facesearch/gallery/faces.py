@@ -39,11 +39,28 @@ def check_model(s: Session, state: GalleryState, fingerprint: str, folder: Path)
     """Raise ModelMismatchError unless the gallery is empty or holds this model's embeddings."""
     held = state.model_fingerprint
     if held is not None and held != fingerprint and s.scalar(sa.select(sa.func.count(Face.id))):
+        if state.model_source == "base" and held != _shipped_base():  # the base model of an earlier facesearch
+            raise ModelMismatchError(
+                f"{folder}: the gallery holds embeddings of an earlier base model ({held}); this facesearch ships "
+                f"base model {fingerprint}. Move the gallery to it with `facesearch gallery reembed --checkpoint "
+                f"base -g {folder}` (every face is recomputed from its stored photo or crop), or give the earlier "
+                "model's file with --checkpoint"
+            )
         raise ModelMismatchError(
             f"{folder}: the gallery holds embeddings of model {held}, the checkpoint is model "
             f"{fingerprint}; use the gallery's checkpoint, or move the gallery to the new model with "
             f"`facesearch gallery reembed --checkpoint NEW`"
         )
+
+
+def _shipped_base() -> str | None:
+    """The fingerprint of the base model this facesearch ships (None if it cannot be read)."""
+    from facesearch.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        return read_checkpoint("base").get("fingerprint")
+    except CheckpointError:
+        return None
 
 
 def claim_model(s: Session, state: GalleryState, fingerprint: str, faces: Sequence[NewFace], source: str | None,
