@@ -173,14 +173,14 @@ INFERENCE_KEYS = ("format", "fingerprint", "model_config", "class_names", "prepr
 
 
 def export_checkpoint(source: str | os.PathLike, target: str | os.PathLike, half: bool = True,
-                      threshold: dict | None = None) -> Path:
+                      record: dict | None = None) -> Path:
     """A compact copy of a checkpoint for inference and ``--init``: no optimizer, RNG or history; floating
     point weights in half precision when ``half`` (``load_checkpoint`` computes in float32 either way);
-    ``threshold`` ({"value", "fpir", "measured_on"}) recorded for galleries never calibrated."""
+    ``record`` adds or replaces metadata (e.g. ``threshold``: {"value", "fpir", "measured_on"}, for galleries
+    never calibrated)."""
     payload = read_checkpoint(source)
     out = {k: payload[k] for k in INFERENCE_KEYS if payload.get(k) is not None}
-    if threshold is not None:
-        out["threshold"] = threshold
+    out.update({k: v for k, v in (record or {}).items() if k in INFERENCE_KEYS})
     if half:
         out["model"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()}
     out["fingerprint"] = fingerprint(out["model"])

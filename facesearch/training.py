@@ -37,7 +37,7 @@ from facesearch.checkpoint import (Preprocess, model_source, payload_fingerprint
                                    save_checkpoint)
 from facesearch.data.augment import AugmentConfig, augment, normalize
 from facesearch.data.batches import SAMPLINGS, Batches
-from facesearch.data.datasets import Dataset, class_names, default_input_size, load_dataset
+from facesearch.data.datasets import Dataset, class_names, default_input_size, identity_folders, load_dataset
 from facesearch.distributed import Distributed, setup_distributed
 from facesearch.models.vgg import VGG16, VGGConfig
 from facesearch.teacher import TEACHERS
@@ -194,6 +194,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest conv algorithms once
             torch.set_float32_matmul_precision("high")  # TF32 for what runs outside bf16 autocast
         self.preprocess = Preprocess(data.input_size, data.mean, data.std)
+        # whose faces train (faces: identity folders, those without a trainable identity too): what a model must
+        # never have seen is checked against it
+        self._identities = identity_folders(data.root, data.train.sources) if data.kind == "faces" else None
         self._crop = face_crop_settings(data)
         torch.manual_seed(cfg.seed)  # same initial weights in every process
         net = VGG16(model_config)
@@ -474,7 +477,8 @@ class Trainer:
                 "metrics": self.history[-1] if self.history else {}, "history": list(self.history),
                 "best_val_acc": self.best, "train_config": asdict(self.cfg), "augment": asdict(self.aug),
                 "dataset": {"kind": self.data.kind, "root": self.data.root, "n_train": len(self.data.train),
-                            "n_val": len(self.data.val) if self.data.val else 0},
+                            "n_val": len(self.data.val) if self.data.val else 0,
+                            "identities": self._identities},
                 "crop": self._crop, "init": self.init, "teacher": self.data_teacher}
 
     def _save_best(self) -> None:

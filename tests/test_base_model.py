@@ -32,7 +32,7 @@ def test_the_shipped_model_loads_compact_and_embeds():
     assert loaded.fingerprint in card  # the card names the exact weights it describes
     face = Image.open(sorted((REPO / "sample" / "photos" / "07201").glob("*.jpg"))[0]).convert("RGB")
     vectors = Embedder("base", device="cpu").embed_crops([face, face.transpose(Image.Transpose.FLIP_LEFT_RIGHT)])
-    assert vectors.shape == (2, loaded.config.fc_width)
+    assert vectors.shape == (2, loaded.config.embedding_width)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     assert float(vectors[0] @ vectors[1]) > 0.99  # flip-averaged: a face and its mirror embed alike
 
@@ -40,12 +40,17 @@ def test_the_shipped_model_loads_compact_and_embeds():
 def test_the_base_model_never_saw_the_people_it_is_scored_on():
     from facesearch.checkpoint import base_model_path, load_checkpoint
 
-    names = set(load_checkpoint("base").class_names)
+    from facesearch.checkpoint import read_checkpoint
+
+    loaded = load_checkpoint("base")
+    trained = set(read_checkpoint("base")["dataset"]["identities"])  # whose faces trained, named or not
+    assert set(loaded.class_names) <= trained
     listed = {line.strip() for line in (base_model_path().parent / "never_seen.txt").read_text().splitlines()
               if line.strip() and not line.startswith("#")}
-    sample = {d.name for part in ("photos", "train") for d in (REPO / "sample" / part).iterdir() if d.is_dir()}
-    assert sample <= listed and not names & listed
-    assert len(names) > 2000  # thousands of identities: what makes an embedding transfer
+    sample = {d.name for part in ("photos", "train", "strangers") for d in (REPO / "sample" / part).iterdir()
+              if d.is_dir()}
+    assert sample <= listed and not trained & listed
+    assert len(trained) > 2000  # thousands of people: what makes an embedding transfer
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,7 @@ def test_an_uncalibrated_gallery_answers_at_its_models_recorded_threshold(checkp
     from facesearch.search import who
 
     recorded = export_checkpoint(checkpoint, tmp_path / "recorded.pt", half=False,
-                                 threshold={"value": 1.0, "fpir": 0.01, "measured_on": "test"})
+                                 record={"threshold": {"value": 1.0, "fpir": 0.01, "measured_on": "test"}})
     photo = sorted((people / "ann").glob("*.jpg"))[0]
     for model, expected in ((checkpoint, (DEFAULT_THRESHOLD, "default")), (recorded, (1.0, "model"))):
         embedder = Embedder(model, device="cpu")

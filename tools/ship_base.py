@@ -32,13 +32,28 @@ def main() -> None:
     if args.threshold is not None and (args.fpir is None or not args.measured_on):
         ap.error("--threshold needs --fpir and --measured-on: the model card states both")
 
-    threshold = None if args.threshold is None else {"value": args.threshold, "fpir": args.fpir,
-                                                       "measured_on": args.measured_on}
-    target = export_checkpoint(args.run, BASE_DIR / "model.pt", half=True, threshold=threshold)
+    record = {"dataset": _dataset_with_identities(args.run)}
+    if args.threshold is not None:
+        record["threshold"] = {"value": args.threshold, "fpir": args.fpir, "measured_on": args.measured_on}
+    target = export_checkpoint(args.run, BASE_DIR / "model.pt", half=True, record=record)
     shutil.copy(args.pool / "never_seen.txt", BASE_DIR / "never_seen.txt")
     loaded = load_checkpoint(target)
     print(f"{target}: {target.stat().st_size / 2**20:.1f} MB, fingerprint {loaded.fingerprint}, "
           f"{len(loaded.class_names)} identities, {loaded.preprocess.input_size} px, fc7 {loaded.config.embedding_width}-d")
+
+
+def _dataset_with_identities(run: Path) -> dict:
+    """The run's ``dataset`` record with whose faces trained (``identities``); runs from before the trainer
+    recorded it get it recomputed from their prepare output, as the trainer chose its crops."""
+    from facesearch.checkpoint import read_checkpoint
+    from facesearch.data.datasets import face_sources, identity_folders
+
+    payload = read_checkpoint(run)
+    dataset = dict(payload.get("dataset") or {})
+    if dataset.get("identities") is None:
+        _, splits = face_sources(Path(dataset["root"]), unlabelled=payload.get("teacher") is not None)
+        dataset["identities"] = identity_folders(dataset["root"], splits["train"][0])
+    return dataset
 
 
 if __name__ == "__main__":

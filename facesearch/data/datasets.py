@@ -124,6 +124,12 @@ def face_sources(data_dir: Path, unlabelled: bool = False) -> tuple[list[str], d
     return class_names, splits
 
 
+def identity_folders(data_dir: str | os.PathLike, sources: Sequence[Path]) -> list[str]:
+    """The identity folders (relative to the prepare output) of crops: whose faces a run trained on."""
+    root = Path(data_dir)
+    return sorted({Path(p).relative_to(root).parent.as_posix() for p in sources})
+
+
 def _unlabelled_rows(rows: list, min_train_photos: int) -> list:
     """The ok rows with no identity to learn: split "unlabelled", and the strangers (split "holdout" for having
     fewer than ``min_train_photos`` photos, not people held out on purpose)."""
