@@ -636,12 +636,12 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
         pre = Preprocess.from_dict(start["preprocess"])
         data = replace(data, mean=pre.mean, std=pre.std)
         _warn_on_other_crops(start, face_crop_settings(data), data_dir)
-    if state is not None and list(data.class_names) != list(state["class_names"]):
-        raise ValueError(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
-    if model is not None and model.num_classes != len(data.class_names):
-        raise ValueError(f"the model's head has {model.num_classes} classes; {data_dir} has {len(data.class_names)}")
     if cfg.teacher is not None and cfg.identity_weight == 0:  # the teacher alone: no identity head
         data = replace(data, class_names=())
+    if state is not None and list(data.class_names) != list(state["class_names"]):
+        raise ValueError(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
+    if model is not None and data.class_names and model.num_classes != len(data.class_names):
+        raise ValueError(f"the model's head has {model.num_classes} classes; {data_dir} has {len(data.class_names)}")
     architecture = replace(architecture, num_classes=len(data.class_names))  # a new head on init
     aug = aug or (AugmentConfig.faces() if kind == "faces" else AugmentConfig.cifar())
     log.info("training %s on %s: %d classes, %d train images, device %s, %d process(es)", kind, data_dir,

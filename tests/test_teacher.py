@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -122,6 +123,16 @@ def test_distillation_raises_the_cosine_to_the_teacher(faces, stand_in, tmp_path
     assert loaded.model.forward_embedding(x).shape == (2, 8)
     with pytest.raises(ValueError, match="no identity head"):
         loaded.model(x)
+
+
+def test_a_teacher_run_without_identities_resumes(faces, stand_in, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=6, lr=0.01, optimizer="adamw", warmup_epochs=0, teacher="dlib",
+                      identity_weight=0.0, workers=1, max_steps=3)
+    model = model_config("faces", faces, teacher=True, **TINY)
+    first = train("faces", faces, tmp_path / "run", cfg, model, AugmentConfig.none())
+    assert first.step == 3
+    again = train("faces", faces, tmp_path / "run", replace(cfg, max_steps=None), resume=True)
+    assert again.step == 6 and again.epoch == 3 and stand_in.encoded == 15  # the vectors came from the cache
 
 
 def test_teacher_and_identity_losses_train_together_and_check_the_widths(faces, stand_in, tmp_path):
