@@ -429,6 +429,8 @@ class Trainer:
                   "images_per_s": self._train_images / max(1e-9, self._train_seconds), "elapsed": elapsed}
         if self.teacher:  # the mean cosine of the distilled vector to the teacher's: what picks best.pt
             record.update(train_teacher_cos=train["teacher_cos"], val_teacher_cos=val["teacher_cos"] if val else None)
+        if self.net.head is None:  # no identities: no accuracy, no identity loss to report
+            record.update(train_acc=None, val_acc=None, val_loss=None)
         self.history.append(record)
         kind = "teacher_cos" if self.teacher else "acc"
         score = record[f"val_{kind}"] if self.val_batches else record[f"train_{kind}"]

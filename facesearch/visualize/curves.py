@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 def write_curves(history: list[dict], path: Path) -> Path | None:
-    """Loss and accuracy per epoch as a PNG; skipped (None) where matplotlib is not installed."""
+    """Loss and accuracy (or, under a teacher, the cosine to its vectors) per epoch as a PNG; skipped (None)
+    where matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -14,14 +15,17 @@ def write_curves(history: list[dict], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, ax in (("loss", ax_loss), ("acc", ax_acc)):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], label="train")
-        if any(h[f"val_{key}"] is not None for h in history):
-            ax.plot(epochs, [h[f"val_{key}"] for h in history], label="validation")
+    # a run taught by a teacher shows its cosine to the teacher's vectors (and has no accuracy without a head)
+    second = "teacher_cos" if history and "train_teacher_cos" in history[0] else "acc"
+    labels = {"loss": "loss", "acc": "accuracy", "teacher_cos": "mean cosine to the teacher"}
+    fig, (ax_loss, ax_second) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, ax in (("loss", ax_loss), (second, ax_second)):
+        for split, name in (("train", "train"), ("val", "validation")):
+            points = [(h["epoch"], h[f"{split}_{key}"]) for h in history if h.get(f"{split}_{key}") is not None]
+            if points:
+                ax.plot(*zip(*points), label=name)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy" if key == "acc" else "cross-entropy loss")
+        ax.set_ylabel(labels[key])
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
