@@ -406,8 +406,8 @@ def build_gallery(folder: Path, loaded, args) -> None:
     from facesearch.gallery import Gallery, NewFace
     from facesearch.gallery.enroll import enroll
 
-    data = Synthetic(args.faces, latent=min(args.latent, loaded.config.fc_width), spread=args.spread,
-                     noise=args.noise, seed=1, dim=loaded.config.fc_width)
+    data = Synthetic(args.faces, latent=min(args.latent, loaded.config.embedding_width), spread=args.spread,
+                     noise=args.noise, seed=1, dim=loaded.config.embedding_width)
     t = time.perf_counter()
     with Gallery(folder) as g:
         for ids, xb in data.chunks(args.faces):  # one transaction, one index build

@@ -107,7 +107,7 @@ def test_evaluate_and_embed_use_the_base_model_by_default(sample_photos, tmp_pat
 
     photo = sorted((sample_photos / "07201").glob("*.jpg"))[0]
     run("embed", photo, "-o", tmp_path / "e.npy", "--device", "cpu")
-    assert np.load(tmp_path / "e.npy").shape == (1, load_checkpoint("base").config.fc_width)
+    assert np.load(tmp_path / "e.npy").shape == (1, load_checkpoint("base").config.embedding_width)
     for person in sorted(sample_photos.iterdir())[:4]:
         (tmp_path / "photos" / person.name).mkdir(parents=True)
         for src in sorted(person.glob("*.jpg"))[:4]:
