@@ -25,11 +25,14 @@ import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
+
+from facesearch.data.images import file_sha256, load_image
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ class DlibTeacher:
         self._detector = None  # dlib's HOG detector, made on first use (unaligned crops only)
         self.info = TeacherInfo(
             name=self.name, dim=self.dim, version=f"dlib {dlib.__version__}, {_models_version()}",
-            weights=f"{recognition.name}, {landmarks.name}", weights_sha256=_file_sha256(recognition)[:16],
+            weights=f"{recognition.name}, {landmarks.name}", weights_sha256=file_sha256(recognition)[:16],
             licence="CC0 / public domain (dlib's ResNet face descriptor and 5-point landmark model, Davis King); "
                     "dlib itself: Boost Software License")
 
@@ -169,11 +172,31 @@ def _worker_init(name: str) -> None:
     _worker_teacher = load_teacher(name)
 
 
-def _worker_encode(paths: list[str], crop: dict) -> np.ndarray:
-    from facesearch.data.images import load_image
+def _read_crops(paths: Sequence[str]) -> list[np.ndarray]:
+    return [np.asarray(load_image(Path(p), min_side=1)) for p in paths]
 
-    crops = [np.asarray(load_image(Path(p), min_side=1)) for p in paths]
-    return _worker_teacher.encode(crops, crop)
+
+def _worker_encode(paths: list[str], crop: dict) -> np.ndarray:
+    return _worker_teacher.encode(_read_crops(paths), crop)
+
+
+@contextmanager
+def _encoder(teacher: DlibTeacher, crop: dict, workers: int) -> Iterator[Callable[[Sequence[str]], np.ndarray]]:
+    """A function from crop files to the teacher's vectors (n, dim), in order: in this process, or split over
+    ``workers`` spawned processes (not forked: the caller, the trainer, may already run torch's thread pools)."""
+    if workers <= 1:
+        yield lambda paths: teacher.encode(_read_crops(paths), crop)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, context, initializer=_worker_init, initargs=(teacher.name,)) as pool:
+        def encode(paths: Sequence[str]) -> np.ndarray:
+            out = np.empty((len(paths), teacher.dim), dtype=np.float32)
+            shares = [list(paths[i::workers]) for i in range(workers)]  # every worker a share of the part
+            for i, vectors in enumerate(pool.map(_worker_encode, shares, [crop] * workers)):
+                out[i::workers] = vectors
+            return out
+
+        yield encode
 
 
 def teacher_vectors(name: str, data_dir: str | os.PathLike, crops: Sequence[Path], crop: dict, workers: int = 2,
@@ -196,41 +219,17 @@ def teacher_vectors(name: str, data_dir: str | os.PathLike, crops: Sequence[Path
     if todo:
         log.info("teacher %s: encoding %d of %d crops (%d cached) with %d process(es)", name, total, len(keys),
                  len(keys) - total, workers)
-        parts = [todo[i:i + _PART_SIZE] for i in range(0, total, _PART_SIZE)]
         if on_progress:
             on_progress(0, total)
-        if workers > 1:
-            # spawned, not forked: the caller (the trainer) may already run torch's thread pools
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, context, initializer=_worker_init, initargs=(name,)) as pool:
-                # each part split over the workers; parts in order, so progress and the cache grow steadily
-                for part in parts:
-                    chunks = [part[i::workers] for i in range(workers)]
-                    results = list(pool.map(_worker_encode, [[p for _, p in c] for c in chunks], [crop] * workers))
-                    ordered = [(k, v) for c, r in zip(chunks, results) for (k, _), v in zip(c, r)]
-                    cache.add([k for k, _ in ordered], np.stack([v for _, v in ordered]))
-                    done += len(part)
-                    if on_progress:
-                        on_progress(done, total)
-        else:
-            from facesearch.data.images import load_image
-
-            for part in parts:
-                images = [np.asarray(load_image(Path(p), min_side=1)) for _, p in part]
-                cache.add([k for k, _ in part], teacher.encode(images, crop))
-                done += len(part)
+        with _encoder(teacher, crop, workers) as encode:
+            for start in range(0, total, _PART_SIZE):  # parts in order: progress and the cache grow steadily
+                part_keys, paths = zip(*todo[start:start + _PART_SIZE])
+                cache.add(list(part_keys), encode(paths))
+                done += len(paths)
                 if on_progress:
                     on_progress(done, total)
     return np.stack([cache.vectors[k] for k in keys]) if keys else np.zeros((0, teacher.dim), np.float32), \
         teacher.info
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _models_version() -> str:
