@@ -8,14 +8,17 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so i
     class_names     list[str], index = class id
     preprocess      {"input_size", "mean", "std"}
     model           state dict (fp32, unwrapped from DDP / torch.compile; fp16 in the shipped base model)
-    fingerprint     sha256 of ``model`` (see ``fingerprint``), recorded when saved so loading need not hash it
+    fingerprint     sha256 of ``model`` (see ``fingerprint``), recorded when saved; loading hashes the weights
+                    once and refuses a file whose weights do not match it (damaged or altered)
     crop            {"size", "margin", "align"}: how prepare cut the training faces (faces only; Embedder
                     cuts gallery and query faces the same way)
     threshold       optional {"value", "fpir", "measured_on"}: the similarity ``who`` names faces at in a gallery
                     never calibrated (the base model's, measured on held-out people)
     teacher         optional: the teacher a distilled model learnt from (name, version, weights, licence)
-    training state  optimizer, scheduler, rng, sampler, epoch, step, elapsed, metrics, history, train_config,
-                    dataset (all optional: a checkpoint made for inference only may leave them out)
+    dataset         optional {"kind", ...}: what it was trained on, "faces" or "cifar10" (only face models
+                    embed faces: ``load_checkpoint(kind="faces")`` refuses the others)
+    training state  optimizer, scheduler, rng, sampler, epoch, step, elapsed, metrics, history, train_config
+                    (all optional: a checkpoint made for inference only may leave them out)
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class LoadedModel:
     fingerprint: str  # stable hash of the weights: tells two checkpoints (and their embeddings) apart
     path: Path | None = None
     extra: dict = field(default_factory=dict)  # epoch, step, metrics, crop (prepare's size/margin/align) of the file
+    kind: str | None = None  # what it was trained on ("faces", "cifar10"); None: not recorded (hand-made files)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -85,9 +89,42 @@ def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def payload_fingerprint(payload: dict) -> str:
-    """A read checkpoint's fingerprint: the one recorded when it was saved, else hashed from its weights."""
-    return payload.get("fingerprint") or fingerprint(payload["model"])
+def payload_fingerprint(payload: dict, path: str | os.PathLike | None = None) -> str:
+    """A read checkpoint's fingerprint, hashed from its weights (one pass over them: call it once per load).
+
+    Raises:
+        CheckpointError: the file records another fingerprint than its weights have: the weights were damaged
+            or altered after it was saved, and it must not pass for the model it names.
+    """
+    hashed = fingerprint(payload["model"])
+    recorded = payload.get("fingerprint")
+    if recorded is not None and recorded != hashed:
+        where = path or payload.get("source") or "the checkpoint"
+        raise CheckpointError(f"{where}: its weights do not match its recorded fingerprint (records {recorded}, "
+                              f"its weights hash to {hashed}): damaged or altered; copy the original file again")
+    return hashed
+
+
+KINDS = {"faces": "a face model", "cifar10": "a CIFAR-10 image classifier"}
+
+
+def checkpoint_kind(payload: dict) -> str | None:
+    """What a checkpoint's model was trained on ("faces", "cifar10"), as its ``dataset`` records; None if it does
+    not say (a checkpoint written by hand, e.g. the tests' random-weight ones)."""
+    dataset = payload.get("dataset")
+    kind = dataset.get("kind") if isinstance(dataset, dict) else None
+    return str(kind) if kind is not None else None
+
+
+def require_kind(recorded: str | None, kind: str, path: str | os.PathLike | None) -> None:
+    """Refuse a model trained on something else than ``kind`` (e.g. a CIFAR-10 classifier given as a face model),
+    naming the file and what it is. A checkpoint that records no kind (``recorded`` None) passes."""
+    if recorded is None or recorded == kind:
+        return
+    what = KINDS.get(recorded, f"a model trained on {recorded!r} data")
+    advice = ('give a face checkpoint (`facesearch train` on `facesearch prepare` output) or "base", the face '
+              "model shipped with facesearch" if kind == "faces" else f"give {KINDS.get(kind, kind)}")
+    raise CheckpointError(f"{path or 'the model'}: {what}, not {KINDS.get(kind, repr(kind))}; {advice}")
 
 
 def save_checkpoint(
@@ -119,7 +156,7 @@ def save_checkpoint(
         "model": {k: v.detach().to("cpu") for k, v in (weights or net.state_dict()).items()},
         **state,
     }
-    payload["fingerprint"] = fingerprint(payload["model"])  # recorded once: loading need not hash the weights
+    payload["fingerprint"] = fingerprint(payload["model"])  # loading hashes the weights again and compares
     return _save_atomically(payload, path)
 
 
@@ -179,6 +216,7 @@ def export_checkpoint(source: str | os.PathLike, target: str | os.PathLike, half
     ``record`` adds or replaces metadata (e.g. ``threshold``: {"value", "fpir", "measured_on"}, for galleries
     never calibrated)."""
     payload = read_checkpoint(source)
+    payload_fingerprint(payload, source)  # a copy of damaged or altered weights would get a fingerprint of its own
     out = {k: payload[k] for k in INFERENCE_KEYS if payload.get(k) is not None}
     out.update({k: v for k, v in (record or {}).items() if k in INFERENCE_KEYS})
     if half:
@@ -239,16 +277,25 @@ def _torch_load(path: Path):
         raise CheckpointError(f"{path}: not a checkpoint torch can read ({type(e).__name__}: {e})") from None
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu", kind: str | None = None) -> LoadedModel:
     """Rebuild the model from a checkpoint file (or a run directory: ``best.pt``, else ``last.pt``).
 
+    Args:
+        kind: the model must have been trained on this ("faces": a face model), when its checkpoint says.
     Returns:
-        LoadedModel with the VGG16 in eval mode on ``device`` ("auto": CUDA when available).
+        LoadedModel with the VGG16 in eval mode on ``device`` ("auto": CUDA when available), its fingerprint
+        hashed from the weights (and checked against the recorded one).
+    Raises:
+        CheckpointError: missing, unsafe, damaged, altered, foreign, of another kind, or not fitting its model.
     """
     from facesearch.models.vgg import VGG16, VGGConfig
 
     path = resolve_checkpoint(path)
     payload = read_checkpoint(path)
+    recorded_kind = checkpoint_kind(payload)
+    if kind is not None:  # before anything is hashed or built
+        require_kind(recorded_kind, kind, path)
+    digest = payload_fingerprint(payload, path)
     try:
         config = VGGConfig.from_dict(payload["model_config"])
         with torch.device("meta"):  # no memory and no random initialisation: the weights come from the file
@@ -271,9 +318,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         config=config,
         class_names=list(payload["class_names"]),
         preprocess=Preprocess.from_dict(payload["preprocess"]),
-        fingerprint=payload_fingerprint(payload),
+        fingerprint=digest,
         path=Path(path),
         extra=extra,
+        kind=recorded_kind,
     )
 
 

@@ -34,10 +34,11 @@ class PhotoFace:
 
 
 class Embedder:
-    """A checkpoint ready to embed faces.
+    """A face model's checkpoint ready to embed faces.
 
     Args:
-        model: a checkpoint path (or run folder), or a ``LoadedModel``.
+        model: a checkpoint path (or run folder), or a ``LoadedModel``; refused when it records another kind of
+            model than a face model (``checkpoint.require_kind``).
         device: "auto" (CUDA when available), "cpu", "cuda", ...
         flip: average each face's embedding with its horizontal mirror's (2x the compute).
         batch_size: crops per forward pass.
@@ -49,10 +50,14 @@ class Embedder:
                  crop: CropSettings | None = None, detector=None):
         import torch
 
-        from facesearch.checkpoint import LoadedModel, load_checkpoint, resolve_device
+        from facesearch.checkpoint import LoadedModel, load_checkpoint, require_kind, resolve_device
 
         self.device = resolve_device(device)
-        self.loaded = model if isinstance(model, LoadedModel) else load_checkpoint(model, self.device)
+        if isinstance(model, LoadedModel):
+            require_kind(model.kind, "faces", model.path)  # a CIFAR-10 classifier embeds no faces
+            self.loaded = model
+        else:
+            self.loaded = load_checkpoint(model, self.device, kind="faces")
         self.model = self.loaded.model.to(self.device, memory_format=torch.channels_last).eval()
         self.flip = flip
         self.batch_size = batch_size

@@ -129,3 +129,27 @@ def test_train_init_base_fine_tunes_the_shipped_model(tmp_path):
     assert tuned["init"] == {"source": "base", "fingerprint": base.fingerprint}
     assert tuned["model_config"] == {**base.config.to_dict(), "num_classes": 3}
     assert tuned["preprocess"]["input_size"] == base.preprocess.input_size
+
+
+def test_other_weights_passed_off_as_the_base_model_are_refused(sample_photos, tmp_path, monkeypatch):
+    from facesearch import checkpoint
+    from facesearch.checkpoint import CheckpointError, fingerprint, load_checkpoint
+
+    raw = torch.load(checkpoint.base_model_path(), weights_only=True)
+    assert fingerprint(raw["model"]) == raw["fingerprint"]  # the shipped file's weights are the ones it names
+    hashed = []
+    monkeypatch.setattr(checkpoint, "fingerprint", lambda state: hashed.append(1) or fingerprint(state))
+    assert load_checkpoint("base").fingerprint == raw["fingerprint"] and len(hashed) == 1  # hashed once a load
+
+    generator = torch.Generator().manual_seed(0)
+    other = {k: torch.randn(v.shape, generator=generator).to(v.dtype) if v.is_floating_point() else v
+             for k, v in raw["model"].items()}
+    forged = tmp_path / "model.pt"
+    torch.save({**raw, "model": other}, forged)  # random weights carrying the base model's fingerprint
+    monkeypatch.setattr(checkpoint, "base_model_path", lambda: forged)
+    with pytest.raises(CheckpointError, match="do not match its recorded fingerprint") as error:
+        load_checkpoint("base")
+    assert str(forged) in str(error.value) and "damaged or altered" in str(error.value)
+    photo = sorted((sample_photos / "07201").glob("*.jpg"))[0]
+    result = run("embed", photo, "-o", tmp_path / "e.npy", "--device", "cpu", ok=False)
+    assert result.exit_code == 1 and str(forged) in result.stderr and not (tmp_path / "e.npy").exists()

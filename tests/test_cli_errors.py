@@ -29,6 +29,8 @@ class _RunsCode:
 
 def _checkpoints(folder: Path) -> dict[str, Path]:
     """One file per way a checkpoint can be unusable."""
+    from facesearch.checkpoint import fingerprint
+
     good = tiny_checkpoint(folder / "good.pt")
     payload = torch.load(good, weights_only=True)
     made = {}
@@ -42,11 +44,22 @@ def _checkpoints(folder: Path) -> dict[str, Path]:
     torch.save({**payload, "model_config": {**payload["model_config"], "wings": 2}}, made["architecture"])
     made["shapes"] = folder / "shapes.pt"
     name = next(k for k, v in payload["model"].items() if v.ndim == 4)
-    torch.save({**payload, "model": {**payload["model"], name: torch.zeros(1, 1, 1, 1)}}, made["shapes"])
+    shapes = {**payload["model"], name: torch.zeros(1, 1, 1, 1)}  # saved so (its fingerprint is its weights')
+    torch.save({**payload, "model": shapes, "fingerprint": fingerprint(shapes)}, made["shapes"])
     made["missing"] = folder / "missing.pt"
     made["photo"] = folder / "photo.pt"  # a file of another kind given as a checkpoint
     made["photo"].write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
+    made["cifar"] = folder / "cifar.pt"  # `facesearch cifar10 train` wrote it: it classifies 32 px objects
+    torch.save({**payload, "dataset": {"kind": "cifar10", "root": "cifar-10-batches-py"}}, made["cifar"])
+    made["forged"] = folder / "forged.pt"  # other weights passed off as the good model by its recorded fingerprint
+    torch.save({**payload, "model": _other_weights(payload["model"])}, made["forged"])
     return made
+
+
+def _other_weights(state: dict) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    return {k: torch.randn(v.shape, generator=generator).to(v.dtype) if v.is_floating_point() else v
+            for k, v in state.items()}
 
 
 @pytest.mark.parametrize("kind, says", [
@@ -57,6 +70,8 @@ def _checkpoints(folder: Path) -> dict[str, Path]:
     ("shapes", "weights do not fit"),
     ("missing", "no such checkpoint"),
     ("photo", "not a checkpoint"),
+    ("cifar", "a CIFAR-10 image classifier, not a face model"),
+    ("forged", "its weights do not match its recorded fingerprint"),
 ])
 def test_each_unusable_checkpoint_has_its_own_message(tmp_path, sample_photos, kind, says):
     path = _checkpoints(tmp_path)[kind]
@@ -271,7 +286,7 @@ def test_who_says_where_its_threshold_came_from(enrolled):
 
 @pytest.mark.parametrize("args, says", [
     (["calibrate", "{photos}", "--fpir", "1.5"], "--fpir 1.5"),
-    (["calibrate", "{photos}", "--fpir", "nan"], "--fpir nan"),
+    (["calibrate", "{photos}", "--fpir", "nan"], "'--fpir': nan is not a finite number"),
     (["explain", "{probe}", "-o", "{tmp}/x", "--maps", "-3"], "--maps"),
     (["evaluate", "open-set", "{photos}", "--enroll", "0"], "--enroll"),
 ])
@@ -290,9 +305,77 @@ def test_training_options_that_are_not_numbers_are_refused(tmp_path):
     from builders import make_prepared_faces
 
     data = make_prepared_faces(tmp_path / "data", n_ids=3, per_id=4, size=32)
-    for option, value in (("--lr", "nan"), ("--dropout", "1.5"), ("--weight-decay", "-1")):
+    for option, value, code in (("--lr", "nan", 2), ("--dropout", "1.5", 1), ("--weight-decay", "-1", 1)):
         result = run("train", data, "--out", tmp_path / "run", option, value, "--device", "cpu", "--epochs", "1")
-        assert result.exit_code == 1 and value in result.stderr, result.output
+        assert result.exit_code == code and value in result.output, result.output
+
+
+def _float_options() -> list[tuple[list[str], str]]:
+    """(command words, option) for every float option of every command."""
+    import typer
+
+    from facesearch.cli import app
+
+    found = []
+
+    def walk(command, words):
+        for param in command.params:
+            annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+            if annotation is float or getattr(getattr(param, "type", None), "name", None) == "float":
+                found.append((words, param.opts[0]))
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*words, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_float_option_refuses_nan_and_infinity_as_a_usage_error():
+    options = _float_options()
+    assert (["who"], "--threshold") in options and (["train"], "--lr") in options and len(options) > 20
+    for words, option in options:
+        for value in ("nan", "inf", "-inf"):
+            result = run(*words, option, value)
+            assert result.exit_code == 2 and option in result.output, (words, option, value, result.output)
+            assert "Traceback" not in result.output
+    as_json = run("who", "x.jpg", "--threshold", "nan", "--json")
+    assert as_json.exit_code == 2 and "not a finite number" in json_error(as_json)["message"]
+
+
+@pytest.mark.parametrize("value", ["verbose", "LOUD", "5"])
+def test_an_unknown_log_level_is_named_with_the_allowed_ones(tmp_path, monkeypatch, capsys, value):
+    import sys
+
+    from facesearch.cli import main
+
+    monkeypatch.setenv("FACESEARCH_LOG", value)
+    monkeypatch.setattr(sys, "argv", ["facesearch", "identities", "list", "-g", str(tmp_path / "g")])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err
+    assert f"FACESEARCH_LOG={value!r}" in err and "debug, info, warning, error, critical" in err
+
+
+@pytest.mark.parametrize("value, level", [("", "WARNING"), (" ", "WARNING"), ("info", "INFO"), ("DEBUG", "DEBUG")])
+def test_an_empty_or_known_log_level_runs(monkeypatch, capsys, value, level):
+    import logging
+    import sys
+
+    from facesearch.cli import main
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a fresh process (pytest's own handlers put back after)
+    monkeypatch.setenv("FACESEARCH_LOG", value)
+    monkeypatch.setattr(sys, "argv", ["facesearch", "cifar10", "--help"])  # past the app's callback, nothing run
+    old_level = root.level
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main()
+        assert exited.value.code == 0, capsys.readouterr()
+        assert logging.getLevelName(root.level) == level and len(root.handlers) == 1
+    finally:
+        root.setLevel(old_level)
 
 
 def test_a_one_crop_batch_with_fc_batch_norm_is_refused_before_training(tmp_path):
@@ -363,3 +446,123 @@ def test_architecture_and_store_values_are_named_and_create_nothing(tmp_path, sa
     photo = next(sample_photos.rglob("*.jpg"))
     bogus = run("enroll", photo, "--name", "ann", "-g", tmp_path / "g", "--store", "bogus")
     assert bogus.exit_code == 1 and "--store 'bogus'" in bogus.stderr and not (tmp_path / "g").exists()
+
+
+# -- models that are not the gallery's face model --------------------------------------------------------------
+
+
+def test_a_cifar_model_or_forged_weights_are_refused_by_enroll_and_who(enrolled, tmp_path):
+    from facesearch.gallery import Gallery
+
+    gallery, probe = enrolled
+    copy = _copy(gallery, tmp_path / "g")
+    with Gallery(copy, create=False) as g:
+        model = Path(g.model_source)
+    made = _checkpoints(tmp_path)
+    payload = torch.load(model, weights_only=True)  # the gallery's model's fingerprint, carried by other weights
+    torch.save({**payload, "model": _other_weights(payload["model"])}, tmp_path / "impostor.pt")
+    before = _files(copy)
+    for checkpoint, says in ((made["cifar"], "CIFAR-10"), (tmp_path / "impostor.pt", "damaged or altered")):
+        for args in (["who", probe], ["enroll", probe, "--name", "someone", "--largest"]):
+            result = run(*args, "-g", copy, "-c", checkpoint, "--device", "cpu")
+            assert result.exit_code == 1 and says in result.stderr and checkpoint.name in result.stderr, result.output
+    assert _files(copy) == before
+
+
+# -- photos that are not photo files, unreadable photos, names that are not text ----------------------------------
+
+
+def _fed_after(fifo: Path, seconds: float):
+    """If a reader still waits on ``fifo`` after ``seconds``, let it read an empty file: a test of code that waits
+    on a pipe then fails instead of hanging."""
+    import threading
+
+    def feed():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # no reader waiting: ENXIO, nothing to do
+        except OSError:
+            pass
+
+    timer = threading.Timer(seconds, feed)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def test_a_named_pipe_given_as_a_photo_is_refused_without_waiting_for_a_writer(enrolled, tmp_path):
+    import time
+
+    gallery, probe = enrolled
+    copy = _copy(gallery, tmp_path / "g")
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    for args in (["enroll", fifo, "--name", "someone"], ["who", fifo], ["embed", fifo, "-o", tmp_path / "e.npy"]):
+        timer = _fed_after(fifo, 10)
+        started = time.monotonic()
+        result = run(*args, "-g" if args[0] != "embed" else "--device", copy if args[0] != "embed" else "cpu",
+                     *(["--device", "cpu"] if args[0] != "embed" else []))
+        timer.cancel()
+        assert time.monotonic() - started < 10, args  # it used to wait forever
+        assert result.exit_code == 1 and f"{fifo}: unreadable: a named pipe (FIFO)" in result.output, (args, result.output)
+
+
+def test_an_unreadable_photo_is_reported_and_the_others_answered(enrolled, tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    gallery, probe = enrolled
+    locked = shutil.copy(probe, tmp_path / "locked.jpg")
+    real_access, real_open = os.access, os.open
+
+    def access(path, mode, **kwargs):  # what chmod 000 looks like to anyone but root
+        return False if mode & os.R_OK and str(path) == str(locked) else real_access(path, mode, **kwargs)
+
+    def os_open(path, flags, *args, **kwargs):
+        if str(path) == str(locked):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "open", os_open)
+    result = run("who", probe, locked, "-g", gallery, "--device", "cpu")
+    assert result.exit_code == 2, result.output  # not a usage error: the run went on and says what failed
+    assert f"{probe}\t1 face" in result.stdout
+    assert f"{locked}: unreadable: cannot read the file: Permission denied" in result.stdout
+    assert "1 of 2 photos could not be read" in result.stderr
+    lines = [json.loads(line) for line in run("who", locked, probe, "-g", gallery, "--device", "cpu",
+                                              "--json").stdout.splitlines()]
+    assert lines[0]["error"]["status"] == "unreadable" and lines[1]["faces"]
+    embedded = run("embed", locked, probe, "-o", tmp_path / "e.npy", "--device", "cpu", "-c", _model_of(gallery))
+    assert embedded.exit_code == 2 and f"{locked}: unreadable" in embedded.stderr
+
+
+def _model_of(gallery: Path) -> Path:
+    from facesearch.gallery import Gallery
+
+    with Gallery(gallery, create=False) as g:
+        return Path(g.model_source)
+
+
+def test_file_and_person_names_cannot_forge_lines_or_drive_the_terminal(enrolled, tmp_path):
+    import shutil
+
+    gallery, probe = enrolled
+    copy = _copy(gallery, tmp_path / "g")
+    hostile = "evil\nforged.jpg: enrolled\x1b]0;owned\x07\u202egpj.jpg"
+    people = tmp_path / "people"
+    (people / "ann").mkdir(parents=True)
+    photo = Path(shutil.copy(probe, people / "ann" / hostile))
+    (people / "ann" / f"{hostile}.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(40))
+    shown = "evil\\nforged.jpg: enrolled\\x1b]0;owned\\x07\\u202egpj.jpg"
+    outputs = [
+        run("enroll", people, "-g", copy, "--device", "cpu", "--largest"),
+        run("who", photo, tmp_path / f"{hostile}.missing.jpg", "-g", copy, "--device", "cpu"),
+        run("who", photo, "-g", copy, "--device", "cpu"),
+        run("who", tmp_path / hostile, "-g", copy, "--device", "cpu"),  # a missing file: the error line
+        run("embed", people, "-o", tmp_path / "e.npy", "--device", "cpu", "-c", _model_of(gallery)),
+    ]
+    for result in outputs:
+        assert shown in result.output, result.output
+        assert not any(c in result.output for c in "\x1b\x07\u202e"), result.output
+        assert not any(line.startswith("forged.jpg") for line in result.output.splitlines()), result.output
+    assert json.loads(run("who", photo, "-g", copy, "--device", "cpu", "--json").stdout)["photo"] == str(photo)

@@ -134,3 +134,45 @@ def test_embed_command_refuses_an_out_it_would_not_write_as_given(checkpoint, sa
     result = run_cli("embed", photo, "-o", tmp_path / out, "-c", checkpoint, "--device", "cpu", ok=False)
     assert result.exit_code == 1 and f"--out {tmp_path / out}: " in result.stderr
     assert not list(tmp_path.glob("*.npy"))
+
+
+def test_a_photos_faces_do_not_depend_on_the_photos_detected_with_it(sample_photos):
+    """The photo below (191x256) had 3 faces alone and 1 in a batch padded to larger photos' canvas: a group photo
+    refused in one `enroll` run was enrolled in another. Its faces are now the same in any batch."""
+    from facesearch.data.detect import FaceDetector, canvas_of
+    from facesearch.data.images import load_image
+
+    group = load_image(sample_photos / "07222" / "041086.jpg")
+    others = [load_image(p) for p in sorted(sample_photos.glob("*/*.jpg"))[:15]]  # 156 to 256 px wide
+    assert len({im.size for im in others + [group]}) > 5 and any(im.size > group.size for im in others)
+    detector = FaceDetector(device="cpu")
+    alone = detector.detect([group])[0]
+    assert alone
+
+    def same(found, exact: bool) -> bool:
+        tolerance = 0 if exact else 1e-2  # photos sharing its canvas share its MTCNN call: float rounding only
+        return len(found) == len(alone) and all(
+            np.allclose(a.box, b.box, atol=tolerance) and np.allclose(a.landmarks, b.landmarks, atol=tolerance)
+            and abs(a.prob - b.prob) <= tolerance for a, b in zip(alone, found))
+
+    other_canvas = [im for im in others if canvas_of(im.size[::-1]) != canvas_of(group.size[::-1])]
+    assert same(detector.detect(other_canvas[:3] + [group])[3], exact=True)
+    for batch in (others[:3] + [group], [group] + others, others[:7] + [group] + others[7:]):
+        assert same(detector.detect(batch)[batch.index(group)], exact=False), [im.size for im in batch]
+
+
+def test_a_model_that_is_not_a_face_model_embeds_nothing(tmp_path):
+    import torch
+
+    from facesearch.checkpoint import CheckpointError, load_checkpoint
+    from facesearch.embed import Embedder
+
+    path = tiny_checkpoint(tmp_path / "tiny.pt")
+    cifar = tmp_path / "cifar.pt"
+    torch.save({**torch.load(path, weights_only=True), "dataset": {"kind": "cifar10", "root": "cifar"}}, cifar)
+    for model in (cifar, load_checkpoint(cifar)):  # a path, or a model loaded for something else
+        with pytest.raises(CheckpointError, match="a CIFAR-10 image classifier, not a face model") as error:
+            Embedder(model, device="cpu")
+        assert "cifar.pt" in str(error.value)
+    assert load_checkpoint(cifar).kind == "cifar10"  # what `cifar10 evaluate` and `explain` load it as
+    assert Embedder(path, device="cpu").loaded.kind is None  # a checkpoint that does not say passes

@@ -132,3 +132,70 @@ def test_too_small(tmp_path):
     Image.new("RGB", (16, 40)).save(tmp_path / "tiny.png")
     _fails(tmp_path / "tiny.png", "too_small", "16x40")
     assert load_image(tmp_path / "tiny.png", min_side=8).size == (16, 40)
+
+
+def test_a_photo_over_the_pixel_limit_is_refused_from_its_header_naming_file_and_size(tmp_path):
+    from facesearch.data.images import MAX_PIXELS
+    from facesearch.serve.service import Limits
+
+    assert Limits().max_pixels == MAX_PIXELS == 40_000_000  # the service and every command: one limit
+    # 64 megapixels in a few hundred bytes (a real one: 187 KB, and 2.9 GB and 28 s to decode and search)
+    big = png_with_size(tmp_path / "big.png", 8000, 8000)
+    error = _fails(big, "too_large", "8000x8000", "64,000,000", "40,000,000")
+    assert str(error).startswith(f"{big}: too_large: ")
+    _fails(big, "truncated", max_pixels=70_000_000)  # given a larger limit it is decoded: this one is 1x1 px inside
+
+
+def _fed_after(fifo, seconds: float):
+    """A timer that, if a reader is still waiting on ``fifo`` after ``seconds``, lets it read an empty file (so that
+    a test of code that waits on a pipe fails instead of hanging)."""
+    import os
+    import threading
+
+    def feed():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # no reader waiting: ENXIO, nothing to do
+        except OSError:
+            pass
+
+    timer = threading.Timer(seconds, feed)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def test_anything_but_a_regular_file_is_refused_before_it_is_read(tmp_path):
+    import os
+    import time
+
+    from facesearch.data.images import NotAFileError, file_sha256
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    (tmp_path / "folder.jpg").mkdir()
+    timer = _fed_after(fifo, 10)
+    started = time.monotonic()
+    try:
+        _fails(fifo, "unreadable", "named pipe")
+        with pytest.raises(NotAFileError, match="named pipe"):
+            file_sha256(fifo)  # an OSError: every caller that handles unreadable files handles it
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 10  # never waited for a writer
+    _fails(tmp_path / "folder.jpg", "unreadable", "a folder")
+    if os.path.exists("/dev/zero"):
+        _fails("/dev/zero", "unreadable", "character device")
+
+
+def test_photo_formats_pillow_cannot_read_are_named_and_listed_not_skipped(tmp_path):
+    import os
+
+    from facesearch.data.images import list_photos
+
+    (tmp_path / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    (tmp_path / "next.JXL").write_bytes(b"\xff\x0a" + bytes(64))
+    (tmp_path / "notes.txt").write_text("not a photo")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    _fails(tmp_path / "phone.heic", "not_an_image", "HEIC", "convert it to JPEG")
+    _fails(tmp_path / "next.JXL", "not_an_image", "JPEG XL")
+    assert [p.name for p in list_photos([tmp_path])] == ["next.JXL", "phone.heic", "pipe.jpg"]  # each then reported

@@ -45,6 +45,7 @@ EXPECTED = {
     "odd/tiny.png": ("too_small", "16x16"),
     "odd/flat.jpg": ("no_face", "no face"),
     "odd/two_faces.jpg": ("ok", "2 faces"),
+    "odd/phone.heic": ("not_an_image", "HEIC"),
     "loose.jpg": ("no_identity", "identity folder"),
 }
 
@@ -93,6 +94,10 @@ def _odd_files(odd: Path, face: Image.Image, other: Image.Image) -> None:
     pair.paste(face, (0, 0))
     pair.paste(other, (face.width, 0))
     pair.save(odd / "two_faces.jpg", quality=95)
+    (odd / "phone.heic").write_bytes(HEIC_HEAD + bytes(64))  # an iPhone photo: a format Pillow does not read
+
+
+HEIC_HEAD = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"  # the first bytes of a HEIC photo
 
 
 @pytest.fixture()

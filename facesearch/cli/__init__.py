@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import logging
-import os
 
 from facesearch.cli._app import app
 
@@ -16,11 +14,7 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=os.environ.get("FACESEARCH_LOG", "WARNING").upper(),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    app()
+    app()  # logging is set up by the app's callback (``_app.setup_logging``), where a bad FACESEARCH_LOG is reported
 
 
 __all__ = ["app", "main"]

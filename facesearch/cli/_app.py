@@ -9,13 +9,20 @@ Errors: a command calls :func:`fail` for a failure it detects itself; every othe
 :func:`user_message`) into one line on stderr and exit status 1 — with ``--json``, also a JSON error object on
 stdout — and anything unexpected into a short message naming the log file that holds the traceback. A
 traceback on the terminal only with ``facesearch --debug`` (or ``FACESEARCH_LOG=debug``).
+
+Text for a terminal: every file name, name or message a command prints passes through :func:`printable`, so a
+name holding a newline or an escape sequence can neither forge an output line nor drive the terminal (JSON output
+escapes them itself). Numbers: every float option refuses nan and infinities as a usage error (exit status 2).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import logging
+import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -46,6 +53,85 @@ Device = Annotated[str, typer.Option(help='"auto" (CUDA when available), "cuda",
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print the result (or the error) as JSON on stdout.")]
 
 DEFAULT_GALLERY = Path("gallery")
+
+
+# -- text for a terminal ---------------------------------------------------------------------------------------
+
+# C0 and C1 control characters (newline, carriage return, escape, bell, ...), DEL, the Unicode line and paragraph
+# separators and the bidirectional controls that reorder what a terminal shows.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(value) -> str:
+    """``str(value)`` safe to print on a terminal: control characters shown as escapes (``\\n``, ``\\x1b``,
+    ``\\u202e``), so that a file or person name cannot forge an output line, set the terminal's title or reorder
+    the text around it. The one helper for every name a command prints (JSON output needs none)."""
+    return _UNPRINTABLE.sub(_escape, str(value))
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with their message made ``printable`` (a traceback below it keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def log_level(value: str | None) -> int:
+    """The logging level ``FACESEARCH_LOG`` names (any case); unset or empty: warning.
+
+    Raises:
+        CommandError: not one of ``LOG_LEVELS`` (a usage error, exit status 2).
+    """
+    if value is None or not value.strip():
+        return logging.WARNING
+    if value.strip().lower() not in LOG_LEVELS:
+        raise CommandError(f"FACESEARCH_LOG={printable(repr(value))}: not a log level; use one of "
+                           f"{', '.join(LOG_LEVELS)} (unset or empty: warning)", code=2)
+    return getattr(logging, value.strip().upper())
+
+
+def setup_logging() -> None:
+    """Log records of the level ``FACESEARCH_LOG`` names to stderr, each message ``printable``."""
+    level = log_level(os.environ.get("FACESEARCH_LOG"))  # checked on every run, configured once a process
+    root = logging.getLogger()
+    if not root.handlers:  # (a test runner's own handlers and levels are left as they are)
+        handler = logging.StreamHandler()
+        handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(level)
+
+
+# -- numbers ---------------------------------------------------------------------------------------------------
+
+
+def _finite_floats(command) -> None:
+    """Every option and argument of ``command`` and its sub-commands refuses nan and infinities where it takes a
+    float, as a usage error (exit status 2) like any other bad value: typer lets them through, to fail later with
+    exit status 1, or not at all."""
+    for param in command.params:
+        param.callback = _refusing_non_finite(param.callback)
+    for sub in getattr(command, "commands", {}).values():
+        _finite_floats(sub)
+
+
+def _refusing_non_finite(callback):
+    def check(ctx, param, value):
+        values = value if isinstance(value, (list, tuple)) else (value,)
+        bad = next((v for v in values if isinstance(v, float) and not math.isfinite(v)), None)
+        if bad is not None:
+            raise typer.BadParameter(f"{bad} is not a finite number.", ctx=ctx, param=param)
+        return callback(ctx, param, value) if callback is not None else value
+
+    return check
 
 
 # -- the one failure helper and the one error translation ------------------------------------------------------
@@ -90,7 +176,7 @@ def _database_message(error: BaseException) -> str | None:
 
 
 def _debugging(ctx) -> bool:
-    return bool(ctx.params.get("debug")) or os.environ.get("FACESEARCH_LOG", "").lower() == "debug"
+    return bool(ctx.params.get("debug")) or os.environ.get("FACESEARCH_LOG", "").strip().lower() == "debug"
 
 
 def _wants_json(args: list[str]) -> bool:
@@ -99,7 +185,7 @@ def _wants_json(args: list[str]) -> bool:
 
 def _report(message: str, code: int, as_json: bool, shown: bool = False) -> NoReturn:
     if not shown:
-        typer.echo(f"error: {message}", err=True)
+        typer.echo(f"error: {printable(message)}", err=True)
     if as_json:
         typer.echo(json.dumps({"error": {"message": message, "exit_code": code}}))
     raise typer.Exit(code=code)
@@ -122,7 +208,12 @@ def _write_crash_log(error: BaseException, args: list[str]) -> Path | None:
 
 
 class _Root(typer.core.TyperGroup):
-    """The root command group: every command's exceptions pass through :meth:`invoke`."""
+    """The root command group: every command's exceptions pass through :meth:`invoke`; every float parameter
+    of every command refuses nan and infinities (:func:`_finite_floats`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _finite_floats(self)
 
     def invoke(self, ctx):
         args = [*ctx._protected_args, *ctx.args]
@@ -232,6 +323,7 @@ def _options(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")] = False,
 ) -> None:
     QUIET["on"] = quiet
+    setup_logging()
     # Idle OpenMP threads sleep instead of spinning: on a small shared CPU the default busy-wait made one MTCNN
     # pass take 10 s instead of 0.6 s. Set here, once, before any command imports torch or faiss.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

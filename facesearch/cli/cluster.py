@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from facesearch.cli._app import (
-    DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, Progress, app, clusters_app, fail,
+    DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, Progress, app, clusters_app, fail, printable,
 )
 
 ClustersDir = Annotated[Path, typer.Argument(help="A clusters folder written by `facesearch cluster`.")]
@@ -17,19 +17,20 @@ ClustersDir = Annotated[Path, typer.Argument(help="A clusters folder written by 
 
 def _summary_text(summary: dict, failures: dict | None = None) -> str:
     lines = [f"{summary['faces']} faces in {summary['photos']} photos: {summary['groups']} groups, "
-             f"{summary['unclustered']} faces unclustered ({summary['folder']})"]
+             f"{summary['unclustered']} faces unclustered ({printable(summary['folder'])})"]
     for g in summary["group_list"]:
-        label = f" = {g['name']}" if g["name"] else ""
-        match = f"  (gallery: {g['identity']})" if g["identity"] else ""
-        lines.append(f"  group {g['group']}{label}: {g['faces']} faces{match}  {g['sheet']}")
+        label = f" = {printable(g['name'])}" if g["name"] else ""
+        match = f"  (gallery: {printable(g['identity'])})" if g["identity"] else ""
+        lines.append(f"  group {g['group']}{label}: {g['faces']} faces{match}  {printable(g['sheet'])}")
     for path, reason in (failures or {}).items():
-        lines.append(f"{path}: {reason}")
+        lines.append(printable(f"{path}: {reason}"))
     return "\n".join(lines)
 
 
 @app.command("cluster")
 def cluster(
-    photos: Annotated[list[Path], typer.Argument(help="Photo folders (searched recursively) or photos.")],
+    photos: Annotated[list[Path], typer.Argument(help="Photo folders (searched recursively) or photos.",
+                                                 readable=False)],  # an unreadable photo is reported, not fatal
     out: Annotated[Path, typer.Option("--out", "-o", help="The clusters folder (an earlier run's is updated).")],
     gallery: Annotated[Optional[Path], typer.Option(
         "--gallery", "-g", envvar="FACESEARCH_GALLERY",
@@ -80,7 +81,7 @@ def cluster(
     elif report.clusters.rows:
         typer.echo(_summary_text(summary, report.failures))
     else:  # nothing clustered: the reasons, not a summary of a folder that was not written
-        typer.echo("\n".join(f"{path}: {reason}" for path, reason in report.failures.items()))
+        typer.echo("\n".join(printable(f"{path}: {reason}") for path, reason in report.failures.items()))
     _exit_status(report, len(files), out, as_json)
 
 
@@ -88,7 +89,8 @@ def _exit_status(report, n_photos: int, out: Path, as_json: bool) -> None:
     """Exit status 1 when no photo gave a face, 2 when some photos could not be read (as `who` does)."""
     unreadable = [p for p, reason in report.failures.items() if not reason.startswith("no_face")]
     if not report.clusters.rows:
-        message, code = f"no face found in any of the {n_photos} photos (reasons above); nothing written to {out}", 1
+        message, code = (f"no face found in any of the {n_photos} photos (reasons above); nothing written to "
+                         f"{printable(out)}", 1)
     elif unreadable:
         message, code = f"{len(unreadable)} of {n_photos} photos could not be read (listed above)", 2
     else:
@@ -139,7 +141,7 @@ def clusters_name(
         typer.echo(json.dumps(out, indent=2, default=str))
     else:
         named = len(r["duplicates"]) - elsewhere
-        typer.echo(f"group {group} = {name!r}: {r['enrolled']} faces enrolled in {gallery}"
+        typer.echo(f"group {group} = {name!r}: {r['enrolled']} faces enrolled in {printable(gallery)}"
                    + (f", {named} already enrolled" if named else "")
                    + "".join(f", {len(ids)} already enrolled as {holder!r} (faces {', '.join(map(str, ids))})"
                              for holder, ids in r["elsewhere"].items()))

@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from facesearch.cli._app import DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, Progress, app, evaluate_app, fail
+from facesearch.cli._app import (
+    DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, Progress, app, evaluate_app, fail, printable,
+)
 
 DEFAULT_RESULTS = Path("results/evaluations.jsonl")
 
@@ -40,7 +42,7 @@ def _finish(summary: dict, results: Path, as_json: bool, lines: list[str]) -> No
     if as_json:
         typer.echo(json.dumps(record, indent=2))
     else:
-        typer.echo("\n".join(lines + [f"appended to {results}"]))
+        typer.echo("\n".join(lines + [f"appended to {printable(results)}"]))
 
 
 def _pairs_lines(s: dict) -> list[str]:
@@ -216,7 +218,7 @@ def calibrate(
     accepted = "n/a" if cal.accepted is None else _fmt(cal.accepted)
     target_text = "balanced" if cal.target_fpir is None else f"target {_fmt(cal.target_fpir)}"
     typer.echo(
-        f"threshold {cal.threshold:.4f} stored in {gallery}: names {_fmt(cal.fpir)} of {cal.n_nonmated} strangers "
+        f"threshold {cal.threshold:.4f} stored in {printable(gallery)}: names {_fmt(cal.fpir)} of {cal.n_nonmated} strangers "
         f"({target_text}); of {cal.n_mated} enrolled people's photos, names {accepted} "
         f"({dir_text} correctly)"
     )

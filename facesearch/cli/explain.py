@@ -10,6 +10,7 @@ import typer
 
 from facesearch.cli._app import (
     DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, RequiredCheckpoint, app, cifar10_app, fail,
+    printable,
 )
 
 OutDir = Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs, report.html and explanation.json.")]
@@ -35,7 +36,7 @@ def _print(explanation, as_json: bool) -> None:
         typer.echo(json.dumps(explanation.to_dict(), indent=1, default=str))
         return
     e = explanation
-    typer.echo(f"{e.query}: {e.answer} (runner-up {e.runner_up}; margin {e.margin:.4f})")
+    typer.echo(printable(f"{e.query}: {e.answer} (runner-up {e.runner_up}; margin {e.margin:.4f})"))
     if e.emerges_at:
         typer.echo(f"  the answer leads from {e.emerges_at} onwards (pooled activations per layer)")
     falls = {l.name: l for l in e.layers}
@@ -43,7 +44,7 @@ def _print(explanation, as_json: bool) -> None:
         l = falls[name]
         typer.echo(f"  {name:8s} top {l.ablated} channels off: margin falls {l.fall_top:.4f} "
                    f"(random: {l.fall_random:.4f} ± {l.fall_random_sd:.4f})")
-    typer.echo(f"  report: {e.files['report']}  ({e.seconds:.1f} s)")
+    typer.echo(f"  report: {printable(e.files['report'])}  ({e.seconds:.1f} s)")
 
 
 @app.command()

@@ -10,7 +10,7 @@ import typer
 
 from facesearch.cli._app import (
     DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, Progress, RequiredCheckpoint, app, db_app, fail,
-    gallery_app, identities_app,
+    gallery_app, identities_app, printable,
 )
 
 Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Average each face with its mirror image.")]
@@ -37,6 +37,7 @@ def _model(checkpoint: Path | None, gallery=None) -> Path:
 
 
 def _echo(data, as_json: bool, text: str) -> None:
+    """``data`` as JSON, else ``text`` (whose names and paths the caller made ``printable``)."""
     typer.echo(json.dumps(data, indent=2, default=str) if as_json else text)
 
 
@@ -45,7 +46,8 @@ def _echo(data, as_json: bool, text: str) -> None:
 
 @app.command()
 def embed(
-    photos: Annotated[list[Path], typer.Argument(help="Photos, or folders of them (searched recursively).")],
+    photos: Annotated[list[Path], typer.Argument(help="Photos, or folders of them (searched recursively).",
+                                                 readable=False)],  # an unreadable photo is reported, not fatal
     out: Annotated[Path, typer.Option("--out", "-o", help="Embeddings (n, d) float32 .npy; rows described in the .json beside it.")],
     select: Annotated[str, typer.Option(help='Faces per photo: "largest", "center" or "all".')] = "largest",
     flip: Flip = True,
@@ -68,11 +70,12 @@ def embed(
     with Progress("embedding", len(files)) as progress:
         result = embed_files(embedder, [str(p) for p in files], select=select, progress=progress.update)
     for path, reason in result.failures.items():
-        typer.echo(f"{path}: {reason}", err=True)
+        typer.echo(f"{printable(path)}: {printable(reason)}", err=True)
     if not result.faces:
         fail(f"no face embedded from the {len(files)} photos (reasons above); nothing written to {out}")
     npy, meta = write_embeddings(result, out)
-    typer.echo(f"{len(result.faces)} faces from {len(files) - len(result.failures)} photos → {npy} (rows: {meta})")
+    typer.echo(f"{len(result.faces)} faces from {len(files) - len(result.failures)} photos → {printable(npy)} "
+               f"(rows: {printable(meta)})")
     if result.failures:
         typer.echo(f"error: {len(result.failures)} of {len(files)} photos gave no face (reasons above)", err=True)
         raise typer.Exit(code=2)
@@ -80,7 +83,8 @@ def embed(
 
 @app.command()
 def enroll(
-    paths: Annotated[list[Path], typer.Argument(help="Photos of one person (with --name), or folders with one sub-folder per person.")],
+    paths: Annotated[list[Path], typer.Argument(
+        help="Photos of one person (with --name), or folders with one sub-folder per person.", readable=False)],
     gallery: GalleryDir = DEFAULT_GALLERY,
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="Who the photos show (stored trimmed, in Unicode NFC form; at most 200 characters).")] = None,
     largest: Annotated[bool, typer.Option("--largest", help="Enroll the largest face of group photos instead of refusing them.")] = False,
@@ -152,7 +156,7 @@ def _print_outcomes(outcomes, as_json: bool) -> None:
     else:
         for o in outcomes:
             if o.status != "enrolled" or o.reason:
-                typer.echo(f"{o.path}: {o.status}{': ' + o.reason if o.reason else ''}")
+                typer.echo(printable(f"{o.path}: {o.status}{': ' + o.reason if o.reason else ''}"))
         typer.echo(", ".join(f"{n} {status}" for status, n in counts.most_common()))
     if n_failed:
         if not as_json:
@@ -163,7 +167,8 @@ def _print_outcomes(outcomes, as_json: bool) -> None:
 @app.command()
 def who(
     photos: Annotated[list[Path], typer.Argument(
-        help="The photo to identify (every face in it); several photos or folders are answered in one run.")],
+        help="The photo to identify (every face in it); several photos or folders are answered in one run.",
+        readable=False)],  # an unreadable photo is reported and the others answered
     gallery: GalleryDir = DEFAULT_GALLERY,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Identities listed per face.")] = 5,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity (-1 to 1) needed to name a face (default: the gallery's calibrated one).")] = None,
@@ -187,8 +192,8 @@ def who(
         fail(f"--threshold {threshold}: a cosine similarity lies between -1 and 1")
     if len(photos) == 1 and not photos[0].is_dir():
         photo = photos[0]
-        if not photo.is_file():
-            fail(f"{photo}: no such file")
+        if not photo.exists():
+            fail(f"{photo}: no such file")  # anything else there but a photo file: load_image says what it is
         with _open(gallery, db, reads_only=True) as g:
             result = run_who(g, Embedder.for_queries(_model(checkpoint, g), device, min_face), str(photo),
                              top_k=top_k, threshold=threshold)
@@ -222,7 +227,7 @@ def _who_many(photos, gallery, db, checkpoint, device, min_face, top_k, threshol
                 if isinstance(result, WhoFailure):
                     failed += 1
                     typer.echo(json.dumps(result.to_dict()) if as_json else
-                               f"{result.photo}: {result.status}: {result.reason}")
+                               printable(f"{result.photo}: {result.status}: {result.reason}"))
                     continue
                 if annotate is not None:
                     draw(result.photo, result, annotate / f"{n:05d}-{Path(result.photo).stem}.jpg")
@@ -237,19 +242,20 @@ def _who_many(photos, gallery, db, checkpoint, device, min_face, top_k, threshol
 
 def _who_line(result) -> str:
     """One photo's answers on one line: each face's identity and similarity."""
-    faces = "; ".join(f"{f.identity}" + ("" if f.similarity is None else f" {f.similarity:.3f}") for f in result.faces)
-    return f"{result.photo}\t{len(result.faces)} face{'' if len(result.faces) == 1 else 's'}\t{faces or '-'}"
+    faces = "; ".join(printable(f.identity) + ("" if f.similarity is None else f" {f.similarity:.3f}")
+                      for f in result.faces)
+    return f"{printable(result.photo)}\t{len(result.faces)} face{'' if len(result.faces) == 1 else 's'}\t{faces or '-'}"
 
 
 def _who_text(result) -> str:
     n = len(result.faces)
-    lines = [f"{result.photo}: {n} face{'' if n == 1 else 's'} (threshold {result.threshold:.3f}, "
+    lines = [f"{printable(result.photo)}: {n} face{'' if n == 1 else 's'} (threshold {result.threshold:.3f}, "
              f"{result.threshold_source})"]
     for i, face in enumerate(result.faces, 1):
         box = ",".join(f"{v:.0f}" for v in face.box)
-        lines.append(f"face {i} [{box}]: {face.identity}")
+        lines.append(f"face {i} [{box}]: {printable(face.identity)}")
         for m in face.matches:
-            lines.append(f"    {m.similarity:6.3f}  {m.name}  (face {m.face_id})")
+            lines.append(f"    {m.similarity:6.3f}  {printable(m.name)}  (face {m.face_id})")
     return "\n".join(lines)
 
 
@@ -262,7 +268,7 @@ def identities_list(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_
     with _open(gallery, db, reads_only=True) as g:
         infos = g.identities()
     rows = [{"name": i.name, "faces": i.n_faces, "updated": i.updated_at} for i in infos]
-    _echo(rows, as_json, "\n".join(f"{i.n_faces:6d}  {i.name}" for i in infos) or "(no identities)")
+    _echo(rows, as_json, "\n".join(f"{i.n_faces:6d}  {printable(i.name)}" for i in infos) or "(no identities)")
 
 
 @identities_app.command("show")
@@ -272,8 +278,8 @@ def identities_show(name: str, gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl 
 
     with _open(gallery, db, reads_only=True) as g:
         info = g.identity(name)
-    lines = [f"{info.name}: {info.n_faces} faces"]
-    lines += [f"  face {f.id}: {f.source_path}  crop {f.crop_path}  box {f.box}" for f in info.faces]
+    lines = [f"{printable(info.name)}: {info.n_faces} faces"]
+    lines += [printable(f"  face {f.id}: {f.source_path}  crop {f.crop_path}  box {f.box}") for f in info.faces]
     _echo(asdict(info), as_json, "\n".join(lines))
 
 
@@ -323,7 +329,7 @@ def gallery_stats(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_js
     """Counts, model, threshold and index of the gallery."""
     with _open(gallery, db, reads_only=True) as g:
         stats = g.stats()
-    _echo(stats, as_json, "\n".join(f"{k}: {v}" for k, v in stats.items()))
+    _echo(stats, as_json, "\n".join(f"{k}: {printable(v)}" for k, v in stats.items()))
 
 
 @gallery_app.command("check")
@@ -331,7 +337,7 @@ def gallery_check(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_js
     """Compare the index and the crops with the database; exit code 1 when they disagree."""
     with _open(gallery, db, reads_only=True) as g:
         report = g.check()
-    text = "consistent" if report.ok else "\n".join(["problems (fix with `facesearch gallery rebuild`):"] + [f"  {p}" for p in report.problems])
+    text = "consistent" if report.ok else "\n".join(["problems (fix with `facesearch gallery rebuild`):"] + [f"  {printable(p)}" for p in report.problems])
     _echo({"ok": report.ok, "problems": report.problems, **report.details}, as_json, text)
     if not report.ok:
         raise typer.Exit(code=1)
@@ -389,7 +395,7 @@ def gallery_store(
     """
     with _open(gallery, db) as g:
         result = g.use_store(store)  # an unknown store is refused there (IndexSettings)
-    _echo(result, as_json, f"{gallery}: vectors in the {store} store ({result['faces']} faces)"
+    _echo(result, as_json, f"{printable(gallery)}: vectors in the {printable(store)} store ({result['faces']} faces)"
                            + ("" if result["moved"] else ", as they were"))
 
 
@@ -434,7 +440,7 @@ def db_upgrade(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None,
 
     engine = _engine(gallery, db)
     gdb.upgrade(engine, revision)
-    typer.echo(f"{gdb.masked(engine)}: at revision {gdb.current_revision(engine)}")
+    typer.echo(f"{printable(gdb.masked(engine))}: at revision {gdb.current_revision(engine)}")
 
 
 @db_app.command("downgrade")
@@ -450,12 +456,12 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help='Target revision (
     if not yes:
         what = "drop every gallery table and all it holds (identities, faces, keys)" if revision == "base" else \
             "undo the schema changes after it; columns they added are dropped with their data"
-        typer.confirm(f"downgrade {gdb.masked(engine)} to {revision!r}: {what}?", abort=True)
+        typer.confirm(f"downgrade {printable(gdb.masked(engine))} to {revision!r}: {what}?", abort=True)
     try:
         gdb.downgrade(engine, revision)
     except CommandError as e:
         fail(f"revision {revision!r}: {e} (`facesearch db current` shows the known ones)")
-    typer.echo(f"{gdb.masked(engine)}: at revision {gdb.current_revision(engine)}")
+    typer.echo(f"{printable(gdb.masked(engine))}: at revision {gdb.current_revision(engine)}")
 
 
 @db_app.command("current")
@@ -464,4 +470,4 @@ def db_current(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None) -> None:
     from facesearch.gallery import db as gdb
 
     engine = _engine(gallery, db, read_only=True)
-    typer.echo(f"{gdb.masked(engine)}: at revision {gdb.current_revision(engine)} (latest {gdb.head_revision()})")
+    typer.echo(f"{printable(gdb.masked(engine))}: at revision {gdb.current_revision(engine)} (latest {gdb.head_revision()})")

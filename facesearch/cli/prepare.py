@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from facesearch.cli._app import Device, JsonFlag, Progress, app, fail
+from facesearch.cli._app import Device, JsonFlag, Progress, app, fail, printable
 
 _STATUS_ORDER = (
     "ok", "duplicate", "conflict", "no_face", "too_small", "too_large", "truncated", "unreadable", "not_an_image",
@@ -101,14 +101,14 @@ def _table(report, out_dir: Path, splitting: bool) -> str:
     lines.append("splits: " + ", ".join(f"{k} {v}" for k, v in sorted(s["splits"].items())))
     if report.train_only and splitting:
         lines.append(f"train-only (fewer ok photos than --min-photos): {len(report.train_only)} identities: "
-                     + ", ".join(report.train_only[:10]) + (" ..." if len(report.train_only) > 10 else ""))
+                     + ", ".join(map(printable, report.train_only[:10])) + (" ..." if len(report.train_only) > 10 else ""))
     if report.holdout:
-        lines.append(f"held out: {', '.join(report.holdout)}")
+        lines.append(f"held out: {', '.join(map(printable, report.holdout))}")
     if report.strangers:
         lines.append(f"held out as strangers (fewer ok photos than --min-train-photos): {len(report.strangers)} "
                      "identities")
     rate = f" ({report.detected / report.seconds:.1f} photos/s)" if report.detected and report.seconds else ""
     lines.append(f"this run: {report.detected} photos detected, {report.recropped} re-cropped, {report.reused} "
                  f"reused, {report.seconds:.1f} s{rate}")
-    lines.append(f"manifest: {out_dir / 'manifest.csv'}")
+    lines.append(f"manifest: {printable(out_dir / 'manifest.csv')}")
     return "\n".join(lines)

@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from facesearch.cli._app import DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, app, fail, keys_app
+from facesearch.cli._app import (
+    DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, app, fail, keys_app, printable,
+)
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -34,7 +36,8 @@ def serve(
     compute_slots: Annotated[Optional[int], typer.Option(min=1, max=64, help=(
         "Recognitions and enrollments computing at once; the rest wait their turn (default: the CPUs, at most 8)."))] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest photo accepted, in MB.")] = 20.0,
-    max_megapixels: Annotated[float, typer.Option(min=0.01, help="Largest photo accepted, in megapixels.")] = 40.0,
+    max_megapixels: Annotated[Optional[float], typer.Option(min=0.01, help=(
+        "Largest photo accepted, in megapixels. (default: 40, the limit every command reads photos with)"))] = None,
     clusters: Annotated[Optional[Path], typer.Option(
         help="A `facesearch cluster` output: its groups are shown, and named (enrolled), on the /clusters page.")] = None,
     device: Device = "cpu",
@@ -52,17 +55,19 @@ def serve(
     except ImportError as e:
         fail(f"facesearch serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'facesearch[serve]'")
     from facesearch.serve.app import create_app
+    from facesearch.data.images import MAX_PIXELS
     from facesearch.serve.service import Limits, Service
 
+    pixels = MAX_PIXELS if max_megapixels is None else int(max_megapixels * 1e6)
     service = Service(gallery, db, checkpoint, device=device, compute_slots=compute_slots, clusters=clusters,
-                      limits=Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=int(max_megapixels * 1e6)))
+                      limits=Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=pixels))
     try:
         if not service.gallery.api_keys():
             fail(f"{service.gallery.folder}: the gallery has no API key, so nobody could use the service; "
                  f"create one first: facesearch keys create NAME -g {gallery}")
         service.warm_up()
         logging.getLogger("facesearch").setLevel(logging.INFO)
-        typer.echo(f"facesearch serve: {service.gallery.folder} ({service.gallery.stats()['faces']} faces), model "
+        typer.echo(f"facesearch serve: {printable(service.gallery.folder)} ({service.gallery.stats()['faces']} faces), model "
                    f"{service.embedder.fingerprint}, on http://{host}:{port}/ (API docs /api/docs)", err=True)
         uvicorn.run(create_app(service, threads), host=host, port=port, log_level="warning", access_log=False)
     finally:
@@ -98,7 +103,7 @@ def keys_list(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_json: 
                                for k in keys], indent=2))
         return
     for k in keys:
-        typer.echo(f"{k.name}\t{'read-only' if k.read_only else 'full'}\t{k.created_at:%Y-%m-%d %H:%M}")
+        typer.echo(f"{printable(k.name)}\t{'read-only' if k.read_only else 'full'}\t{k.created_at:%Y-%m-%d %H:%M}")
     if not keys:
         typer.echo("no API keys: create one with `facesearch keys create NAME`", err=True)
 

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from facesearch.cli._app import Device, JsonFlag, Progress, app, cifar10_app, fail
+from facesearch.cli._app import Device, JsonFlag, Progress, app, cifar10_app, fail, printable
 
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder: checkpoints, metrics.jsonl, curves.png.")]
 Resume = Annotated[Optional[Path], typer.Option(help="Run folder whose last.pt to continue at its exact step.")]
@@ -114,7 +114,7 @@ def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], tra
             f", {best}" if result.best_val_acc is not None else "")
     typer.echo(f"{result.epoch} epochs, {result.step} steps in {result.elapsed:.0f} s "
                f"({result.images_per_s:.0f} images/s); best validation {best}")
-    typer.echo(f"checkpoints: {result.run_dir / 'best.pt'}, {result.run_dir / 'last.pt'}")
+    typer.echo(f"checkpoints: {printable(result.run_dir / 'best.pt')}, {printable(result.run_dir / 'last.pt')}")
 
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl")  # what a run writes that a new run would overwrite or mix into

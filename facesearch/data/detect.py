@@ -1,9 +1,12 @@
 """Find faces (MTCNN from facenet-pytorch), choose one, cut it out: detect → select → crop.
 
 ``FaceDetector.detect`` takes a list of PIL images of any sizes and returns every face in each. MTCNN can
-only batch images of one size, so photos are grouped by shape and padded to a common canvas; boxes are
-mapped back to the photo's own pixels. The network weights ship inside the facenet-pytorch wheel and are
-loaded on the first call, never at import.
+only batch images of one size. Each photo is searched on a canvas that depends on its own size alone (rounded
+up to ``CANVAS_STEP`` pixels, padded grey), and photos share an MTCNN call only when their canvases are equal:
+the canvas sets MTCNN's image pyramid, its resampling and what its later stages see beyond the photo's edge, so
+a canvas shared with larger photos used to change which faces a photo had (a group photo refused in one batch
+was enrolled in another). Boxes are mapped back to the photo's own pixels. The network weights ship inside the
+facenet-pytorch wheel and are loaded on the first call, never at import.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ _TEMPLATE_112 = np.array(
     dtype=np.float64,
 )
 _TEMPLATE_MARGIN = 0.2
+# A photo is searched on its own size rounded up to a multiple of this (padded grey, bottom and right): photos of
+# nearly the same size share a canvas, hence a batch, and a photo's canvas never depends on the others.
+CANVAS_STEP = 32
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,13 +60,16 @@ class FaceDetector:
         device: "auto", "cpu", "cuda", "cuda:1", ...
         min_face_size: smallest face searched for, in pixels (MTCNN's default is 20).
         thresholds: MTCNN's three stage thresholds.
-        batch_size: photos per MTCNN call.
-        min_face_ratio: speed knob; also skip faces smaller than this fraction of the photo's shorter
-            side (0 = off). Small faces are what make MTCNN slow: its image pyramid starts at
+        batch_size: photos (of one canvas size) per MTCNN call.
+        min_face_ratio: speed knob; also skip faces smaller than this fraction of the shorter side of the
+            photo's canvas (0 = off). Small faces are what make MTCNN slow: its image pyramid starts at
             12 / min_face of the photo's size.
         max_side: speed knob; photos with a longer side are searched at this size (None = off).
         retry_missed: with ``min_face_ratio`` on, search each photo where nothing was found once more,
-            alone and at ``min_face_size``, so the knob never loses a face the plain search finds.
+            at ``min_face_size``, so the knob never loses a face the plain search finds.
+
+    A photo's faces depend on the photo and these settings only, not on the other photos of the call (the
+    photos sharing its canvas may shift a box by float rounding, ~1e-5 px: batched convolutions round so).
     """
 
     def __init__(
@@ -86,39 +95,35 @@ class FaceDetector:
         """All faces in each photo (RGB PIL images of any sizes), in the photo's own pixels."""
         faces = self._detect_all(images, self.min_face_ratio)
         if self.min_face_ratio > 0 and self.retry_missed:
-            for i, found in enumerate(faces):
-                if not found:  # alone and unpadded: exactly MTCNN's own search at min_face_size
-                    scale = _working_scale(images[i].size, self.max_side)
-                    again = self._detect_canvas([_working_array(images[i], scale)], float(self.min_face_size))[0]
-                    faces[i] = [_rescale(f, 1.0 / scale) for f in again]
+            missed = [i for i, found in enumerate(faces) if not found]
+            for i, found in zip(missed, self._detect_all([images[i] for i in missed], 0.0)):
+                faces[i] = found  # MTCNN's plain search at min_face_size
         return faces
 
     def _detect_all(self, images, min_face_ratio: float) -> list[list[Face]]:
         scales = [_working_scale(im.size, self.max_side) for im in images]
         arrays = [_working_array(im, s) for im, s in zip(images, scales)]  # each (h, w, 3) uint8
         results: list[list[Face]] = [[] for _ in images]
-        for batch in _group_by_shape([a.shape[:2] for a in arrays], self.batch_size):
-            shorter = min(min(arrays[i].shape[:2]) for i in batch)
-            min_face = max(float(self.min_face_size), min_face_ratio * shorter)
-            found = self._detect_canvas([arrays[i] for i in batch], min_face)
+        for canvas, batch in _group_by_canvas([a.shape[:2] for a in arrays], self.batch_size):
+            min_face = max(float(self.min_face_size), min_face_ratio * min(canvas))
+            found = self._detect_canvas([arrays[i] for i in batch], canvas, min_face)
             for i, faces in zip(batch, found):
                 results[i] = [_rescale(f, 1.0 / scales[i]) for f in faces]
         return results
 
-    def _detect_canvas(self, arrays: list[np.ndarray], min_face: float) -> list[list[Face]]:
-        """One MTCNN call on photos padded (bottom/right, grey) to their common canvas."""
+    def _detect_canvas(self, arrays: list[np.ndarray], canvas: tuple[int, int], min_face: float) -> list[list[Face]]:
+        """One MTCNN call on photos padded (bottom/right, grey) to their canvas, (height, width)."""
         import torch
         from facenet_pytorch.models.utils.detect_face import detect_face
 
         mtcnn = self._model()
-        height = max(a.shape[0] for a in arrays)
-        width = max(a.shape[1] for a in arrays)
+        height, width = canvas
         if min(height, width) < min_face:  # MTCNN's image pyramid would be empty: no face that large fits
             return [[] for _ in arrays]
-        canvas = np.full((len(arrays), height, width, 3), NEUTRAL_GREY[0], dtype=np.uint8)  # (n, H, W, 3)
+        padded = np.full((len(arrays), height, width, 3), NEUTRAL_GREY[0], dtype=np.uint8)  # (n, H, W, 3)
         for k, a in enumerate(arrays):
-            canvas[k, : a.shape[0], : a.shape[1]] = a
-        batch = torch.from_numpy(canvas).to(mtcnn.device)
+            padded[k, : a.shape[0], : a.shape[1]] = a
+        batch = torch.from_numpy(padded).to(mtcnn.device)
         # MTCNN.detect() would do the same after converting PIL images to exactly this tensor.
         with torch.no_grad():
             boxes, points = detect_face(
@@ -159,22 +164,18 @@ def _working_array(image: Image.Image, scale: float) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def _group_by_shape(shapes: list[tuple[int, int]], batch_size: int, max_waste: float = 0.25) -> list[list[int]]:
-    """Batches of indices whose common canvas wastes at most ``max_waste`` of its pixels on padding."""
-    order = sorted(range(len(shapes)), key=lambda i: shapes[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        trial = current + [i]
-        canvas = max(shapes[j][0] for j in trial) * max(shapes[j][1] for j in trial) * len(trial)
-        used = sum(shapes[j][0] * shapes[j][1] for j in trial)
-        if current and (len(trial) > batch_size or used < (1 - max_waste) * canvas):
-            batches.append(current)
-            trial = [i]
-        current = trial
-    if current:
-        batches.append(current)
-    return batches
+def canvas_of(shape: tuple[int, int]) -> tuple[int, int]:
+    """The (height, width) a photo of ``shape`` (height, width) is searched on: each rounded up to ``CANVAS_STEP``."""
+    return tuple(-(-side // CANVAS_STEP) * CANVAS_STEP for side in shape)
+
+
+def _group_by_canvas(shapes: list[tuple[int, int]], batch_size: int) -> list[tuple[tuple[int, int], list[int]]]:
+    """Batches of at most ``batch_size`` indices whose photos have the same canvas, with that canvas."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(canvas_of(shape), []).append(i)
+    return [(canvas, members[k : k + batch_size]) for canvas, members in sorted(groups.items())
+            for k in range(0, len(members), batch_size)]
 
 
 def _faces_inside(boxes, points, shape: tuple[int, int]) -> list[Face]:

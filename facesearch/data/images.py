@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,17 +24,28 @@ logger = logging.getLogger(__name__)
 # What counts as a photo when a folder is listed (enroll, evaluate, calibrate, CIFAR-style folders): Pillow reads
 # all of these; anything else in a folder is not looked at.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".pgm", ".ppm"})
+# Photo formats Pillow reads only in some builds or with a plugin, or not at all (camera RAW): a folder listing for
+# enroll, who and embed includes them, so that each one is either read or reported with its reason, never skipped
+# without a word.
+OTHER_PHOTO_SUFFIXES = frozenset({".heic", ".heif", ".avif", ".jxl", ".jfif", ".jpe", ".jp2", ".dng", ".cr2", ".cr3",
+                                  ".nef", ".arw", ".raf", ".orf", ".rw2", ".svg"})
 # Transparent pixels and padding become this neutral grey rather than black or white.
 NEUTRAL_GREY = (128, 128, 128)
 MIN_SIDE = 32  # px; smaller photos cannot hold a face MTCNN finds (its smallest face is 12 px at best)
+# The largest photo decoded, width x height, checked from the file's header before any pixel is decoded: a 64-
+# megapixel PNG of 187 KB costs ~3 GB and half a minute to decode and search. The service's upload limit too.
+MAX_PIXELS = 40_000_000
 
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 def is_photo(path: Path) -> bool:
-    """Whether a file is one a folder listing counts as a photo (by its suffix: ``IMAGE_SUFFIXES``)."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    """Whether a folder listing counts an entry as a photo: by its suffix (``IMAGE_SUFFIXES`` and
+    ``OTHER_PHOTO_SUFFIXES``), whatever it is but a folder. A photo-named file that cannot be read (a HEIC photo,
+    a named pipe, a broken link) is listed, so that reading it reports why."""
+    suffix = path.suffix.lower()
+    return (suffix in IMAGE_SUFFIXES or suffix in OTHER_PHOTO_SUFFIXES) and not path.is_dir()
 
 
 def list_photos(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -45,12 +57,55 @@ def list_photos(paths: Sequence[str | os.PathLike]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
+class NotAFileError(OSError):
+    """A path that names something other than a regular file (a folder, a named pipe, a device, a socket)."""
+
+
+def _kind_of(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open a file for reading in binary, refusing anything but a regular file before a byte is read.
+
+    A named pipe would block the reader until something writes to it (forever), a device never ends; both are
+    refused, as are folders. Opened without blocking, then checked on the open file itself (no race with a
+    rename in between).
+
+    Raises:
+        NotAFileError: (an ``OSError``) not a regular file; its ``strerror`` says what it is.
+        OSError: missing, permission denied, ...
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _kind_of(mode)
+            raise NotAFileError(0, f"{kind}, not a photo file" if kind != "not a regular file" else kind, str(path))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def file_sha256(path: str | os.PathLike) -> str:
-    """Content hash of a file's bytes: how prepare and the gallery recognise a photo they already hold."""
+    """Content hash of a file's bytes: how prepare and the gallery recognise a photo they already hold.
+
+    Raises:
+        OSError: cannot be read; ``NotAFileError`` for anything but a regular file (never blocks on a pipe).
+    """
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -77,31 +132,34 @@ def load_image(
     Args:
         path: the file.
         min_side: photos whose shorter side is below this many pixels raise ``too_small``.
-        max_pixels: decompression-bomb limit; ``None`` uses Pillow's ``Image.MAX_IMAGE_PIXELS``.
+        max_pixels: the largest width x height decoded (read from the header, before decoding); ``None``:
+            ``MAX_PIXELS``.
 
     Returns:
         A loaded RGB image. Animated images give their first frame.
 
     Raises:
-        ImageError: status ``not_an_image``, ``too_large``, ``truncated``, ``unreadable`` or ``too_small``;
-            its ``path`` is ``path``.
+        ImageError: status ``not_an_image``, ``too_large``, ``truncated``, ``unreadable`` (also for anything
+            but a regular file: a folder, a named pipe, a device) or ``too_small``; its ``path`` is ``path``.
     """
     try:
-        return _load(path, min_side, max_pixels)
+        return _load(path, min_side, MAX_PIXELS if max_pixels is None else max_pixels)
     except ImageError as e:
         e.path = path
         raise
 
 
-def _load(path, min_side: int, max_pixels: int | None) -> Image.Image:
-    _check_not_empty(path)
-    with _decode_errors_as_image_errors():
+def _load(path, min_side: int, max_pixels: int) -> Image.Image:
+    with _open_photo(path) as file, _decode_errors_as_image_errors():
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its limit; we refuse the whole range.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(path)
+            try:
+                opened = Image.open(file)
+            except UnidentifiedImageError as e:
+                raise ImageError("not_an_image", _unknown_format(file, path)) from e
         with opened:
-            _check_pixels(opened, Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels)
+            _check_pixels(opened, max_pixels)  # from the header: nothing is decoded yet
             opened.seek(0)  # animated: the first frame
             opened.load()
             image = to_rgb(_exif_transpose(opened, path))
@@ -113,13 +171,18 @@ def _load(path, min_side: int, max_pixels: int | None) -> Image.Image:
     return image
 
 
-def _check_not_empty(path) -> None:
+def _open_photo(path) -> BinaryIO:
+    """The photo's file, open; ``ImageError`` for one that is missing, unreadable, not a regular file or empty."""
     try:
-        size = os.path.getsize(path)
+        file = open_regular(path)
+    except NotAFileError as e:
+        raise ImageError("unreadable", f"{e.strerror}") from e
     except OSError as e:
         raise ImageError("unreadable", f"cannot read the file: {e.strerror or e}") from e
-    if size == 0:
+    if os.fstat(file.fileno()).st_size == 0:
+        file.close()
         raise ImageError("not_an_image", "empty file (0 bytes)")
+    return file
 
 
 @contextmanager
@@ -143,10 +206,33 @@ def _decode_errors_as_image_errors():
         raise ImageError("unreadable", f"cannot decode: {type(e).__name__}: {e}") from e
 
 
+# Formats people's photos come in that Pillow does not read here, by their first bytes: (offset, magic, name).
+_FOREIGN_FORMATS = (
+    (4, b"ftypheic", "HEIC"), (4, b"ftypheix", "HEIC"), (4, b"ftyphevc", "HEIC"), (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypmsf1", "HEIF"), (4, b"ftypavif", "AVIF"), (0, b"\xff\x0a", "JPEG XL"), (4, b"JXL ", "JPEG XL"),
+)
+_FOREIGN_SUFFIXES = {".heic": "HEIC", ".heif": "HEIF", ".avif": "AVIF", ".jxl": "JPEG XL", ".svg": "SVG",
+                     ".dng": "camera RAW", ".cr2": "camera RAW", ".cr3": "camera RAW", ".nef": "camera RAW",
+                     ".arw": "camera RAW", ".raf": "camera RAW", ".orf": "camera RAW", ".rw2": "camera RAW"}
+
+
+def _unknown_format(file: BinaryIO, path) -> str:
+    """Why Pillow could not identify a file: a photo format it cannot read here (named by the file's first bytes
+    or its suffix), else no image at all."""
+    file.seek(0)
+    head = file.read(16)
+    found = next((fmt for offset, magic, fmt in _FOREIGN_FORMATS if head[offset : offset + len(magic)] == magic),
+                 _FOREIGN_SUFFIXES.get(Path(path).suffix.lower()))
+    if found:
+        return f"a photo in {found} format, which this installation cannot read: convert it to JPEG or PNG"
+    return "not an image format Pillow can read"
+
+
 def _check_pixels(image: Image.Image, limit: int | None) -> None:
     w, h = image.size
     if limit is not None and w * h > limit:
-        raise ImageError("too_large", f"{w}x{h} = {w * h:,} pixels is over the {limit:,}-pixel decompression-bomb limit")
+        raise ImageError("too_large", f"{w}x{h} = {w * h:,} pixels, over the {limit:,}-pixel limit (refused before "
+                         "decoding: a photo this large costs gigabytes of memory); scale it down first")
 
 
 def _exif_transpose(image: Image.Image, path) -> Image.Image:

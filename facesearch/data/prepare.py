@@ -58,7 +58,7 @@ class PrepareSettings:
     # (what `train --teacher` learns from without labels).
     unlabelled: bool = False
     min_side: int = 32  # px; smaller photos are "too_small"
-    max_pixels: int | None = None  # decompression-bomb limit; None = Pillow's
+    max_pixels: int | None = None  # the largest photo decoded (width x height); None: images.MAX_PIXELS (40 MP)
     # Detection speed knobs (see FaceDetector); photos with no face found are retried without them.
     min_face_ratio: float = 0.25
     max_side: int = 640

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from facesearch.data.images import IMAGE_SUFFIXES, ImageError, file_sha256, load_image
+from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, file_sha256, load_image
 
 UPLOADS = "uploads"  # inside the gallery folder: photos enrolled through the service, named by their sha256
 
@@ -27,7 +27,7 @@ class Limits:
     """What one request may send."""
 
     max_bytes: int = 20 * 1024 * 1024  # an upload's size
-    max_pixels: int = 40_000_000  # a photo's width x height (a decompression bomb is refused before decoding)
+    max_pixels: int = MAX_PIXELS  # a photo's width x height (refused from the header, before decoding), as the CLI's
 
 
 class UploadError(ValueError):
