@@ -7,7 +7,9 @@ import base64
 import hashlib
 import json
 import shutil
+import socket
 import threading
+from urllib.parse import quote
 
 import pytest
 from PIL import Image
@@ -193,9 +195,11 @@ def served_gallery(client):
 def test_gallery_stats_and_openapi(client, served):
     stats = client.get("/api/v1/gallery", headers=auth(served, "read")).json()
     assert stats["identities"] == PEOPLE and stats["faces"] == 2 * PEOPLE and "folder" not in stats
+    assert stats["database"] == "sqlite" and stats["model_source"] == served[1].name  # no server path
     spec = client.get("/api/v1/openapi.json").json()
     assert {"/api/v1/recognize", "/api/v1/subjects", "/api/v1/explain", "/api/v1/faces/{face_id}/crop"} <= set(spec["paths"])
-    assert client.get("/api/docs").status_code == 200
+    docs = client.get("/api/docs")  # our own page: Swagger UI would load its scripts from a CDN into this origin
+    assert docs.status_code == 200 and "/api/v1/openapi.json" in docs.text and "swagger" not in docs.text.lower()
 
 
 def test_explain_returns_the_figures_and_serves_the_report(client, served):
@@ -260,3 +264,84 @@ def test_cli_keys_and_serve_refusals(served, tmp_path):
         run_cli("keys", "revoke", name, "-g", gallery)
     nokeys = run_cli("serve", "-g", gallery, "-c", served[1], ok=False)
     assert nokeys.exit_code == 1 and "keys create" in nokeys.output
+
+
+def test_a_read_only_gallery_refuses_changes_with_a_clear_answer(served, tmp_path, monkeypatch):
+    """A gallery the server may not write (a read-only mount, another user's folder) is served for reading: a
+    change answers 403 read_only_gallery before anything is written (it was HTTP 500 OSError), recognition works."""
+    import os
+
+    from facesearch.serve.app import create_app
+    from facesearch.serve.service import Service
+
+    root, checkpoint, photos, _ = served
+    shutil.copytree(root / "gallery", tmp_path / "gallery")
+    access = os.access  # the tests may run as root, who may write anywhere: the gallery says it may not
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode == os.W_OK and str(tmp_path) in str(p)
+                        else access(p, mode, **kw))
+    service = Service(tmp_path / "gallery", checkpoint=checkpoint)
+    assert service.gallery.read_only
+    name, files = next(iter(photos.items()))
+    with TestClient(create_app(service)) as c:
+        refused = [c.post(f"/api/v1/subjects/{name}/faces", files=upload(files[5]), headers=auth(served)),
+                   c.post("/api/v1/subjects", json={"name": "Ada"}, headers=auth(served)),
+                   c.delete(f"/api/v1/subjects/{name}", headers=auth(served))]
+        for r in refused:
+            assert r.status_code == 403 and error_of(r)["status"] == "read_only_gallery", r.text
+            assert "read-only" in error_of(r)["reason"]
+        assert c.post("/api/v1/recognize", files=upload(files[0]), headers=auth(served)).status_code == 200
+        page = c.get(f"/subjects/{name}", headers=auth(served))
+        assert "the gallery is read-only" in page.text and "Delete this subject" not in page.text
+    service.close()
+    assert not (tmp_path / "gallery" / "uploads").exists()
+
+
+def test_a_file_the_server_cannot_write_is_a_clear_503(client, served):
+    name, files = next(iter(served[2].items()))
+    (served_gallery(client) / "uploads").write_text("a file where the uploads folder goes")
+    r = client.post(f"/api/v1/subjects/{name}/faces", files=upload(files[5]), headers=auth(served))
+    assert r.status_code == 503 and error_of(r)["status"] == "storage_error", r.text
+    assert str(served_gallery(client)) not in r.text
+
+
+def test_face_ids_beyond_sql_integers_are_refused_not_crashed(client, served):
+    for face_id in (2**63, 2**64, 10**30, 0, -1):
+        for method, url in (("get", f"/api/v1/faces/{face_id}"), ("get", f"/api/v1/faces/{face_id}/crop"),
+                            ("delete", f"/api/v1/faces/{face_id}")):
+            r = getattr(client, method)(url, headers=auth(served))
+            assert r.status_code == 422 and error_of(r)["status"] == "invalid_request", (url, r.text)
+    assert client.get(f"/api/v1/faces/{2**63 - 1}", headers=auth(served)).status_code == 404
+
+
+def test_any_subject_name_is_one_path_segment(client, served):
+    """``x/faces`` is a subject (sent as x%2Ffaces), not the faces of ``x``; both can exist."""
+    headers = auth(served)
+    for name in ("x", "x/faces", "x/merge", "a%2Fb", "100% sure"):
+        assert client.post("/api/v1/subjects", json={"name": name}, headers=headers).status_code == 201
+    enc = lambda n: quote(n, safe="")  # noqa: E731
+    for name in ("x", "x/faces", "x/merge", "a%2Fb", "100% sure"):
+        got = client.get(f"/api/v1/subjects/{enc(name)}", headers=headers)
+        assert got.status_code == 200 and got.json()["name"] == name, (name, got.text)
+        assert client.get(f"/api/v1/subjects/{enc(name)}/faces", headers=headers).json()["subject"] == name
+        assert client.get(f"/subjects/{enc(name)}", headers=headers).status_code == 200
+    photo = next(iter(served[2].values()))[5]
+    added = client.post(f"/api/v1/subjects/{enc('x/faces')}/faces", files=upload(photo), headers=headers)
+    assert added.status_code == 201, added.text
+    assert client.get("/api/v1/subjects/x", headers=headers).json()["faces"] == 0
+    renamed = client.patch(f"/api/v1/subjects/{enc('x/faces')}", json={"name": "y/faces"}, headers=headers)
+    assert renamed.status_code == 200 and renamed.json()["faces"] == 1
+    merged = client.post(f"/api/v1/subjects/{enc('x/merge')}/merge", json={"into": "y/faces"}, headers=headers)
+    assert merged.status_code == 200
+    assert client.delete(f"/api/v1/subjects/{enc('y/faces')}", headers=headers).json()["removed_faces"] == 1
+    assert client.get("/api/v1/subjects/x", headers=headers).status_code == 200  # x untouched throughout
+
+
+def test_serve_on_a_busy_port_says_so_before_printing_a_url(served, tmp_path):
+    root, checkpoint, _, _ = served
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "-g", root / "gallery", "-c", checkpoint, "--port", port, ok=False)
+    assert result.exit_code == 1, result.output
+    assert f"port {port} on 127.0.0.1 is in use" in result.output and "http://" not in result.output

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends
+from fastapi import Path as Path_
+from fastapi import Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from facesearch.serve.app import ApiError, Caller, caller, writer
+from facesearch.serve.app import ApiError, Caller, FaceId, caller, writer
+from facesearch.serve.guard import subject_name
 from facesearch.serve.service import UploadError
 
 router = APIRouter(prefix="/api/v1")
@@ -25,22 +28,30 @@ def _service(request: Request):
     return request.app.state.service
 
 
+def _subject(name: str = Path_(description="the subject's name, percent-encoded (a `/` as `%2F`)")) -> str:
+    return subject_name(name)
+
+
+Subject = Annotated[str, Depends(_subject)]
+
+
 async def read_photo(request: Request, field: str = "photo") -> tuple[bytes, str | None, dict]:
     """The photo of a request: a multipart file field ``photo``, or JSON ``{"image_base64": ..., "filename": ...}``;
-    with the other form or JSON fields. Reads at most the size limit (plus one byte, to tell it was exceeded)."""
+    with the other form or JSON fields. Reads at most the size limit (plus one byte, to tell it was exceeded);
+    the whole body was limited while it streamed in (``guard.BodyLimit``)."""
     limit = _service(request).limits.max_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:  # the form's own bytes aside
-        raise UploadError("too_large", f"the request is {declared} bytes, more than the {limit} allowed", 413)
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         form = await request.form()
-        upload = form.get(field)
-        if upload is None or isinstance(upload, str):
-            raise UploadError("missing_photo", f"send the photo as the multipart file field {field!r}")
-        data = await upload.read(limit + 1)
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        return data, upload.filename, fields
+        try:
+            upload = form.get(field)
+            if upload is None or isinstance(upload, str):
+                raise UploadError("missing_photo", f"send the photo as the multipart file field {field!r}")
+            data = await upload.read(limit + 1)
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            return data, upload.filename, fields
+        finally:
+            await form.close()  # the uploaded files' spooled temp files (FastAPI closes only the forms it parses)
     if kind.startswith("application/json"):
         try:
             body = await request.json()
@@ -118,14 +129,14 @@ def create_subject(request: Request, body: NewSubject, who: Caller = Depends(wri
     return subject_json(_service(request).gallery.identity(name))
 
 
-@router.get("/subjects/{name:path}/faces", summary="A subject's faces")
-def subject_faces(request: Request, name: str, who: Caller = Depends(caller)) -> dict:
+@router.get("/subjects/{name}/faces", summary="A subject's faces")
+def subject_faces(request: Request, name: Subject, who: Caller = Depends(caller)) -> dict:
     info = _service(request).gallery.identity(name)
     return {"subject": info.name, "faces": [face_json(f) for f in info.faces]}
 
 
-@router.post("/subjects/{name:path}/faces", status_code=201, summary="Enroll an uploaded photo of a subject")
-async def add_face(request: Request, name: str, who: Caller = Depends(writer)) -> JSONResponse:
+@router.post("/subjects/{name}/faces", status_code=201, summary="Enroll an uploaded photo of a subject")
+async def add_face(request: Request, name: Subject, who: Caller = Depends(writer)) -> JSONResponse:
     service = _service(request)
     await run_in_threadpool(service.gallery.identity, name)  # 404 for a subject that does not exist
     data, filename, fields = await read_photo(request)
@@ -140,26 +151,26 @@ async def add_face(request: Request, name: str, who: Caller = Depends(writer)) -
                         status_code=code)
 
 
-@router.post("/subjects/{name:path}/merge", summary="Move every face of a subject into another; delete it")
-def merge_subject(request: Request, name: str, body: Merge, who: Caller = Depends(writer)) -> dict:
+@router.post("/subjects/{name}/merge", summary="Move every face of a subject into another; delete it")
+def merge_subject(request: Request, name: Subject, body: Merge, who: Caller = Depends(writer)) -> dict:
     moved = _service(request).gallery.merge(name, body.into, create=body.create)
     return {"merged": name, "into": body.into, "moved_faces": moved}
 
 
-@router.get("/subjects/{name:path}", summary="One subject and its faces")
-def get_subject(request: Request, name: str, who: Caller = Depends(caller)) -> dict:
+@router.get("/subjects/{name}", summary="One subject and its faces")
+def get_subject(request: Request, name: Subject, who: Caller = Depends(caller)) -> dict:
     return subject_json(_service(request).gallery.identity(name), faces=True)
 
 
-@router.patch("/subjects/{name:path}", summary="Rename a subject")
-def rename_subject(request: Request, name: str, body: Rename, who: Caller = Depends(writer)) -> dict:
+@router.patch("/subjects/{name}", summary="Rename a subject")
+def rename_subject(request: Request, name: Subject, body: Rename, who: Caller = Depends(writer)) -> dict:
     gallery = _service(request).gallery
     gallery.rename(name, body.name)
     return subject_json(gallery.identity(body.name))
 
 
-@router.delete("/subjects/{name:path}", summary="Delete a subject, its faces and their crops")
-def delete_subject(request: Request, name: str, who: Caller = Depends(writer)) -> dict:
+@router.delete("/subjects/{name}", summary="Delete a subject, its faces and their crops")
+def delete_subject(request: Request, name: Subject, who: Caller = Depends(writer)) -> dict:
     return {"deleted": name, "removed_faces": _service(request).remove_subject(name)}
 
 
@@ -167,12 +178,12 @@ def delete_subject(request: Request, name: str, who: Caller = Depends(writer)) -
 
 
 @router.get("/faces/{face_id}", summary="One enrolled face")
-def get_face(request: Request, face_id: int, who: Caller = Depends(caller)) -> dict:
+def get_face(request: Request, face_id: FaceId, who: Caller = Depends(caller)) -> dict:
     return face_json(_service(request).gallery.face(face_id))
 
 
 @router.get("/faces/{face_id}/crop", summary="The face's stored crop (JPEG)", response_class=FileResponse)
-def face_crop(request: Request, face_id: int, who: Caller = Depends(caller)):
+def face_crop(request: Request, face_id: FaceId, who: Caller = Depends(caller)):
     face = _service(request).gallery.face(face_id)
     if face.crop_path is None or not face.crop_path.is_file():
         raise ApiError(404, "not_found", f"face {face_id} has no stored crop")
@@ -180,7 +191,7 @@ def face_crop(request: Request, face_id: int, who: Caller = Depends(caller)):
 
 
 @router.delete("/faces/{face_id}", summary="Delete one face (its subject stays)")
-def delete_face(request: Request, face_id: int, who: Caller = Depends(writer)) -> dict:
+def delete_face(request: Request, face_id: FaceId, who: Caller = Depends(writer)) -> dict:
     face = _service(request).remove_face(face_id)
     return {"deleted": face_id, "subject": face.identity}
 
@@ -210,12 +221,10 @@ async def explain(request: Request, who: Caller = Depends(caller)) -> dict:
 
 @router.get("/gallery", summary="Counts, model, threshold and index of the gallery")
 def gallery_stats(request: Request, who: Caller = Depends(caller)) -> dict:
-    stats = _service(request).gallery.stats()
-    stats.pop("folder", None)  # the server's paths are not the caller's business
-    return stats
+    return _service(request).public_stats()  # the server's paths are not the caller's business
 
 
 @router.get("/gallery/check", summary="Compare the index, the crops and the embeddings with the database")
 def gallery_check(request: Request, who: Caller = Depends(caller)) -> dict:
-    report = _service(request).gallery.check()
+    report = _service(request).public_check()
     return {"ok": report.ok, "problems": report.problems, "details": report.details}

@@ -17,7 +17,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, file_sha256, load_image
+from facesearch.gallery.db import sqlite_path
 
 UPLOADS = "uploads"  # inside the gallery folder: photos enrolled through the service, named by their sha256
 
@@ -49,17 +52,18 @@ class Service:
         limits: upload limits.
         compute_slots: recognitions and enrollments computing at once (default: ``default_compute_slots()``).
         clusters: a ``facesearch cluster`` output whose groups the pages show and name (enrolling them here).
+        read_only: serve the gallery for reading only (None: exactly when the server may not write to it).
     """
 
     def __init__(self, gallery: str | os.PathLike, db_url: str | None = None, checkpoint=None,
                  device: str = "cpu", limits: Limits = Limits(), compute_slots: int | None = None,
-                 clusters: str | os.PathLike | None = None):
+                 clusters: str | os.PathLike | None = None, read_only: bool | None = None):
         from facesearch.checkpoint import load_checkpoint, resolve_checkpoint
         from facesearch.embed import Embedder
         from facesearch.gallery import Gallery
 
         # an existing empty folder starts a gallery (people are enrolled through the API); a missing one is refused
-        self.gallery = Gallery(gallery, db_url, create=Path(gallery).is_dir(), read_only=None, concurrent=True)
+        self.gallery = Gallery(gallery, db_url, create=Path(gallery).is_dir(), read_only=read_only, concurrent=True)
         try:
             self.loaded = load_checkpoint(resolve_checkpoint(checkpoint, self.gallery.model_source), device)
             self.embedder = Embedder.for_queries(self.loaded, device)
@@ -84,6 +88,41 @@ class Service:
     def close(self) -> None:
         self.gallery.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+    # -- what callers may see -----------------------------------------------------------------------
+
+    def public(self, text: str) -> str:
+        """``text`` (an error message, a check's problem) with the server's own paths replaced by what they are:
+        no answer, page or redirect shows a caller where the server keeps its files."""
+        places = {str(self.scratch): "the server's scratch folder", str(self.gallery.folder): "the gallery"}
+        if self.clusters is not None:
+            places[str(self.clusters.resolve())] = "the clusters folder"
+            places[str(self.clusters)] = "the clusters folder"
+        sqlite = sqlite_path(self.gallery.url)
+        if sqlite is not None:
+            places[str(sqlite)] = places[str(sqlite.resolve())] = "the gallery's database"
+        for path in sorted(places, key=len, reverse=True):  # the longest first: a file before its folder
+            what = places[path]
+            text = text.replace(path + os.sep, what + "'s ").replace(path, what)
+        return text
+
+    def public_stats(self) -> dict:
+        """``Gallery.stats`` without the server's paths: the database as its kind, the model as "base" or its
+        checkpoint's file name."""
+        stats = self.gallery.stats()
+        stats.pop("folder", None)
+        stats["database"] = make_url(self.gallery.url).get_backend_name()  # sqlite, postgresql
+        source = stats.get("model_source")
+        if source and source != "base":
+            stats["model_source"] = Path(source).name
+        return stats
+
+    def public_check(self):
+        """``Gallery.check`` with its problems told without the server's paths."""
+        from facesearch.gallery import CheckReport
+
+        report = self.gallery.check()
+        return CheckReport([self.public(p) for p in report.problems], report.details)
 
     def warm_up(self) -> None:
         """Run detection and the model once, so the first request does not pay for lazy initialisation."""
@@ -234,7 +273,29 @@ class Service:
                                                      device=self.device, db_url=self.gallery.url)
         finally:
             path.unlink(missing_ok=True)
-        return report, explanation
+        return report, self._publish(explanation, path, filename or "upload")
+
+    def _publish(self, explanation, upload: Path, shown: str):
+        """The explanation, its report.html and explanation.json naming the photo as its caller did, without the
+        server's paths (the upload's place in the scratch folder, the gallery folder)."""
+        import dataclasses
+        import html
+        import json
+
+        explanation = dataclasses.replace(explanation, query=shown, details={
+            k: v for k, v in explanation.details.items() if k != "gallery"})
+        page = explanation.files["report"]
+        text = page.read_text(encoding="utf-8")
+        for private in (str(upload), upload.name):  # the subtitle names the photo's path, the caption its file
+            text = text.replace(html.escape(private), html.escape(shown))
+        page.write_text(self.public(text), encoding="utf-8")
+        numbers = explanation.files["json"]
+        out = json.loads(numbers.read_text(encoding="utf-8"))
+        out["query"] = shown
+        out["details"].pop("gallery", None)
+        out["files"] = {k: Path(v).name for k, v in out["files"].items()}
+        numbers.write_text(json.dumps(out, indent=1), encoding="utf-8")
+        return explanation
 
     def report_file(self, report: str, name: str) -> Path | None:
         """A file of an explanation this service made, or None (no such report, or a path outside it)."""

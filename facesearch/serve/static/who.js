@@ -1,6 +1,8 @@
-// "Who is this?": post the chosen photo to /api/v1/recognize (the login cookie authenticates), then draw each
-// face's box and name on a canvas and list the top identities. Plain JS, no build step.
+// "Who is this?": post the chosen photo to /api/v1/recognize (the login cookie authenticates, the page's CSRF
+// token goes along), then draw each face's box and name on a canvas and list the top identities. Plain JS, no
+// build step; names are set as text, never as HTML.
 (function () {
+  const csrf = { "X-CSRF-Token": document.querySelector("meta[name=csrf-token]").content };
   const input = document.getElementById("photo"), drop = document.getElementById("drop");
   const canvas = document.getElementById("canvas"), list = document.getElementById("faces");
   const status = document.getElementById("status"), topK = document.getElementById("top-k");
@@ -16,7 +18,7 @@
     const ctx = canvas.getContext("2d");
     ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
     ctx.lineWidth = 3; ctx.font = "16px system-ui, sans-serif";
-    list.innerHTML = "";
+    list.replaceChildren();
     result.faces.forEach(function (face, i) {
       const [x1, y1, x2, y2] = face.box.map(function (v) { return v * scale; });
       ctx.strokeStyle = colour(face); ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
@@ -48,9 +50,9 @@
     status.textContent = "Looking for faces in " + file.name + "...";
     const body = new FormData(); body.append("photo", file);
     const response = await fetch("/api/v1/recognize?top_k=" + encodeURIComponent(topK.value || 3),
-                                 { method: "POST", body: body, credentials: "same-origin" });
+                                 { method: "POST", body: body, credentials: "same-origin", headers: csrf });
     const result = await response.json();
-    if (!response.ok) { status.textContent = "Refused: " + result.error.reason; list.innerHTML = ""; return; }
+    if (!response.ok) { status.textContent = "Refused: " + result.error.reason; list.replaceChildren(); return; }
     const image = new Image();
     image.onload = function () {
       draw(image, result);
@@ -68,7 +70,8 @@
     explainButton.disabled = true;
     status.textContent = "Explaining the largest face (a few seconds)...";
     const body = new FormData(); body.append("photo", current);
-    const response = await fetch("/api/v1/explain", { method: "POST", body: body, credentials: "same-origin" });
+    const response = await fetch("/api/v1/explain", { method: "POST", body: body, credentials: "same-origin",
+                                                    headers: csrf });
     const result = await response.json();
     if (!response.ok) { status.textContent = "Cannot explain: " + result.error.reason; explainButton.disabled = false; return; }
     window.location.href = result.report_url;
