@@ -16,10 +16,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from facesearch.gallery.identities import UNKNOWN
 from facesearch.gallery.records import FaceHit
 from facesearch.gallery.store import Gallery
-
-UNKNOWN = "unknown"
 FACES_PER_IDENTITY = 10  # face hits fetched per requested identity, before aggregation
 
 @dataclass(frozen=True)
@@ -184,12 +183,21 @@ def _answer(face, matches: list[IdentityMatch], threshold: float) -> FaceAnswer:
     return FaceAnswer(box, round(float(face.prob), 4), name, top.similarity, matches)
 
 
-def annotate(photo, result: WhoResult, out: str | os.PathLike) -> Path:
-    """Draw each face's box and answer on the photo and save it to ``out`` (format from the suffix)."""
+def annotate(photo, result: WhoResult, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Draw each face's box and answer on the photo and save it to ``out`` (format from the suffix).
+
+    ``out`` is never the photo itself, and an existing file is replaced only when ``overwrite``: ValueError
+    otherwise (``annotation_problem`` says so before any work, for every output of a run).
+    """
     from PIL import ImageDraw
 
     from facesearch.data.images import load_image
 
+    out = Path(out)
+    if isinstance(photo, (str, os.PathLike)):
+        problem = annotation_problem([out], [Path(photo)], [], overwrite)
+        if problem:
+            raise ValueError(problem)
     image = load_image(photo) if isinstance(photo, (str, os.PathLike)) else photo.convert("RGB")
     image = image.copy()
     draw = ImageDraw.Draw(image)
@@ -204,7 +212,45 @@ def annotate(photo, result: WhoResult, out: str | os.PathLike) -> Path:
         y = max(0, y1 - (bottom - top) - 4)
         draw.rectangle((x1, y, x1 + (right - left) + 4, y + (bottom - top) + 4), fill=colour)
         draw.text((x1 + 2, y + 1), label, fill=(255, 255, 255))
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
+    try:
+        with open(out, "wb" if overwrite else "xb") as f:  # "x": a file that appeared meanwhile is not replaced
+            image.save(f, format=_image_format(out))
+    except FileExistsError:
+        raise ValueError(f"{out}: exists already; not replaced (--overwrite replaces it)") from None
     return out
+
+
+def annotation_problem(outs: Sequence[Path], photos: Sequence[Path], protected: Sequence[Path],
+                       overwrite: bool) -> str | None:
+    """Why drawing the answers to ``outs`` must not go ahead (None: it may): an output that is one of the
+    ``photos`` answered, lies inside a ``protected`` folder (the gallery's: its crops, index and database are
+    facesearch's alone) or is a file already there (unless ``overwrite``), or has no image suffix."""
+    inputs = {p.resolve() for p in photos}
+    folders = [f.resolve() for f in protected]
+    existing = []
+    for out in outs:
+        target = out.resolve()
+        if target in inputs or any(out.exists() and p.exists() and os.path.samefile(out, p) for p in photos):
+            return f"{out}: that is a photo being answered; give another file or folder to draw into"
+        inside = next((f for f in folders if target == f or target.is_relative_to(f)), None)
+        if inside is not None:
+            return (f"{out}: inside the gallery folder {inside}, whose files only facesearch writes; give a path "
+                    "outside it")
+        if out.is_dir():
+            return f"{out}: a folder; give the file name to draw into"
+        if _image_format(out) is None:
+            return f"{out}: {out.suffix or 'no suffix'} is not an image format (give .jpg, .png, ...)"
+        if out.exists() and not overwrite:
+            existing.append(out)
+    if existing:
+        what = f"{existing[0]} exists" if len(existing) == 1 else f"{existing[0]} and {len(existing) - 1} more exist"
+        return f"{what} already: give another name, or --overwrite to replace {'it' if len(existing) == 1 else 'them'}"
+    return None
+
+
+def _image_format(out: Path) -> str | None:
+    """The PIL format a file name's suffix asks for (None: not an image suffix)."""
+    from PIL import Image
+
+    return Image.registered_extensions().get(out.suffix.lower())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -407,3 +408,179 @@ def test_non_finite_embeddings_are_refused_before_anything_is_stored(open_galler
         next(loaded.model.parameters()).fill_(float("nan"))
     with pytest.raises(CheckpointError, match="not finite"):
         Embedder(loaded, device="cpu").embed_crops([Image.new("RGB", (32, 32), (120, 90, 60))])
+
+
+def _files(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and not p.name.endswith(("-shm", "-wal", ".lock"))}
+
+
+def test_a_folder_refuses_another_gallerys_database_and_loses_nothing(open_gallery, backend, url, tmp_path):
+    """`gallery rebuild -g A --db <B's database>` (or $FACESEARCH_DB) deleted most of A's crops as orphans and
+    overwrote its index: now every command refuses, naming both galleries, and A's files stay as they were. A folder
+    from before gallery.json is known by its index, or by crops the database does not know."""
+    from builders import NO_ENV, run_cli
+    from facesearch.gallery import Gallery, GalleryError, db
+
+    rng = np.random.default_rng(21)
+    a = open_gallery()
+    x = unit(rng, 6)
+    a.add_faces(new_faces([f"a{i}" for i in range(6)], x, crops=True), FP)
+    a.search(x[:1], k=1)  # the index file is written (FAISS store)
+    with a.engine.connect() as conn:
+        a_uid = conn.exec_driver_sql("SELECT uid FROM gallery_state").scalar()
+    a.close()
+    folder = tmp_path / "g"
+    with Gallery(tmp_path / "b") as b:
+        b.add_faces(new_faces(["b0", "b1"], unit(rng, 2), tag="b", crops=True), FP)
+        with b.engine.connect() as conn:
+            b_uid = conn.exec_driver_sql("SELECT uid FROM gallery_state").scalar()
+    b_url = db.default_url(tmp_path / "b")
+    before = _files(folder)
+
+    with pytest.raises(GalleryError, match=f"{folder} belongs to gallery {a_uid}.*gallery {b_uid}"):
+        Gallery(folder, b_url)
+    for args, env in ((["gallery", "rebuild", "--db", b_url], NO_ENV), (["gallery", "check"], {"FACESEARCH_DB": b_url}),
+                      (["identities", "remove", "a0", "--yes", "--db", b_url], NO_ENV), (["gallery", "stats"],
+                      {"FACESEARCH_DB": b_url})):
+        r = run_cli(*args, "-g", folder, ok=False, env=env)
+        assert r.exit_code == 1 and "belongs to gallery" in r.stderr and "unexpected" not in r.output, (args, r.output)
+    with pytest.raises(GalleryError, match="belongs to gallery"):  # and the other way round
+        Gallery(tmp_path / "b", url or db.default_url(folder))
+
+    (folder / "gallery.json").unlink()  # a folder made before folders recorded their database
+    with pytest.raises(GalleryError, match="holds the index of gallery" if backend != "pgvector" else "crop files"):
+        Gallery(folder, b_url)
+    with pytest.raises(GalleryError, match="holds no gallery yet.*index.faiss and crops|database is missing"):
+        Gallery(folder, db.default_url(tmp_path / "empty"))  # a database with no gallery in it yet
+    assert _files(folder) == {k: v for k, v in before.items() if k != "gallery.json"}
+    assert not (tmp_path / "empty").exists()
+
+    g = open_gallery()  # its own database: bound again, whole
+    assert json.loads((folder / "gallery.json").read_text())["uid"] == a_uid
+    assert len(list((folder / "crops").rglob("*.jpg"))) == 6
+    assert_consistent(g)
+
+
+def test_an_index_copied_from_a_sibling_gallery_is_not_trusted(faiss_only, backend, tmp_path):
+    """Two copies of one gallery (the same uid) that each enrolled another person since: the same epoch and face
+    ids, other vectors. The sibling's index file named a stranger at 0.99 as the person of this gallery's face, and
+    `gallery check` said consistent; its vectors now fail the database's digest: reported, and rebuilt."""
+    if backend != "sqlite":
+        pytest.skip("copies the gallery folder with its SQLite database")
+    import shutil
+
+    from facesearch.gallery import Gallery
+
+    rng = np.random.default_rng(22)
+    x = unit(rng, 6)
+    with Gallery(tmp_path / "a") as a:
+        a.add_faces(new_faces([f"p{i}" for i in range(6)], x), FP)
+    shutil.copytree(tmp_path / "a", tmp_path / "sibling")
+    ann, stranger = unit(rng, 2)
+    with Gallery(tmp_path / "a") as a:
+        (ann_id,) = a.add_faces(new_faces(["ann"], ann[None], tag="ann"), FP).ids
+    with Gallery(tmp_path / "sibling") as s:
+        assert s.add_faces(new_faces(["stranger"], stranger[None], tag="st"), FP).ids == [ann_id]
+    shutil.copyfile(tmp_path / "sibling" / "index.faiss", tmp_path / "a" / "index.faiss")
+    with Gallery(tmp_path / "a") as a:
+        problems = a.check().problems
+        assert any("other vectors than the database's for 1 of its 7 faces" in p for p in problems), problems
+        hit = a.search(stranger[None], k=1)[0][0]
+        assert hit.similarity < 0.9, hit  # the stranger is nobody here
+        assert a.search(ann[None], k=1)[0][0].identity == "ann"
+        assert_consistent(a)
+
+
+def test_an_identity_may_not_be_called_unknown(open_gallery):
+    """`who` answers "unknown" below the threshold: a person of that name printed "unknown 0.989". Refused wherever an
+    identity gets a name; one named so before can still be renamed."""
+    from facesearch.gallery import GalleryError
+    from facesearch.gallery.models import Identity
+
+    g = open_gallery()
+    rng = np.random.default_rng(23)
+    g.add_faces(new_faces(["ann"], unit(rng, 1)), FP)
+    for name in ("unknown", "Unknown", "  UNKNOWN ", "ｕｎｋｎｏｗｎ"):
+        with pytest.raises(GalleryError, match="reserved"):
+            g.add_faces(new_faces([name], unit(rng, 1), tag=name), FP)
+        for act in (lambda: g.create_identity(name), lambda: g.rename("ann", name),
+                    lambda: g.merge("ann", name, create=True)):
+            with pytest.raises(GalleryError, match="reserved"):
+                act()
+    assert [(i.name, i.n_faces) for i in g.identities()] == [("ann", 1)]
+    g.create_identity("unknown soldier")  # only the name itself is reserved
+    with g._transaction() as s:  # as an earlier facesearch allowed
+        s.add(Identity(name="unknown"))
+    g.rename("unknown", "was unknown")
+    assert "unknown" not in {i.name for i in g.identities()}
+
+
+def test_uploaded_photos_no_face_refers_to_are_reported_and_deleted(open_gallery, tmp_path):
+    """`facesearch serve` keeps enrolled photos in uploads/: one refused as a duplicate stayed there, and so did the
+    photos of a subject deleted from the command line, unseen by `gallery check`."""
+    from facesearch.gallery import NewFace
+
+    g = open_gallery()
+    uploads = tmp_path / "g" / "uploads"
+    uploads.mkdir()
+    rng = np.random.default_rng(24)
+    x = unit(rng, 3)
+    shas = ["a" * 64, "b" * 64, "c" * 64]
+    for sha in shas:
+        (uploads / f"{sha}.jpg").write_bytes(b"photo")
+    ids = g.add_faces([NewFace(n, v, source_path=str(uploads / f"{sha}.jpg"), source_sha256=sha)
+                       for n, v, sha in zip(["ann", "bob", "bob"], x, shas)], FP).ids
+    again = uploads / f"{shas[0]}.png"  # the same photo uploaded once more, as a PNG: refused as a duplicate
+    again.write_bytes(b"photo")
+    assert not g.discard_upload(uploads / f"{shas[0]}.jpg") and g.discard_upload(again) and not again.exists()
+    stray = uploads / f"{'d' * 64}.jpg"
+    stray.write_bytes(b"left by a crash")
+    assert any("1 uploaded photos in uploads/ belong to no face" in p for p in g.check().problems)
+    assert g.rebuild()["orphan_uploads"] == 1 and not stray.exists()
+    g.remove("ann")
+    assert not (uploads / f"{shas[0]}.jpg").exists()
+    g.remove_face(ids[1])
+    assert sorted(p.name for p in uploads.iterdir()) == [f"{shas[2]}.jpg"]
+    g.remove("bob")
+    assert list(uploads.iterdir()) == []
+    assert g.check().ok
+
+
+def test_an_interrupted_rebuild_changes_nothing(faiss_only, open_gallery, monkeypatch):
+    """A rebuild with new settings stored them before building; interrupted (minutes into an HNSW build of 10⁵
+    faces), it left every later search to build that index first. Now the settings are stored once it is built."""
+    from facesearch.gallery import IndexSettings, sync
+
+    g = open_gallery()
+    x = unit(np.random.default_rng(25), 8)
+    g.add_faces(new_faces([f"p{i}" for i in range(8)], x), FP)
+    monkeypatch.setattr(sync, "build", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        g.rebuild(IndexSettings(kind="hnsw"))
+    monkeypatch.undo()
+    assert g.index_settings.kind == "flat" and g.check().ok
+    g.rebuild(IndexSettings(kind="hnsw"))
+    assert g.stats()["index_layout"] == "hnsw"
+    assert_consistent(g)
+
+
+def test_vectors_changed_outside_facesearch_are_reported_and_rebuild_records_them(faiss_only, open_gallery):
+    """An embedding changed by hand in SQL (no epoch bumped, no digest updated): `gallery check` says the recorded
+    digest no longer adds up, and a rebuild indexes the vectors as they are and records their digest."""
+    import sqlalchemy as sa
+
+    from facesearch.gallery.faces import encode_embedding
+    from facesearch.gallery.models import Face
+
+    g = open_gallery()
+    rng = np.random.default_rng(26)
+    ids = g.add_faces(new_faces([f"p{i}" for i in range(4)], unit(rng, 4)), FP).ids
+    moved = unit(rng, 1)
+    with g.engine.begin() as conn:
+        conn.execute(sa.update(Face).where(Face.id == ids[2]).values(embedding=encode_embedding(moved[0])))
+    assert any("changed outside facesearch" in p for p in g.check().problems)
+    g.rebuild()
+    hit = g.search(moved, k=1)[0][0]
+    assert hit.face_id == ids[2] and hit.similarity == pytest.approx(1.0, abs=1e-5)
+    assert_consistent(g)

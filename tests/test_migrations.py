@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import sqlalchemy as sa
 
@@ -55,7 +57,7 @@ def test_migrations_are_found_without_alembic_ini():
 
     folder = db.migrations_dir()
     assert (folder / "env.py").is_file() and (folder / "script.py.mako").is_file()
-    assert db.head_revision() == "0004"
+    assert db.head_revision() == "0005"
 
 
 def test_sqlite_gallery_upgrades_itself_but_postgresql_waits_for_db_upgrade(tmp_path):
@@ -116,7 +118,7 @@ def test_0004_adds_face_vectors_only_where_pgvector_is(any_engine):
 
     backend, engine = any_engine
     db.upgrade(engine)
-    assert db.current_revision(engine) == "0004"
+    assert db.current_revision(engine) == db.head_revision()
     has = "face_vectors" in sa.inspect(engine).get_table_names()
     if backend == "pgvector":
         assert has
@@ -127,3 +129,63 @@ def test_0004_adds_face_vectors_only_where_pgvector_is(any_engine):
         assert not has
     db.downgrade(engine, "0003")
     assert "face_vectors" not in sa.inspect(engine).get_table_names()
+
+
+def test_0005_records_the_vector_digest_of_an_existing_gallery(engine):
+    """An index file must match the database's vector digest to be used: a gallery made before 0005 gets the
+    digest of the embeddings it holds."""
+    import numpy as np
+
+    from facesearch.gallery import db
+    from facesearch.gallery.digest import EMPTY, combine, vector_hashes
+
+    db.upgrade(engine, "0004")
+    blobs = [np.random.default_rng(i).standard_normal(8).astype(np.float32).tobytes() for i in range(3)]
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO gallery_state (id, uid, epoch, created_at, updated_at) "
+                             "VALUES (1, 'u', 3, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        conn.execute(sa.text("INSERT INTO identities (id, name, created_at, updated_at) "
+                             "VALUES (1, 'ann', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        for i, blob in enumerate(blobs, 1):
+            conn.execute(sa.text("INSERT INTO faces (id, identity_id, embedding, model_fingerprint, created_at) "
+                                 "VALUES (:id, 1, :blob, 'fp', CURRENT_TIMESTAMP)"), {"id": i, "blob": blob})
+    db.upgrade(engine, "0005")
+    with engine.connect() as conn:
+        recorded = conn.scalar(sa.text("SELECT vectors_digest FROM gallery_state"))
+    assert recorded == combine(vector_hashes([1, 2, 3], blobs)) != EMPTY
+    db.downgrade(engine, "0004")
+    assert "vectors_digest" not in {c["name"] for c in sa.inspect(engine).get_columns("gallery_state")}
+
+
+@pytest.mark.parametrize("damage", ["newer", "unversioned"])
+def test_a_newer_or_unversioned_database_is_refused_untouched(tmp_path, damage):
+    """A database a newer facesearch wrote said "unexpected CommandError"; one whose revision row is gone, "table
+    gallery_state already exists". Both are refused by every command, saying what the database is and the way out,
+    and nothing is written; `db stamp` records a lost revision."""
+    import sqlite3
+
+    from builders import run_cli
+    from facesearch.gallery import Gallery, GalleryError, db
+
+    folder = tmp_path / "g"
+    with Gallery(folder) as g:
+        g.create_identity("ann")
+    with sqlite3.connect(folder / "gallery.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0999'" if damage == "newer" else
+                     "DELETE FROM alembic_version")
+    conn.close()
+    says = "written by a newer facesearch (schema revision '0999'" if damage == "newer" else \
+        "no schema revision (the alembic_version row is missing): the database is damaged"
+    before = (folder / "gallery.db").read_bytes()
+    with pytest.raises(GalleryError, match=re.escape(says)):
+        Gallery(folder)
+    for args in (["gallery", "stats"], ["gallery", "check"], ["identities", "list"], ["gallery", "rebuild"],
+                 ["identities", "rename", "ann", "bo"], ["db", "current"], ["db", "upgrade"]):
+        r = run_cli(*args, "-g", folder, ok=False)
+        assert r.exit_code == 1 and says in r.stderr and "unexpected" not in r.output, (args, r.output)
+        assert str(folder / "gallery.db") in r.stderr
+    assert (folder / "gallery.db").read_bytes() == before
+    if damage == "unversioned":
+        run_cli("db", "stamp", db.head_revision(), "-g", folder, "--yes")
+        with Gallery(folder) as g:
+            assert [i.name for i in g.identities()] == ["ann"]

@@ -211,3 +211,230 @@ def test_embed_command_writes_vectors_and_rows(checkpoint, people, tmp_path):
     rows = json.loads((tmp_path / "e.json").read_text())["rows"]
     assert x.shape == (2, 64) and [r["path"] for r in rows] == [str(p) for p in photos]
 
+
+
+def test_who_annotate_never_overwrites_a_photo_the_gallery_or_an_existing_file(checkpoint, people, tmp_path):
+    """`who --annotate` wrote over any file it was given: the photo answered, a stored crop. Those are refused, and
+    an existing file unless --overwrite, before any work (exit 2), each with its reason."""
+    env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
+    run("enroll", people, "-c", checkpoint, "--device", "cpu", env=env)
+    photo = tmp_path / "q.jpg"
+    shutil.copy(sorted((people / "ann").glob("*.jpg"))[0], photo)
+    crop = sorted((tmp_path / "g" / "crops").rglob("*.jpg"))[0]
+    kept = tmp_path / "kept.jpg"
+    kept.write_bytes(b"not to be lost")
+    before = {p: p.read_bytes() for p in (photo, crop, kept)}
+    for target, says in ((photo, "a photo being answered"), (crop, "inside the gallery folder"),
+                         (tmp_path / "g" / "new.png", "inside the gallery folder"), (kept, "exists already"),
+                         (tmp_path / "out.txt", "not an image format"), (tmp_path, "a folder")):
+        r = run("who", photo, "-c", checkpoint, "--device", "cpu", "--annotate", target, env=env, ok=False)
+        assert r.exit_code == 2 and says in r.stderr, (target, r.output)
+    assert {p: p.read_bytes() for p in before} == before and not (tmp_path / "g" / "new.png").exists()
+    run("who", photo, "-c", checkpoint, "--device", "cpu", "--annotate", kept, "--overwrite", env=env)
+    assert Image.open(kept).size == Image.open(photo).size
+    run("who", photo, "-c", checkpoint, "--device", "cpu", "--annotate", photo, "--overwrite", env=env, ok=False)
+    assert photo.read_bytes() == before[photo]  # --overwrite never covers the photo itself
+
+    folder = tmp_path / "photos"  # several photos are drawn into a folder: the same rules for each file
+    folder.mkdir()
+    for p in sorted((people / "bob").glob("*.jpg")):
+        shutil.copy(p, folder / p.name)
+    first = folder / f"00000-{sorted(folder.iterdir())[0].stem}.jpg"
+    r = run("who", folder, "-c", checkpoint, "--device", "cpu", "--annotate", tmp_path / "g" / "crops", env=env,
+            ok=False)
+    assert r.exit_code == 2 and "inside the gallery folder" in r.stderr
+    out = tmp_path / "drawn"
+    out.mkdir()
+    first_out = out / first.name
+    first_out.write_bytes(b"an earlier run")
+    r = run("who", folder, "-c", checkpoint, "--device", "cpu", "--annotate", out, env=env, ok=False)
+    assert r.exit_code == 2 and "exists already" in r.stderr and first_out.read_bytes() == b"an earlier run"
+    run("who", folder, "-c", checkpoint, "--device", "cpu", "--annotate", out, "--overwrite", env=env)
+    assert len(list(out.iterdir())) == 2 and Image.open(first_out).size
+
+
+def test_enroll_refuses_the_name_who_answers_for_strangers(checkpoint, people, tmp_path):
+    """A person named "unknown" made `who` print "unknown 0.989": refused for --name and for a person folder."""
+    env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
+    r = run("enroll", people / "ann", "--name", "Unknown", "-c", checkpoint, "--device", "cpu", env=env, ok=False)
+    assert r.exit_code == 1 and "reserved" in r.stderr
+    folder = tmp_path / "people"
+    shutil.copytree(people / "ann", folder / "unknown")
+    shutil.copytree(people / "bob", folder / "bob")
+    r = run("enroll", folder, "-c", checkpoint, "--device", "cpu", "--json", env=env, ok=False)
+    statuses = {p["name"]: p["status"] for p in json.loads(r.stdout)["photos"]}
+    assert r.exit_code == 2 and statuses == {"unknown": "bad_name", "bob": "enrolled"}
+    assert [r["name"] for r in json.loads(run("identities", "list", "--json", env=env).stdout)] == ["bob"]
+
+
+def _without_write_access(folder: Path, work):
+    """``work()``'s result, computed where ``folder`` may be read but not written: ``chmod -R a-w``, and as root
+    (whom permissions do not stop) in a forked child that drops the capabilities that let root write anyway
+    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER) — what another user, or a read-only mount, sees."""
+    import ctypes
+    import os
+    import pickle
+    import stat
+
+    def chmod(write: bool):
+        for p in [folder, *folder.rglob("*")]:
+            mode = p.stat().st_mode
+            p.chmod(mode | stat.S_IWUSR if write else mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+    chmod(False)
+    try:
+        if os.geteuid() != 0:
+            return work()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            try:
+                import faiss
+                import torch
+
+                torch.set_num_threads(1)  # OpenMP's threads do not survive a fork
+                faiss.omp_set_num_threads(1)
+
+                class Header(ctypes.Structure):
+                    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+                class Data(ctypes.Structure):
+                    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                                ("inheritable", ctypes.c_uint32)]
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                header, data = Header(0x20080522, 0), (Data * 2)()
+                assert libc.capget(ctypes.byref(header), data) == 0
+                drop = (1 << 1) | (1 << 2) | (1 << 3)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+                data[0].effective &= ~drop
+                data[0].permitted &= ~drop
+                assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+                assert not os.access(folder, os.W_OK)
+                result = ("ok", work())
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                result = ("error", repr(e))
+            os.write(write, pickle.dumps(result))
+            os._exit(0)
+        os.close(write)
+        data = b"".join(iter(lambda: os.read(read, 1 << 16), b""))
+        os.close(read)
+        os.waitpid(pid, 0)
+        status, value = pickle.loads(data)
+        assert status == "ok", value
+        return value
+    finally:
+        chmod(True)
+
+
+def test_a_gallery_without_write_access_is_read(checkpoint, people, tmp_path):
+    """`who` on a read-only gallery (a read-only mount, another user's) failed: "this command writes to it". Reading
+    commands now open the database read-only (SQLite mode=ro, immutable where even its shared-memory file cannot be
+    made) and keep a stale index in memory: they work, and write nothing."""
+    env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
+    run("enroll", people, "-c", checkpoint, "--device", "cpu", env=env)
+    (tmp_path / "g" / "index.faiss").unlink()  # a stale or missing index is synchronised in memory only
+    photo = sorted((people / "ann").glob("*.jpg"))[0]
+    files = {p: p.read_bytes() for p in (tmp_path / "g").rglob("*") if p.is_file()}
+    commands = [("who", photo, "-c", checkpoint, "--device", "cpu", "--json"), ("gallery", "stats"),
+                ("gallery", "check"), ("identities", "list"), ("db", "current")]
+
+    def read_all():
+        return [(r.exit_code, r.stdout, r.stderr) for r in (run(*c, env=env, ok=False) for c in commands)]
+
+    results = _without_write_access(tmp_path / "g", read_all)
+    for command, (code, out, err) in zip(commands, results):
+        assert code == (1 if command[1] == "check" else 0), (command, out, err)  # check: the index is missing
+        assert "read-only" not in err and "Traceback" not in err, (command, err)
+    assert json.loads(results[0][1])["faces"][0]["identity"] == "ann"
+    assert {p: p.read_bytes() for p in (tmp_path / "g").rglob("*") if p.is_file()} == files
+
+
+def test_a_full_disk_is_named_and_searching_needs_no_space(checkpoint, people, tmp_path, monkeypatch, caplog):
+    """A full disk said "database error: disk I/O error", naming no file, and failed searches too. Writing now
+    names the database and the disk; searching writes nothing to the database, and an index it cannot save is
+    kept in memory. (SQLite's own error, SQLITE_FULL, is raised here at each write; a real full disk, a 3 MB tmpfs,
+    was checked by hand.)"""
+    import errno
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from facesearch.gallery import db
+    from facesearch.gallery.index import FaceIndex
+
+    env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
+    run("enroll", people / "ann", "--name", "ann", "-c", checkpoint, "--device", "cpu", env=env)
+    real_create = db.create_engine
+
+    def refuse_writes(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    def full_disk(url, read_only=False):
+        engine = real_create(url, read_only=read_only)
+        event.listen(engine, "before_cursor_execute", refuse_writes)
+        return engine
+
+    def no_space(self, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(db, "create_engine", full_disk)
+    monkeypatch.setattr(FaceIndex, "write", no_space)
+    (tmp_path / "g" / "index.faiss").unlink()
+    r = run("enroll", people / "bob", "--name", "bob", "-c", checkpoint, "--device", "cpu", env=env, ok=False)
+    assert r.exit_code == 1 and str(tmp_path / "g" / "gallery.db") in r.stderr and "disk is full" in r.stderr, r.output
+    photo = sorted((people / "ann").glob("*.jpg"))[1]
+    answer = run("who", photo, "-c", checkpoint, "--device", "cpu", "--json", env=env)
+    assert json.loads(answer.stdout)["faces"][0]["identity"] == "ann"
+    assert "No space left on device" in caplog.text and "in memory only" in caplog.text
+
+
+def test_who_says_when_it_must_first_build_the_index(checkpoint, people, tmp_path, monkeypatch, caplog):
+    """After an interrupted `gallery rebuild --index hnsw` (of an earlier facesearch: the new settings stored, the
+    index file still the old one), `who` built the HNSW index of 10⁵ faces for minutes without a word. It says
+    what it does and why; here with a small gallery and the announcement threshold lowered to it."""
+    import sqlite3
+
+    from facesearch.gallery import freshness
+
+    env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
+    run("enroll", people, "-c", checkpoint, "--device", "cpu", env=env)
+    with sqlite3.connect(tmp_path / "g" / "gallery.db") as conn:
+        settings = json.loads(conn.execute("SELECT index_settings FROM gallery_state").fetchone()[0])
+        conn.execute("UPDATE gallery_state SET index_settings = ?, epoch = epoch + 1",
+                     (json.dumps({**settings, "kind": "hnsw"}),))
+    conn.close()
+    monkeypatch.setattr(freshness, "ANNOUNCE_FACES", 6, raising=False)
+    photo = sorted((people / "ann").glob("*.jpg"))[0]
+    with caplog.at_level("WARNING", logger="facesearch"):
+        run("who", photo, "-c", checkpoint, "--device", "cpu", env=env)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("built with other settings" in m and "building the hnsw index of 6 faces" in m
+               and "`facesearch gallery rebuild` builds it ahead of time" in m for m in warned), warned
+    caplog.clear()
+    run("who", photo, "-c", checkpoint, "--device", "cpu", env=env)
+    assert "building" not in caplog.text  # the index built was saved
+
+
+def test_service_uploads_refused_as_duplicates_or_left_by_a_deleted_subject_are_not_kept(checkpoint, people, tmp_path):
+    """An upload refused as a duplicate (HTTP 409) stayed in the gallery's uploads/, and so did the photos of a
+    subject deleted from the command line."""
+    from facesearch.serve.service import Service
+
+    env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
+    run("enroll", people / "ann", "--name", "ann", "-c", checkpoint, "--device", "cpu", env=env)
+    uploads = tmp_path / "g" / "uploads"
+    service = Service(tmp_path / "g", checkpoint=checkpoint, device="cpu")
+    try:
+        ann = sorted((people / "ann").glob("*.jpg"))[0].read_bytes()
+        assert service.add_photo("someone", ann, "ann.jpg").status == "duplicate"  # enrolled from the CLI before
+        assert not uploads.exists() or list(uploads.iterdir()) == []
+        bob = sorted((people / "bob").glob("*.jpg"))[0].read_bytes()
+        assert service.add_photo("bob", bob, "bob.jpg").status == "enrolled"
+        assert service.add_photo("bob", bob, "bob.png").status == "duplicate"  # the same bytes, named otherwise
+        assert [p.suffix for p in uploads.iterdir()] == [".jpg"]
+    finally:
+        service.close()
+    run("identities", "remove", "bob", "--yes", env=env)
+    assert list(uploads.iterdir()) == []
+    assert "consistent" in run("gallery", "check", env=env).stdout

@@ -17,10 +17,11 @@ Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Average each face 
 
 
 def _open(gallery: Path, db: str | None, create: bool = False, reads_only: bool = False):
-    """The gallery; a command that ``reads_only`` also opens one the user may not write (read-only)."""
+    """The gallery; a command that ``reads_only`` opens its database read-only, so it needs no write permission
+    (a read-only mount, another user's gallery) and no free disk space."""
     from facesearch.gallery import Gallery
 
-    return Gallery(gallery, db, create=create, read_only=None if reads_only else False)
+    return Gallery(gallery, db, create=create, read_only=reads_only)
 
 
 def _embedder(checkpoint: Path | None, device: str, flip: bool = True, gallery=None):
@@ -103,11 +104,11 @@ def enroll(
     """
     from facesearch.data.images import is_photo
     from facesearch.gallery.enroll import enroll as run_enroll, folder_items
-    from facesearch.gallery.identities import clean_name
+    from facesearch.gallery.identities import new_name
 
     items = []
     if name is not None:
-        name = clean_name(name)
+        name = new_name(name)
     for path in paths:
         if name is not None and path.is_dir():
             people = sorted(d.name for d in path.iterdir() if d.is_dir() and any(is_photo(p) for p in d.rglob("*")))
@@ -172,7 +173,8 @@ def who(
     gallery: GalleryDir = DEFAULT_GALLERY,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Identities listed per face.")] = 5,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity (-1 to 1) needed to name a face (default: the gallery's calibrated one).")] = None,
-    annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Save the photo with boxes and names here (several photos: into this folder).")] = None,
+    annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Save the photo with boxes and names here (several photos: into this folder). Never inside the gallery folder, never over a photo answered.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace files --annotate finds already there.")] = False,
     min_face: Annotated[Optional[int], typer.Option(min=12, help="Smallest face looked for, in pixels (default: the model's, 40; 20 finds tiny faces, slower).")] = None,
     db: DbUrl = None,
     checkpoint: Checkpoint = None,
@@ -193,15 +195,36 @@ def who(
     if len(photos) == 1 and not photos[0].is_dir():
         photo = photos[0]
         if not photo.exists():
-            fail(f"{photo}: no such file")  # anything else there but a photo file: load_image says what it is
+            fail(f"{printable(photo)}: no such file")  # anything else there but a photo file: load_image says what
+        if annotate is not None:
+            _check_annotate([annotate], [photo], gallery, db, overwrite)
         with _open(gallery, db, reads_only=True) as g:
             result = run_who(g, Embedder.for_queries(_model(checkpoint, g), device, min_face), str(photo),
                              top_k=top_k, threshold=threshold)
             if annotate is not None:
-                draw(str(photo), result, annotate)
+                draw(str(photo), result, annotate, overwrite=overwrite)
         _echo(result.to_dict(), as_json, _who_text(result))
         return
-    _who_many(_photo_list(photos), gallery, db, checkpoint, device, min_face, top_k, threshold, annotate, as_json)
+    listed = _photo_list(photos)
+    drawn = None
+    if annotate is not None:
+        if annotate.exists() and not annotate.is_dir():
+            fail(f"--annotate {annotate}: not a folder (several photos are drawn into a folder)", code=2)
+        drawn = [annotate / f"{n:05d}-{p.stem}.jpg" for n, p in enumerate(listed)]
+        _check_annotate(drawn, listed, gallery, db, overwrite)
+    _who_many(listed, gallery, db, checkpoint, device, min_face, top_k, threshold, drawn, overwrite, as_json)
+
+
+def _check_annotate(outs: list[Path], photos: list[Path], gallery: Path, db: str | None, overwrite: bool) -> None:
+    """Refuse (exit 2), before any work, --annotate files that would overwrite a photo answered, anything in the
+    gallery folder (or its database file), or, without --overwrite, any existing file."""
+    from facesearch.gallery import db as gdb
+    from facesearch.search import annotation_problem
+
+    database = gdb.sqlite_path(gdb.resolve_url(gallery, db))
+    problem = annotation_problem(outs, photos, [gallery] + ([database] if database is not None else []), overwrite)
+    if problem:
+        fail(f"--annotate {problem}", code=2)
 
 
 def _photo_list(paths: list[Path]) -> list[Path]:
@@ -214,7 +237,8 @@ def _photo_list(paths: list[Path]) -> list[Path]:
     return photos
 
 
-def _who_many(photos, gallery, db, checkpoint, device, min_face, top_k, threshold, annotate, as_json) -> None:
+def _who_many(photos, gallery, db, checkpoint, device, min_face, top_k, threshold, drawn, overwrite, as_json) -> None:
+    """``who`` for many photos; ``drawn``: the file each photo's answers are drawn into (None: not drawn)."""
     from facesearch.embed import Embedder
     from facesearch.search import WhoFailure, annotate as draw, who_many
 
@@ -229,8 +253,8 @@ def _who_many(photos, gallery, db, checkpoint, device, min_face, top_k, threshol
                     typer.echo(json.dumps(result.to_dict()) if as_json else
                                printable(f"{result.photo}: {result.status}: {result.reason}"))
                     continue
-                if annotate is not None:
-                    draw(result.photo, result, annotate / f"{n:05d}-{Path(result.photo).stem}.jpg")
+                if drawn is not None:
+                    draw(result.photo, result, drawn[n], overwrite=overwrite)
                 if not as_json and n - failed == 0:
                     typer.echo(f"# threshold {result.threshold:.3f} ({result.threshold_source}); photo, faces, "
                                "each face's answer and similarity")
@@ -334,10 +358,11 @@ def gallery_stats(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_js
 
 @gallery_app.command("check")
 def gallery_check(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_json: JsonFlag = False) -> None:
-    """Compare the index and the crops with the database; exit code 1 when they disagree."""
+    """Compare the index, the vectors, the crops and the uploaded photos with the database; exit code 1 when they
+    disagree (each problem says what fixes it)."""
     with _open(gallery, db, reads_only=True) as g:
         report = g.check()
-    text = "consistent" if report.ok else "\n".join(["problems (fix with `facesearch gallery rebuild`):"] + [f"  {printable(p)}" for p in report.problems])
+    text = "consistent" if report.ok else "\n".join(["problems:"] + [f"  {printable(p)}" for p in report.problems])
     _echo({"ok": report.ok, "problems": report.problems, **report.details}, as_json, text)
     if not report.ok:
         raise typer.Exit(code=1)
@@ -355,7 +380,8 @@ def gallery_rebuild(
              "without rebuilding its index.", min=1)] = None,
     nprobe: Annotated[Optional[int], typer.Option(help="IVF lists visited per query (recall vs speed).", min=1)] = None,
 ) -> None:
-    """Rebuild the index from the database (optionally with new index settings); delete orphan crops."""
+    """Rebuild the index from the database (optionally with new index settings); delete crops and uploaded photos
+    no face refers to. An interrupted rebuild changes nothing."""
     from dataclasses import replace
 
     with _open(gallery, db) as g:
@@ -378,6 +404,9 @@ def gallery_rebuild(
     else:
         typer.echo(f"{result['layout']}: ef_search {ef_search} from the next search on, {result['faces']} faces, "
                    "nothing rebuilt")
+    if result["orphan_crops"] or result["orphan_uploads"]:
+        typer.echo(f"deleted {result['orphan_crops']} crop files and {result['orphan_uploads']} uploaded photos that "
+                   "belonged to no face")
 
 
 @gallery_app.command("store")
@@ -439,6 +468,7 @@ def db_upgrade(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None,
     from facesearch.gallery import db as gdb
 
     engine = _engine(gallery, db)
+    gdb.checked_revision(engine)  # a newer facesearch's database, or a damaged one, is refused untouched
     gdb.upgrade(engine, revision)
     typer.echo(f"{printable(gdb.masked(engine))}: at revision {gdb.current_revision(engine)}")
 
@@ -453,6 +483,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help='Target revision (
     from facesearch.gallery import db as gdb
 
     engine = _engine(gallery, db)
+    gdb.checked_revision(engine)
     if not yes:
         what = "drop every gallery table and all it holds (identities, faces, keys)" if revision == "base" else \
             "undo the schema changes after it; columns they added are dropped with their data"
@@ -464,10 +495,35 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help='Target revision (
     typer.echo(f"{printable(gdb.masked(engine))}: at revision {gdb.current_revision(engine)}")
 
 
+@db_app.command("stamp")
+def db_stamp(revision: Annotated[str, typer.Argument(help="The revision the database's tables are at.")],
+             gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None,
+             yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False) -> None:
+    """Record the schema revision of a database that lost it (its tables are not changed): only when you know
+    which revision they are at, e.g. from the facesearch version that made them."""
+    from alembic.util import CommandError
+
+    from facesearch.gallery import db as gdb
+
+    engine = _engine(gallery, db)
+    if not yes:
+        typer.confirm(f"record that {gdb.masked(engine)} is at schema revision {revision!r} (its tables unchanged)?",
+                      abort=True)
+    try:
+        gdb.stamp(engine, revision)
+    except CommandError as e:
+        fail(f"revision {revision!r}: {e} (this facesearch knows revisions up to {gdb.head_revision()})")
+    typer.echo(f"{printable(gdb.masked(engine))}: at revision {gdb.current_revision(engine)}")
+
+
 @db_app.command("current")
 def db_current(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None) -> None:
     """The database's schema revision and the latest one this version knows."""
     from facesearch.gallery import db as gdb
 
     engine = _engine(gallery, db, read_only=True)
-    typer.echo(f"{printable(gdb.masked(engine))}: at revision {gdb.current_revision(engine)} (latest {gdb.head_revision()})")
+    try:
+        current = gdb.checked_revision(engine)
+    finally:
+        engine.dispose()
+    typer.echo(f"{printable(gdb.masked(engine))}: at revision {current} (latest {gdb.head_revision()})")

@@ -1,9 +1,10 @@
 """The gallery: identities and faces in SQL (the source of truth), their embeddings in a FAISS index.
 
 ``Gallery`` (store.py) ties the two with transactions; ``models`` is the schema, ``db`` the engine and
-migrations, ``lock`` the folder lock; ``faces`` adds faces (model claim, rows, crop files), ``identities``
-looks them up, renames and merges, ``hits`` turns index results into search hits; ``index`` is the FAISS side,
-``freshness`` keeps it matching the database (``sync`` diffs and builds it), ``check`` compares them;
+migrations, ``lock`` the folder lock, ``binding`` which database a folder belongs to; ``faces`` adds faces (model
+claim, rows, crop files), ``identities`` looks them up, renames and merges, ``hits`` turns index results into
+search hits; ``index`` is the FAISS side, ``freshness`` keeps it matching the database (``sync`` diffs and builds
+it, ``digest`` ties its vectors to the database's), ``check`` compares them;
 ``enroll`` turns photos into faces; ``keys`` holds the API keys of ``facesearch serve``; ``records`` holds what
 goes in and out.
 """

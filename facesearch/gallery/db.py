@@ -8,6 +8,7 @@ work from an installed package with no ``alembic.ini``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -46,22 +47,34 @@ def masked(url: str | Engine) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def where(url: str | Engine) -> str:
+    """The database as a message names it: a SQLite file's path, else the URL without its password."""
+    url = url.url if isinstance(url, Engine) else make_url(url)
+    path = sqlite_path(url.render_as_string(hide_password=False))
+    return str(path) if path is not None else url.render_as_string(hide_password=True)
+
+
 def describe_database_error(error: BaseException) -> str:
-    """A user's message for a SQLAlchemy error: what is wrong with the database and the way out."""
+    """A user's message for a SQLAlchemy error: which database (every engine of ``create_engine`` names it on its
+    errors), what is wrong with it and the way out."""
     text = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
     low = text.lower()
+    name = getattr(error, "database", None)
+    db_name = f"the gallery database {name}" if name else "the gallery database"
     if "readonly" in low or "read-only" in low:
-        return f"the gallery database is read-only ({text}): this command writes to it; use a writable copy"
+        return f"{db_name} is read-only ({text}): this command writes to it; use a writable copy"
     if "not a database" in low or "malformed" in low or "disk image" in low:
-        return (f"the gallery database is damaged ({text}): restore gallery.db from a backup, or enroll again "
-                "into a new gallery")
+        return (f"{db_name} is damaged ({text}): restore it from a backup, or enroll again into a new gallery")
+    if "disk i/o" in low or "disk is full" in low or "no space" in low:
+        return (f"{db_name}: its disk is full, or failed to read or write it ({text}): free space on that disk "
+                "(or check it), then try again")
     if "unable to open" in low:
-        return f"cannot open the gallery database ({text}): check that the folder exists and is readable"
+        return f"cannot open {db_name} ({text}): check that the folder exists and is readable"
     if "locked" in low or "busy" in low:
-        return f"the gallery database is busy ({text}): another facesearch process holds it; try again"
+        return f"{db_name} is busy ({text}): another facesearch process holds it; try again"
     if "connect" in low or "connection" in low or "timeout" in low or "resolve host" in low:
-        return f"cannot reach the database server ({text}): check the --db URL and that the server runs"
-    return f"database error: {text}"
+        return f"cannot reach {db_name} ({text}): check the --db URL and that the server runs"
+    return f"database error in {name or 'the gallery database'}: {text}"
 
 
 def create_engine(url: str, read_only: bool = False) -> Engine:
@@ -72,14 +85,14 @@ def create_engine(url: str, read_only: bool = False) -> Engine:
     ``immutable``. Another database is opened as given (its server's permissions decide).
     """
     if not is_sqlite(url):
-        return sa.create_engine(url, pool_pre_ping=True)
+        return _named(sa.create_engine(url, pool_pre_ping=True), url)
     if read_only:
         engine = _read_only_sqlite(url, immutable=False)
         try:
             with engine.connect() as conn:
                 conn.exec_driver_sql("SELECT count(*) FROM sqlite_master")
         except sa.exc.OperationalError as e:
-            if "unable to open" not in str(e):
+            if not _needs_immutable(e, sqlite_path(url)):
                 raise
             engine.dispose()
             engine = _read_only_sqlite(url, immutable=True)
@@ -87,14 +100,41 @@ def create_engine(url: str, read_only: bool = False) -> Engine:
     engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
+    return _named(engine, url)
+
+
+def _named(engine: Engine, url: str) -> Engine:
+    """Every error of ``engine`` carries ``.database``: the database it came from, for the user's message."""
+    event.listen(engine, "handle_error", functools.partial(_name_database, where(url)))
     return engine
+
+
+def _name_database(name: str, ctx) -> None:
+    if ctx.sqlalchemy_exception is not None:
+        ctx.sqlalchemy_exception.database = name
+
+
+def _needs_immutable(error: sa.exc.OperationalError, path: Path | None) -> bool:
+    """Whether a read-only open failed only for want of SQLite's shared-memory file, which a WAL database needs and
+    SQLite could not create: the folder is not writable (a read-only mount, another user's gallery), or its disk
+    is full. Reading the file ``immutable`` is then exact, as long as no write-ahead log holds commits that are
+    not in the file yet (a writer elsewhere): such a database is not opened this way."""
+    text = str(error.orig).lower()
+    if not ("unable to open" in text or "readonly" in text or "disk i/o" in text):
+        return False
+    wal = path.with_name(path.name + "-wal") if path is not None else None
+    return wal is None or not wal.exists() or wal.stat().st_size == 0
 
 
 def sqlite_path(url: str) -> Path | None:
     """The file of a SQLite URL (None: another database, or in memory)."""
+    from urllib.parse import unquote
+
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
+    if parsed.query.get("uri") == "true" and parsed.database.startswith("file:"):  # a read-only engine's URL
+        return Path(unquote(parsed.database[len("file:"):]))
     return Path(parsed.database)
 
 
@@ -107,7 +147,9 @@ def _read_only_sqlite(url: str, immutable: bool) -> Engine:
                               connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_read_only_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
-    return engine
+    if immutable:
+        logger.info("%s opened immutable: SQLite cannot create its shared-memory file beside it", path)
+    return _named(engine, url)
 
 
 def _sqlite_read_only_on_connect(dbapi_connection, _record) -> None:
@@ -188,6 +230,38 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+GALLERY_TABLES = ("gallery_state", "faces", "identities")  # what a facesearch schema has at every revision
+
+
+def checked_revision(engine: Engine) -> str | None:
+    """``current_revision``, refusing (GalleryError) a database this facesearch cannot upgrade or read: one a newer
+    facesearch wrote (a revision it does not know), or one with gallery tables and no revision at all. Nothing is
+    changed either way."""
+    from alembic.script import ScriptDirectory
+
+    from facesearch import __version__
+    from facesearch.gallery.records import GalleryError
+
+    current = current_revision(engine)
+    script = ScriptDirectory.from_config(alembic_config())
+    head = script.get_current_head()
+    if current is None:
+        tables = sorted(set(GALLERY_TABLES) & set(sa.inspect(engine).get_table_names()))
+        if tables:
+            raise GalleryError(
+                f"{where(engine)}: holds gallery tables ({', '.join(tables)}) but no schema revision (the "
+                "alembic_version row is missing): the database is damaged or was not made by facesearch; nothing "
+                "was changed. Restore it from a backup; if you know which revision its tables are at, "
+                "`facesearch db stamp REVISION` records it")
+        return None
+    if current not in {rev.revision for rev in script.walk_revisions()}:
+        raise GalleryError(
+            f"{where(engine)}: this gallery was written by a newer facesearch (schema revision {current!r}; "
+            f"facesearch {__version__} knows revisions up to {head!r}); nothing was changed. Open it with that "
+            "facesearch, or upgrade this one (pip install -U facesearch)")
+    return current
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Apply migrations up to ``revision``, in one transaction."""
     from alembic import command
@@ -195,6 +269,15 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     with engine.begin() as conn:
         command.upgrade(alembic_config(conn), revision)
     logger.info("database %s upgraded to %s", masked(engine), revision)
+
+
+def stamp(engine: Engine, revision: str) -> None:
+    """Record that the database is at ``revision`` without changing its tables (recovery of a lost revision row)."""
+    from alembic import command
+
+    with engine.begin() as conn:
+        command.stamp(alembic_config(conn), revision)
+    logger.info("database %s stamped %s", masked(engine), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -62,14 +62,14 @@ def enroll(gallery: Gallery, embedder, items: Sequence[tuple[str | os.PathLike, 
     Returns:
         One outcome per photo, in input order.
     """
-    from facesearch.gallery.identities import clean_name
+    from facesearch.gallery.identities import new_name
 
     gallery.check_model(embedder.fingerprint)
     outcomes: dict[int, EnrollOutcome] = {}
     named: list[tuple[int, tuple[str | os.PathLike, str]]] = []  # position, (photo, cleaned name)
     for i, (path, name) in enumerate(items):
         try:
-            named.append((i, (path, clean_name(name))))
+            named.append((i, (path, new_name(name))))
         except GalleryError as e:
             outcomes[i] = EnrollOutcome(str(path), str(name), "bad_name", str(e))
     if progress and outcomes:

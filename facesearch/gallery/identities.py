@@ -13,6 +13,8 @@ from facesearch.gallery.records import FaceInfo, FaceNotFound, GalleryError, Ide
 
 
 MAX_NAME_LENGTH = 200  # characters, after normalisation
+UNKNOWN = "unknown"  # what `who` answers for a face below the threshold: no identity may be called so
+RESERVED = (UNKNOWN,)  # compared case-insensitively, after NFKC (so "Unknown", "ＵＮＫＮＯＷＮ" too)
 _JOINERS = {"\u200c", "\u200d"}  # zero-width (non-)joiners: part of how some scripts write names
 
 
@@ -32,6 +34,17 @@ def clean_name(name: str, what: str = "identity name") -> str:
     if bad:
         codes = ", ".join(f"U+{ord(c):04X}" for c in bad)
         raise GalleryError(f"{what} {cleaned!r}: holds control or invisible characters ({codes})")
+    return cleaned
+
+
+def new_name(name: str) -> str:
+    """``clean_name`` for a name an identity is about to get (enrolled, created, renamed or merged into): also
+    refuses the reserved names, which `who` prints for faces it cannot name. Lookups use ``clean_name`` alone, so
+    an identity named so by an earlier facesearch can still be renamed or removed."""
+    cleaned = clean_name(name)
+    if unicodedata.normalize("NFKC", cleaned).casefold() in RESERVED:
+        raise GalleryError(f"identity name {cleaned!r}: reserved (`who` answers {UNKNOWN!r} for a face it cannot "
+                           "name, so no person may be called so); choose another name")
     return cleaned
 
 

@@ -15,10 +15,12 @@ L2 distance instead; for unit vectors ``cos = 1 - L2² / 2``, and search returns
 
 File layout (written to a temp file, then atomically renamed over the old one by the gallery)::
 
-    MAGIC | header length (8 bytes, little endian) | header JSON | live ids | tombstones | faiss index | crc32
+    MAGIC | header length (8 bytes, little endian) | header JSON | live ids | their vector hashes | tombstones
+          | faiss index | crc32
 
-The header names the database (``uid``) and the ``epoch`` the index reflects; the trailing crc32 covers
-everything before it, so a torn or corrupted file is detected and rebuilt from SQL.
+The header names the database (``uid``), the ``epoch`` the index reflects and the ``digest`` of the vectors it
+holds (the XOR of their hashes: ``digest.py``), which must be the database's for the file to be used; the trailing
+crc32 covers everything before it, so a torn or corrupted file is detected and rebuilt from SQL.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
+from facesearch.gallery.digest import combine
+
 logger = logging.getLogger(__name__)
 
-MAGIC = b"FSINDEX1"
+MAGIC = b"FSINDEX2"
+OLD_MAGICS = (b"FSINDEX1",)  # files of an earlier facesearch (no vector hashes): rebuilt from SQL
 STORES = ("faiss", "pgvector")
 KINDS = ("flat", "hnsw", "ivf")
 IVF_CODECS = ("flat", "sq8", "pq")
@@ -44,6 +49,11 @@ IVF_CODECS = ("flat", "sq8", "pq")
 
 class IndexFileError(Exception):
     """The index file is missing, torn, corrupted or from another gallery: rebuild it from SQL."""
+
+
+class EarlierIndexFile(IndexFileError):
+    """An index file an earlier facesearch wrote (without vector hashes): rebuilt from SQL once, as a matter of
+    course."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,7 @@ class FaceIndex:
         self.uid = uid
         self.epoch = epoch
         self._ids = np.empty(0, dtype=np.int64)  # live face ids, in insertion order
+        self._hashes = np.empty(0, dtype=np.uint64)  # their vector hashes (digest.py), from the database's rows
         self._tombstones = np.empty(0, dtype=np.int64)  # deleted ids still inside an HNSW graph
         self._selector = None  # cached IDSelector excluding the tombstones
 
@@ -154,14 +165,19 @@ class FaceIndex:
         layout = kind + codec + ("+pca" if reduce else "")
         return cls(index, settings, dim, layout, uid, epoch)
 
-    def add(self, ids: np.ndarray, xb: np.ndarray) -> None:
-        """Add (n,) int64 face ids with their (n, dim) float32 unit vectors."""
+    def add(self, ids: np.ndarray, xb: np.ndarray, hashes: np.ndarray | None = None) -> None:
+        """Add (n,) int64 face ids with their (n, dim) float32 unit vectors and (n,) uint64 vector hashes (the
+        gallery's rows': digest.py; None: unknown, as for vectors that are no gallery's, and which then match no
+        database's digest)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         xb = np.ascontiguousarray(xb, dtype=np.float32).reshape(len(ids), self.dim)
+        hashes = np.zeros(len(ids), np.uint64) if hashes is None else \
+            np.ascontiguousarray(hashes, dtype=np.uint64).reshape(len(ids))
         if len(ids) == 0:
             return
         self.index.add_with_ids(xb, ids)
         self._ids = np.concatenate([self._ids, ids])
+        self._hashes = np.concatenate([self._hashes, hashes])
 
     def remove(self, ids: np.ndarray) -> None:
         """Forget these face ids (tombstones in HNSW, real removal elsewhere)."""
@@ -174,7 +190,8 @@ class FaceIndex:
             self._selector = None
         else:
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
-        self._ids = self._ids[~np.isin(self._ids, ids)]
+        keep = ~np.isin(self._ids, ids)
+        self._ids, self._hashes = self._ids[keep], self._hashes[keep]
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -182,6 +199,16 @@ class FaceIndex:
     def ids(self) -> np.ndarray:
         """Live face ids (tombstones excluded)."""
         return self._ids
+
+    @property
+    def hashes(self) -> np.ndarray:
+        """The vector hash of each live face, in the order of ``ids``."""
+        return self._hashes
+
+    @property
+    def digest(self) -> str:
+        """The digest of the vectors held (digest.py): the database's ``vectors_digest`` when they are its own."""
+        return combine(self._hashes)
 
     @property
     def n_tombstones(self) -> int:
@@ -253,13 +280,14 @@ class FaceIndex:
         return {
             "uid": self.uid, "epoch": self.epoch, "dim": self.dim, "layout": self.layout,
             "settings": self.settings.to_dict(), "n_ids": len(self._ids), "n_tombstones": len(self._tombstones),
+            "digest": self.digest,
         }
 
     def copy(self) -> FaceIndex:
         """An independent copy (what a concurrent gallery changes while other threads search the original)."""
         twin = FaceIndex(faiss.deserialize_index(faiss.serialize_index(self.index)), self.settings, self.dim,
                          self.layout, self.uid, self.epoch)
-        twin._ids, twin._tombstones = self._ids.copy(), self._tombstones.copy()
+        twin._ids, twin._hashes, twin._tombstones = self._ids.copy(), self._hashes.copy(), self._tombstones.copy()
         return twin
 
     def write(self, path: str | os.PathLike) -> None:
@@ -269,6 +297,7 @@ class FaceIndex:
             head = json.dumps(self.header()).encode()
             out.write(MAGIC + struct.pack("<Q", len(head)) + head)
             out.write(self._ids.tobytes())
+            out.write(self._hashes.astype("<u8").tobytes())
             out.write(self._tombstones.tobytes())
             faiss.write_index(self.index, faiss.PyCallbackIOWriter(out.write))
             f.write(struct.pack("<I", out.crc))
@@ -283,30 +312,41 @@ class FaceIndex:
                 inp = _CrcReader(f)
                 head = _read_header(inp)
                 ids = np.frombuffer(inp.read_exact(8 * head["n_ids"]), dtype=np.int64).copy()
+                hashes = np.frombuffer(inp.read_exact(8 * head["n_ids"]), dtype="<u8").astype(np.uint64)
                 tombs = np.frombuffer(inp.read_exact(8 * head["n_tombstones"]), dtype=np.int64).copy()
                 index = faiss.read_index(faiss.PyCallbackIOReader(inp.read))
                 crc = inp.crc
                 trailer = f.read(5)
+        except EarlierIndexFile as e:
+            raise EarlierIndexFile(f"{path}: {e}") from None
         except (OSError, RuntimeError, ValueError, KeyError, struct.error) as e:
             raise IndexFileError(f"{path}: {e}") from e
         if len(trailer) != 4 or struct.unpack("<I", trailer)[0] != crc:
             raise IndexFileError(f"{path}: checksum mismatch (torn or corrupted file)")
         self = cls(index, IndexSettings.from_dict(head["settings"]), head["dim"], head["layout"], head["uid"], head["epoch"])
-        self._ids, self._tombstones = ids, tombs
+        self._ids, self._hashes, self._tombstones = ids, hashes, tombs
+        if self.digest != head["digest"]:
+            raise IndexFileError(f"{path}: its vector hashes do not add up to the digest its header records")
         return self
 
 
-def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """Only the header of an index file (cheap: tells its uid and epoch without loading vectors)."""
+def read_header(path: str | os.PathLike, any_format: bool = False) -> dict[str, Any]:
+    """Only the header of an index file (cheap: tells its uid and epoch without loading vectors); ``any_format``:
+    also an earlier facesearch's (whose header names its database's uid the same way)."""
     try:
         with open(path, "rb") as f:
-            return _read_header(_CrcReader(f))
+            return _read_header(_CrcReader(f), any_format)
+    except EarlierIndexFile as e:
+        raise EarlierIndexFile(f"{path}: {e}") from None
     except (OSError, ValueError, KeyError, struct.error) as e:
         raise IndexFileError(f"{path}: {e}") from e
 
 
-def _read_header(inp: _CrcReader) -> dict[str, Any]:
-    if inp.read_exact(len(MAGIC)) != MAGIC:
+def _read_header(inp: _CrcReader, any_format: bool = False) -> dict[str, Any]:
+    magic = inp.read_exact(len(MAGIC))
+    if magic in OLD_MAGICS and not any_format:
+        raise EarlierIndexFile("an index file of an earlier facesearch (without vector hashes)")
+    if magic != MAGIC and magic not in OLD_MAGICS:
         raise ValueError("not a facesearch index file")
     (n,) = struct.unpack("<Q", inp.read_exact(8))
     if n > 1 << 20:

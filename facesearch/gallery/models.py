@@ -5,8 +5,9 @@ Four tables, and a fifth where PostgreSQL has pgvector:
 - ``identities``: one row per person, ``name`` unique and stored verbatim (never used in a path).
 - ``faces``: one row per enrolled face. Its primary key *is* the FAISS id, never reused
   (SQLite ``AUTOINCREMENT``, PostgreSQL identity column backed by a sequence).
-- ``gallery_state``: exactly one row; the gallery's model, threshold, index settings and the
-  ``epoch`` every face mutation bumps, which tells a stale index file from a fresh one.
+- ``gallery_state``: exactly one row; the gallery's model, threshold, index settings, the ``uid`` its folder and
+  index file are bound to, the ``epoch`` every face mutation bumps, which tells a stale index file from a fresh
+  one, and the digest of its vectors, which tells a foreign index file from its own.
 - ``api_keys``: the keys ``facesearch serve`` accepts (``facesearch keys create``), stored as SHA-256 digests.
 - ``face_vectors`` (PostgreSQL with the pgvector extension only; its own ``VectorBase`` metadata): each face's
   embedding as ``halfvec``, searched in SQL by an HNSW index when the gallery's vector store is pgvector.
@@ -81,6 +82,10 @@ class GalleryState(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     uid: Mapped[str] = mapped_column(sa.String(32))  # random; ties an index file to this database
     epoch: Mapped[int] = mapped_column(sa.BigInteger, default=0)  # bumped by every face mutation
+    # XOR of every face's 64-bit vector hash (digest.py), hex; updated in each transaction that adds, removes or
+    # re-embeds faces. An index file records the hashes of the vectors it holds: one copied from another gallery
+    # (the same uid, epoch and face ids, other vectors) does not match it.
+    vectors_digest: Mapped[str] = mapped_column(sa.String(16), default="0" * 16)
     model_fingerprint: Mapped[str | None] = mapped_column(sa.String(64))  # None until the first enroll
     model_source: Mapped[str | None] = mapped_column(sa.Text)  # "base" or a checkpoint path (checkpoint.model_source)
     embedding_dim: Mapped[int | None] = mapped_column(sa.Integer)

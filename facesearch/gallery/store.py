@@ -3,9 +3,11 @@
 A gallery folder holds::
 
     gallery.db      SQLite database (unless --db / $FACESEARCH_DB names another, e.g. PostgreSQL)
-    index.faiss     the FAISS index, with the database uid and epoch it reflects (see freshness.py, index.py)
+    gallery.json    the uid of the database this folder belongs to: another gallery's is refused (binding.py)
+    index.faiss     the FAISS index, with the database uid, epoch and vector digest it reflects (freshness.py)
     gallery.lock    fcntl lock: index writers and schema upgrades take turns (lock.py)
     crops/          the enrolled face crops, named by face id (never by identity name)
+    uploads/        photos enrolled through `facesearch serve`, named by content hash; deleted with their faces
 
 Every change to the set of faces runs in one SQL transaction that also bumps ``gallery_state.epoch``;
 only after it commits is the index brought up to date, under the lock, by comparing its ids with the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -30,14 +33,17 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from facesearch.gallery import db, faces as face_rows, hits, identities, keys, vectors
-from facesearch.gallery.check import CROPS_DIR, inside, orphan_crops
+from facesearch.gallery import binding, db, faces as face_rows, hits, identities, keys, vectors
+from facesearch.gallery.check import CROPS_DIR, UPLOADS_DIR, inside, orphan_crops, orphan_uploads, referenced_uploads
+from facesearch.gallery.digest import EMPTY, combine, vector_hashes
 from facesearch.gallery.freshness import INDEX_NAME, IndexKeeper
 from facesearch.gallery.index import IndexFileError, IndexSettings, read_header
 from facesearch.gallery.lock import exclusive
 from facesearch.gallery.models import Face, GalleryState, Identity
 from facesearch.gallery.keys import KeyInfo
 from facesearch.gallery.records import AddResult, CheckReport, FaceHit, FaceInfo, GalleryError, IdentityInfo, NewFace
+
+logger = logging.getLogger(__name__)
 
 # Cosine similarity below which `who` answers "unknown" when the gallery has no calibrated threshold
 # (`facesearch calibrate` stores one). Higher is stricter. A placeholder: calibrate on your own data.
@@ -57,11 +63,15 @@ class Gallery:
         Args:
             folder: the gallery folder; created (private to the user: 0700, its database 0600) when missing
                 and ``create``.
-            url: a database URL instead of the folder's SQLite ``gallery.db``.
+            url: a database URL instead of the folder's SQLite ``gallery.db``; it must be the folder's own (the
+                uid recorded in ``gallery.json``), or hold no gallery yet for a folder that holds none.
             migrate: upgrade an old schema on open (default: SQLite yes, PostgreSQL no).
-            read_only: open for reading only: nothing in the folder or database is written (a search keeps
-                a stale index in memory). ``None``: read-only exactly when the user may not write the gallery
-                (a shared or read-only mount, another user's gallery); writes then refuse with a clear error.
+            read_only: open for reading only: nothing is written to the database (SQLite opens it ``mode=ro``), so
+                reading needs no write permission and no free disk space; only an old schema is upgraded first
+                where the user may write it (``migrate``). The index file, a cache of the database, is refreshed
+                when the folder is writable, else kept in memory. ``None``: read-only exactly when the user may not
+                write the gallery (a shared or read-only mount, another user's gallery); writes then refuse with a
+                clear error.
             concurrent: the object is shared by threads that search while others write (``facesearch serve``):
                 the index in memory is updated on a copy, never under a search in flight.
         """
@@ -83,24 +93,32 @@ class Gallery:
                 raise GalleryError(f"{self.folder}: not a gallery (no {sqlite_file.name} in this folder); "
                                    "`facesearch enroll PHOTOS -g FOLDER` creates one")
             os.close(os.open(sqlite_file, os.O_CREAT | os.O_WRONLY, 0o600))  # SQLite keeps these permissions
+        migrate = db.is_sqlite(self.url) if migrate is None else migrate
         self.engine = db.create_engine(self.url, read_only=self.read_only)
+        try:
+            if self.read_only:
+                self._check_schema(migrate and not not_writable)
+            else:
+                self._prepare_database(migrate)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(db.writer(self.engine), expire_on_commit=False)
-        if self.read_only:
-            self._check_schema()
-        else:
-            self._prepare_database(db.is_sqlite(self.url) if migrate is None else migrate)
-        self._index = IndexKeeper(self.folder, self.engine, writable=not self.read_only, concurrent=concurrent)
+        self._index = IndexKeeper(self.folder, self.engine, concurrent=concurrent,
+                                  writable=not self.read_only or os.access(self.folder, os.W_OK))
 
     def _refuse_lost_database(self, sqlite_file: Path) -> None:
-        """A folder whose database is gone (or empty) but whose index or crops remain is a damaged gallery, not a
-        new one: starting afresh there would overwrite the index of faces a backup of the database could restore."""
-        left = [name for name in (INDEX_NAME, CROPS_DIR) if (self.folder / name).exists()]
+        """A folder whose database is gone (or empty) but whose index, crops or record remain is a damaged gallery,
+        not a new one: starting afresh there would overwrite the index of faces a backup of the database could
+        restore."""
+        left = [name for name in (binding.RECORD, INDEX_NAME, CROPS_DIR) if (self.folder / name).exists()]
         if left:
             state = "empty" if sqlite_file.exists() else "missing"
-            raise GalleryError(f"{sqlite_file}: the gallery database is {state}, but {' and '.join(left)} of its "
-                               "faces remain in the folder: restore the database from a backup, or move the folder "
-                               "aside to start a new gallery")
+            listed = left[0] if len(left) == 1 else f"{', '.join(left[:-1])} and {left[-1]}"
+            raise GalleryError(f"{sqlite_file}: the gallery database is {state}, but {listed} of its faces remain "
+                               "in the folder: restore the database from a backup, or move the folder aside to start "
+                               "a new gallery")
 
     def _not_writable(self, sqlite_file: Path | None) -> bool:
         """Whether this user may not write the folder (or the SQLite file in it)."""
@@ -108,12 +126,51 @@ class Gallery:
             return True
         return sqlite_file is not None and sqlite_file.exists() and not os.access(sqlite_file, os.W_OK)
 
-    def _check_schema(self) -> None:
-        """A read-only gallery cannot be upgraded: its schema must be this version's."""
-        head, current = db.head_revision(), db.current_revision(self.engine)
-        if current != head:
-            raise GalleryError(f"{db.masked(self.url)}: database schema is at revision {current}, this version "
-                               f"reads {head}; open it once with write access to upgrade it")
+    def _check_schema(self, may_upgrade: bool) -> None:
+        """A gallery opened read-only must belong to this folder and have this version's schema: an older one is
+        upgraded first when ``may_upgrade`` (a writable SQLite file: what every command did before it read), else
+        refused."""
+        head, current = db.head_revision(), db.checked_revision(self.engine)
+        uid = self._stored_uid(current)
+        if uid is None:
+            raise GalleryError(f"{db.where(self.url)}: holds no gallery yet; `facesearch enroll PHOTOS -g FOLDER` "
+                               "creates one")
+        if binding.check(self.folder, uid, db.where(self.url), self._known_crops) is None \
+                and os.access(self.folder, os.W_OK):
+            with contextlib.suppress(GalleryError):  # recorded for the next open, where the folder allows it
+                binding.bind(self.folder, uid, db.where(self.url))
+        if current != head and may_upgrade:
+            self._upgrade()
+        elif current != head:
+            raise GalleryError(f"{db.where(self.url)}: database schema is at revision {current}, this version "
+                               f"reads {head}; upgrade it once with write access (`facesearch db upgrade`)")
+
+    def _stored_uid(self, revision: str | None) -> str | None:
+        """The database's gallery uid (None: no gallery yet); read as every schema revision stores it, before any
+        upgrade, so that a database that is not the folder's is refused before anything is written to it."""
+        if revision is None:
+            return None
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text("SELECT uid FROM gallery_state WHERE id = 1")).scalar()
+
+    def _known_crops(self) -> set[str]:
+        """The crop paths (relative to the folder) the database's faces refer to."""
+        with self.engine.connect() as conn:
+            rows = conn.scalars(sa.select(Face.crop_path).where(Face.crop_path.is_not(None))).all()
+        return {Path(os.path.normpath(rel)).as_posix() for rel in rows}
+
+    def _upgrade(self) -> None:
+        """Upgrade the schema to this version's, with an engine of its own (this one is read-only). This one's
+        connections are closed first, so that the writer is the last to close and folds SQLite's write-ahead log
+        back into the file (a reader without write access could not)."""
+        self.engine.dispose()
+        engine = db.create_engine(self.url)
+        try:
+            with exclusive(self.folder):
+                if db.checked_revision(engine) != db.head_revision():
+                    db.upgrade(engine)
+        finally:
+            engine.dispose()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -131,26 +188,38 @@ class Gallery:
     # -- setup --------------------------------------------------------------------------------------
 
     def _prepare_database(self, migrate: bool) -> None:
-        head = db.head_revision()
-        if db.current_revision(self.engine) != head:
+        """Check that the folder belongs to the database (a database with no gallery yet gets one, for a folder
+        that holds none), upgrade its schema when ``migrate``, and record the binding in the folder."""
+        head, current = db.head_revision(), db.checked_revision(self.engine)
+        uid = self._stored_uid(current)
+        record = binding.check(self.folder, uid, db.where(self.url), self._known_crops)
+        if current != head:
             if not migrate:
                 raise GalleryError(
-                    f"{db.masked(self.url)}: database schema is not at revision {head}; "
+                    f"{db.where(self.url)}: database schema is not at revision {head}; "
                     f"run `facesearch db upgrade --db URL` first"
                 )
             with exclusive(self.folder):
-                if db.current_revision(self.engine) != head:
+                if db.checked_revision(self.engine) != head:
                     db.upgrade(self.engine)
-        with contextlib.suppress(sa.exc.IntegrityError), self._transaction() as s:
-            if s.get(GalleryState, 1) is None:  # another process may insert it first: then ours fails, fine
-                s.add(GalleryState(id=1, uid=uuid.uuid4().hex, epoch=0, index_settings=IndexSettings().to_dict()))
+        if uid is None:
+            with contextlib.suppress(sa.exc.IntegrityError), db.writer(self.engine).begin() as conn:
+                # another process may insert it first: then ours fails, and both read the one that was
+                conn.execute(sa.insert(GalleryState).values(id=1, uid=uuid.uuid4().hex, epoch=0, vectors_digest=EMPTY,
+                                                            index_settings=IndexSettings().to_dict()))
+            uid = self._stored_uid(head)
+        if record is None:
+            binding.bind(self.folder, uid, db.where(self.url))
+
+    def _refuse_read_only(self) -> None:
+        if self.read_only:
+            raise GalleryError(f"{self.folder}: the gallery is open read-only (no write permission, or opened "
+                               "so); this command changes it: use a writable copy")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Session]:
         """A write transaction; refused on a gallery opened read-only."""
-        if self.read_only:
-            raise GalleryError(f"{self.folder}: the gallery is open read-only (no write permission, or opened "
-                               "so); this command changes it: use a writable copy")
+        self._refuse_read_only()
         with self._write() as s, s.begin():
             yield s
 
@@ -163,9 +232,16 @@ class Gallery:
             yield s
 
     @staticmethod
-    def _bump(s: Session) -> None:
-        """Record that the set of faces (or their vectors, or the index settings) changed."""
-        s.execute(sa.update(GalleryState).where(GalleryState.id == 1).values(epoch=GalleryState.epoch + 1))
+    def _bump(s: Session, changed: np.ndarray | None = None, digest: str | None = None) -> None:
+        """Record that the set of faces (or their vectors, or the index settings) changed: ``changed`` holds the
+        vector hashes of the faces added or removed (XOR-ed into the digest), ``digest`` the whole new digest."""
+        values = {"epoch": GalleryState.epoch + 1}
+        if changed is not None and len(changed):
+            current = s.scalar(sa.select(GalleryState.vectors_digest).where(GalleryState.id == 1))
+            values["vectors_digest"] = combine(changed, current)
+        if digest is not None:
+            values["vectors_digest"] = digest
+        s.execute(sa.update(GalleryState).where(GalleryState.id == 1).values(**values))
 
     def _state(self, s: Session) -> GalleryState:
         return s.get(GalleryState, 1, populate_existing=True)
@@ -227,7 +303,7 @@ class Gallery:
             ModelMismatchError: the gallery holds another model's embeddings.
             GalleryError: an embedding that is not finite.
         """
-        faces = [dataclasses.replace(f, name=identities.clean_name(f.name)) for f in faces]
+        faces = [dataclasses.replace(f, name=identities.new_name(f.name)) for f in faces]
         for f in faces:
             if not np.isfinite(f.embedding).all():  # a NaN row would match nothing, and FAISS would rank it anyway
                 raise GalleryError(f"{f.source_path or f.name}: its embedding is not finite numbers (NaN or inf); "
@@ -245,7 +321,7 @@ class Gallery:
                         row.crop_path = face_rows.write_crop(self.folder, row.id, face.crop, written)
                 if rows:
                     self._add_vectors(s, rows)
-                    self._bump(s)
+                    self._bump(s, vector_hashes([row.id for _, row in rows], [row.embedding for _, row in rows]))
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -285,7 +361,7 @@ class Gallery:
 
     def create_identity(self, name: str) -> str:
         """A new identity with no faces yet; returns its stored (cleaned) name."""
-        name = identities.clean_name(name)
+        name = identities.new_name(name)
         with self._transaction() as s:
             identities.create(s, name)
         return name
@@ -302,14 +378,15 @@ class Gallery:
             f = identities.find_face(s, face_id, self.folder)
             info, crop = identities.face_info(self.folder, f, f.identity.name), f.crop_path
             s.delete(f)
-            self._bump(s)
+            self._bump(s, vector_hashes([f.id], [f.embedding]))
         self._delete_crops([crop])
+        self._forget_uploads([info.source_path])
         self._sync_index()
         return info
 
     def rename(self, old: str, new: str) -> None:
         """Rename an identity (fails if ``new`` exists: merge instead)."""
-        old, new = identities.clean_name(old), identities.clean_name(new)
+        old, new = identities.clean_name(old), identities.new_name(new)
         with self._transaction() as s:
             identities.rename(s, old, new, self.folder)
 
@@ -320,7 +397,7 @@ class Gallery:
         Returns:
             The number of faces moved.
         """
-        source, target = identities.clean_name(source), identities.clean_name(target)
+        source, target = identities.clean_name(source), identities.new_name(target)
         with self._transaction() as s:
             return identities.merge(s, source, target, self.folder, create=create)
 
@@ -329,19 +406,41 @@ class Gallery:
         name = identities.clean_name(name)
         with self._mutation() as s:
             ident = identities.find(s, name, self.folder)
-            crops = s.scalars(sa.select(Face.crop_path).where(Face.identity_id == ident.id)).all()
+            rows = s.execute(sa.select(Face.id, Face.embedding, Face.crop_path, Face.source_path)
+                             .where(Face.identity_id == ident.id)).all()
             s.execute(sa.delete(Face).where(Face.identity_id == ident.id))
             s.delete(ident)
-            self._bump(s)
-        self._delete_crops(crops)
+            self._bump(s, vector_hashes([r.id for r in rows], [r.embedding for r in rows]))
+        self._delete_crops([r.crop_path for r in rows])
+        self._forget_uploads([r.source_path for r in rows])
         self._sync_index()
-        return len(crops)
+        return len(rows)
 
     def _delete_crops(self, crops: Sequence[str | None]) -> None:
         for rel in crops:
             path = self._inside(rel)
             if path is not None:
                 path.unlink(missing_ok=True)
+
+    def _forget_uploads(self, sources: Sequence[str | None]) -> None:
+        """Delete the uploaded photos (``uploads/``) of faces just removed that no other face refers to."""
+        names = {os.path.basename(p) for p in sources if p and os.path.basename(os.path.dirname(p)) == UPLOADS_DIR}
+        for name in names:
+            self.discard_upload(self.folder / UPLOADS_DIR / name)
+
+    def discard_upload(self, path: str | os.PathLike) -> bool:
+        """Delete ``path``, a photo kept in the gallery's ``uploads/`` (``facesearch serve``), unless a face refers
+        to it: what is left of an upload that was refused, a duplicate, or whose faces are gone. Returns whether it
+        was deleted (a path elsewhere is never touched)."""
+        path = Path(path)
+        if path.parent.resolve() != (self.folder / UPLOADS_DIR).resolve() or not path.is_file():
+            return False
+        self._refuse_read_only()
+        with self._read() as s:
+            if referenced_uploads(s.connection(), [path.name]):
+                return False
+        path.unlink(missing_ok=True)
+        return True
 
     def _inside(self, rel: str | None) -> Path | None:
         return inside(self.folder, rel)
@@ -441,48 +540,87 @@ class Gallery:
         return check_gallery(self)
 
     def rebuild(self, settings: IndexSettings | None = None) -> dict[str, Any]:
-        """Rebuild the index from SQL (optionally with new settings) and delete orphan crop files. With the
-        pgvector store: every vector row written again from ``faces`` and the HNSW index built anew, unless
-        the new settings change only how it is searched (``pg_ef_search``): those are stored, nothing is rebuilt.
+        """Rebuild the index from SQL (optionally with new settings), record the vector digest of the faces it was
+        built from, and delete what belongs to no face: crop files, and uploaded photos no face refers to.
+
+        With the FAISS store the new index is built before the new settings are stored, so an interrupted rebuild
+        changes nothing. With the pgvector store every vector row is written again from ``faces`` and the HNSW
+        index built anew, in one transaction with the new settings, unless they change only how it is searched
+        (``pg_ef_search``): those are stored, nothing is rebuilt.
+
+        Returns:
+            {"layout", "faces", "rebuilt", "orphan_crops", "orphan_uploads"} (the last two: files deleted).
         """
+        self._refuse_read_only()
         current = self.index_settings
         if settings is not None and settings.store != current.store:
             raise GalleryError(f"moving the vectors to the {settings.store} store is `facesearch gallery store "
                                f"{settings.store}`, not a rebuild")
-        if settings is not None:
+        if current.store == "pgvector" and settings is not None and settings.pg_index() == current.pg_index():
             with self._mutation() as s:
                 self._state(s).index_settings = settings.to_dict()
                 self._bump(s)
-        if current.store == "pgvector" and settings is not None and settings.pg_index() == current.pg_index():
             result = {"layout": "pgvector hnsw", "faces": self.stats()["faces"], "rebuilt": False}
         elif current.store == "pgvector":
-            result = self._refill_vectors()
+            result = self._refill_vectors(settings)
         else:
-            index = self._index.sync(rebuild=True)
+            index = self._index.rebuild(settings, lambda built: self._record_rebuild(settings, built))
             result = {"layout": index.layout if index else None, "faces": len(index.ids) if index else 0,
                       "rebuilt": True}
-        with self._read() as s:
-            crops = s.scalars(sa.select(Face.crop_path).where(Face.crop_path.is_not(None))).all()
-        for path in orphan_crops(self.folder, {self._inside(c) for c in crops}):
-            path.unlink(missing_ok=True)
-        return result
+        return {**result, **self._delete_orphans()}
 
-    def _refill_vectors(self) -> dict[str, Any]:
-        """The pgvector store's rows written again from ``faces``, and its HNSW index built anew."""
+    def _record_rebuild(self, settings: IndexSettings | None, built) -> None:
+        """Store the settings an index was rebuilt with and, when the faces it was built from (at the epoch it
+        records) add up to another digest than the one recorded, theirs."""
         with self._mutation() as s:
             state = self._state(s)
-            n = self._load_vectors(s.connection(), state, IndexSettings.from_dict(state.index_settings))
-            self._bump(s)
+            digest = None
+            if built is not None and state.epoch == built.epoch and state.vectors_digest != built.digest:
+                logger.warning("the database recorded the vector digest %s, its faces add up to %s (changed outside "
+                               "facesearch): recorded", state.vectors_digest, built.digest)
+                digest = built.digest
+            if settings is not None:
+                state.index_settings = settings.to_dict()
+            if settings is not None or digest is not None:
+                self._bump(s, digest=digest)
+
+    def _delete_orphans(self) -> dict[str, int]:
+        """Delete crop files and uploaded photos that no face refers to; how many of each."""
+        with self._read() as s:
+            crops = s.scalars(sa.select(Face.crop_path).where(Face.crop_path.is_not(None))).all()
+            uploads = orphan_uploads(s.connection(), self.folder)
+        crops = orphan_crops(self.folder, {self._inside(c) for c in crops})
+        for path in crops + uploads:
+            path.unlink(missing_ok=True)
+        if crops or uploads:
+            logger.info("deleted %d crop files and %d uploaded photos that belonged to no face", len(crops),
+                        len(uploads))
+        return {"orphan_crops": len(crops), "orphan_uploads": len(uploads)}
+
+    def _refill_vectors(self, settings: IndexSettings | None = None) -> dict[str, Any]:
+        """The pgvector store's rows written again from ``faces`` and its HNSW index built anew (with ``settings``
+        when given, stored in the same transaction), and the faces' vector digest recorded."""
+        with self._mutation() as s:
+            state = self._state(s)
+            if settings is not None:
+                state.index_settings = settings.to_dict()
+            settings = settings or IndexSettings.from_dict(state.index_settings)
+            n, digest = self._load_vectors(s.connection(), state, settings)
+            if digest != state.vectors_digest:
+                logger.warning("the database recorded the vector digest %s, its faces add up to %s (changed outside "
+                               "facesearch): recorded", state.vectors_digest, digest)
+            self._bump(s, digest=digest)
         return {"layout": "pgvector hnsw", "faces": n, "rebuilt": True}
 
     @staticmethod
-    def _load_vectors(conn, state: GalleryState, settings: IndexSettings) -> int:
-        """Every face's vector row from ``faces``, then the HNSW index for the gallery's width; rows written."""
-        n = vectors.fill(conn, state.embedding_dim)
+    def _load_vectors(conn, state: GalleryState, settings: IndexSettings) -> tuple[int, str]:
+        """Every face's vector row from ``faces``, then the HNSW index for the gallery's width; the rows written and
+        the vector digest of their faces."""
+        n, digest = vectors.fill(conn, state.embedding_dim)
         if state.embedding_dim is not None:
             vectors.ensure_index(conn, state.embedding_dim, settings.pg_hnsw_m, settings.pg_ef_construction,
                                  settings.pg_build_memory_mb)
-        return n
+        return n, digest
 
     def use_store(self, store: str) -> dict[str, Any]:
         """Move the gallery's vectors to ``store`` ("faiss" or "pgvector"), in one transaction; the faces, their
@@ -497,7 +635,7 @@ class Gallery:
                 vectors.require(conn, self.url)
                 if state.embedding_dim is not None:
                     vectors.check_dim(state.embedding_dim)  # before copying a whole gallery
-                n = self._load_vectors(conn, state, target)
+                n, _ = self._load_vectors(conn, state, target)
             else:
                 vectors.clear(conn)
                 n = s.scalar(sa.select(sa.func.count(Face.id)))
@@ -534,13 +672,14 @@ class Gallery:
             have = set(s.scalars(sa.select(Face.id)).all())
             if have != {int(i) for i in face_ids}:
                 raise GalleryError("re-embedding must cover every face of the gallery exactly once")
-            for face_id, vector in zip(face_ids, vectors):
+            blobs = [face_rows.encode_embedding(vector) for vector in vectors]
+            for face_id, blob in zip(face_ids, blobs):
                 s.execute(sa.update(Face).where(Face.id == int(face_id)).values(
-                    embedding=face_rows.encode_embedding(vector), model_fingerprint=fingerprint))
+                    embedding=blob, model_fingerprint=fingerprint))
             state = self._state(s)
             state.model_fingerprint, state.embedding_dim = fingerprint, int(vectors.shape[1])
             state.model_source = source
-            self._bump(s)
+            self._bump(s, digest=combine(vector_hashes(face_ids, blobs)))
         if self.index_settings.store == "pgvector":
             self._refill_vectors()  # the new vectors, with an index for their width
         else:

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import Connection
 
 from facesearch.gallery import db, hits, sync
+from facesearch.gallery.digest import EMPTY, combine
 from facesearch.gallery.models import Face, FaceVector, Identity
 from facesearch.gallery.records import GalleryError
 
@@ -114,17 +115,21 @@ def insert(conn, face_ids, vectors: np.ndarray) -> None:
             conn.execute(sa.insert(_TABLE), rows)
 
 
-def fill(conn, dim: int | None) -> int:
+def fill(conn, dim: int | None) -> tuple[int, str]:
     """Replace every row by the faces' stored embeddings (moving a gallery in, rebuilding, re-embedding). The
     HNSW index goes first (it may be of another width, and building it once after the load is faster than
-    keeping it up to date row by row): the caller builds it again with ``ensure_index``."""
+    keeping it up to date row by row): the caller builds it again with ``ensure_index``.
+
+    Returns:
+        The rows written, and the vector digest of the faces they came from (digest.py).
+    """
     drop_indexes(conn)
     _truncate(conn)
-    n = 0
-    for ids, vectors in ([] if dim is None else sync.iter_vectors(conn, dim)):
+    n, value = 0, EMPTY
+    for ids, vectors, hashes in ([] if dim is None else sync.iter_vectors(conn, dim)):
         insert(conn, ids, vectors)
-        n += len(ids)
-    return n
+        n, value = n + len(ids), combine(hashes, value)
+    return n, value
 
 
 def clear(conn) -> None:

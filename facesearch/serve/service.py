@@ -189,8 +189,8 @@ class Service:
                 outcome = enroll(self.gallery, self.embedder, [(kept, name)], largest=largest)[0]
         finally:
             path.unlink(missing_ok=True)
-        if outcome.status != "enrolled" and kept.exists() and self.gallery.enrolled_as(sha) is None:
-            kept.unlink(missing_ok=True)  # nothing refers to it
+        if outcome.status != "enrolled":
+            self.gallery.discard_upload(kept)  # a refused or duplicate upload: kept only while a face refers to it
         return outcome
 
     def remove_face(self, face_id: int):
