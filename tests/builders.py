@@ -9,9 +9,13 @@ afterwards. ``FACESEARCH_REQUIRE_PG=1`` (set by ``.ci/run``) turns a missing ser
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 import struct
+import threading
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -166,3 +170,41 @@ def enrolled_gallery(root, sample_photos, people: int = 3, per_person: int = 2):
     with Gallery(root / "gallery") as g:
         enroll(g, Embedder.for_queries(checkpoint, "cpu"), [(f, n) for n, fs in photos.items() for f in fs[:per_person]])
     return checkpoint, photos
+
+
+def fed_after(fifo, seconds: float) -> threading.Timer:
+    """A timer that, if a reader is still waiting on ``fifo`` after ``seconds``, lets it read an empty file (so that
+    a test of code that waits on a pipe fails instead of hanging). Cancel it when the code under test returned."""
+
+    def feed():
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # no reader waiting: ENXIO, nothing to do
+        except OSError:
+            pass
+
+    timer = threading.Timer(seconds, feed)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+@contextlib.contextmanager
+def serving(app, host: str = "127.0.0.1"):
+    """uvicorn on a free port of ``host`` in a thread; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +42,21 @@ def _torch_threads():
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """The system's Chromium driven by Playwright (Debian's package; Playwright's own browser download is not
+    used). Without one the tests that need it skip and say why, unless FACESEARCH_REQUIRE_BROWSER=1 (CI), where
+    a missing browser fails the run."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    path = os.environ.get("FACESEARCH_CHROMIUM") or next(filter(None, map(shutil.which, BROWSERS)), None)
+    if path is None or not Path(path).exists():
+        message = f"no system Chromium ({', '.join(BROWSERS)} not on PATH; set FACESEARCH_CHROMIUM)"
+        if os.environ.get("FACESEARCH_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        yield browser
+        browser.close()

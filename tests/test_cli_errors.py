@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from builders import run_cli, tiny_checkpoint
+from builders import fed_after, run_cli, tiny_checkpoint
 
 
 def run(*args, ok=False, env=None):  # these tests look at failures: no exit-status assertion by default
@@ -472,23 +472,6 @@ def test_a_cifar_model_or_forged_weights_are_refused_by_enroll_and_who(enrolled,
 # -- photos that are not photo files, unreadable photos, names that are not text ----------------------------------
 
 
-def _fed_after(fifo: Path, seconds: float):
-    """If a reader still waits on ``fifo`` after ``seconds``, let it read an empty file: a test of code that waits
-    on a pipe then fails instead of hanging."""
-    import threading
-
-    def feed():
-        try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # no reader waiting: ENXIO, nothing to do
-        except OSError:
-            pass
-
-    timer = threading.Timer(seconds, feed)
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
 def test_a_named_pipe_given_as_a_photo_is_refused_without_waiting_for_a_writer(enrolled, tmp_path):
     import time
 
@@ -497,7 +480,7 @@ def test_a_named_pipe_given_as_a_photo_is_refused_without_waiting_for_a_writer(e
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
     for args in (["enroll", fifo, "--name", "someone"], ["who", fifo], ["embed", fifo, "-o", tmp_path / "e.npy"]):
-        timer = _fed_after(fifo, 10)
+        timer = fed_after(fifo, 10)
         started = time.monotonic()
         result = run(*args, "-g" if args[0] != "embed" else "--device", copy if args[0] != "embed" else "cpu",
                      *(["--device", "cpu"] if args[0] != "embed" else []))

@@ -8,7 +8,7 @@ from PIL import Image
 
 from facesearch.data.images import NEUTRAL_GREY, ImageError, load_image
 
-from builders import png_with_size
+from builders import fed_after, png_with_size
 
 
 @pytest.fixture(scope="module")
@@ -146,24 +146,6 @@ def test_a_photo_over_the_pixel_limit_is_refused_from_its_header_naming_file_and
     _fails(big, "truncated", max_pixels=70_000_000)  # given a larger limit it is decoded: this one is 1x1 px inside
 
 
-def _fed_after(fifo, seconds: float):
-    """A timer that, if a reader is still waiting on ``fifo`` after ``seconds``, lets it read an empty file (so that
-    a test of code that waits on a pipe fails instead of hanging)."""
-    import os
-    import threading
-
-    def feed():
-        try:
-            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # no reader waiting: ENXIO, nothing to do
-        except OSError:
-            pass
-
-    timer = threading.Timer(seconds, feed)
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
 def test_anything_but_a_regular_file_is_refused_before_it_is_read(tmp_path):
     import os
     import time
@@ -173,7 +155,7 @@ def test_anything_but_a_regular_file_is_refused_before_it_is_read(tmp_path):
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
     (tmp_path / "folder.jpg").mkdir()
-    timer = _fed_after(fifo, 10)
+    timer = fed_after(fifo, 10)
     started = time.monotonic()
     try:
         _fails(fifo, "unreadable", "named pipe")

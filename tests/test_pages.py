@@ -10,50 +10,22 @@ missing browser fails the run.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-from builders import enrolled_gallery, run_cli  # noqa: E402
+from builders import enrolled_gallery, run_cli, serving  # noqa: E402
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-
-
-def system_browser() -> str | None:
-    found = os.environ.get("FACESEARCH_CHROMIUM") or next(filter(None, map(shutil.which, BROWSERS)), None)
-    return found if found and Path(found).exists() else None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    path = system_browser()
-    if path is None:
-        message = f"no system Chromium ({', '.join(BROWSERS)} not on PATH; set FACESEARCH_CHROMIUM)"
-        if os.environ.get("FACESEARCH_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
 @pytest.fixture(scope="module")
 def server(sample_photos, tmp_path_factory):
     """uvicorn on a free loopback port over a gallery of 3 sample people (tiny random model)."""
-    import uvicorn
-
     from facesearch.gallery import Gallery
     from facesearch.serve.app import create_app
     from facesearch.serve.service import Service
@@ -69,27 +41,15 @@ def server(sample_photos, tmp_path_factory):
             shutil.copy(f, unlabelled / f"{person.name}-{f.name}")
     run_cli("cluster", unlabelled, "--out", root / "clusters", "-c", checkpoint, "--eps", "0.25", "--min-size", "2")
     service = Service(root / "gallery", checkpoint=checkpoint, clusters=root / "clusters")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", key, photos
-    uv.should_exit = True
-    thread.join(10)
+    with serving(create_app(service)) as base:
+        yield base, key, photos
     service.close()
 
 
 @pytest.fixture()
-def page(browser, server):
+def page(chromium, server):
     base, key, _ = server
-    context = browser.new_context(base_url=base, viewport={"width": 1200, "height": 900})
+    context = chromium.new_context(base_url=base, viewport={"width": 1200, "height": 900})
     p = context.new_page()
     p.goto("/subjects")  # no key yet: sent to log in
     assert "/login" in p.url

@@ -35,7 +35,7 @@ pytest.importorskip("uvicorn")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from builders import enrolled_gallery, run_cli  # noqa: E402
+from builders import enrolled_gallery, run_cli, serving  # noqa: E402
 
 PAYLOADS = ["'+alert(1)+'", '"><script>alert(1)</script>', "javascript:alert(1)",
             "</script><img src=x onerror=alert(1)>"]
@@ -275,28 +275,6 @@ def photo_bytes(n: int) -> dict:
     return {"photo": ("big.jpg", b"\xff" * n, "image/jpeg")}
 
 
-@contextlib.contextmanager
-def serving(app, host: str = "127.0.0.1"):
-    """uvicorn on a free port of ``host`` in a thread; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 def send_chunked(base: str, path: str, headers: dict, chunks) -> tuple[int, bytes, int]:
     """POST the chunks (a generator) with chunked transfer encoding, stopping as soon as the server answers;
     returns (status, body, bytes sent)."""
@@ -492,25 +470,6 @@ def test_a_failed_page_change_redirects_without_a_server_path(client, hostile):
 
 
 # -- in the real Chromium -----------------------------------------------------------------------------------
-
-
-BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    """The system's Chromium through Playwright (as in test_pages: Playwright's own download is not used)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    path = os.environ.get("FACESEARCH_CHROMIUM") or next(filter(None, map(shutil.which, BROWSERS)), None)
-    if path is None or not Path(path).exists():
-        message = f"no system Chromium ({', '.join(BROWSERS)} not on PATH; set FACESEARCH_CHROMIUM)"
-        if os.environ.get("FACESEARCH_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
