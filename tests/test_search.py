@@ -140,6 +140,25 @@ def test_an_uncalibrated_gallery_answers_at_its_models_recorded_threshold(checkp
                 assert who(g, embedder, photo).threshold_source == "calibrated"
 
 
+def test_gallery_stats_shows_the_threshold_who_names_faces_at(checkpoint, people, tmp_path):
+    from facesearch.checkpoint import export_checkpoint
+    from facesearch.gallery import Gallery
+
+    recorded = export_checkpoint(checkpoint, tmp_path / "recorded.pt", half=False,
+                                 record={"threshold": {"value": 0.7, "fpir": 0.1, "measured_on": "test"}})
+    env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
+    run("enroll", people, "-c", recorded, "--device", "cpu", env=env)
+
+    def shown():
+        stats = json.loads(run("gallery", "stats", "--json", env=env).stdout)
+        return stats["threshold"], stats["threshold_source"], stats["threshold_calibrated"]
+
+    assert shown() == (0.7, "model", False)  # never calibrated: the model's (it showed the 0.5 default)
+    with Gallery(tmp_path / "g") as g:
+        g.set_threshold(0.4, {"source": "test"})
+    assert shown() == (0.4, "calibrated", True)
+
+
 def test_who_answers_many_photos_in_one_run_as_each_alone_and_goes_on_past_a_bad_one(checkpoint, people, tmp_path):
     env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
     run("enroll", people, "-c", checkpoint, "--device", "cpu", env=env)

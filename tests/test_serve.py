@@ -193,9 +193,12 @@ def served_gallery(client):
 
 
 def test_gallery_stats_and_openapi(client, served):
+    from facesearch.gallery import DEFAULT_THRESHOLD
+
     stats = client.get("/api/v1/gallery", headers=auth(served, "read")).json()
     assert stats["identities"] == PEOPLE and stats["faces"] == 2 * PEOPLE and "folder" not in stats
     assert stats["database"] == "sqlite" and stats["model_source"] == served[1].name  # no server path
+    assert (stats["threshold"], stats["threshold_source"]) == (DEFAULT_THRESHOLD, "default")  # what recognize uses
     spec = client.get("/api/v1/openapi.json").json()
     assert {"/api/v1/recognize", "/api/v1/subjects", "/api/v1/explain", "/api/v1/faces/{face_id}/crop"} <= set(spec["paths"])
     docs = client.get("/api/docs")  # our own page: Swagger UI would load its scripts from a CDN into this origin

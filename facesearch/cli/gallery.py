@@ -350,9 +350,20 @@ def identities_remove(
 
 @gallery_app.command("stats")
 def gallery_stats(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_json: JsonFlag = False) -> None:
-    """Counts, model, threshold and index of the gallery."""
+    """Counts, model, threshold and index of the gallery. The threshold is the one `who` names faces at: the
+    gallery's calibrated one, else the one its model records, else the default (`threshold_source`)."""
+    from facesearch.checkpoint import CheckpointError, load_checkpoint
+    from facesearch.search import answer_threshold
+
     with _open(gallery, db, reads_only=True) as g:
         stats = g.stats()
+        loaded = None
+        if not stats["threshold_calibrated"]:  # the model's recorded threshold applies: read it
+            try:
+                loaded = load_checkpoint(_model(None, g), "cpu", kind="faces")
+            except (CheckpointError, OSError) as e:  # the counts are still worth showing
+                stats["model_problem"] = str(e)
+        stats["threshold"], stats["threshold_source"] = answer_threshold(g, loaded)
     _echo(stats, as_json, "\n".join(f"{k}: {printable(v)}" for k, v in stats.items()))
 
 

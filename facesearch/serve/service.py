@@ -107,10 +107,13 @@ class Service:
         return text
 
     def public_stats(self) -> dict:
-        """``Gallery.stats`` without the server's paths: the database as its kind, the model as "base" or its
-        checkpoint's file name."""
+        """``Gallery.stats`` without the server's paths (the database as its kind, the model as "base" or its
+        checkpoint's file name), with the threshold recognitions use and where it comes from."""
+        from facesearch.search import answer_threshold
+
         stats = self.gallery.stats()
         stats.pop("folder", None)
+        stats["threshold"], stats["threshold_source"] = answer_threshold(self.gallery, self.loaded)
         stats["database"] = make_url(self.gallery.url).get_backend_name()  # sqlite, postgresql
         source = stats.get("model_source")
         if source and source != "base":
