@@ -303,14 +303,17 @@ def bench_who(args) -> None:
 
 def bench_fetch(args) -> None:
     """The SQL half of ``Gallery.search`` at gallery scale: fetch the index's 50 candidates (name, paths and
-    4,096-d embedding) and re-score them exactly, as ``Gallery._hit_rows`` + ``_hits`` do, for random ids.
+    4,096-d embedding) and re-score them exactly, as ``Gallery.search`` does (``gallery.hits``), for random ids.
 
     The database is the gallery's own (created through its Alembic migrations), filled with ``--faces`` rows
     by bulk inserts (no FAISS index is built: this times only what happens after the index answered).
     """
     import sqlalchemy as sa
 
+    from sqlalchemy.orm import Session
+
     from facesearch.gallery import Gallery
+    from facesearch.gallery.hits import hit_rows, ranked_hits
     from facesearch.gallery.models import Face, Identity
 
     folder = args.work / f"fetch-{args.faces}"
@@ -345,8 +348,9 @@ def bench_fetch(args) -> None:
         for r in range(args.repeats + 5):
             ids = rng.choice(n, 50, replace=False) + 1
             t = time.perf_counter()
-            rows = g._hit_rows(ids, with_vectors=True)
-            hits = g._hits(q, np.zeros(50, np.float32), ids, rows)
+            with Session(g.engine) as session:
+                rows = hit_rows(session, ids, with_embeddings=True)
+            hits = ranked_hits(g.folder, q, np.zeros(50, np.float32), ids, rows, exact=False)
             if r >= 5:  # the first queries warm the connection pool and statement cache
                 lat.append(time.perf_counter() - t)
             assert len(hits) == 50

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from facesearch.checkpoint import load_checkpoint, read_checkpoint
 from builders import make_prepared_faces
@@ -34,4 +35,6 @@ def test_two_process_gloo_run_finishes_and_writes_one_checkpoint(tmp_path):
     assert last["step"] == 1 and last["sampler"]["world"] == 2 and len(last["rng"]) == 2
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1  # one writer
     assert sorted(p.name for p in run.glob("*.pt*")) == ["best.pt", "last.pt"]  # no stray temp files
-    assert load_checkpoint(run / "best.pt").config.batch_norm  # plain BatchNorm state loads into VGG16
+    net = load_checkpoint(run / "best.pt").model  # plain BatchNorm state (no DDP prefix) loads into VGG16
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.num_batches_tracked.item() == 1 for m in norms)  # the one step's statistics, kept
