@@ -96,6 +96,20 @@ def test_who_is_this_draws_the_names_of_an_uploaded_photo(page, server):
     assert len(page.locator("#faces .face-name").all_inner_texts()) >= 1
 
 
+def test_a_photo_the_browser_cannot_draw_is_still_answered(page, server, tmp_path):
+    from PIL import Image
+
+    name, files = next(iter(server[2].items()))
+    tiff = tmp_path / "photo.tiff"  # the server reads TIFF; Chromium cannot draw it (the page waited forever)
+    Image.open(files[0]).save(tiff)
+    page.goto("/who")
+    page.set_input_files("#photo", str(tiff))
+    page.wait_for_selector("#status[data-done]", timeout=15_000)
+    assert page.locator("#faces .face-name").all_inner_texts() == [name]
+    assert "cannot show the photo's format" in page.inner_text("#status")
+    assert page.locator("#canvas").evaluate("c => c.width") == 0  # no boxes on a photo that is not shown
+
+
 def test_a_subject_is_renamed_from_its_page(page, server):
     name = sorted(server[2])[-1]
     page.goto(f"/subjects/{name}")

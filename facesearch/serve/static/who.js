@@ -18,13 +18,18 @@
     const ctx = canvas.getContext("2d");
     ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
     ctx.lineWidth = 3; ctx.font = "16px system-ui, sans-serif";
-    list.replaceChildren();
     result.faces.forEach(function (face, i) {
       const [x1, y1, x2, y2] = face.box.map(function (v) { return v * scale; });
       ctx.strokeStyle = colour(face); ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
       const label = (i + 1) + ". " + face.identity;
       ctx.fillStyle = "rgba(0,0,0,.65)"; ctx.fillRect(x1, Math.max(0, y1 - 22), ctx.measureText(label).width + 8, 22);
       ctx.fillStyle = "#fff"; ctx.fillText(label, x1 + 4, Math.max(16, y1 - 6));
+    });
+  }
+
+  function listFaces(result) {
+    list.replaceChildren();
+    result.faces.forEach(function (face) {
       const item = document.createElement("li");
       const name = document.createElement("b");
       name.className = "face-name" + (face.identity === "unknown" ? " unknown" : "");
@@ -45,6 +50,14 @@
     });
   }
 
+  function answered(result, file, note) {
+    const n = result.faces.length;
+    status.textContent = n + " face" + (n === 1 ? "" : "s") + " in " + file.name + " (" +
+      result.timings_ms.total.toFixed(0) + " ms, threshold " + result.threshold.toFixed(3) + ")" + note;
+    status.dataset.done = "1";
+    explainButton.disabled = n === 0;
+  }
+
   async function recognize(file) {
     current = file; explainButton.disabled = true;
     status.textContent = "Looking for faces in " + file.name + "...";
@@ -53,16 +66,13 @@
                                  { method: "POST", body: body, credentials: "same-origin", headers: csrf });
     const result = await response.json();
     if (!response.ok) { status.textContent = "Refused: " + result.error.reason; list.replaceChildren(); return; }
-    const image = new Image();
-    image.onload = function () {
-      draw(image, result);
-      const n = result.faces.length;
-      status.textContent = n + " face" + (n === 1 ? "" : "s") + " in " + file.name + " (" +
-        result.timings_ms.total.toFixed(0) + " ms, threshold " + result.threshold.toFixed(3) + ")";
-      status.dataset.done = "1";
-      explainButton.disabled = n === 0;
+    const image = new Image(), url = URL.createObjectURL(file);
+    image.onload = function () { URL.revokeObjectURL(url); draw(image, result); listFaces(result); answered(result, file, ""); };
+    image.onerror = function () {  // a format the server reads and this browser cannot draw (TIFF in Chromium)
+      URL.revokeObjectURL(url); canvas.width = 0; canvas.height = 0; listFaces(result);
+      answered(result, file, "; this browser cannot show the photo's format, so its boxes are not drawn");
     };
-    image.src = URL.createObjectURL(file);
+    image.src = url;
   }
 
   async function explain() {
