@@ -110,6 +110,14 @@ def test_a_photo_the_browser_cannot_draw_is_still_answered(page, server, tmp_pat
     assert page.locator("#canvas").evaluate("c => c.width") == 0  # no boxes on a photo that is not shown
 
 
+def test_a_missing_subject_or_page_is_told_as_a_page(page, server):
+    for path, words in (("/subjects/Nobody%20Here", "Nobody Here"), ("/no-such-page", "Not Found")):
+        response = page.goto(path)
+        assert response.status == 404 and "text/html" in response.headers["content-type"], path  # was raw JSON
+        assert page.inner_text("h1") == "Not found" and words in page.inner_text("#problem"), path
+        assert page.locator("a[href='/subjects']").count() >= 1  # a way on
+
+
 def test_a_subject_is_renamed_from_its_page(page, server):
     name = sorted(server[2])[-1]
     page.goto(f"/subjects/{name}")

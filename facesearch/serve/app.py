@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 from fastapi import Depends, FastAPI, Request
 from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facesearch import __version__
@@ -96,7 +96,12 @@ def writer(request: Request, who: Caller = Depends(caller)) -> Caller:
     return who
 
 
-def _error(http_status: int, status: str, reason: str) -> JSONResponse:
+def _error(request: Request, http_status: int, status: str, reason: str) -> Response:
+    """An error as the API's JSON, or as a page for a browser that asked for one."""
+    from facesearch.serve import pages
+
+    if pages.wants_page(request):
+        return pages.error_page(request, http_status, reason)
     return JSONResponse({"error": {"status": status, "reason": reason}}, status_code=http_status)
 
 
@@ -139,53 +144,53 @@ def create_app(service: Service, threads: int = 16) -> FastAPI:
     async def api_error(request: Request, e: ApiError):
         if e.http_status == 401 and pages.is_page(request):
             return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", status_code=303)
-        return _error(e.http_status, e.status, service.public(e.reason))
+        return _error(request, e.http_status, e.status, service.public(e.reason))
 
     @app.exception_handler(UploadError)
     async def upload_error(request: Request, e: UploadError):
-        return _error(e.http_status, e.status, service.public(e.reason))
+        return _error(request, e.http_status, e.status, service.public(e.reason))
 
     @app.exception_handler(GalleryError)
     async def gallery_error(request: Request, e: GalleryError):
         reason = service.public(str(e))  # the server's paths stay its own
         if isinstance(e, (IdentityNotFound, FaceNotFound)):
-            return _error(404, "not_found", reason)
+            return _error(request, 404, "not_found", reason)
         if isinstance(e, ModelMismatchError):
-            return _error(409, "model_mismatch", reason)
+            return _error(request, 409, "model_mismatch", reason)
         if "read-only" in reason:
-            return _error(403, "read_only_gallery", reason)
-        return _error(409 if "exists already" in reason else 400, "refused", reason)
+            return _error(request, 403, "read_only_gallery", reason)
+        return _error(request, 409 if "exists already" in reason else 400, "refused", reason)
 
     from facesearch.cluster import ClusterError
 
     @app.exception_handler(ClusterError)
     async def cluster_error(request: Request, e: ClusterError):
-        return _error(404 if "no group" in str(e) or "no clusters folder" in str(e) else 400, "refused",
+        return _error(request, 404 if "no group" in str(e) or "no clusters folder" in str(e) else 400, "refused",
                       service.public(str(e)))
 
     @app.exception_handler(OSError)
     async def storage_error(request: Request, e: OSError):  # a file the server could not write (or read)
         logger.exception("file system error answering %s %s", request.method, request.url.path)
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return _error(503, "read_only_gallery", "the server may not write to the gallery's folder "
+            return _error(request, 503, "read_only_gallery", "the server may not write to the gallery's folder "
                                                     f"({e.strerror}): it can recognize and read, not change")
-        return _error(507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 503, "storage_error",
+        return _error(request, 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 503, "storage_error",
                       f"the server could not store or read a file ({e.strerror or type(e).__name__}); its log has "
                       "the details")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors())
-        return _error(422, "invalid_request", service.public(problems) or "invalid request")
+        return _error(request, 422, "invalid_request", service.public(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
-        return _error(e.status_code, "not_found" if e.status_code == 404 else "http_error", str(e.detail))
+        return _error(request, e.status_code, "not_found" if e.status_code == 404 else "http_error", str(e.detail))
 
     @app.exception_handler(Exception)
     async def bug(request: Request, e: Exception):  # a bug: logged with its traceback, answered without it
         logger.exception("unexpected error answering %s %s", request.method, request.url.path)
-        response = _error(500, "internal_error", f"{type(e).__name__}: the server's log has the details")
+        response = _error(request, 500, "internal_error", f"{type(e).__name__}: the server's log has the details")
         response.headers.update(HEADERS)  # answered outside SecurityHeaders (Starlette's outermost middleware)
         return response
 

@@ -34,6 +34,21 @@ def is_page(request: Request) -> bool:
     return not request.url.path.startswith("/api/")
 
 
+ERROR_TITLES = {400: "Refused", 403: "Not allowed", 404: "Not found", 409: "Refused", 413: "Too large",
+                422: "Refused", 500: "Server error", 503: "Not available now", 507: "Out of space"}
+
+
+def wants_page(request: Request) -> bool:
+    """A browser asking for a page (not the API, not a program): its errors are answered as a page."""
+    return is_page(request) and "text/html" in request.headers.get("accept", "")
+
+
+def error_page(request: Request, http_status: int, reason: str) -> HTMLResponse:
+    """An error told as a page of the site (the API's JSON error, for a person): the reason and the ways on."""
+    return _render(request, "error.html", status_code=http_status, reason=reason,
+                   title=ERROR_TITLES.get(http_status, "Refused"))
+
+
 def _render(request: Request, name: str, who: Caller | None = None, status_code: int = 200, **context) -> HTMLResponse:
     service = request.app.state.service
     context.update(caller=who, message=request.query_params.get("message"), error=request.query_params.get("error"),
