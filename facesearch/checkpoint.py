@@ -31,10 +31,12 @@ from typing import Sequence
 
 import torch
 
+from facesearch.errors import BadInput
+
 FORMAT = "facesearch-checkpoint/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInput):
     """A checkpoint that cannot be used: missing, refused as unsafe, damaged, foreign, or not fitting its model.
     The message names the file and what to do."""
 
@@ -336,14 +338,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {str(device)!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+        raise BadInput(f"{str(device)!r}: not a device; use auto, cpu, cuda or cuda:N", param="device") from None
     if resolved.type == "cuda":
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (resolved.index or 0) >= have:
-            raise ValueError(f"device {str(device)!r}: this machine has {have or 'no'} CUDA GPU{'s' if have != 1 else ''}; "
-                             "use --device cpu (or auto)")
+            raise BadInput(f"{str(device)!r}: this machine has {have or 'no'} CUDA GPU{'s' if have != 1 else ''}; use "
+                           "cpu (or auto)", param="device")
     elif resolved.type != "cpu" and not (resolved.type == "mps" and torch.backends.mps.is_available()):
-        raise ValueError(f"device {str(device)!r}: not available on this machine; use auto, cpu, cuda or cuda:N")
+        raise BadInput(f"{str(device)!r}: not available on this machine; use auto, cpu, cuda or cuda:N",
+                       param="device")
     return resolved
 
 

@@ -32,6 +32,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from facesearch.errors import BadInput, FacesearchError, NotFound
+
 log = logging.getLogger(__name__)
 
 FACES_NAME, EMBEDDINGS_NAME, STATE_NAME = "faces.csv", "embeddings.npy", "clusters.json"
@@ -39,8 +41,12 @@ UNCLUSTERED = -1
 ALGORITHMS = ("complete", "average", "dbscan")  # complete/average: agglomerative linkage
 
 
-class ClusterError(Exception):
+class ClusterError(FacesearchError):
     """A clusters folder or request that cannot be used; the message says why and what to do."""
+
+
+class ClusterNotFound(ClusterError, NotFound):
+    """A group, or the clusters folder, that is not there."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +64,11 @@ class ClusterSettings:
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, not {self.algorithm!r}")
+            raise BadInput(f"algorithm must be one of {ALGORITHMS}, not {self.algorithm!r}")
         if not 0 < self.eps < 2:
-            raise ValueError(f"eps {self.eps}: a cosine distance between 0 and 2")
+            raise BadInput(f"eps {self.eps}: a cosine distance between 0 and 2")
         if self.min_size < 2:
-            raise ValueError(f"min_size {self.min_size}: a group holds at least 2 faces")
+            raise BadInput(f"min_size {self.min_size}: a group holds at least 2 faces")
 
 
 def group_faces(vectors: np.ndarray, settings: ClusterSettings = ClusterSettings()) -> np.ndarray:
@@ -417,7 +423,7 @@ def _majority(values: list[str]) -> str | None:
 def _group(c: Clusters, group: int) -> list[FaceRow]:
     members = [r for r in c.rows if r.group == group]
     if not members:
-        raise ClusterError(f"{c.folder}: no group {group} (groups: {', '.join(map(str, c.groups())) or 'none'})")
+        raise ClusterNotFound(f"{c.folder}: no group {group} (groups: {', '.join(map(str, c.groups())) or 'none'})")
     return members
 
 

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from facesearch.data.detect import CropSettings
+from facesearch.errors import BadInput
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class Embedder:
         from facesearch.data.detect import crop_face, select_face
 
         if select not in SELECT_RULES:
-            raise ValueError(f"select must be one of {SELECT_RULES}, not {select!r}")
+            raise BadInput(f"select must be one of {SELECT_RULES}, not {select!r}")
         out = []
         for image, faces in zip(images, self.detector.detect(list(images))):
             if select != "all":

@@ -26,11 +26,15 @@ from typing import Sequence
 
 import numpy as np
 
+from facesearch.errors import FacesearchError
+
 log = logging.getLogger(__name__)
 
 
-class ExplainError(Exception):
+class ExplainError(FacesearchError):
     """The explanation cannot be made for a reason the user can act on (the message says which)."""
+
+    http_status, status = 422, "cannot_explain"
 
 
 @dataclass(frozen=True)

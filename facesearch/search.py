@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from facesearch.errors import BadInput
 from facesearch.gallery.identities import UNKNOWN
 from facesearch.gallery.records import FaceHit
 from facesearch.gallery.store import Gallery
@@ -141,9 +142,9 @@ class _Rule:
     @classmethod
     def of(cls, gallery: Gallery, embedder, top_k: int, threshold: float | None) -> _Rule:
         if top_k < 1:
-            raise ValueError(f"top_k {top_k}: list at least one identity per face")
+            raise BadInput(f"top_k {top_k}: list at least one identity per face")
         if threshold is not None and not -1.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold {threshold}: a cosine similarity lies between -1 and 1")
+            raise BadInput(f"threshold {threshold}: a cosine similarity lies between -1 and 1")
         gallery.check_model(embedder.fingerprint)
         if threshold is not None:
             return cls(top_k, float(threshold), "given")
@@ -186,7 +187,7 @@ def _answer(face, matches: list[IdentityMatch], threshold: float) -> FaceAnswer:
 def annotate(photo, result: WhoResult, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Draw each face's box and answer on the photo and save it to ``out`` (format from the suffix).
 
-    ``out`` is never the photo itself, and an existing file is replaced only when ``overwrite``: ValueError
+    ``out`` is never the photo itself, and an existing file is replaced only when ``overwrite``: BadInput
     otherwise (``annotation_problem`` says so before any work, for every output of a run).
     """
     from PIL import ImageDraw
@@ -197,7 +198,7 @@ def annotate(photo, result: WhoResult, out: str | os.PathLike, overwrite: bool =
     if isinstance(photo, (str, os.PathLike)):
         problem = annotation_problem([out], [Path(photo)], [], overwrite)
         if problem:
-            raise ValueError(problem)
+            raise BadInput(problem)
     image = load_image(photo) if isinstance(photo, (str, os.PathLike)) else photo.convert("RGB")
     image = image.copy()
     draw = ImageDraw.Draw(image)
@@ -217,7 +218,7 @@ def annotate(photo, result: WhoResult, out: str | os.PathLike, overwrite: bool =
         with open(out, "wb" if overwrite else "xb") as f:  # "x": a file that appeared meanwhile is not replaced
             image.save(f, format=_image_format(out))
     except FileExistsError:
-        raise ValueError(f"{out}: exists already; not replaced (--overwrite replaces it)") from None
+        raise BadInput(f"{out}: exists already; not replaced (overwrite replaces it)") from None
     return out
 
 

@@ -39,6 +39,7 @@ from facesearch.data.augment import AugmentConfig, augment, normalize
 from facesearch.data.batches import SAMPLINGS, Batches
 from facesearch.data.datasets import Dataset, class_names, default_input_size, identity_folders, load_dataset
 from facesearch.distributed import Distributed, setup_distributed
+from facesearch.errors import BadInput
 from facesearch.models.vgg import VGG16, VGGConfig
 from facesearch.teacher import TEACHERS
 from facesearch.visualize.curves import write_curves
@@ -103,7 +104,7 @@ class TrainConfig:
     @classmethod
     def for_kind(cls, kind: str, **overrides) -> TrainConfig:
         if kind not in ("faces", "cifar10"):
-            raise ValueError(f"dataset kind must be 'faces' or 'cifar10', not {kind!r}")
+            raise BadInput(f"dataset kind must be 'faces' or 'cifar10', not {kind!r}")
         return cls.faces(**overrides) if kind == "faces" else cls.cifar10(**overrides)
 
     @classmethod
@@ -120,33 +121,34 @@ class TrainConfig:
         """A config saved by ``asdict`` (a checkpoint's ``train_config``); keys this version lacks are refused."""
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"training settings this version does not know: {sorted(unknown)}")
+            raise BadInput(f"training settings this version does not know: {sorted(unknown)}")
         return cls(**d)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
+            raise BadInput(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"--sampling {self.sampling!r}: one of {', '.join(SAMPLINGS)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"--epochs {self.epochs} and --batch-size {self.batch_size} must be at least 1")
+            raise BadInput(f"{self.sampling!r}: one of {', '.join(SAMPLINGS)}", param="sampling")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise BadInput(f"{getattr(self, name)}: must be at least 1", param=name)
         if not (math.isfinite(self.lr) and self.lr > 0):  # also refuses nan
-            raise ValueError(f"--lr {self.lr}: a learning rate is a positive number")
+            raise BadInput(f"{self.lr}: a learning rate is a positive number", param="lr")
         if self.teacher is not None and self.teacher not in TEACHERS:
-            raise ValueError(f"--teacher {self.teacher!r}: one of {', '.join(TEACHERS)}")
+            raise BadInput(f"{self.teacher!r}: one of {', '.join(TEACHERS)}", param="teacher")
         if self.teacher is None and self.identity_weight == 0:
-            raise ValueError("--identity-weight 0 leaves nothing to train without a --teacher")
+            raise BadInput("0 leaves nothing to train without a teacher", param="identity_weight")
         for name in ("weight_decay", "warmup_epochs", "margin_warmup_epochs", "label_smoothing", "distill_weight",
                      "identity_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"--{name.replace('_', '-')} {value}: must be a number of at least 0")
+                raise BadInput(f"{value}: must be a number of at least 0", param=name)
         if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
-            raise ValueError(f"--time-budget {self.time_budget}: seconds, more than 0")
+            raise BadInput(f"{self.time_budget}: seconds, more than 0", param="time_budget")
         if self.max_steps is not None and self.max_steps < 1:  # 0 would read as "no limit"
-            raise ValueError(f"--max-steps {self.max_steps}: must be at least 1")
+            raise BadInput(f"{self.max_steps}: must be at least 1", param="max_steps")
         if not self.checkpoint_every > 0:  # also refuses nan; inf: no mid-epoch saves
-            raise ValueError(f"--checkpoint-every {self.checkpoint_every}: seconds, more than 0")
+            raise BadInput(f"{self.checkpoint_every}: seconds, more than 0", param="checkpoint_every")
 
 
 @dataclass
@@ -210,17 +212,17 @@ class Trainer:
         self.optimizer = build_optimizer(self.net, cfg)
         self.batches = Batches(data.train, cfg.batch_size, cfg.seed, ddp, device, cfg.sampling)
         if model_config.fc_batch_norm and self.batches.local_batch < 2:
-            raise ValueError(f"a batch of {self.batches.local_batch} crop per process cannot train the fully connected "
-                             "layers' BatchNorm: give --batch-size of at least 2 per process")
+            raise BadInput(f"of at least 2 per process is needed: a batch of {self.batches.local_batch} crop per "
+                           "process cannot train the fully connected layers' BatchNorm", param="batch_size")
         self.teacher = data.train.targets is not None
         if self.teacher:
             self._check_teacher(model_config, data.train.targets.shape[1])
         if cfg.sampling == "identities" and (data.train.labels < 0).any():
-            raise ValueError("--sampling identities draws people: it cannot draw the faces without an identity that "
-                             "a teacher trains on; use --sampling photos")
+            raise BadInput("'identities' draws people: it cannot draw the faces without an identity that a teacher "
+                           "trains on; use 'photos'", param="sampling")
         if cfg.margin_warmup_epochs and model_config.margin is None:
-            raise ValueError(f"--margin-warmup-epochs {cfg.margin_warmup_epochs}: the {model_config.head} head has no "
-                             "margin to warm up (use --head cosface or arcface)")
+            raise BadInput(f"{cfg.margin_warmup_epochs}: the {model_config.head} head has no margin to warm up (the "
+                           "cosface and arcface heads have one)", param="margin_warmup_epochs")
         self.val_batches = Batches(data.val, cfg.batch_size, cfg.seed, ddp, device) if data.val else None
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         self.aug_generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + ddp.rank)
@@ -279,10 +281,10 @@ class Trainer:
     def _check_teacher(self, model_config: VGGConfig, dim: int) -> None:
         width = model_config.projection or model_config.embedding_width
         if width != dim:
-            raise ValueError(f"the teacher's vectors have {dim} numbers and the distilled layer {width}: give "
-                             f"--fc7-width {dim} (fc7 itself learns the teacher's vectors) or --projection {dim}")
+            raise BadInput(f"the teacher's vectors have {dim} numbers and the distilled layer {width}: give "
+                           f"--fc7-width {dim} (fc7 itself learns the teacher's vectors) or --projection {dim}")
         if model_config.embedding != "pre_relu" and not model_config.projection:
-            raise ValueError("fc7 distilled itself must be read before its ReLU: give --embedding pre_relu")
+            raise BadInput("fc7 distilled itself must be read before its ReLU: give --embedding pre_relu")
 
     def new_sums(self) -> torch.Tensor:
         """What ``train_step`` and ``evaluate`` add up on the device: loss, correct, labelled, count, cosine."""
@@ -612,7 +614,7 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     state = read_checkpoint(run_dir / "last.pt") if resume else None
     start = None
     if model is not None and (init is not None or state is not None):
-        raise ValueError("the architecture comes from the checkpoint on resume and init; leave `model` out")
+        raise BadInput("the architecture comes from the checkpoint on resume and init; leave `model` out")
     if init is not None and state is None:  # on --resume the run's own last.pt already holds the weights
         path = resolve_checkpoint(init)
         start = {**read_checkpoint(path), "source": model_source(path)}
@@ -628,7 +630,7 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     ddp, device = setup_distributed(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.teacher is not None and kind != "faces":
-        raise ValueError(f"--teacher {cfg.teacher} is a face model: it teaches face crops, not {kind}")
+        raise BadInput(f"{cfg.teacher} is a face model: it teaches face crops, not {kind}", param="teacher")
     data = load_dataset(kind, data_dir, architecture.input_size, cache_dir or run_dir / "cache", cfg.workers,
                         unlabelled=cfg.teacher is not None)
     teacher = None
@@ -641,9 +643,9 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     if cfg.teacher is not None and cfg.identity_weight == 0:  # the teacher alone: no identity head
         data = replace(data, class_names=())
     if state is not None and list(data.class_names) != list(state["class_names"]):
-        raise ValueError(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
+        raise BadInput(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
     if model is not None and data.class_names and model.num_classes != len(data.class_names):
-        raise ValueError(f"the model's head has {model.num_classes} classes; {data_dir} has {len(data.class_names)}")
+        raise BadInput(f"the model's head has {model.num_classes} classes; {data_dir} has {len(data.class_names)}")
     architecture = replace(architecture, num_classes=len(data.class_names))  # a new head on init
     aug = aug or (AugmentConfig.faces() if kind == "faces" else AugmentConfig.cifar())
     log.info("training %s on %s: %d classes, %d train images, device %s, %d process(es)", kind, data_dir,
@@ -711,7 +713,7 @@ def init_weights(net: VGG16, init: dict, class_names: Sequence[str] | None = Non
     # a new head, and a new teacher projection when the starting model had none, start fresh
     fresh = [k for k in missing if not k.startswith(("head.", "projection.")) and k != "embedding_mean"]
     if fresh or unexpected:
-        raise ValueError(f"{init['source']}: its layers do not fit this model (missing {fresh}, extra {unexpected})")
+        raise BadInput(f"{init['source']}: its layers do not fit this model (missing {fresh}, extra {unexpected})")
     return {"source": init["source"], "fingerprint": payload_fingerprint(init)}
 
 

@@ -41,7 +41,8 @@ from facesearch.gallery.index import IndexFileError, IndexSettings, read_header
 from facesearch.gallery.lock import exclusive
 from facesearch.gallery.models import Face, GalleryState, Identity
 from facesearch.gallery.keys import KeyInfo
-from facesearch.gallery.records import AddResult, CheckReport, FaceHit, FaceInfo, GalleryError, IdentityInfo, NewFace
+from facesearch.gallery.records import (AddResult, CheckReport, FaceHit, FaceInfo, GalleryError, GalleryReadOnly,
+                                        IdentityInfo, NewFace)
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,8 @@ class Gallery:
         sqlite_file = db.sqlite_path(self.url)
         not_writable = self._not_writable(sqlite_file)
         if read_only is False and not_writable:
-            raise GalleryError(f"{self.folder}: the gallery is read-only for this user (no write permission); "
-                               "this command changes it: use a writable copy")
+            raise GalleryReadOnly(f"{self.folder}: the gallery is read-only for this user (no write permission); "
+                                  "this command changes it: use a writable copy")
         self.read_only = not_writable if read_only is None else read_only
         if sqlite_file is not None and (not sqlite_file.exists() or sqlite_file.stat().st_size == 0):
             self._refuse_lost_database(sqlite_file)
@@ -213,8 +214,8 @@ class Gallery:
 
     def _refuse_read_only(self) -> None:
         if self.read_only:
-            raise GalleryError(f"{self.folder}: the gallery is open read-only (no write permission, or opened "
-                               "so); this command changes it: use a writable copy")
+            raise GalleryReadOnly(f"{self.folder}: the gallery is open read-only (no write permission, or opened "
+                                  "so); this command changes it: use a writable copy")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[Session]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, file_sha256, load_image
+from facesearch.errors import BadInput
 from facesearch.gallery.db import sqlite_path
 
 UPLOADS = "uploads"  # inside the gallery folder: photos enrolled through the service, named by their sha256
@@ -33,7 +34,7 @@ class Limits:
     max_pixels: int = MAX_PIXELS  # a photo's width x height (refused from the header, before decoding), as the CLI's
 
 
-class UploadError(ValueError):
+class UploadError(BadInput):
     """An upload the service refuses; ``status`` is prepare's vocabulary (``too_large``, ``not_an_image``...)."""
 
     def __init__(self, status: str, reason: str, http_status: int = 422):
@@ -253,10 +254,10 @@ class Service:
         return path if path.is_file() else None
 
     def _clusters_folder(self) -> Path:
-        from facesearch.cluster import ClusterError
+        from facesearch.cluster import ClusterNotFound
 
         if self.clusters is None:
-            raise ClusterError("no clusters folder: start the service with --clusters DIR (a `facesearch cluster` output)")
+            raise ClusterNotFound("no clusters folder: this service was started without one")
         return self.clusters
 
     # -- explain ------------------------------------------------------------------------------------
