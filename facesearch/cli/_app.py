@@ -175,7 +175,8 @@ def user_message(error: BaseException, flag: Callable[[str], str] | None = None)
 
 def _database_message(error: BaseException) -> str | None:
     """SQLAlchemy's errors for a database that cannot be reached, read or written."""
-    if not type(error).__module__.startswith("sqlalchemy"):
+    exc = sys.modules.get("sqlalchemy.exc")  # not imported: no database was opened, the error is not its
+    if exc is None or not isinstance(error, exc.SQLAlchemyError):
         return None
     from facesearch.gallery.db import describe_database_error
 
