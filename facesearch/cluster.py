@@ -66,9 +66,9 @@ class ClusterSettings:
         if self.algorithm not in ALGORITHMS:
             raise BadInput(f"algorithm must be one of {ALGORITHMS}, not {self.algorithm!r}")
         if not 0 < self.eps < 2:
-            raise BadInput(f"eps {self.eps}: a cosine distance between 0 and 2")
+            raise BadInput(f"{self.eps}: a cosine distance between 0 and 2", param="eps")
         if self.min_size < 2:
-            raise BadInput(f"min_size {self.min_size}: a group holds at least 2 faces")
+            raise BadInput(f"{self.min_size}: a group holds at least 2 faces", param="min_size")
 
 
 def group_faces(vectors: np.ndarray, settings: ClusterSettings = ClusterSettings()) -> np.ndarray:

@@ -142,9 +142,9 @@ class _Rule:
     @classmethod
     def of(cls, gallery: Gallery, embedder, top_k: int, threshold: float | None) -> _Rule:
         if top_k < 1:
-            raise BadInput(f"top_k {top_k}: list at least one identity per face")
+            raise BadInput(f"{top_k}: list at least one identity per face", param="top_k")
         if threshold is not None and not -1.0 <= threshold <= 1.0:
-            raise BadInput(f"threshold {threshold}: a cosine similarity lies between -1 and 1")
+            raise BadInput(f"{threshold}: a cosine similarity lies between -1 and 1", param="threshold")
         gallery.check_model(embedder.fingerprint)
         if threshold is not None:
             return cls(top_k, float(threshold), "given")

@@ -77,7 +77,7 @@ class VGGConfig:
         if self.projection < 0:
             raise BadInput(f"{self.projection}: a width, 0 for none", param="projection")
         if not 0 <= self.dropout < 1:  # also refuses nan
-            raise BadInput(f"dropout {self.dropout}: a probability from 0 up to (not including) 1")
+            raise BadInput(f"{self.dropout}: a probability from 0 up to (not including) 1", param="dropout")
         if not (0 <= self.cosface_margin < 1 and self.cosface_scale > 0):
             raise BadInput(f"CosFace margin {self.cosface_margin} must lie in [0, 1) and scale "
                            f"{self.cosface_scale} be positive")
