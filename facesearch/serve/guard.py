@@ -24,6 +24,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 CSP = ("default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
        "form-action 'self'; img-src 'self' blob:; style-src 'self'; connect-src 'self'")
+# /api/docs: Swagger UI's style sheet draws its icons as data: images; its scripts are files of this server as ever.
+DOCS_CSP = CSP.replace("img-src 'self' blob:", "img-src 'self' data:")
 # An explanation's report.html (facesearch.visualize.report): one file with inline CSS and data: images, no script.
 REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; object-src 'none'; base-uri 'none'; "
               "frame-ancestors 'none'; form-action 'none'")

@@ -119,15 +119,6 @@ def home():
     return RedirectResponse("/subjects", status_code=303)
 
 
-@router.get("/api/docs")
-def api_docs(request: Request):
-    """The API's endpoints, from its OpenAPI description, as a plain page (no third-party script)."""
-    spec = request.app.openapi()
-    endpoints = [(method.upper(), path, op.get("summary", "")) for path, ops in spec["paths"].items()
-                 for method, op in ops.items()]
-    return _render(request, "docs.html", endpoints=endpoints, version=spec["info"]["version"])
-
-
 # -- subjects -----------------------------------------------------------------------------------------
 
 
