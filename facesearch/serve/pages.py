@@ -196,7 +196,7 @@ async def add_face(request: Request, name: str, photo: UploadFile, who: Caller =
     except (GalleryError, UploadError) as e:
         return _back(request, _subject_url(name), error=str(e))
     if outcome.status != "enrolled":
-        return _back(request, _subject_url(name), error=f"{photo.filename}: {outcome.status} {outcome.reason}".strip())
+        return _back(request, _subject_url(name), error=f"{photo.filename}: {outcome.reason or outcome.status}")
     return _back(request, _subject_url(name), message=f"{photo.filename}: enrolled as face {outcome.face_id}")
 
 
