@@ -28,11 +28,12 @@ def photos(served, tmp_path_factory):
         group.paste(a, (0, 0))
         group.paste(b, (a.width + 40, 0))
         group.save(root / "group.jpg", quality=95)
+        group.resize((group.width * 3, group.height * 3)).save(root / "big.jpg", quality=95)
         a.resize((a.width * 9 // 10, a.height * 9 // 10)).save(root / "again.jpg")
     Image.new("RGB", (200, 200), (128, 128, 128)).save(root / "blank.png")
     (root / "notes.jpg").write_text("not a photo")
     return {"group": root / "group.jpg", "blank": root / "blank.png", "text": root / "notes.jpg",
-            "again": root / "again.jpg", "first": first, "second": second, "other": b_files[0]}
+            "again": root / "again.jpg", "big": root / "big.jpg", "first": first, "second": second, "other": b_files[0]}
 
 
 def area(box) -> float:
@@ -93,6 +94,9 @@ def test_detect_answers_boxes_landmarks_and_scores_without_searching(client, ser
         assert all(x1 - 5 <= x <= x2 + 5 and y1 - 5 <= y <= y2 + 5 for x, y in face["landmarks"])
     largest = client.post("/api/v1/detect?limit=1", files=upload(photos["group"]), headers=auth(served)).json()
     assert [f["box"] for f in largest["faces"]] == [max((f["box"] for f in body["faces"]), key=area)]
+    assert photos["big"].stat().st_size > 64 * 1024  # an upload, not a small body (the 64 KiB of other requests)
+    big = client.post("/api/v1/detect", files=upload(photos["big"]), headers=auth(served))
+    assert big.status_code == 200 and len(big.json()["faces"]) == len(body["faces"]), big.text
     blank = client.post("/api/v1/detect", files=upload(photos["blank"]), headers=auth(served)).json()
     assert blank["faces"] == []
     refused(client.post("/api/v1/detect", files=upload(photos["group"])), 401, "unauthorized", "X-API-Key")
@@ -123,6 +127,9 @@ def test_verify_two_photos_and_a_photo_against_a_subject(client, served, photos)
     assert answer["subject"] == first and answer["similarity"] == pytest.approx(1, abs=1e-4) and answer["same"]
     assert answer["face_id"] in [f["id"] for f in client.get(f"/api/v1/subjects/{first}", headers=auth(served))
                                  .json()["face_list"]]
+    big = client.post("/api/v1/verify", files={**upload(photos["big"]), "photo2": ("big2.jpg", photos["big"].read_bytes())},
+                      headers=auth(served))  # two photos each over 64 KiB
+    assert big.status_code == 200 and big.json()["same"], big.text
     group = client.post("/api/v1/verify", files=upload(photos["group"]), data={"subject": first}, headers=auth(served))
     assert group.json()["faces"][0]["faces_in_photo"] >= 2 and group.json()["same"]  # the largest face: first's
     other = client.post("/api/v1/verify", files=upload(photos["other"]), data={"subject": first},
@@ -305,3 +312,75 @@ def test_swagger_ui_renders_offline_and_tries_an_endpoint_with_a_key(chromium, s
     service.close()
     assert foreign == [] and not [p for p in problems if "Content Security Policy" in p or "Refused" in p], \
         (foreign, problems)
+
+
+# -- calibrate -----------------------------------------------------------------------------------------
+
+
+def zipped(entries: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def calibration_zip(served, sample_photos) -> bytes:
+    """4 unenrolled photos of each of the 3 enrolled people and 4 of each of 3 strangers, as calib/<person>/*.jpg."""
+    people = sorted(p for p in sample_photos.iterdir() if p.is_dir())
+    chosen = {p.name: sorted(p.glob("*.jpg"))[2:6] for p in people[:PEOPLE]}
+    chosen.update({p.name: sorted(p.glob("*.jpg"))[:4] for p in people[PEOPLE:2 * PEOPLE]})
+    return zipped({f"calib/{name}/{f.name}": f.read_bytes() for name, files in chosen.items() for f in files})
+
+
+def test_calibrate_stores_the_threshold_recognize_and_verify_use(client, served, calibration_zip):
+    files = {"photos": ("calib.zip", calibration_zip, "application/zip")}
+    r = client.post("/api/v1/calibrate?balanced=true", files=files, headers=auth(served))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["rule"], body["n_mated"], body["n_nonmated"]) == ("balanced", 4 * PEOPLE, 4 * PEOPLE)
+    assert -1 <= body["threshold"] <= 1 and body["threshold_source"] == "calibrated"
+    stats = client.get("/api/v1/gallery", headers=auth(served)).json()
+    assert (stats["threshold"], stats["threshold_source"]) == (body["threshold"], "calibrated")
+    meta = client.app.state.service.gallery.threshold()[1]
+    assert meta["data_dir"] == "uploaded archive calib.zip"  # not the server's scratch folder
+    assert not list(client.app.state.service.scratch.glob("calibrate-*"))  # unpacked photos are gone
+
+
+def test_calibrate_refusals(client, served, calibration_zip, photos):
+    files = {"photos": ("calib.zip", calibration_zip, "application/zip")}
+    refused(client.post("/api/v1/calibrate?balanced=true", files=files), 401, "unauthorized")
+    refused(client.post("/api/v1/calibrate?balanced=true", files=files, headers=auth(served, "read")), 403,
+            "forbidden", "read-only")
+    refused(client.post("/api/v1/calibrate", files=files, headers=auth(served)), 422, "cannot_calibrate",
+            "12 photos of people not in the gallery", "at least 100")  # a 1 % target needs 100 strangers
+    for query in ("fpir=0", "fpir=1", "fpir=nan", "fpir=-0.5", "balanced=maybe"):
+        refused(client.post(f"/api/v1/calibrate?{query}", files=files, headers=auth(served)), 422,
+                "invalid_request", query.split("=")[0])
+    refused(client.post("/api/v1/calibrate?fpir=0.1&balanced=true", files=files, headers=auth(served)), 422,
+            "invalid_request", "not both")
+    refused(client.post("/api/v1/calibrate", files={"photos": ("c.zip", photos["text"].read_bytes())},
+                        headers=auth(served)), 422, "not_an_archive", "c.zip")
+    refused(client.post("/api/v1/calibrate", files={"photos": ("c.zip", zipped({"a/notes.txt": b"x"}))},
+                        headers=auth(served)), 422, "no_photos", "c.zip")
+    refused(client.post("/api/v1/calibrate", json={"images_base64": "eA=="}, headers=auth(served)), 415,
+            "missing_photo", "photos")
+    assert client.app.state.service.gallery.threshold()[1] is None  # nothing refused was stored
+
+
+def test_an_archive_unpacks_inside_its_folder_only(tmp_path):
+    from facesearch.serve.service import Limits, UploadError, unpack_photos
+
+    archive = zipped({"../../escaped/a.jpg": b"1", "/abs.jpg": b"2", "top/bob/b.jpg": b"3", "bob/notes.txt": b"4",
+                      "c:/x/c.jpg": b"5", "deep/er/still/ann/d.jpg": b"6"})
+    assert unpack_photos(archive, "a.zip", tmp_path / "out", Limits()) == 4
+    found = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert found == ["ann/d.jpg", "bob/b.jpg", "escaped/a.jpg", "x/c.jpg"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    bomb = zipped({"p/big.jpg": b"\0" * 5000})
+    with pytest.raises(UploadError, match="more than the 1000 bytes"):
+        unpack_photos(bomb, "bomb.zip", tmp_path / "bomb", Limits(max_bytes=1000))

@@ -37,14 +37,15 @@ def _subject(name: str = Path_(description="the subject's name, percent-encoded 
 Subject = Annotated[str, Depends(_subject)]
 
 
-async def read_upload(request: Request, files: tuple[str, ...] = ("photo",), required: int = 1
+async def read_upload(request: Request, files: tuple[str, ...] = ("photo",), required: int = 1,
+                      limit: int | None = None, as_json: bool = True
                       ) -> tuple[list[tuple[bytes, str | None] | None], dict]:
     """The photos of a request: multipart file fields (``files``), or JSON with each as base64 (``photo`` as
     ``image_base64``, ``photo2`` as ``image2_base64``) and its ``filename``; with the other form or JSON fields.
-    The first ``required`` photos must be there (a missing later one is None). Reads at most the size limit
-    (plus one byte, to tell it was exceeded); the whole body was limited while it streamed in
-    (``guard.BodyLimit``)."""
-    limit = _service(request).limits.max_bytes
+    The first ``required`` photos must be there (a missing later one is None). Reads at most ``limit`` bytes of
+    each (default: a photo's size limit), plus one, to tell it was exceeded; the whole body was limited while it
+    streamed in (``guard.BodyLimit``). ``as_json=False``: multipart only."""
+    limit = limit or _service(request).limits.max_bytes
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         form = await request.form()
@@ -61,7 +62,7 @@ async def read_upload(request: Request, files: tuple[str, ...] = ("photo",), req
             return photos, {k: v for k, v in form.items() if isinstance(v, str)}
         finally:
             await form.close()  # the uploaded files' spooled temp files (FastAPI closes only the forms it parses)
-    if kind.startswith("application/json"):
+    if kind.startswith("application/json") and as_json:
         try:
             body = await request.json()
         except ValueError:
@@ -71,6 +72,8 @@ async def read_upload(request: Request, files: tuple[str, ...] = ("photo",), req
         photos = [_base64_photo(body, field, n < required) for n, field in enumerate(files)]
         encoded = {base64_field(f) for f in files}
         return photos, {k: v for k, v in body.items() if k not in encoded}
+    if not as_json:
+        raise UploadError("missing_photo", f"send the file as multipart/form-data (field {files[0]!r})", 415)
     raise UploadError("missing_photo", "send the photo as multipart/form-data (field 'photo') or JSON "
                                        "{\"image_base64\": ...}", 415)
 
@@ -309,6 +312,29 @@ async def explain(request: Request, who: Caller = Depends(caller)) -> dict:
     out["files"] = {k: f"/explain/{report}/{v.name}" for k, v in explanation.files.items()}
     out["report_url"] = f"/explain/{report}/{explanation.files['report'].name}"
     return out
+
+
+# -- calibrate ----------------------------------------------------------------------------------------
+
+
+@router.post("/calibrate", summary="Set the gallery's unknown-threshold from photos of enrolled people and strangers",
+             response_model=schemas.Calibrated, openapi_extra=schemas.archive_body())
+async def calibrate(request: Request, who: Caller = Depends(writer), fpir: Optional[float] = Query(
+        None, gt=0, lt=1, description="target share of strangers given a name (default 0.01)"),
+                    balanced: bool = Query(False, description=(
+                        "instead of fpir: the threshold naming as many strangers as it refuses enrolled people"))
+                    ) -> dict:
+    """As `facesearch calibrate`: the archive's folders named like an enrolled subject are that person's photos,
+    any other folder a stranger's; photos enrolled already are skipped. Takes as long as embedding them all."""
+    from facesearch.evaluation.calibrate import DEFAULT_FPIR
+
+    if balanced and fpir is not None:
+        raise ApiError(422, "invalid_request", "give fpir or balanced=true, not both")
+    service = _service(request)
+    (archive,), _ = await read_upload(request, ("photos",), limit=service.limits.max_archive_bytes, as_json=False)
+    target = None if balanced else (DEFAULT_FPIR if fpir is None else fpir)
+    calibration = await run_in_threadpool(service.calibrate, archive[0], archive[1], target)
+    return {**calibration.to_dict(), "threshold_source": "calibrated"}
 
 
 # -- the gallery --------------------------------------------------------------------------------------

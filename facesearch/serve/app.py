@@ -141,7 +141,8 @@ def create_app(service: Service, threads: int = 16) -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     app.add_middleware(SubjectSegments)
-    app.add_middleware(BodyLimit, max_upload=lambda: service.limits.max_bytes)
+    app.add_middleware(BodyLimit, max_upload=lambda: service.limits.max_bytes,
+                       max_archive=lambda: service.limits.max_archive_bytes)
     app.add_middleware(SecurityHeaders)  # the outermost: on the 413s of BodyLimit too
 
     @app.get("/api/docs", include_in_schema=False)

@@ -166,6 +166,18 @@ class Verified(Answer):
     face_id: Optional[int] = Field(None, description="that subject's best matching face")
 
 
+class Calibrated(Answer):
+    threshold: float = Field(description="the stored threshold: recognize and verify name faces from it on")
+    threshold_source: str
+    rule: str = Field(description="fpir (a target share of strangers) or balanced")
+    target_fpir: Optional[float]
+    fpir: float = Field(description="share of the strangers' photos given a name at this threshold")
+    dir: Optional[float] = Field(description="share of enrolled people's photos named correctly")
+    accepted: Optional[float] = Field(description="share of enrolled people's photos given a name at all")
+    n_mated: int = Field(description="photos of enrolled people")
+    n_nonmated: int = Field(description="photos of strangers")
+
+
 # -- explain, the gallery -----------------------------------------------------------------------------
 
 
@@ -215,3 +227,12 @@ def base64_field(field: str) -> str:
     """The JSON field carrying the multipart file field ``field`` as base64: photo → image_base64, photo2 →
     image2_base64."""
     return "image" + field[len("photo"):] + "_base64"
+
+
+def archive_body() -> dict:
+    """``openapi_extra`` of calibrate: a zip of ``<person>/<photo>`` images as the multipart file ``photos``."""
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["photos"], "properties": {"photos": {
+            "type": "string", "format": "binary", "description": (
+                "a zip of <person>/<photo> images: folders named like an enrolled subject are that person's "
+                "photos, any other folder a stranger's (a 1 % target needs at least 100 photos of strangers)")}}}}}}}

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from sqlalchemy.engine import make_url
@@ -32,6 +32,8 @@ class Limits:
 
     max_bytes: int = 20 * 1024 * 1024  # an upload's size
     max_pixels: int = MAX_PIXELS  # a photo's width x height (refused from the header, before decoding), as the CLI's
+    max_archive_bytes: int = 200 * 1024 * 1024  # a zip of calibration photos (``Service.calibrate``)
+    max_archive_files: int = 20_000  # photos in it
 
 
 class UploadError(ValueError):
@@ -82,6 +84,7 @@ class Service:
         self._editing_clusters = threading.Lock()  # one edit of the clusters folder at a time
         self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # uploads in flight, explain reports
         self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
+        self._calibrating = threading.Lock()  # one calibration at a time: it embeds hundreds of photos
         # Detection and the model use every core already (torch's intra-op threads): more requests computing at
         # once only share them worse. The others wait their turn (bench/serve.py measured the difference).
         self._computing = threading.Semaphore(compute_slots or default_compute_slots())
@@ -302,6 +305,34 @@ class Service:
             os.replace(tmp, kept)
         return kept
 
+    # -- calibrate ----------------------------------------------------------------------------------
+
+    def calibrate(self, archive: bytes, filename: str | None, target_fpir: float | None):
+        """``calibrate_gallery`` (the CLI's ``calibrate``) on a zip of ``<person>/<photo>`` images: people
+        enrolled in the gallery and people who are not. Stores and returns the Calibration; the stored record
+        names the archive, not the scratch folder it was unpacked into."""
+        from facesearch.evaluation.calibrate import calibrate_gallery
+
+        shown = filename or "archive"
+        if len(archive) > self.limits.max_archive_bytes:
+            raise UploadError("too_large", f"{shown}: {len(archive)} bytes, more than the "
+                                           f"{self.limits.max_archive_bytes} allowed", 413)
+        folder = self.scratch / f"calibrate-{uuid.uuid4().hex}"
+        try:
+            unpack_photos(archive, shown, folder, self.limits)
+            with self._calibrating, self._computing:
+                try:
+                    calibration = calibrate_gallery(self.gallery.folder, folder, self.loaded.path,
+                                                    target_fpir=target_fpir, device=self.device,
+                                                    db_url=self.gallery.url)
+                except ValueError as e:  # too few photos of strangers (or of enrolled people), nobody enrolled
+                    raise UploadError("cannot_calibrate", self.public(str(e)).replace(str(folder), shown)) from None
+                value, meta = self.gallery.threshold()
+                self.gallery.set_threshold(value, {**(meta or {}), "data_dir": f"uploaded archive {shown}"})
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return calibration
+
     # -- clusters -----------------------------------------------------------------------------------
 
     def cluster_groups(self) -> dict:
@@ -382,6 +413,50 @@ class Service:
         folder = (self.scratch / "explain" / report).resolve()
         path = (folder / name).resolve()
         return path if path.is_file() and path.parent == folder else None
+
+
+def unpack_photos(archive: bytes, shown: str, folder: Path, limits: Limits) -> int:
+    """Unpack the images of a zip of ``[top/]<person>/<photo>`` into ``folder/<person>/<photo>``; returns how
+    many. Only each member's last two path parts are used (no member lands outside ``folder``); members that
+    are not images (by suffix) are skipped; the archive's declared sizes and the bytes actually read are both
+    held to the limits (a zip bomb is refused, not unpacked). UploadError when it is not a zip or holds no
+    photos."""
+    import io
+    import zipfile
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(archive))
+    except (zipfile.BadZipFile, ValueError, EOFError):
+        raise UploadError("not_an_archive", f"{shown}: not a zip archive (zip the folder of <person>/<photo> "
+                                            "images)") from None
+    photos = [(m, PurePosixPath(m.filename.replace("\\", "/")).parts[-2:]) for m in zf.infolist() if not m.is_dir()]
+    photos = [(m, parts) for m, parts in photos if len(parts) == 2 and all(_plain(p) for p in parts)
+              and PurePosixPath(parts[1]).suffix.lower() in IMAGE_SUFFIXES]
+    if not photos:
+        raise UploadError("no_photos", f"{shown}: no <person>/<photo> images in the archive")
+    if len(photos) > limits.max_archive_files:
+        raise UploadError("too_large", f"{shown}: {len(photos)} photos, more than the {limits.max_archive_files} "
+                                       "allowed")
+    budget = 4 * limits.max_archive_bytes  # unpacked; photos barely compress
+    if sum(m.file_size for m, _ in photos) > budget:
+        raise UploadError("too_large", f"{shown}: unpacks to more than {budget} bytes")
+    for m, (person, name) in photos:
+        (folder / person).mkdir(parents=True, exist_ok=True)
+        try:
+            with zf.open(m) as src:
+                data = src.read(min(m.file_size, limits.max_bytes) + 1)
+        except (zipfile.BadZipFile, OSError, RuntimeError) as e:  # damaged, encrypted
+            raise UploadError("not_an_archive", f"{shown}: {m.filename}: cannot be unpacked ({e})") from None
+        if len(data) > limits.max_bytes:
+            raise UploadError("too_large", f"{shown}: {m.filename} has more than the {limits.max_bytes} bytes a "
+                                           "photo may have")
+        (folder / person / name).write_bytes(data)
+    return len(photos)
+
+
+def _plain(part: str) -> bool:
+    """A path part that names a file or folder inside its parent (not the root, ``..``, a drive, a control)."""
+    return part not in ("", ".", "..") and not set(part) & set("/\\:") and part.isprintable()
 
 
 def keep_faces(faces: list[dict], det_prob_threshold: float | None, limit: int | None) -> list[dict]:
