@@ -5,6 +5,8 @@ scheme, request bodies and answers; and Swagger UI at /api/docs, offline, in the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -13,6 +15,7 @@ pytest.importorskip("httpx2")
 
 from test_serve import PEOPLE, auth, client, error_of, served, upload  # noqa: E402,F401  (fixtures and helpers)
 
+SHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
 NEW_PATHS = {"/api/v1/detect": "post", "/api/v1/verify": "post", "/api/v1/faces": "get"}
 
 
@@ -273,14 +276,15 @@ def test_the_docs_page_loads_swagger_ui_from_this_server_only(client):
 def test_swagger_ui_renders_offline_and_tries_an_endpoint_with_a_key(chromium, served, tmp_path):
     """Swagger UI at /api/docs in Chromium: every request goes to this server (nothing else is reachable: the
     browser is routed offline), no Content-Security-Policy violation, and "Try it out" lists the subjects
-    with the key given to "Authorize"."""
+    with the key given to "Authorize", and uploads a photo to detect through the declared request body."""
     import shutil
 
     from builders import serving
     from facesearch.serve.app import create_app
     from facesearch.serve.service import Service
 
-    root, checkpoint, _, keys = served
+    root, checkpoint, people, keys = served
+    photo = next(iter(people.values()))[0]
     shutil.copytree(root / "gallery", tmp_path / "gallery")
     service = Service(tmp_path / "gallery", checkpoint=checkpoint)
     with serving(create_app(service)) as base:
@@ -308,6 +312,17 @@ def test_swagger_ui_renders_offline_and_tries_an_endpoint_with_a_key(chromium, s
         status.wait_for(timeout=30_000)
         assert status.inner_text().strip() == "200"
         assert sorted(served[2])[0] in block.locator(".live-responses-table .microlight").first.inner_text()
+        detect = page.locator(".opblock-post", has=page.locator(".opblock-summary-path", has_text="/api/v1/detect"))
+        detect.locator(".opblock-summary").click()
+        detect.locator("button.try-out__btn").click()
+        detect.locator("input[type=file]").first.set_input_files(str(photo))  # the declared multipart body
+        detect.locator("button.execute").click()
+        status = detect.locator(".live-responses-table tr.response .response-col_status").first
+        status.wait_for(timeout=30_000)
+        assert status.inner_text().strip() == "200"
+        assert "landmarks" in detect.locator(".live-responses-table .microlight").first.inner_text()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "api-docs.png"), full_page=True)  # a test artefact, not committed
         context.close()
     service.close()
     assert foreign == [] and not [p for p in problems if "Content Security Policy" in p or "Refused" in p], \

@@ -13,8 +13,14 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def _open_schema(schema: dict) -> None:
+    # Unnamed fields are allowed without saying so (JSON Schema's default): "additionalProperties: true" would
+    # put "additionalProp1" into every example Swagger UI shows.
+    schema.pop("additionalProperties", None)
+
+
 class Answer(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_open_schema)
 
 
 class ErrorDetail(BaseModel):
