@@ -189,6 +189,17 @@ def test_a_group_photo_is_enrolled_with_largest_true_and_refused_without(client,
     assert "no_face" not in error_of(faceless)["reason"]
 
 
+def test_a_merge_into_nobody_names_the_api_field_not_the_cli_flag(client, served):
+    name = sorted(served[2])[0]
+    r = client.post(f"/api/v1/subjects/{name}/merge", json={"into": "Newcomer"}, headers=auth(served))
+    refused(r, 404, "not_found", "'Newcomer'", '"create": true')
+    assert "--" not in error_of(r)["reason"]
+    refused(client.post("/api/v1/subjects/nobody/merge", json={"into": name}, headers=auth(served)), 404, "not_found",
+            "nobody")
+    done = client.post(f"/api/v1/subjects/{name}/merge", json={"into": "Newcomer", "create": True}, headers=auth(served))
+    assert done.status_code == 200 and done.json()["moved_faces"] == 2
+
+
 # -- the face list, deleting a subject's faces ----------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from facesearch.gallery import IdentityNotFound
 from facesearch.serve import schemas
 from facesearch.serve.app import ApiError, Caller, FaceId, caller, writer
 from facesearch.serve.guard import subject_name
@@ -240,7 +241,15 @@ def delete_subject_faces(request: Request, name: Subject, who: Caller = Depends(
 @router.post("/subjects/{name}/merge", summary="Move every face of a subject into another; delete it",
              response_model=schemas.Merged)
 def merge_subject(request: Request, name: Subject, body: Merge, who: Caller = Depends(writer)) -> dict:
-    moved = _service(request).gallery.merge(name, body.into, create=body.create)
+    gallery = _service(request).gallery
+    if not body.create:  # a missing target told in the API's words (the field `create`)
+        gallery.identity(name)  # a missing subject first: 404 naming it
+        try:
+            gallery.identity(body.into)
+        except IdentityNotFound:
+            raise ApiError(404, "not_found", f"no subject named {body.into!r} to merge {name!r} into: send "
+                                             f'"create": true to merge into a new subject, or rename {name!r}') from None
+    moved = gallery.merge(name, body.into, create=body.create)
     return {"merged": name, "into": body.into, "moved_faces": moved}
 
 
