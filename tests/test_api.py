@@ -121,6 +121,13 @@ def test_verify_two_photos_and_a_photo_against_a_subject(client, served, photos)
     assert body["same"] is True and body["similarity"] > 0.9
     assert (body["threshold"], body["threshold_source"]) == (DEFAULT_THRESHOLD, "default")
     assert [f["photo"] for f in body["faces"]] == [enrolled.name, "again.jpg"]
+    import base64
+
+    as_json = client.post("/api/v1/verify", headers=auth(served), json={
+        "image_base64": base64.b64encode(enrolled.read_bytes()).decode(), "filename": "a.jpg",
+        "image2_base64": base64.b64encode(photos["again"].read_bytes()).decode(), "filename2": "b.jpg"})
+    assert as_json.status_code == 200 and as_json.json()["similarity"] == body["similarity"], as_json.text
+    assert [f["photo"] for f in as_json.json()["faces"]] == ["a.jpg", "b.jpg"]
     strict = client.post("/api/v1/verify?threshold=1", files={**upload(enrolled), "photo2": (
         "again.jpg", photos["again"].read_bytes(), "image/jpeg")}, headers=auth(served)).json()
     assert strict["same"] is False and strict["threshold_source"] == "given"

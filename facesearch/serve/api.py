@@ -1,4 +1,5 @@
-"""The JSON API, version 1: recognize, subjects and their faces, explain, the gallery's stats and check.
+"""The JSON API, version 1: recognize, detect, verify, subjects and their faces, explain, calibrate, the gallery's
+stats and check.
 
 Handlers are thin: the work is ``Service`` (which calls ``search.who``, ``gallery.enroll``, ``explain``) and
 ``Gallery``; slow calls run in the thread pool so the event loop keeps answering.
@@ -42,7 +43,8 @@ async def read_upload(request: Request, files: tuple[str, ...] = ("photo",), req
                       limit: int | None = None, as_json: bool = True
                       ) -> tuple[list[tuple[bytes, str | None] | None], dict]:
     """The photos of a request: multipart file fields (``files``), or JSON with each as base64 (``photo`` as
-    ``image_base64``, ``photo2`` as ``image2_base64``) and its ``filename``; with the other form or JSON fields.
+    ``image_base64`` with ``filename``, ``photo2`` as ``image2_base64`` with ``filename2``); with the other form or
+    JSON fields.
     The first ``required`` photos must be there (a missing later one is None). Reads at most ``limit`` bytes of
     each (default: a photo's size limit), plus one, to tell it was exceeded; the whole body was limited while it
     streamed in (``guard.BodyLimit``). ``as_json=False``: multipart only."""
@@ -248,7 +250,8 @@ def merge_subject(request: Request, name: Subject, body: Merge, who: Caller = De
             gallery.identity(body.into)
         except IdentityNotFound:
             raise ApiError(404, "not_found", f"no subject named {body.into!r} to merge {name!r} into: send "
-                                             f'"create": true to merge into a new subject, or rename {name!r}') from None
+                                             f'"create": true to merge into a new subject, or rename {name!r}'
+                           ) from None
     moved = gallery.merge(name, body.into, create=body.create)
     return {"merged": name, "into": body.into, "moved_faces": moved}
 

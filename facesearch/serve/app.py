@@ -1,12 +1,12 @@
 """The FastAPI application of ``facesearch serve``: the JSON API under /api/v1, the web pages, authentication and
 one error shape.
 
-Every request but /health, the OpenAPI description and the login page needs an API key (``facesearch keys
-create``): header ``X-API-Key: KEY`` (or ``Authorization: Bearer KEY``), or the cookie the login page sets. A
-read-only key may recognize and read; changing the gallery needs a full key (and a writable gallery). A change
-authenticated by the cookie must also pass the CSRF checks (``guard``). Errors are JSON ``{"error": {"status",
-"reason"}}`` with a 4xx code for anything the caller can fix (never a traceback, never a server path); pages show
-the same reason.
+Every request but /health, the OpenAPI description (and its Swagger UI, /api/docs) and the login page needs an
+API key (``facesearch keys create``): header ``X-API-Key: KEY`` (or ``Authorization: Bearer KEY``), or the cookie
+the login page sets. A read-only key may recognize and read; changing the gallery needs a full key (and a writable
+gallery). A change authenticated by the cookie must also pass the CSRF checks (``guard``). Errors are JSON
+``{"error": {"status", "reason"}}`` with a 4xx code for anything the caller can fix (never a traceback, never a
+server path); pages show the same reason.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from urllib.parse import urlencode
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import APIKeyHeader
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facesearch import __version__

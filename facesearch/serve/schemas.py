@@ -221,7 +221,9 @@ def photo_body(files: dict[str, str], fields: dict[str, dict] | None = None, req
     form = {name: {"type": "string", "format": "binary", "description": text} for name, text in files.items()}
     as_json = {base64_field(name): {"type": "string", "format": "byte", "description": f"{text}, base64"}
                for name, text in files.items()}
-    as_json["filename"] = {"type": "string", "description": "the photo's file name, as answers name it"}
+    for name in files:  # photo: filename, photo2: filename2
+        as_json["filename" + name[len("photo"):]] = {"type": "string", "description": (
+            f"{name}'s file name, as answers name it")}
     return {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": {**form, **fields},
                                            "required": list(required)}},
