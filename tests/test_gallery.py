@@ -585,3 +585,56 @@ def test_vectors_changed_outside_facesearch_are_reported_and_rebuild_records_the
     hit = g.search(moved, k=1)[0][0]
     assert hit.face_id == ids[2] and hit.similarity == pytest.approx(1.0, abs=1e-5)
     assert_consistent(g)
+
+
+def test_both_vector_stores_implement_the_whole_protocol():
+    """The Gallery calls its store only through VectorStore: each store has every member, with its parameters."""
+    import inspect
+
+    from facesearch.gallery.vectors.base import VectorStore
+    from facesearch.gallery.vectors.faiss_store import FaissFileStore
+    from facesearch.gallery.vectors.pgvector_store import PgvectorStore
+
+    members = {name: inspect.signature(f) for name, f in vars(VectorStore).items()
+               if inspect.isfunction(f) and not name.startswith("_")}
+    assert {"add", "search", "rebuild", "describe", "check"} <= set(members)
+    for store in (FaissFileStore, PgvectorStore):
+        assert store.name in ("faiss", "pgvector")
+        for name, signature in members.items():
+            assert list(inspect.signature(getattr(store, name)).parameters) == list(signature.parameters), \
+                (store.__name__, name)
+
+
+def test_vector_settings_read_and_write_the_stored_settings_unchanged():
+    """Galleries store their vector settings as one flat JSON object (FAISS's, pgvector's as pg_*, the store): an
+    existing gallery's object reads into each store's settings and is written back key for key."""
+    from facesearch.gallery import IndexSettings, PgvectorSettings, VectorSettings
+
+    stored = {"store": "pgvector", "kind": "hnsw", "pca_dim": None, "min_train": 2000, "train_size": 50_000,
+              "hnsw_m": 48, "hnsw_ef_construction": 300, "hnsw_ef_search": 100, "ivf_nlist": None, "ivf_nprobe": 16,
+              "ivf_codec": "flat", "pq_m": 32, "max_tombstone_ratio": 0.2, "pg_hnsw_m": 16, "pg_ef_construction": 64,
+              "pg_ef_search": 40, "pg_build_memory_mb": 1024}
+    settings = VectorSettings.from_dict(stored)
+    assert settings.faiss == IndexSettings(kind="hnsw", hnsw_ef_search=100)
+    assert settings.pgvector == PgvectorSettings(hnsw_m=16, ef_construction=64, ef_search=40)
+    assert settings.in_use is settings.pgvector and settings.to_dict() == stored
+    assert list(VectorSettings().to_dict()) == list(stored)
+    assert settings.with_search_breadth(80).pgvector.ef_search == 80
+    assert settings.with_search_breadth(80).faiss.hnsw_ef_search == 100
+    with pytest.raises(ValueError, match="vector store"):
+        VectorSettings.from_dict({**stored, "store": "annoy"})
+
+
+def test_choosing_the_store_of_a_gallery_that_holds_faces_is_refused(tmp_path):
+    """`enroll --store` chooses a new gallery's store; a gallery that holds faces is moved by `gallery store`
+    only, so the choice is refused there and nothing changes."""
+    from facesearch.gallery import Gallery, GalleryError
+
+    with Gallery(tmp_path / "g") as g:
+        g.add_faces(new_faces(["ann"], unit(np.random.default_rng(30), 1)), FP)
+        before = g.stats()
+        with pytest.raises(GalleryError, match="in the faiss store"):
+            g.use_store("pgvector", only_if_empty=True)
+        assert g.use_store("faiss", only_if_empty=True) == {"store": "faiss", "faces": 1, "moved": False}
+        assert g.stats() == before
+        assert_consistent(g)
