@@ -37,7 +37,7 @@ def check_model(s: Session, state: GalleryState, fingerprint: str, folder: Path)
 
 def _shipped_base() -> str | None:
     """The fingerprint of the base model this facesearch ships (None if it cannot be read)."""
-    from facesearch.checkpoint import CheckpointError, read_checkpoint
+    from facesearch.checkpoint import CheckpointError, read_checkpoint  # torch: loaded only when a model differs
 
     try:
         return read_checkpoint("base").get("fingerprint")
