@@ -18,7 +18,7 @@ from facesearch.data.images import ImageError
 from facesearch.errors import (BadInput, Conflict, FacesearchError, ModelMismatch, NotFound, ReadOnly,
                                Unavailable)
 from facesearch.explain import ExplainError
-from facesearch.gallery.index import IndexFileError
+from facesearch.gallery.vectors.index import IndexFileError
 from facesearch.gallery.records import (FaceNotFound, GalleryError, GalleryReadOnly, IdentityNotFound,
                                         ModelMismatchError, NameTaken)
 from facesearch.teacher import TeacherUnavailable
