@@ -196,6 +196,28 @@ class Service:
             self.gallery.discard_upload(kept)  # a refused or duplicate upload: kept only while a face refers to it
         return outcome
 
+    def add_face_at(self, name: str, data: bytes, filename: str | None, box: tuple[float, float, float, float]):
+        """Enroll the face at ``box`` (x1, y1, x2, y2: as ``recognize`` answered it) of an uploaded photo under
+        ``name``: the face's region, with a margin of its own size around it, is enrolled as a photo of its largest
+        face. Returns the EnrollOutcome (an UploadError for a box outside the photo)."""
+        import io
+
+        path = self.save_upload(data, filename)
+        try:
+            image = self.open_photo(path, filename)
+        finally:
+            path.unlink(missing_ok=True)
+        x1, y1, x2, y2 = box
+        if x2 <= 0 or y2 <= 0 or x1 >= image.width or y1 >= image.height:
+            raise UploadError("invalid_request", f"box {list(box)} lies outside the {image.width}x{image.height} photo")
+        w, h = x2 - x1, y2 - y1
+        region = image.crop((max(0, round(x1 - w)), max(0, round(y1 - h)),
+                             min(image.width, round(x2 + w)), min(image.height, round(y2 + h))))
+        encoded = io.BytesIO()
+        region.save(encoded, format="PNG")
+        stem = Path(filename or "upload").stem
+        return self.add_photo(name, encoded.getvalue(), f"{stem}-face-{round(x1)}-{round(y1)}.png", largest=True)
+
     def remove_face(self, face_id: int):
         """``Gallery.remove_face``, and the uploaded photo it came from when nothing else refers to it."""
         info = self.gallery.remove_face(face_id)
@@ -230,15 +252,44 @@ class Service:
     # -- clusters -----------------------------------------------------------------------------------
 
     def cluster_groups(self) -> dict:
-        """The clusters folder's summary (``Clusters.summary``) with each group's face ids, closest first."""
-        from facesearch.cluster import load
+        """The clusters folder's summary (``Clusters.summary``) with each group's face ids, closest first, whom its
+        faces look like in the gallery now (``looks_like``: (name, best similarity) or None), and the ids of the
+        faces in no group (``unclustered_ids``)."""
+        from facesearch.cluster import UNCLUSTERED, load
 
         c = load(self._clusters_folder())
         summary = c.summary()
         members = c.groups()
+        looks_like = self._looks_like(c, members)
         for g in summary["group_list"]:
             g["face_ids"] = [r.face_id for r in members[g["group"]]]
+            g["looks_like"] = looks_like.get(g["group"])
+        summary["unclustered_ids"] = [r.face_id for r in c.rows if r.group == UNCLUSTERED]
         return summary
+
+    def _looks_like(self, c, members: dict) -> dict[int, tuple[str, float]]:
+        """Per group: the identity most of its faces are named as by ``who`` against the gallery as it is now (at
+        the threshold recognitions use), with the best similarity to it. Nothing for a clustering made with
+        another model (its vectors are not comparable) or an empty gallery."""
+        from collections import Counter
+
+        from facesearch.search import aggregate, answer_threshold
+
+        if c.model.get("fingerprint") != self.embedder.fingerprint or not len(c.vectors) \
+                or not self.gallery.stats()["faces"]:
+            return {}
+        threshold, _ = answer_threshold(self.gallery, self.loaded)
+        with self._computing:
+            hits = self.gallery.search(c.vectors, k=10)
+        index = {r.face_id: i for i, r in enumerate(c.rows)}
+        out = {}
+        for group, rows in members.items():
+            named = [top[0] for top in (aggregate(hits[index[r.face_id]], 1) for r in rows)
+                     if top and top[0].similarity >= threshold]
+            if named:
+                name = Counter(m.name for m in named).most_common(1)[0][0]
+                out[group] = (name, max(m.similarity for m in named if m.name == name))
+        return out
 
     def name_cluster(self, group: int, name: str) -> dict:
         """``cluster.name_group`` through ``cluster.edit``: the group's faces enrolled as ``name``."""
