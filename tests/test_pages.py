@@ -369,3 +369,24 @@ def test_a_face_called_unknown_is_explained_as_unknown_with_its_file_name(page, 
         page.fill("#threshold-form input[name=threshold]", before)
         page.click("#threshold-form button")
         page.wait_for_url("**/gallery")
+
+
+def test_a_clustering_is_started_and_followed_from_the_page(page, server, sample_photos):
+    from facesearch.cluster import load
+
+    service = server[3]
+    before = load(service.clusters)
+    folder = Path(before.rows[0].photo).parent
+    newcomer = sorted(p for p in sample_photos.iterdir() if p.is_dir())[6]  # a person the clustering has not seen
+    for f in sorted(newcomer.glob("*.jpg"))[:3]:
+        shutil.copy(f, folder / f"{newcomer.name}-{f.name}")
+    page.goto("/clusters")
+    with page.expect_navigation():
+        page.click("#cluster-again button")
+    assert "this page follows it" in page.inner_text(".message")
+    expect(page.locator("#clustering")).to_contain_text("Clustering done", timeout=120_000)  # the page reloads itself
+    assert "(3 new)" in page.inner_text("#clustering")
+    after = load(service.clusters)
+    assert len(after.rows) >= len(before.rows) + 3 and after.names == before.names  # named groups keep their names
+    assert f"{len(after.rows)} faces" in page.inner_text("main")
+    shot(page, "clusters-again")

@@ -366,8 +366,21 @@ def clusters_page(request: Request, who: Caller = Depends(caller)):
     service = request.app.state.service
     if service.clusters is None:
         return _render(request, "clusters.html", who, summary=None)
-    return _render(request, "clusters.html", who, summary=service.cluster_groups(),
+    return _render(request, "clusters.html", who, summary=service.cluster_groups(), run=service.clustering,
                    people=[i.name for i in service.gallery.identities()])
+
+
+@router.post("/clusters/run")
+def run_clustering(request: Request, who: Caller = Depends(writer)):
+    """Cluster the photo folders again (new photos join), in the background: the clusters page follows it."""
+    from facesearch.cluster import ClusterError
+
+    try:
+        run = request.app.state.service.start_clustering()
+    except ClusterError as e:
+        return _back(request, "/clusters", error=str(e))
+    return _back(request, "/clusters", message=f"clustering {run.total} photos of {run.folders} folders: this page "
+                                               "follows it")
 
 
 @router.get("/clusters/crops/{face_id}")

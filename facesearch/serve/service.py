@@ -8,19 +8,22 @@ still finds every enrolled photo) and the sharing of one gallery between request
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
 from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, file_sha256, load_image
 from facesearch.gallery.db import sqlite_path
+
+logger = logging.getLogger(__name__)
 
 UPLOADS = "uploads"  # inside the gallery folder: photos enrolled through the service, named by their sha256
 
@@ -39,6 +42,29 @@ class UploadError(ValueError):
     def __init__(self, status: str, reason: str, http_status: int = 422):
         super().__init__(reason)
         self.status, self.reason, self.http_status = status, reason, http_status
+
+
+@dataclass
+class ClusteringRun:
+    """A clustering started from the clusters page, as the page follows it."""
+
+    total: int  # photos to look at
+    folders: int
+    done: int = 0
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    message: str = ""
+    error: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.finished is None
+
+    def advance(self, photos: int) -> None:
+        self.done += photos
+
+    def finish(self, message: str = "", error: str = "") -> None:
+        self.message, self.error, self.finished = message, error, time.time()
 
 
 class Service:
@@ -79,6 +105,8 @@ class Service:
 
             load(self.clusters)  # a folder that is not one is refused at start, not on the first page
         self._editing_clusters = threading.Lock()  # one edit of the clusters folder at a time
+        self._starting = threading.Lock()
+        self.clustering: ClusteringRun | None = None  # the last clustering started from the page
         self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # uploads in flight, explain reports
         self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
         # Detection and the model use every core already (torch's intra-op threads): more requests computing at
@@ -293,11 +321,49 @@ class Service:
 
     def name_cluster(self, group: int, name: str) -> dict:
         """``cluster.name_group`` through ``cluster.edit``: the group's faces enrolled as ``name``."""
-        from facesearch.cluster import edit, name_group
+        from facesearch.cluster import ClusterError, edit, name_group
 
+        if self.clustering is not None and self.clustering.running:
+            raise ClusterError("a clustering is running: name the groups when it has finished")
         with self._editing_clusters, self._computing:
             result, _ = edit(self._clusters_folder(), lambda c: name_group(c, group, name, self.gallery))
         return result
+
+    def start_clustering(self) -> ClusteringRun:
+        """Cluster again, in a thread of its own, the folders the clusters folder's photos are in (``cluster_folder``:
+        new photos there join, groups keep their ids and names). ClusterError when one runs already, or no folder
+        of the clustering is left."""
+        from facesearch.cluster import ClusterError, load
+        from facesearch.data.images import list_photos
+
+        folder = self._clusters_folder()
+        with self._starting:
+            if self.clustering is not None and self.clustering.running:
+                raise ClusterError("a clustering is running already: the clusters page follows it")
+            folders = sorted({Path(r.photo).parent for r in load(folder).rows if Path(r.photo).parent.is_dir()})
+            photos = list_photos(folders)
+            if not photos:
+                raise ClusterError("none of the clustering's photo folders is left: run `facesearch cluster PHOTOS "
+                                   "--out` for new photos")
+            self.clustering = ClusteringRun(total=len(photos), folders=len(folders))
+            threading.Thread(target=self._cluster, args=(photos, self.clustering), daemon=True,
+                             name="facesearch-cluster").start()
+        return self.clustering
+
+    def _cluster(self, photos: list[Path], run: ClusteringRun) -> None:
+        from facesearch.cluster import cluster_folder
+
+        try:
+            with self._editing_clusters, self._computing:
+                report = cluster_folder(photos, self.clusters, self.embedder, gallery=self.gallery,
+                                        progress=run.advance)
+            summary = report.clusters.summary()
+            run.finish(f"clustered {len(photos)} photos ({report.new_photos} new): {summary['groups']} groups, "
+                       f"{summary['unclustered']} faces in none" + (f"; {len(report.failures)} photos without a "
+                                                                    "usable face" if report.failures else ""))
+        except Exception as e:  # told on the page; the folder is as the last save left it
+            logger.exception("clustering from the page failed")
+            run.finish(error=self.public(str(e)) or type(e).__name__)
 
     def cluster_crop(self, face_id: int) -> Path | None:
         path = self._clusters_folder() / "crops" / f"{face_id}.jpg"
