@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from facesearch.serve.app import ApiError, Caller, FaceId, caller, writer
+from facesearch.serve.auth import ApiError, Caller, FaceId, caller, writer
 from facesearch.serve.guard import subject_name
 from facesearch.serve.service import UploadError
 

@@ -11,6 +11,7 @@ Every form carries the session's CSRF token (``csrf_token``), checked with the r
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, Request, UploadFile
@@ -18,14 +19,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
+from facesearch.cluster import ClusterError
 from facesearch.gallery import GalleryError
 from facesearch.search import answer_threshold
-from facesearch.serve.app import KEY_COOKIE, PACKAGE, ApiError, Caller, FaceId, caller, writer
+from facesearch.serve.auth import KEY_COOKIE, ApiError, Caller, FaceId, caller, writer
 from facesearch.serve.guard import REPORT_CSP, same_origin, subject_name
 from facesearch.serve.service import UploadError
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=str(PACKAGE / "templates"))
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 templates.env.filters["q"] = lambda s: quote(str(s), safe="")
 PAGE_SIZE = 60
 
@@ -266,8 +268,6 @@ def cluster_crop(request: Request, face_id: FaceId, who: Caller = Depends(caller
 
 @router.post("/clusters/{group}/name")
 async def name_cluster(request: Request, group: int, name: str = Form(...), who: Caller = Depends(writer)):
-    from facesearch.cluster import ClusterError
-
     try:
         result = await run_in_threadpool(request.app.state.service.name_cluster, group, name)
     except (ClusterError, GalleryError) as e:
