@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
 from fastapi import Path as Path_
+from fastapi.security import APIKeyHeader
 
 from facesearch.serve.guard import SAFE_METHODS, check_csrf, csrf_token
 
@@ -45,7 +46,13 @@ def _key_of(request: Request) -> tuple[str | None, bool]:
     return key or None, bool(key)
 
 
-async def caller(request: Request) -> Caller:
+# The key's header as the OpenAPI document's security scheme (Swagger UI's "Authorize"); ``caller`` reads the key.
+API_KEY = APIKeyHeader(name=KEY_HEADER, auto_error=False, scheme_name="APIKey",
+                       description="an API key of the gallery (`facesearch keys create NAME`); also accepted as "
+                                   "`Authorization: Bearer KEY`")
+
+
+async def caller(request: Request, _: Annotated[str | None, Security(API_KEY)] = None) -> Caller:
     """Dependency: the authenticated caller (401 without a key the gallery accepts; 403 for a change by the login
     cookie that fails the CSRF checks)."""
     key, by_cookie = _key_of(request)
