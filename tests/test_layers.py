@@ -49,12 +49,6 @@ LAYERS = (
 # Imports the layers would allow but the design does not: the datasets are training data, not the checkpoints'.
 FORBIDDEN = (("facesearch.checkpoint", "facesearch.data.datasets"),)
 
-# The gallery's cycle (check ↔ vectors ↔ hits ↔ faces ↔ sync, tied by CROPS_DIR and ``inside`` living in the
-# read-only checker) is removed by issue 28 point 2 (gallery/vectors/); until that lands, only a cycle wholly
-# inside facesearch.gallery is tolerated. Remove this when it has.
-KNOWN_CYCLE_PACKAGES = ("facesearch.gallery",)
-
-
 def modules(package: Path = PACKAGE) -> dict[str, Path]:
     """Every module of the package by dotted name (a package by its own name)."""
     found = {}
@@ -190,8 +184,7 @@ def test_every_module_imports_alone():
 def test_the_import_graph_has_no_cycle():
     graph = import_graph(modules())
     found = cycles(graph)
-    unexpected = [c for c in found if not all(m.startswith(KNOWN_CYCLE_PACKAGES) for m in c)]
-    assert not unexpected, "import cycles (every one found; each ties all the modules listed):\n" + "\n".join(
+    assert not found, "import cycles (each ties all the modules listed):\n" + "\n".join(
         f"{', '.join(c)}: e.g. {' -> '.join(one_cycle(graph, c))}" for c in found)
 
 
