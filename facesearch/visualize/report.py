@@ -274,7 +274,8 @@ def explanation_html(e, images: dict, labels: dict, settings) -> str:
         if "runner_up" in images:
             faces.append(Face(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {cosine(e.runner_up)}"))
     top3 = ", ".join(e.ranking[:3])
-    facts = [("answer", e.answer), ("runner-up", e.runner_up), ("heat-map target", f"{labels['target']} = {e.score:.4f}"),
+    verdict, answer = _verdict(e)
+    facts = [("answer", answer), ("runner-up", e.runner_up), ("heat-map target", f"{labels['target']} = {e.score:.4f}"),
              (f"decision {decision}", f"{e.margin:.4f} over {e.runner_up}"),
              ("match emerges at", e.emerges_at or "—"), ("layers carrying it (ablation)", top3),
              ("model", e.details.get("checkpoint", "")), ("time", f"{e.seconds:.1f} s")]
@@ -282,8 +283,24 @@ def explanation_html(e, images: dict, labels: dict, settings) -> str:
         facts.append(("caution", "measured without the gallery's mirror-image averaging the margin is not positive: "
                                  "the answer and the runner-up are too close to call"))
     sections = _sections(e, settings, decision)
-    title = f"Why facesearch says: {e.answer}" if e.kind == "identification" else f"Why the model says: {e.answer}"
+    title = f"Why facesearch says: {verdict}" if e.kind == "identification" else f"Why the model says: {e.answer}"
     return render_html(title, f"{e.kind} of {e.query}", faces, facts, sections)
+
+
+def _verdict(e) -> tuple[str, str]:
+    """What ``who`` answers for the face (its closest identity, or "unknown" below the threshold), and the answer
+    told with the similarity and the threshold that decide it. An explanation ``against`` a chosen identity, or
+    one without the numbers, is told as the identity explained."""
+    similarity = e.details.get("gallery_similarity", {}).get(e.answer)
+    threshold = e.details.get("threshold")
+    if e.kind != "identification" or e.details.get("against") or similarity is None or threshold is None:
+        return e.answer, e.answer
+    n = next((n for n in range(3, 7) if f"{similarity:.{n}f}" != f"{threshold:.{n}f}"), 7)  # digits that differ
+    if similarity < threshold:
+        return "unknown", (f"unknown: the closest identity, {e.answer}, reaches cosine {similarity:.{n}f}, below the "
+                           f"threshold {threshold:.{n}f}; what follows explains why the face looks most like "
+                           f"{e.answer}")
+    return e.answer, f"{e.answer}: cosine {similarity:.{n}f}, at or above the threshold {threshold:.{n}f}"
 
 
 def _sections(e, settings, decision: str) -> list:
