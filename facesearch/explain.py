@@ -140,7 +140,7 @@ def _tensor(images: Sequence, view: _View):
 
 def _rgb(image, size: int) -> np.ndarray:
     """What the model sees, as RGB uint8 (size, size, 3), for overlays."""
-    from facesearch.data.datasets import to_square_rgb
+    from facesearch.data.images import to_square_rgb
 
     return np.asarray(to_square_rgb(image, size))
 

@@ -152,7 +152,8 @@ def calibrate_gallery(
         ValueError: too few photos of people not enrolled to measure ``target_fpir``.
         facesearch.gallery.GalleryError: no such gallery, or another model's gallery.
     """
-    from facesearch.checkpoint import resolve_checkpoint, resolve_device
+    from facesearch.checkpoint import resolve_checkpoint
+    from facesearch.runtime import resolve_device
     from facesearch.evaluation.common import make_embedder, embed_photos, list_photos, load_model
     from facesearch.gallery import Gallery
 

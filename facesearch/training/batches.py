@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from facesearch.data.datasets import ImageSet
-from facesearch.distributed import Distributed
 from facesearch.errors import BadInput
+from facesearch.runtime import Distributed
 
 
 SAMPLINGS = ("photos", "identities")
