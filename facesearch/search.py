@@ -9,6 +9,7 @@ measured on held-out people at a stated false-positive rate: its model card), el
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -91,12 +92,13 @@ def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | No
     Raises:
         ImageError: the photo cannot be read.
     """
-    from facesearch.data.images import load_image
+    from facesearch.data.images import ImageError
 
     rule = _Rule.of(gallery, embedder, top_k, threshold)
-    image = load_image(photo) if isinstance(photo, (str, os.PathLike)) else photo.convert("RGB")
-    path = str(photo) if isinstance(photo, (str, os.PathLike)) else None
-    return _answer_images(gallery, embedder, [image], [path], rule)[0]
+    found = next(embedder.faces_of([photo], select="all"))
+    if found.image is None:
+        raise ImageError(found.status, found.reason, found.path)
+    return _answer_photos(gallery, [found], rule)[0]
 
 
 def who_many(gallery: Gallery, embedder, photos: Sequence[str | os.PathLike], top_k: int = 5,
@@ -106,22 +108,12 @@ def who_many(gallery: Gallery, embedder, photos: Sequence[str | os.PathLike], to
     and embedded in batches, and the gallery is searched once per batch. Yields one answer per photo in input
     order, as soon as its batch is done; a photo that cannot be read yields a ``WhoFailure`` and the run goes on.
     """
-    from facesearch.data.images import ImageError, load_image
-
     rule = _Rule.of(gallery, embedder, top_k, threshold)
-    for start in range(0, len(photos), batch_size):
-        batch = [str(p) for p in photos[start : start + batch_size]]
-        images, failures = {}, {}
-        for i, path in enumerate(batch):
-            try:
-                images[i] = load_image(path)
-            except ImageError as e:  # load_image turns every OSError into one
-                failures[i] = WhoFailure(path, e.status, e.reason)
-        order = list(images)
-        answers = dict(zip(order, _answer_images(gallery, embedder, [images[i] for i in order],
-                                                 [batch[i] for i in order], rule)))
-        for i in range(len(batch)):
-            yield answers.get(i) or failures[i]
+    found = embedder.faces_of([str(p) for p in photos], select="all", batch_size=batch_size)
+    while batch := list(itertools.islice(found, batch_size)):  # the embedder's batches: one search each
+        answers = iter(_answer_photos(gallery, [f for f in batch if f.image is not None], rule))
+        for f in batch:
+            yield next(answers) if f.image is not None else WhoFailure(f.path, f.status, f.reason)
         if progress:
             progress(len(batch))
 
@@ -161,17 +153,16 @@ def answer_threshold(gallery: Gallery, loaded) -> tuple[float, str]:
     return (float(recorded), "model") if recorded is not None else (float(value), "default")
 
 
-def _answer_images(gallery: Gallery, embedder, images: list, paths: list[str | None], rule: _Rule) -> list[WhoResult]:
-    """Every face of each image, detected and embedded in one batch, searched with one gallery query."""
-    found = embedder.embed_images(images, select="all") if images else []
-    faces = [(n, f) for n, photo_faces in enumerate(found) for f in photo_faces]
-    xq = np.stack([f.embedding for _, f in faces]) if faces else np.empty((0, embedder.dim), np.float32)
+def _answer_photos(gallery: Gallery, photos: list, rule: _Rule) -> list[WhoResult]:
+    """Every face of each photo (``Embedder.faces_of``'s), searched with one gallery query."""
+    faces = [(n, f) for n, photo in enumerate(photos) for f in photo.faces]
+    xq = np.stack([f.embedding for _, f in faces]) if faces else None  # (faces, d)
     hits = gallery.search(xq, k=max(rule.top_k * FACES_PER_IDENTITY, 50)) if faces else []
-    per_photo: list[list[FaceAnswer]] = [[] for _ in images]
+    per_photo: list[list[FaceAnswer]] = [[] for _ in photos]
     for (n, f), h in zip(faces, hits):
         per_photo[n].append(_answer(f.face, aggregate(h, rule.top_k), rule.threshold))
-    return [WhoResult(path, rule.threshold, rule.calibrated, answers, rule.source)
-            for path, answers in zip(paths, per_photo)]
+    return [WhoResult(photo.path, rule.threshold, rule.calibrated, answers, rule.source)
+            for photo, answers in zip(photos, per_photo)]
 
 
 def _answer(face, matches: list[IdentityMatch], threshold: float) -> FaceAnswer:

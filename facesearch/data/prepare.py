@@ -519,14 +519,14 @@ def _detect(detector, images) -> list:
 
 
 def _crop_one(job: _Job, image, faces) -> ManifestRow:
-    from facesearch.data.detect import Face, select_face
+    from facesearch.data.detect import DetectedFace, select_face
 
     settings: PrepareSettings = _worker["settings"]
     if isinstance(faces, Exception):
         return replace(job.row, status="unreadable", reason=f"face detector failed: {faces}")
     if job.face is not None:
         box, landmarks, prob, n_faces = job.face
-        face = Face(box=_f32(box), landmarks=_f32(landmarks), prob=float(prob or 0.0))
+        face = DetectedFace(box=_f32(box), landmarks=_f32(landmarks), prob=float(prob or 0.0))
     else:
         n_faces = len(faces)
         face = select_face(faces, image.size, settings.select)

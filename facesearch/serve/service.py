@@ -131,7 +131,7 @@ class Service:
         """Run detection and the model once, so the first request does not pay for lazy initialisation."""
         from PIL import Image
 
-        self.embedder.embed_images([Image.new("RGB", (160, 160), (128, 128, 128))], select="all")
+        list(self.embedder.faces_of([Image.new("RGB", (160, 160), (128, 128, 128))]))
 
     # -- uploads ------------------------------------------------------------------------------------
 
