@@ -8,6 +8,7 @@ still finds every enrolled photo) and the sharing of one gallery between request
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, file_sha256, load_image
+from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, load_image
 from facesearch.gallery.db import sqlite_path
 
 UPLOADS = "uploads"  # inside the gallery folder: photos enrolled through the service, named by their sha256
@@ -58,14 +59,14 @@ class Service:
     def __init__(self, gallery: str | os.PathLike, db_url: str | None = None, checkpoint=None,
                  device: str = "cpu", limits: Limits = Limits(), compute_slots: int | None = None,
                  clusters: str | os.PathLike | None = None, read_only: bool | None = None):
-        from facesearch.checkpoint import load_checkpoint, resolve_checkpoint
-        from facesearch.embed import Embedder
+        from facesearch.checkpoint import load_checkpoint
+        from facesearch.embed import Embedder, gallery_model
         from facesearch.gallery import Gallery
 
         # an existing empty folder starts a gallery (people are enrolled through the API); a missing one is refused
         self.gallery = Gallery(gallery, db_url, create=Path(gallery).is_dir(), read_only=read_only, concurrent=True)
         try:
-            self.loaded = load_checkpoint(resolve_checkpoint(checkpoint, self.gallery.model_source), device)
+            self.loaded = load_checkpoint(gallery_model(checkpoint, self.gallery), device)
             self.embedder = Embedder.for_queries(self.loaded, device)
             if self.gallery.model_fingerprint is not None:
                 self.gallery.check_model(self.embedder.fingerprint)
@@ -79,7 +80,7 @@ class Service:
 
             load(self.clusters)  # a folder that is not one is refused at start, not on the first page
         self._editing_clusters = threading.Lock()  # one edit of the clusters folder at a time
-        self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # uploads in flight, explain reports
+        self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # explain reports
         self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
         # Detection and the model use every core already (torch's intra-op threads): more requests computing at
         # once only share them worse. The others wait their turn (bench/serve.py measured the difference).
@@ -135,21 +136,15 @@ class Service:
 
     # -- uploads ------------------------------------------------------------------------------------
 
-    def save_upload(self, data: bytes, filename: str | None) -> Path:
-        """Check an upload's size and write it to the scratch folder; returns its path (``open_photo`` decodes it)."""
+    def read_photo(self, data: bytes, filename: str | None):
+        """An upload checked (its size) and decoded from memory (RGB), or UploadError with prepare's status and
+        reason."""
         if len(data) > self.limits.max_bytes:
             raise UploadError("too_large", f"{len(data)} bytes, more than the {self.limits.max_bytes} allowed", 413)
         if not data:
             raise UploadError("not_an_image", "empty upload (0 bytes)")
-        suffix = Path(filename or "").suffix.lower()
-        path = self.scratch / f"{uuid.uuid4().hex}{suffix if suffix in IMAGE_SUFFIXES else '.img'}"
-        path.write_bytes(data)
-        return path
-
-    def open_photo(self, path: Path, filename: str | None):
-        """The uploaded photo decoded (RGB), or UploadError with prepare's status and reason."""
         try:
-            return load_image(path, max_pixels=self.limits.max_pixels)
+            return load_image(data, max_pixels=self.limits.max_pixels)
         except ImageError as e:
             raise UploadError(e.status, f"{filename or 'upload'}: {e.reason}") from None
 
@@ -160,11 +155,7 @@ class Service:
         from facesearch.search import who
 
         t0 = time.perf_counter()
-        path = self.save_upload(data, filename)
-        try:
-            image = self.open_photo(path, filename)
-        finally:
-            path.unlink(missing_ok=True)
+        image = self.read_photo(data, filename)
         t1 = time.perf_counter()
         with self._computing:
             t_start = time.perf_counter()
@@ -181,17 +172,13 @@ class Service:
     def add_photo(self, name: str, data: bytes, filename: str | None, largest: bool = False):
         """Enroll one uploaded photo under ``name`` (``gallery.enroll``); the photo is kept in the gallery's
         ``uploads/`` so that ``gallery reembed`` can cut its face again. Returns the EnrollOutcome."""
+        from facesearch.embed import Decoded
         from facesearch.gallery.enroll import enroll
 
-        path = self.save_upload(data, filename)
-        try:
-            self.open_photo(path, filename)  # a bad upload is refused before anything is stored
-            sha = file_sha256(path)  # the content hash enroll dedupes on
-            kept = self._keep(path, sha)
-            with self._computing:
-                outcome = enroll(self.gallery, self.embedder, [(kept, name)], largest=largest)[0]
-        finally:
-            path.unlink(missing_ok=True)
+        image = self.read_photo(data, filename)  # a bad upload is refused before anything is stored
+        kept = self._keep(data, filename)
+        with self._computing:  # the photo is decoded once: enroll takes it as it is
+            outcome = enroll(self.gallery, self.embedder, [(Decoded(kept, image), name)], largest=largest)[0]
         if outcome.status != "enrolled":
             self.gallery.discard_upload(kept)  # a refused or duplicate upload: kept only while a face refers to it
         return outcome
@@ -217,13 +204,15 @@ class Service:
                     and self.gallery.enrolled_as(face.source_sha256) is None:
                 source.unlink(missing_ok=True)
 
-    def _keep(self, path: Path, sha: str) -> Path:
+    def _keep(self, data: bytes, filename: str | None) -> Path:
+        """The upload as ``uploads/<sha256><suffix>`` in the gallery folder (written whole, then renamed)."""
         folder = self.gallery.folder / UPLOADS
         folder.mkdir(mode=0o700, exist_ok=True)
-        kept = folder / f"{sha}{path.suffix}"
+        suffix = Path(filename or "").suffix.lower()
+        kept = folder / f"{hashlib.sha256(data).hexdigest()}{suffix if suffix in IMAGE_SUFFIXES else '.img'}"
         if not kept.exists():
             tmp = kept.with_name(f".{kept.name}.{uuid.uuid4().hex}.tmp")
-            shutil.copyfile(path, tmp)
+            tmp.write_bytes(data)
             os.replace(tmp, kept)
         return kept
 
@@ -262,39 +251,30 @@ class Service:
     # -- explain ------------------------------------------------------------------------------------
 
     def explain(self, data: bytes, filename: str | None, against: str | None):
-        """``explain_identification`` of the largest face of an uploaded photo; returns (report id, Explanation).
-        The report's files stay in the scratch folder, served under /explain/<id>/, until the service stops."""
+        """``explain_identification`` of the largest face of an uploaded photo, with the service's own gallery and
+        embedder; returns (report id, Explanation). The report's files stay in the scratch folder, served under
+        /explain/<id>/, until the service stops."""
         from facesearch.explain import explain_identification
 
-        path = self.save_upload(data, filename)
-        try:
-            self.open_photo(path, filename)
-            report = uuid.uuid4().hex
-            with self._explaining:
-                explanation = explain_identification(path, self.gallery.folder, self.loaded,
-                                                     self.scratch / "explain" / report, against=against,
-                                                     device=self.device, db_url=self.gallery.url)
-        finally:
-            path.unlink(missing_ok=True)
-        return report, self._publish(explanation, path, filename or "upload")
+        image = self.read_photo(data, filename)
+        report = uuid.uuid4().hex
+        with self._explaining:
+            explanation = explain_identification(image, self.gallery, self.embedder,
+                                                 self.scratch / "explain" / report, against=against,
+                                                 name=filename or "upload")
+        return report, self._publish(explanation)
 
-    def _publish(self, explanation, upload: Path, shown: str):
-        """The explanation, its report.html and explanation.json naming the photo as its caller did, without the
-        server's paths (the upload's place in the scratch folder, the gallery folder)."""
+    def _publish(self, explanation):
+        """The explanation, its report.html and explanation.json without the server's paths (the gallery folder)."""
         import dataclasses
-        import html
         import json
 
-        explanation = dataclasses.replace(explanation, query=shown, details={
+        explanation = dataclasses.replace(explanation, details={
             k: v for k, v in explanation.details.items() if k != "gallery"})
         page = explanation.files["report"]
-        text = page.read_text(encoding="utf-8")
-        for private in (str(upload), upload.name):  # the subtitle names the photo's path, the caption its file
-            text = text.replace(html.escape(private), html.escape(shown))
-        page.write_text(self.public(text), encoding="utf-8")
+        page.write_text(self.public(page.read_text(encoding="utf-8")), encoding="utf-8")
         numbers = explanation.files["json"]
         out = json.loads(numbers.read_text(encoding="utf-8"))
-        out["query"] = shown
         out["details"].pop("gallery", None)
         out["files"] = {k: Path(v).name for k, v in out["files"].items()}
         numbers.write_text(json.dumps(out, indent=1), encoding="utf-8")
