@@ -78,7 +78,8 @@ class WhoFailure:
         return {"photo": self.photo, "error": {"status": self.status, "reason": self.reason}}
 
 
-def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | None = None) -> WhoResult:
+def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | None = None,
+        annotate_into: str | os.PathLike | None = None, overwrite: bool = False) -> WhoResult:
     """Identify every face in a photo.
 
     Args:
@@ -87,6 +88,8 @@ def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | No
         photo: a path or an RGB PIL image.
         top_k: identities listed per face.
         threshold: cosine similarity needed to name a face; None: the gallery's (calibrated or default).
+        annotate_into: draw the answers on the photo into this file (``annotate``; the photo is not decoded again).
+        overwrite: ``annotate``'s.
     Returns:
         WhoResult with one FaceAnswer per detected face (empty when there is none).
     Raises:
@@ -98,22 +101,35 @@ def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | No
     found = next(embedder.faces_of([photo], select="all"))
     if found.image is None:
         raise ImageError(found.status, found.reason, found.path)
-    return _answer_photos(gallery, [found], rule)[0]
+    result = _answer_photos(gallery, [found], rule)[0]
+    if annotate_into is not None:
+        annotate(_decoded(found), result, annotate_into, overwrite)
+    return result
 
 
 def who_many(gallery: Gallery, embedder, photos: Sequence[str | os.PathLike], top_k: int = 5,
              threshold: float | None = None, batch_size: int = 16,
-             progress: Callable[[int], None] | None = None) -> Iterator[WhoResult | WhoFailure]:
+             progress: Callable[[int], None] | None = None, annotate_into: Sequence[str | os.PathLike] | None = None,
+             overwrite: bool = False) -> Iterator[WhoResult | WhoFailure]:
     """``who`` for many photos in one run: the model, index and database are opened once, faces are detected
     and embedded in batches, and the gallery is searched once per batch. Yields one answer per photo in input
     order, as soon as its batch is done; a photo that cannot be read yields a ``WhoFailure`` and the run goes on.
+    ``annotate_into``: a file per photo that each answered photo's answers are drawn into (``annotate``).
     """
     rule = _Rule.of(gallery, embedder, top_k, threshold)
     found = embedder.faces_of([str(p) for p in photos], select="all", batch_size=batch_size)
+    done = 0
     while batch := list(itertools.islice(found, batch_size)):  # the embedder's batches: one search each
         answers = iter(_answer_photos(gallery, [f for f in batch if f.image is not None], rule))
-        for f in batch:
-            yield next(answers) if f.image is not None else WhoFailure(f.path, f.status, f.reason)
+        for n, f in enumerate(batch, done):
+            if f.image is None:
+                yield WhoFailure(f.path, f.status, f.reason)
+                continue
+            result = next(answers)
+            if annotate_into is not None:
+                annotate(_decoded(f), result, annotate_into[n], overwrite)
+            yield result
+        done += len(batch)
         if progress:
             progress(len(batch))
 
@@ -165,6 +181,13 @@ def _answer_photos(gallery: Gallery, photos: list, rule: _Rule) -> list[WhoResul
             for photo, answers in zip(photos, per_photo)]
 
 
+def _decoded(photo):
+    """A photo ``faces_of`` decoded, to draw on: with its path, so that ``annotate`` checks it is not drawn over."""
+    from facesearch.embed import Decoded
+
+    return Decoded(photo.path, photo.image) if photo.path is not None else photo.image
+
+
 def _answer(face, matches: list[IdentityMatch], threshold: float) -> FaceAnswer:
     box = [round(float(v), 1) for v in face.box]
     if not matches:
@@ -177,20 +200,25 @@ def _answer(face, matches: list[IdentityMatch], threshold: float) -> FaceAnswer:
 def annotate(photo, result: WhoResult, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Draw each face's box and answer on the photo and save it to ``out`` (format from the suffix).
 
-    ``out`` is never the photo itself, and an existing file is replaced only when ``overwrite``: ValueError
-    otherwise (``annotation_problem`` says so before any work, for every output of a run).
+    ``photo``: a path, an RGB PIL image, or a ``facesearch.embed.Decoded`` photo (not decoded again). ``out`` is
+    never the photo itself, and an existing file is replaced only when ``overwrite``: ValueError otherwise
+    (``annotation_problem`` says so before any work, for every output of a run).
     """
     from PIL import ImageDraw
 
     from facesearch.data.images import load_image
+    from facesearch.embed import Decoded
 
     out = Path(out)
-    if isinstance(photo, (str, os.PathLike)):
-        problem = annotation_problem([out], [Path(photo)], [], overwrite)
+    path = photo.path if isinstance(photo, Decoded) else photo if isinstance(photo, (str, os.PathLike)) else None
+    if path is not None:
+        problem = annotation_problem([out], [Path(path)], [], overwrite)
         if problem:
             raise ValueError(problem)
-    image = load_image(photo) if isinstance(photo, (str, os.PathLike)) else photo.convert("RGB")
-    image = image.copy()
+    if isinstance(photo, Decoded):
+        image = photo.image.copy()
+    else:
+        image = load_image(photo) if path is not None else photo.convert("RGB").copy()
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 300))
     for face in result.faces:

@@ -181,7 +181,7 @@ def who(
     photo was answered, 2 when some could not be read, 1 when none could.
     """
     from facesearch.embed import Embedder, gallery_model
-    from facesearch.search import annotate as draw, who as run_who
+    from facesearch.search import who as run_who
 
     if threshold is not None and not -1.0 <= threshold <= 1.0:  # also refuses nan
         fail(f"--threshold {threshold}: a cosine similarity lies between -1 and 1")
@@ -193,9 +193,7 @@ def who(
             _check_annotate([annotate], [photo], gallery, db, overwrite)
         with _open(gallery, db, reads_only=True) as g:
             result = run_who(g, Embedder.for_queries(gallery_model(checkpoint, g), device, min_face), str(photo),
-                             top_k=top_k, threshold=threshold)
-            if annotate is not None:
-                draw(str(photo), result, annotate, overwrite=overwrite)
+                             top_k=top_k, threshold=threshold, annotate_into=annotate, overwrite=overwrite)
         _echo(result.to_dict(), as_json, _who_text(result))
         return
     listed = _photo_list(photos)
@@ -233,21 +231,19 @@ def _photo_list(paths: list[Path]) -> list[Path]:
 def _who_many(photos, gallery, db, checkpoint, device, min_face, top_k, threshold, drawn, overwrite, as_json) -> None:
     """``who`` for many photos; ``drawn``: the file each photo's answers are drawn into (None: not drawn)."""
     from facesearch.embed import Embedder, gallery_model
-    from facesearch.search import WhoFailure, annotate as draw, who_many
+    from facesearch.search import WhoFailure, who_many
 
     failed = 0
     with _open(gallery, db, reads_only=True) as g:
         embedder = Embedder.for_queries(gallery_model(checkpoint, g), device, min_face)
         with Progress("answering", len(photos)) as bar:
             for n, result in enumerate(who_many(g, embedder, photos, top_k=top_k, threshold=threshold,
-                                                progress=bar.update)):
+                                                progress=bar.update, annotate_into=drawn, overwrite=overwrite)):
                 if isinstance(result, WhoFailure):
                     failed += 1
                     typer.echo(json.dumps(result.to_dict()) if as_json else
                                printable(f"{result.photo}: {result.status}: {result.reason}"))
                     continue
-                if drawn is not None:
-                    draw(result.photo, result, drawn[n], overwrite=overwrite)
                 if not as_json and n - failed == 0:
                     typer.echo(f"# threshold {result.threshold:.3f} ({result.threshold_source}); photo, faces, "
                                "each face's answer and similarity")
