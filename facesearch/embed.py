@@ -4,6 +4,10 @@
 and optionally averages each face with its mirror image, a cheap and well-known gain for verification.
 Detection, face selection and cropping are ``facesearch.data.detect``'s, shared with ``prepare``, so a
 gallery face is cut the same way as the training crops were.
+
+``Embedder.faces_of`` is the one photo → faces → crops → embeddings loop: enroll, who, cluster, explain,
+calibrate, the evaluations and the service all go through it, and ``gallery_model`` is the one rule for which
+model a gallery is used with.
 """
 
 from __future__ import annotations
