@@ -15,7 +15,7 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$(cat "$st
     echo "[env] installing facesearch[$EXTRAS] and its dependencies into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
     "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-    "$VENV/bin/python" -c "import facesearch, torch, torchvision, facenet_pytorch, faiss, sqlalchemy, alembic, typer, sklearn, fastapi, uvicorn, playwright" \
+    "$VENV/bin/python" -c "import facesearch, torch, torchvision, facenet_pytorch, faiss, sqlalchemy, alembic, typer, sklearn, fastapi, fastapi_offline, uvicorn, playwright" \
         || { echo "[env] installation failed: see pip's output above" >&2; exit 1; }
     echo "$EXTRAS" > "$stamp"
 fi

@@ -51,9 +51,11 @@ def serve(
              "Pass --public to allow it (behind TLS and a firewall)")
     try:
         import fastapi  # noqa: F401
+        import fastapi_offline  # noqa: F401  (the Swagger UI files of /api/docs)
         import uvicorn
     except ImportError as e:
-        fail(f"facesearch serve needs FastAPI and uvicorn ({e.name} is missing): pip install 'facesearch[serve]'")
+        fail(f"facesearch serve needs FastAPI, fastapi-offline and uvicorn ({e.name} is missing): "
+             "pip install 'facesearch[serve]'")
     from facesearch.data.images import MAX_PIXELS
     from facesearch.serve.app import ListenError, create_app, listen
     from facesearch.serve.service import Limits, Service

@@ -1,4 +1,5 @@
-"""The JSON API, version 1: recognize, subjects and their faces, explain, the gallery's stats and check.
+"""The JSON API, version 1: recognize, detect, verify, subjects and their faces, explain, calibrate, the gallery's
+stats and check.
 
 Handlers are thin: the work is ``Service`` (which calls ``search.who``, ``gallery.enroll``, ``explain``) and
 ``Gallery``; slow calls run in the thread pool so the event loop keeps answering.
@@ -17,11 +18,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
+from facesearch.gallery import IdentityNotFound
+from facesearch.serve import schemas
 from facesearch.serve.app import ApiError, Caller, FaceId, caller, writer
 from facesearch.serve.guard import subject_name
+from facesearch.serve.schemas import base64_field
 from facesearch.serve.service import UploadError
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=schemas.ERRORS)
 
 
 def _service(request: Request):
@@ -35,37 +39,67 @@ def _subject(name: str = Path_(description="the subject's name, percent-encoded 
 Subject = Annotated[str, Depends(_subject)]
 
 
-async def read_photo(request: Request, field: str = "photo") -> tuple[bytes, str | None, dict]:
-    """The photo of a request: a multipart file field ``photo``, or JSON ``{"image_base64": ..., "filename": ...}``;
-    with the other form or JSON fields. Reads at most the size limit (plus one byte, to tell it was exceeded);
-    the whole body was limited while it streamed in (``guard.BodyLimit``)."""
-    limit = _service(request).limits.max_bytes
+async def read_upload(request: Request, files: tuple[str, ...] = ("photo",), required: int = 1,
+                      limit: int | None = None, as_json: bool = True
+                      ) -> tuple[list[tuple[bytes, str | None] | None], dict]:
+    """The photos of a request: multipart file fields (``files``), or JSON with each as base64 (``photo`` as
+    ``image_base64`` with ``filename``, ``photo2`` as ``image2_base64`` with ``filename2``); with the other form or
+    JSON fields.
+    The first ``required`` photos must be there (a missing later one is None). Reads at most ``limit`` bytes of
+    each (default: a photo's size limit), plus one, to tell it was exceeded; the whole body was limited while it
+    streamed in (``guard.BodyLimit``). ``as_json=False``: multipart only."""
+    limit = limit or _service(request).limits.max_bytes
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         form = await request.form()
         try:
-            upload = form.get(field)
-            if upload is None or isinstance(upload, str):
-                raise UploadError("missing_photo", f"send the photo as the multipart file field {field!r}")
-            data = await upload.read(limit + 1)
-            fields = {k: v for k, v in form.items() if isinstance(v, str)}
-            return data, upload.filename, fields
+            photos = []
+            for n, field in enumerate(files):
+                upload = form.get(field)
+                if upload is None or isinstance(upload, str):
+                    if n < required:
+                        raise UploadError("missing_photo", f"send the photo as the multipart file field {field!r}")
+                    photos.append(None)
+                else:
+                    photos.append((await upload.read(limit + 1), upload.filename))
+            return photos, {k: v for k, v in form.items() if isinstance(v, str)}
         finally:
             await form.close()  # the uploaded files' spooled temp files (FastAPI closes only the forms it parses)
-    if kind.startswith("application/json"):
+    if kind.startswith("application/json") and as_json:
         try:
             body = await request.json()
         except ValueError:
             raise UploadError("invalid_request", "the body is not valid JSON") from None
-        if not isinstance(body, dict) or not isinstance(body.get("image_base64"), str):
+        if not isinstance(body, dict):
             raise UploadError("missing_photo", 'send {"image_base64": "..."} (or a multipart file field "photo")')
-        try:
-            data = base64.b64decode(body["image_base64"], validate=True)
-        except (binascii.Error, ValueError):
-            raise UploadError("not_an_image", "image_base64 is not valid base64") from None
-        return data, body.get("filename"), {k: v for k, v in body.items() if k != "image_base64"}
+        photos = [_base64_photo(body, field, n < required) for n, field in enumerate(files)]
+        encoded = {base64_field(f) for f in files}
+        return photos, {k: v for k, v in body.items() if k not in encoded}
+    if not as_json:
+        raise UploadError("missing_photo", f"send the file as multipart/form-data (field {files[0]!r})", 415)
     raise UploadError("missing_photo", "send the photo as multipart/form-data (field 'photo') or JSON "
                                        "{\"image_base64\": ...}", 415)
+
+
+def _base64_photo(body: dict, field: str, required: bool) -> tuple[bytes, str | None] | None:
+    key = base64_field(field)
+    if not isinstance(body.get(key), str):
+        if required:
+            raise UploadError("missing_photo", f'send {{"{key}": "..."}} (or a multipart file field "{field}")')
+        return None
+    try:
+        data = base64.b64decode(body[key], validate=True)
+    except (binascii.Error, ValueError):
+        raise UploadError("not_an_image", f"{key} is not valid base64") from None
+    name = body.get("filename" if field == "photo" else f"filename{field[len('photo'):]}")
+    return data, name if isinstance(name, str) else None
+
+
+async def read_photo(request: Request) -> tuple[bytes, str | None, dict]:
+    """The one photo of a request (``read_upload``): its bytes, its file name and the other fields."""
+    photos, fields = await read_upload(request)
+    data, filename = photos[0]
+    return data, filename, fields
 
 
 def face_json(face) -> dict[str, Any]:
@@ -82,21 +116,52 @@ def subject_json(info, faces: bool = False) -> dict[str, Any]:
     return out
 
 
-# -- recognize ----------------------------------------------------------------------------------------
+# -- recognize, detect, verify ------------------------------------------------------------------------
+
+DetProb = Annotated[Optional[float], Query(ge=0, le=1, description=(
+    "list only faces the detector is at least this sure of (0 to 1; default: every face it finds)"))]
+FaceLimit = Annotated[Optional[int], Query(ge=1, le=1000, description=(
+    "list at most this many faces, the largest first (default: all, in the detector's order)"))]
+Threshold = Annotated[Optional[float], Query(ge=-1, le=1, description=(
+    "cosine similarity needed to name a face (default: the gallery's calibrated one)"))]
+PHOTO = {"photo": "the photo (JPEG, PNG, WebP, TIFF...)"}
 
 
-@router.post("/recognize", summary="Every face of a photo, with its top-k identities or 'unknown'")
+@router.post("/recognize", summary="Every face of a photo, with its top-k identities or 'unknown'",
+             response_model=schemas.Recognized, openapi_extra=schemas.photo_body(PHOTO))
 async def recognize(request: Request, who: Caller = Depends(caller),
                     top_k: int = Query(5, ge=1, le=100, description="identities listed per face"),
-                    threshold: Optional[float] = Query(None, ge=-1, le=1, description=(
-                        "cosine similarity needed to name a face (default: the gallery's calibrated one)"))) -> dict:
+                    threshold: Threshold = None, det_prob_threshold: DetProb = None, limit: FaceLimit = None) -> dict:
     data, filename, _ = await read_photo(request)
-    result = await run_in_threadpool(_service(request).recognize, data, filename, top_k, threshold)
+    result = await run_in_threadpool(_service(request).recognize, data, filename, top_k, threshold,
+                                     det_prob_threshold, limit)
     for face in result["faces"]:  # the server's file paths are not the caller's business: links instead
         for match in face["matches"]:
             match.pop("source_path", None)
             match["crop_url"] = f"/api/v1/faces/{match['face_id']}/crop" if match.pop("crop_path", None) else None
     return result
+
+
+@router.post("/detect", summary="Every face of a photo: box, landmarks, detector probability (no search)",
+             response_model=schemas.Detected, openapi_extra=schemas.photo_body(PHOTO))
+async def detect(request: Request, who: Caller = Depends(caller), det_prob_threshold: DetProb = None,
+                 limit: FaceLimit = None) -> dict:
+    data, filename, _ = await read_photo(request)
+    return await run_in_threadpool(_service(request).detect, data, filename, det_prob_threshold, limit)
+
+
+@router.post("/verify", summary="Is it the same person? Two photos, or a photo and a subject",
+             response_model=schemas.Verified, openapi_extra=schemas.photo_body(
+                 {**PHOTO, "photo2": "the other photo (or give subject)"},
+                 {"subject": {"type": "string", "description": "compare with this subject's faces instead"}}))
+async def verify(request: Request, who: Caller = Depends(caller), threshold: Annotated[Optional[float], Query(
+        ge=-1, le=1, description="similarity from which the faces are the same person (default: the gallery's "
+                                 "calibrated one)")] = None) -> dict:
+    """The largest face of each photo is compared; against a subject, its most similar enrolled face."""
+    (photo, other), fields = await read_upload(request, ("photo", "photo2"), required=1)
+    subject = fields.get("subject")
+    subject = subject if isinstance(subject, str) and subject else None
+    return await run_in_threadpool(_service(request).verify, photo, other, subject, threshold)
 
 
 # -- subjects -----------------------------------------------------------------------------------------
@@ -115,7 +180,7 @@ class Merge(BaseModel):
     create: bool = Field(False, description="create `into` when it does not exist")
 
 
-@router.get("/subjects", summary="The subjects, by name, a page at a time")
+@router.get("/subjects", summary="The subjects, by name, a page at a time", response_model=schemas.SubjectPage)
 def list_subjects(request: Request, who: Caller = Depends(caller), offset: int = Query(0, ge=0),
                   limit: int = Query(50, ge=1, le=1000)) -> dict:
     everyone = _service(request).gallery.identities()
@@ -123,53 +188,88 @@ def list_subjects(request: Request, who: Caller = Depends(caller), offset: int =
             "subjects": [subject_json(i) for i in everyone[offset:offset + limit]]}
 
 
-@router.post("/subjects", status_code=201, summary="Create a subject with no faces yet")
+@router.post("/subjects", status_code=201, summary="Create a subject with no faces yet",
+             response_model=schemas.Subject)
 def create_subject(request: Request, body: NewSubject, who: Caller = Depends(writer)) -> dict:
     name = _service(request).gallery.create_identity(body.name)
     return subject_json(_service(request).gallery.identity(name))
 
 
-@router.get("/subjects/{name}/faces", summary="A subject's faces")
+@router.get("/subjects/{name}/faces", summary="A subject's faces", response_model=schemas.SubjectFaces)
 def subject_faces(request: Request, name: Subject, who: Caller = Depends(caller)) -> dict:
     info = _service(request).gallery.identity(name)
     return {"subject": info.name, "faces": [face_json(f) for f in info.faces]}
 
 
-@router.post("/subjects/{name}/faces", status_code=201, summary="Enroll an uploaded photo of a subject")
-async def add_face(request: Request, name: Subject, who: Caller = Depends(writer)) -> JSONResponse:
+@router.post("/subjects/{name}/faces", status_code=201, summary="Enroll an uploaded photo of a subject",
+             response_model=schemas.Enrolled, responses={409: {"model": schemas.Enrolled, "description": (
+                 "the photo is enrolled already")}},
+             openapi_extra=schemas.photo_body(PHOTO, {"largest": {"type": "boolean", "description": (
+                 "as the query parameter")}}))
+async def add_face(request: Request, name: Subject, who: Caller = Depends(writer), largest: bool = Query(
+        False, description="in a photo of several people, enroll the largest face (else the photo is refused)")
+                   ) -> JSONResponse:
     service = _service(request)
     await run_in_threadpool(service.gallery.identity, name)  # 404 for a subject that does not exist
     data, filename, fields = await read_photo(request)
-    largest = str(fields.get("largest", "")).lower() in ("1", "true", "yes", "on")
+    largest = largest or str(fields.get("largest", "")).lower() in ("1", "true", "yes", "on")
     outcome = await run_in_threadpool(service.add_photo, name, data, filename, largest)
-    body = {"status": outcome.status, "reason": outcome.reason, "face_id": outcome.face_id,
+    reason = enrol_reason(outcome, filename or "upload")
+    body = {"status": outcome.status, "reason": reason, "face_id": outcome.face_id,
             "faces_in_photo": outcome.n_faces, "enrolled_as": outcome.enrolled_as}
     if outcome.status == "enrolled":
         return JSONResponse(body, status_code=201)
     code = 409 if outcome.status == "duplicate" else 422
-    return JSONResponse({"error": {"status": outcome.status, "reason": outcome.reason or outcome.status}, **body},
+    return JSONResponse({"error": {"status": outcome.status, "reason": reason or outcome.status}, **body},
                         status_code=code)
 
 
-@router.post("/subjects/{name}/merge", summary="Move every face of a subject into another; delete it")
+def enrol_reason(outcome, photo: str) -> str | None:
+    """An enrolment's reason in the API's words: a group photo is told how to enroll its largest face here."""
+    if outcome.status == "several_faces":
+        return f"{photo}: {outcome.n_faces} faces in the photo; send largest=true to enroll the largest one"
+    if outcome.status != "enrolled" and outcome.reason:
+        return outcome.reason if outcome.reason.startswith(photo) else f"{photo}: {outcome.reason}"
+    return outcome.reason
+
+
+@router.delete("/subjects/{name}/faces", summary="Delete every face of a subject (the subject stays)",
+               response_model=schemas.FacesDeleted)
+def delete_subject_faces(request: Request, name: Subject, who: Caller = Depends(writer)) -> dict:
+    service = _service(request)
+    return {"subject": service.gallery.identity(name).name, "removed_faces": service.remove_faces(name)}
+
+
+@router.post("/subjects/{name}/merge", summary="Move every face of a subject into another; delete it",
+             response_model=schemas.Merged)
 def merge_subject(request: Request, name: Subject, body: Merge, who: Caller = Depends(writer)) -> dict:
-    moved = _service(request).gallery.merge(name, body.into, create=body.create)
+    gallery = _service(request).gallery
+    if not body.create:  # a missing target told in the API's words (the field `create`)
+        gallery.identity(name)  # a missing subject first: 404 naming it
+        try:
+            gallery.identity(body.into)
+        except IdentityNotFound:
+            raise ApiError(404, "not_found", f"no subject named {body.into!r} to merge {name!r} into: send "
+                                             f'"create": true to merge into a new subject, or rename {name!r}'
+                           ) from None
+    moved = gallery.merge(name, body.into, create=body.create)
     return {"merged": name, "into": body.into, "moved_faces": moved}
 
 
-@router.get("/subjects/{name}", summary="One subject and its faces")
+@router.get("/subjects/{name}", summary="One subject and its faces", response_model=schemas.SubjectWithFaces)
 def get_subject(request: Request, name: Subject, who: Caller = Depends(caller)) -> dict:
     return subject_json(_service(request).gallery.identity(name), faces=True)
 
 
-@router.patch("/subjects/{name}", summary="Rename a subject")
+@router.patch("/subjects/{name}", summary="Rename a subject", response_model=schemas.Subject)
 def rename_subject(request: Request, name: Subject, body: Rename, who: Caller = Depends(writer)) -> dict:
     gallery = _service(request).gallery
     gallery.rename(name, body.name)
     return subject_json(gallery.identity(body.name))
 
 
-@router.delete("/subjects/{name}", summary="Delete a subject, its faces and their crops")
+@router.delete("/subjects/{name}", summary="Delete a subject, its faces and their crops",
+               response_model=schemas.SubjectDeleted)
 def delete_subject(request: Request, name: Subject, who: Caller = Depends(writer)) -> dict:
     return {"deleted": name, "removed_faces": _service(request).remove_subject(name)}
 
@@ -177,7 +277,15 @@ def delete_subject(request: Request, name: Subject, who: Caller = Depends(writer
 # -- faces --------------------------------------------------------------------------------------------
 
 
-@router.get("/faces/{face_id}", summary="One enrolled face")
+@router.get("/faces", summary="Every enrolled face, by id, a page at a time", response_model=schemas.FacePage)
+def list_faces(request: Request, who: Caller = Depends(caller), offset: int = Query(0, ge=0),
+               limit: int = Query(50, ge=1, le=1000)) -> dict:
+    faces = _service(request).gallery.face_sources()
+    return {"total": len(faces), "offset": offset, "limit": limit,
+            "faces": [face_json(f) for f in faces[offset:offset + limit]]}
+
+
+@router.get("/faces/{face_id}", summary="One enrolled face", response_model=schemas.StoredFace)
 def get_face(request: Request, face_id: FaceId, who: Caller = Depends(caller)) -> dict:
     return face_json(_service(request).gallery.face(face_id))
 
@@ -190,7 +298,7 @@ def face_crop(request: Request, face_id: FaceId, who: Caller = Depends(caller)):
     return FileResponse(face.crop_path, media_type="image/jpeg")
 
 
-@router.delete("/faces/{face_id}", summary="Delete one face (its subject stays)")
+@router.delete("/faces/{face_id}", summary="Delete one face (its subject stays)", response_model=schemas.FaceDeleted)
 def delete_face(request: Request, face_id: FaceId, who: Caller = Depends(writer)) -> dict:
     face = _service(request).remove_face(face_id)
     return {"deleted": face_id, "subject": face.identity}
@@ -199,7 +307,9 @@ def delete_face(request: Request, face_id: FaceId, who: Caller = Depends(writer)
 # -- explain ------------------------------------------------------------------------------------------
 
 
-@router.post("/explain", summary="Which layers drive the identification of a photo's largest face")
+@router.post("/explain", summary="Which layers drive the identification of a photo's largest face",
+             response_model=schemas.Explained, openapi_extra=schemas.photo_body(PHOTO, {"against": {
+                 "type": "string", "description": "explain the similarity to this subject instead"}}))
 async def explain(request: Request, who: Caller = Depends(caller)) -> dict:
     from facesearch.explain import ExplainError
 
@@ -216,15 +326,40 @@ async def explain(request: Request, who: Caller = Depends(caller)) -> dict:
     return out
 
 
+# -- calibrate ----------------------------------------------------------------------------------------
+
+
+@router.post("/calibrate", summary="Set the gallery's unknown-threshold from photos of enrolled people and strangers",
+             response_model=schemas.Calibrated, openapi_extra=schemas.archive_body())
+async def calibrate(request: Request, who: Caller = Depends(writer), fpir: Optional[float] = Query(
+        None, gt=0, lt=1, description="target share of strangers given a name (default 0.01)"),
+                    balanced: bool = Query(False, description=(
+                        "instead of fpir: the threshold naming as many strangers as it refuses enrolled people"))
+                    ) -> dict:
+    """As `facesearch calibrate`: the archive's folders named like an enrolled subject are that person's photos,
+    any other folder a stranger's; photos enrolled already are skipped. Takes as long as embedding them all."""
+    from facesearch.evaluation.calibrate import DEFAULT_FPIR
+
+    if balanced and fpir is not None:
+        raise ApiError(422, "invalid_request", "give fpir or balanced=true, not both")
+    service = _service(request)
+    (archive,), _ = await read_upload(request, ("photos",), limit=service.limits.max_archive_bytes, as_json=False)
+    target = None if balanced else (DEFAULT_FPIR if fpir is None else fpir)
+    calibration = await run_in_threadpool(service.calibrate, archive[0], archive[1], target)
+    return {**calibration.to_dict(), "threshold_source": "calibrated"}
+
+
 # -- the gallery --------------------------------------------------------------------------------------
 
 
-@router.get("/gallery", summary="Counts, model, threshold and index of the gallery")
+@router.get("/gallery", summary="Counts, model, threshold and index of the gallery",
+            response_model=schemas.GalleryStats)
 def gallery_stats(request: Request, who: Caller = Depends(caller)) -> dict:
     return _service(request).public_stats()  # the server's paths are not the caller's business
 
 
-@router.get("/gallery/check", summary="Compare the index, the crops and the embeddings with the database")
+@router.get("/gallery/check", summary="Compare the index, the crops and the embeddings with the database",
+            response_model=schemas.GalleryCheck)
 def gallery_check(request: Request, who: Caller = Depends(caller)) -> dict:
     report = _service(request).public_check()
     return {"ok": report.ok, "problems": report.problems, "details": report.details}

@@ -1,12 +1,12 @@
 """The FastAPI application of ``facesearch serve``: the JSON API under /api/v1, the web pages, authentication and
 one error shape.
 
-Every request but /health, the OpenAPI description and the login page needs an API key (``facesearch keys
-create``): header ``X-API-Key: KEY`` (or ``Authorization: Bearer KEY``), or the cookie the login page sets. A
-read-only key may recognize and read; changing the gallery needs a full key (and a writable gallery). A change
-authenticated by the cookie must also pass the CSRF checks (``guard``). Errors are JSON ``{"error": {"status",
-"reason"}}`` with a 4xx code for anything the caller can fix (never a traceback, never a server path); pages show
-the same reason.
+Every request but /health, the OpenAPI description (and its Swagger UI, /api/docs) and the login page needs an
+API key (``facesearch keys create``): header ``X-API-Key: KEY`` (or ``Authorization: Bearer KEY``), or the cookie
+the login page sets. A read-only key may recognize and read; changing the gallery needs a full key (and a writable
+gallery). A change authenticated by the cookie must also pass the CSRF checks (``guard``). Errors are JSON
+``{"error": {"status", "reason"}}`` with a 4xx code for anything the caller can fix (never a traceback, never a
+server path); pages show the same reason.
 """
 
 from __future__ import annotations
@@ -19,16 +19,17 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi import Path as Path_
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.security import APIKeyHeader
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facesearch import __version__
 from facesearch.gallery import FaceNotFound, GalleryError, IdentityNotFound, ModelMismatchError
-from facesearch.serve.guard import (HEADERS, SAFE_METHODS, BodyLimit, SecurityHeaders, SubjectSegments, check_csrf,
-                                    csrf_token)
+from facesearch.serve.guard import (DOCS_CSP, HEADERS, SAFE_METHODS, BodyLimit, SecurityHeaders, SubjectSegments,
+                                    check_csrf, csrf_token)
 from facesearch.serve.service import Service, UploadError
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,13 @@ def _key_of(request: Request) -> tuple[str | None, bool]:
     return key or None, bool(key)
 
 
-async def caller(request: Request) -> Caller:
+# The key's header as the OpenAPI document's security scheme (Swagger UI's "Authorize"); ``caller`` reads the key.
+API_KEY = APIKeyHeader(name=KEY_HEADER, auto_error=False, scheme_name="APIKey",
+                       description="an API key of the gallery (`facesearch keys create NAME`); also accepted as "
+                                   "`Authorization: Bearer KEY`")
+
+
+async def caller(request: Request, _: Annotated[str | None, Security(API_KEY)] = None) -> Caller:
     """Dependency: the authenticated caller (401 without a key the gallery accepts; 403 for a change by the login
     cookie that fails the CSRF checks)."""
     key, by_cookie = _key_of(request)
@@ -121,7 +128,7 @@ def create_app(service: Service, threads: int = 16) -> FastAPI:
         anyio.to_thread.current_default_thread_limiter().total_tokens = threads  # anyio's default: 40
         yield
 
-    # No Swagger UI or ReDoc: they load their JavaScript from a CDN into this origin. /api/docs is a page of ours.
+    # FastAPI's own Swagger UI and ReDoc load their scripts from a CDN: /api/docs (``docs``) serves a local copy.
     app = FastAPI(title="facesearch", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   openapi_url="/api/v1/openapi.json",
                   description="Face recognition over a facesearch gallery: recognize, subjects and their faces, "
@@ -129,12 +136,24 @@ def create_app(service: Service, threads: int = 16) -> FastAPI:
                               "segment, percent-encoded (a `/` in it as `%2F`).")
     app.state.service = service
     app.state.csrf_secret = secrets.token_bytes(32)  # per process: a restart makes open forms reload
+    app.mount(SWAGGER_ASSETS, StaticFiles(directory=swagger_assets()), name="swagger")  # before /static: a prefix
     app.mount("/static", StaticFiles(directory=PACKAGE / "static"), name="static")
     app.include_router(api.router)
     app.include_router(pages.router)
     app.add_middleware(SubjectSegments)
-    app.add_middleware(BodyLimit, max_upload=lambda: service.limits.max_bytes)
+    app.add_middleware(BodyLimit, max_upload=lambda: service.limits.max_bytes,
+                       max_archive=lambda: service.limits.max_archive_bytes)
     app.add_middleware(SecurityHeaders)  # the outermost: on the 413s of BodyLimit too
+
+    @app.get("/api/docs", include_in_schema=False)
+    def docs(request: Request) -> Response:
+        """Swagger UI over the OpenAPI document, from files this server holds (no CDN). Not FastAPI's
+        ``get_swagger_ui_html``: that starts Swagger UI with an inline script, which the Content-Security-Policy
+        forbids; ``static/swagger-init.js`` does it from a file."""
+        page = pages.templates.TemplateResponse(request, "swagger.html", {
+            "assets": SWAGGER_ASSETS, "openapi_url": app.openapi_url})
+        page.headers["content-security-policy"] = DOCS_CSP
+        return page
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict:
@@ -195,6 +214,17 @@ def create_app(service: Service, threads: int = 16) -> FastAPI:
         return response
 
     return app
+
+
+SWAGGER_ASSETS = "/static/swagger-ui"
+
+
+def swagger_assets() -> Path:
+    """The folder of Swagger UI's script and style sheet: the copy the fastapi-offline package ships (the serve
+    extra installs it)."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).resolve().parent / "static"
 
 
 class ListenError(Exception):

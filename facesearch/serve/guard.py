@@ -6,7 +6,8 @@ of cookie-authenticated changes.
   script, no plugins, no framing), ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: same-origin``.
 - ``BodyLimit``: a declared ``Content-Length`` over the limit is answered 413 before a byte of the body is read;
   a chunked (or lying) body is counted as it arrives and cut at the limit, also 413. The limit is the upload size
-  (plus base64's third for JSON) on the upload endpoints, 64 KiB elsewhere.
+  (plus base64's third for JSON) on the upload endpoints (two photos for verify), the archive size on calibrate,
+  64 KiB elsewhere.
 - ``SubjectSegments``: a subject name is one percent-encoded path segment (``x/faces`` is ``x%2Ffaces``);
   Starlette decodes ``%2F`` before routing, which would split the name.
 - ``check_csrf``: a change (POST, PATCH, DELETE...) authenticated by the login cookie must come from a page of
@@ -24,6 +25,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 CSP = ("default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
        "form-action 'self'; img-src 'self' blob:; style-src 'self'; connect-src 'self'")
+# /api/docs: Swagger UI's style sheet draws its icons as data: images; its scripts are files of this server as ever.
+DOCS_CSP = CSP.replace("img-src 'self' blob:", "img-src 'self' data:")
 # An explanation's report.html (facesearch.visualize.report): one file with inline CSS and data: images, no script.
 REPORT_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; object-src 'none'; base-uri 'none'; "
               "frame-ancestors 'none'; form-action 'none'")
@@ -34,7 +37,9 @@ CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 SMALL_BODY = 64 * 1024  # anything but a photo upload: names, form fields
 FORM_SLACK = 64 * 1024  # a multipart upload's own bytes (boundaries, headers, the other fields)
-UPLOAD_PATHS = ("/api/v1/recognize", "/api/v1/explain")  # and any path ending in /faces (enroll a photo)
+UPLOAD_PATHS = ("/api/v1/recognize", "/api/v1/explain", "/api/v1/detect", "/api/v1/verify")  # and any path
+# ending in /faces (enroll a photo)
+ARCHIVE_PATH = "/api/v1/calibrate"  # a zip of calibration photos: its own, larger limit
 
 
 class SecurityHeaders:
@@ -66,20 +71,21 @@ def is_upload(scope) -> bool:
     return path in UPLOAD_PATHS or path.endswith("/faces")
 
 
-def body_limit(scope, max_upload: int) -> int:
+def body_limit(scope, max_upload: int, max_archive: int = 0) -> int:
     """The most bytes a request to this path may send."""
+    if scope.get("path") == ARCHIVE_PATH:
+        return max_archive + FORM_SLACK
     if is_upload(scope):
         kind = dict(scope.get("headers", [])).get(b"content-type", b"")
-        return (max_upload * 4 // 3 + 4 if kind.startswith(b"application/json") else max_upload) + FORM_SLACK
+        photos = 2 if scope.get("path") == "/api/v1/verify" else 1
+        return photos * (max_upload * 4 // 3 + 4 if kind.startswith(b"application/json") else max_upload) + FORM_SLACK
     return SMALL_BODY
 
 
-def too_large_response(limit: int, declared: int | None, max_upload: int | None) -> tuple[dict, dict]:
-    """The 413 of a body over ``limit`` bytes (``declared``: its Content-Length; ``max_upload``: the photo limit
-    of an upload endpoint)."""
+def too_large_response(limit: int, declared: int | None, allowed: str) -> tuple[dict, dict]:
+    """The 413 of a body over ``limit`` bytes (``declared``: its Content-Length; ``allowed``: what the endpoint
+    takes, in words)."""
     size = f"{declared} bytes" if declared is not None else "longer"
-    allowed = (f"a photo may have {max_upload} bytes (base64: a third more)" if max_upload is not None
-               else "this request carries no photo")
     body = json.dumps({"error": {"status": "too_large", "reason": (
         f"the request body is {size}, more than the {limit} allowed here: {allowed}")}}).encode()
     start = {"type": "http.response.start", "status": 413, "headers": [
@@ -91,16 +97,20 @@ def too_large_response(limit: int, declared: int | None, max_upload: int | None)
 class BodyLimit:
     """ASGI middleware: refuse a body over ``body_limit`` with 413, reading at most the limit (plus one chunk).
 
-    ``max_upload``: a callable giving the largest photo in bytes (the service's limits, read per request)."""
+    ``max_upload``, ``max_archive``: callables giving the largest photo and calibration archive in bytes (the
+    service's limits, read per request)."""
 
-    def __init__(self, app, max_upload):
-        self.app, self.max_upload = app, max_upload
+    def __init__(self, app, max_upload, max_archive=lambda: 0):
+        self.app, self.max_upload, self.max_archive = app, max_upload, max_archive
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        max_upload = self.max_upload()
-        limit, photo = body_limit(scope, max_upload), max_upload if is_upload(scope) else None
+        max_upload, max_archive = self.max_upload(), self.max_archive()
+        limit = body_limit(scope, max_upload, max_archive)
+        photo = (f"an archive may have {max_archive} bytes" if scope.get("path") == ARCHIVE_PATH
+                 else f"a photo may have {max_upload} bytes (base64: a third more)" if is_upload(scope)
+                 else "this request carries no photo")
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             for message in too_large_response(limit, int(declared) if declared.isdigit() else None, photo):

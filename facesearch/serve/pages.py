@@ -119,15 +119,6 @@ def home():
     return RedirectResponse("/subjects", status_code=303)
 
 
-@router.get("/api/docs")
-def api_docs(request: Request):
-    """The API's endpoints, from its OpenAPI description, as a plain page (no third-party script)."""
-    spec = request.app.openapi()
-    endpoints = [(method.upper(), path, op.get("summary", "")) for path, ops in spec["paths"].items()
-                 for method, op in ops.items()]
-    return _render(request, "docs.html", endpoints=endpoints, version=spec["info"]["version"])
-
-
 # -- subjects -----------------------------------------------------------------------------------------
 
 
@@ -205,7 +196,7 @@ async def add_face(request: Request, name: str, photo: UploadFile, who: Caller =
     except (GalleryError, UploadError) as e:
         return _back(request, _subject_url(name), error=str(e))
     if outcome.status != "enrolled":
-        return _back(request, _subject_url(name), error=f"{photo.filename}: {outcome.status} {outcome.reason}".strip())
+        return _back(request, _subject_url(name), error=f"{photo.filename}: {outcome.reason or outcome.status}")
     return _back(request, _subject_url(name), message=f"{photo.filename}: enrolled as face {outcome.face_id}")
 
 

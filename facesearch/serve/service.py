@@ -16,8 +16,9 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+import numpy as np
 from sqlalchemy.engine import make_url
 
 from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, load_image
@@ -32,6 +33,8 @@ class Limits:
 
     max_bytes: int = 20 * 1024 * 1024  # an upload's size
     max_pixels: int = MAX_PIXELS  # a photo's width x height (refused from the header, before decoding), as the CLI's
+    max_archive_bytes: int = 200 * 1024 * 1024  # a zip of calibration photos (``Service.calibrate``)
+    max_archive_files: int = 20_000  # photos in it
 
 
 class UploadError(ValueError):
@@ -82,6 +85,7 @@ class Service:
         self._editing_clusters = threading.Lock()  # one edit of the clusters folder at a time
         self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # explain reports
         self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
+        self._calibrating = threading.Lock()  # one calibration at a time: it embeds hundreds of photos
         # Detection and the model use every core already (torch's intra-op threads): more requests computing at
         # once only share them worse. The others wait their turn (bench/serve.py measured the difference).
         self._computing = threading.Semaphore(compute_slots or default_compute_slots())
@@ -150,8 +154,20 @@ class Service:
 
     # -- recognize ----------------------------------------------------------------------------------
 
-    def recognize(self, data: bytes, filename: str | None, top_k: int, threshold: float | None) -> dict:
-        """``who`` on one uploaded photo: every face, its top-k identities, timings in milliseconds."""
+    def read_photo(self, data: bytes, filename: str | None):
+        """An upload checked (``save_upload``) and decoded (``open_photo``); the scratch file does not outlive it."""
+        path = self.save_upload(data, filename)
+        try:
+            return self.open_photo(path, filename)
+        finally:
+            path.unlink(missing_ok=True)
+
+    # -- recognize, detect, verify ------------------------------------------------------------------
+
+    def recognize(self, data: bytes, filename: str | None, top_k: int, threshold: float | None,
+                  det_prob_threshold: float | None = None, limit: int | None = None) -> dict:
+        """``who`` on one uploaded photo: every face (``keep_faces``: the sure and large enough), its top-k
+        identities, timings in milliseconds."""
         from facesearch.search import who
 
         t0 = time.perf_counter()
@@ -163,9 +179,67 @@ class Service:
         t2 = time.perf_counter()
         result["photo"] = filename
         result["width"], result["height"] = image.size
+        result["faces"] = keep_faces(result["faces"], det_prob_threshold, limit)
         result["timings_ms"] = {"decode": round(1000 * (t1 - t0), 1), "queued": round(1000 * (t_start - t1), 1),
                                 "detect_embed_search": round(1000 * (t2 - t_start), 1), "total": round(1000 * (t2 - t0), 1)}
         return result
+
+    def detect(self, data: bytes, filename: str | None, det_prob_threshold: float | None = None,
+               limit: int | None = None) -> dict:
+        """The faces of one uploaded photo as the query side finds them (the embedder's detector): box, five
+        landmarks and detector probability each; no embedding, no gallery search."""
+        image = self.read_photo(data, filename)
+        with self._computing:
+            found = self.embedder.detector.detect([image])[0]
+        faces = [{"box": [round(float(v), 1) for v in f.box], "det_prob": round(float(f.prob), 4),
+                  "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in f.landmarks]} for f in found]
+        return {"photo": filename, "width": image.size[0], "height": image.size[1],
+                "faces": keep_faces(faces, det_prob_threshold, limit)}
+
+    def verify(self, photo: tuple[bytes, str | None], other: tuple[bytes, str | None] | None, subject: str | None,
+               threshold: float | None = None) -> dict:
+        """Are two faces the same person? The largest face of ``photo`` against the largest of ``other``, or
+        against ``subject``'s enrolled faces (scored by the best one, as recognize scores an identity). The
+        verdict is at ``threshold``, else at the gallery's (``search.answer_threshold``: calibrated, the model's,
+        or the default), and the answer says which."""
+        from facesearch.search import answer_threshold
+
+        if (other is None) == (subject is None):
+            raise UploadError("invalid_request", "send a second photo (field 'photo2') or a subject's name "
+                                                 "(field 'subject'), not both")
+        if threshold is not None and not -1.0 <= threshold <= 1.0:  # also refuses nan
+            raise UploadError("invalid_request", f"threshold {threshold}: a cosine similarity lies between -1 and 1")
+        info = self.gallery.identity(subject) if subject is not None else None  # a missing subject: 404 before work
+        if info is not None and info.n_faces == 0:
+            raise UploadError("no_face", f"subject {info.name!r} has no enrolled face to compare with")
+        images = [(self.read_photo(data, name), name) for data, name in ([photo] if other is None else [photo, other])]
+        self.gallery.check_model(self.embedder.fingerprint)
+        with self._computing:
+            found = self.embedder.embed_images([image for image, _ in images], select="all")
+        faces = [_largest(faces, name or "upload") for faces, (_, name) in zip(found, images)]
+        answer = {"faces": [face for face, _ in faces]}
+        if info is not None:
+            face_id, similarity = self._best_face_of(info, faces[0][1])
+            answer.update(subject=info.name, face_id=face_id)
+        else:
+            similarity = float(np.dot(faces[0][1], faces[1][1]))
+        if threshold is None:
+            threshold, source = answer_threshold(self.gallery, self.loaded)
+        else:
+            source = "given"
+        similarity = round(similarity, 6)
+        return {"similarity": similarity, "same": similarity >= threshold, "threshold": threshold,
+                "threshold_source": source, **answer}
+
+    def _best_face_of(self, info, embedding) -> tuple[int, float]:
+        """The face of subject ``info`` most similar to ``embedding``, and its cosine similarity: the gallery's
+        search over every face (an exact index ranks them all), keeping the subject's."""
+        total = sum(i.n_faces for i in self.gallery.identities())
+        for hit in self.gallery.search(embedding[None], k=total)[0]:
+            if hit.identity == info.name:
+                return hit.face_id, float(hit.similarity)
+        raise UploadError("no_face", f"subject {info.name!r}: none of its faces was found by the gallery's index; "
+                                     "`facesearch gallery check` compares the index with the database", 409)
 
     # -- enroll -------------------------------------------------------------------------------------
 
@@ -196,6 +270,14 @@ class Service:
         self._forget_uploads(faces)
         return removed
 
+    def remove_faces(self, name: str) -> int:
+        """Delete every face of a subject (each as ``remove_face``: its vector, crop and uploaded photo); the
+        subject stays, with no faces. Returns the faces removed."""
+        faces = self.gallery.identity(name).faces
+        for face in faces:
+            self.remove_face(face.id)
+        return len(faces)
+
     def _forget_uploads(self, faces) -> None:
         folder = (self.gallery.folder / UPLOADS).resolve()
         for face in faces:
@@ -215,6 +297,34 @@ class Service:
             tmp.write_bytes(data)
             os.replace(tmp, kept)
         return kept
+
+    # -- calibrate ----------------------------------------------------------------------------------
+
+    def calibrate(self, archive: bytes, filename: str | None, target_fpir: float | None):
+        """``calibrate_gallery`` (the CLI's ``calibrate``) on a zip of ``<person>/<photo>`` images: people
+        enrolled in the gallery and people who are not. Stores and returns the Calibration; the stored record
+        names the archive, not the scratch folder it was unpacked into."""
+        from facesearch.evaluation.calibrate import calibrate_gallery
+
+        shown = filename or "archive"
+        if len(archive) > self.limits.max_archive_bytes:
+            raise UploadError("too_large", f"{shown}: {len(archive)} bytes, more than the "
+                                           f"{self.limits.max_archive_bytes} allowed", 413)
+        folder = self.scratch / f"calibrate-{uuid.uuid4().hex}"
+        try:
+            unpack_photos(archive, shown, folder, self.limits)
+            with self._calibrating, self._computing:
+                try:
+                    calibration = calibrate_gallery(self.gallery.folder, folder, self.loaded.path,
+                                                    target_fpir=target_fpir, device=self.device,
+                                                    db_url=self.gallery.url)
+                except ValueError as e:  # too few photos of strangers (or of enrolled people), nobody enrolled
+                    raise UploadError("cannot_calibrate", self.public(str(e)).replace(str(folder), shown)) from None
+                value, meta = self.gallery.threshold()
+                self.gallery.set_threshold(value, {**(meta or {}), "data_dir": f"uploaded archive {shown}"})
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return calibration
 
     # -- clusters -----------------------------------------------------------------------------------
 
@@ -287,6 +397,71 @@ class Service:
         folder = (self.scratch / "explain" / report).resolve()
         path = (folder / name).resolve()
         return path if path.is_file() and path.parent == folder else None
+
+
+def unpack_photos(archive: bytes, shown: str, folder: Path, limits: Limits) -> int:
+    """Unpack the images of a zip of ``[top/]<person>/<photo>`` into ``folder/<person>/<photo>``; returns how
+    many. Only each member's last two path parts are used (no member lands outside ``folder``); members that
+    are not images (by suffix) are skipped; the archive's declared sizes and the bytes actually read are both
+    held to the limits (a zip bomb is refused, not unpacked). UploadError when it is not a zip or holds no
+    photos."""
+    import io
+    import zipfile
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(archive))
+    except (zipfile.BadZipFile, ValueError, EOFError):
+        raise UploadError("not_an_archive", f"{shown}: not a zip archive (zip the folder of <person>/<photo> "
+                                            "images)") from None
+    photos = [(m, PurePosixPath(m.filename.replace("\\", "/")).parts[-2:]) for m in zf.infolist() if not m.is_dir()]
+    photos = [(m, parts) for m, parts in photos if len(parts) == 2 and all(_plain(p) for p in parts)
+              and PurePosixPath(parts[1]).suffix.lower() in IMAGE_SUFFIXES]
+    if not photos:
+        raise UploadError("no_photos", f"{shown}: no <person>/<photo> images in the archive")
+    if len(photos) > limits.max_archive_files:
+        raise UploadError("too_large", f"{shown}: {len(photos)} photos, more than the {limits.max_archive_files} "
+                                       "allowed")
+    budget = 4 * limits.max_archive_bytes  # unpacked; photos barely compress
+    if sum(m.file_size for m, _ in photos) > budget:
+        raise UploadError("too_large", f"{shown}: unpacks to more than {budget} bytes")
+    for m, (person, name) in photos:
+        (folder / person).mkdir(parents=True, exist_ok=True)
+        try:
+            with zf.open(m) as src:
+                data = src.read(min(m.file_size, limits.max_bytes) + 1)
+        except (zipfile.BadZipFile, OSError, RuntimeError) as e:  # damaged, encrypted
+            raise UploadError("not_an_archive", f"{shown}: {m.filename}: cannot be unpacked ({e})") from None
+        if len(data) > limits.max_bytes:
+            raise UploadError("too_large", f"{shown}: {m.filename} has more than the {limits.max_bytes} bytes a "
+                                           "photo may have")
+        (folder / person / name).write_bytes(data)
+    return len(photos)
+
+
+def _plain(part: str) -> bool:
+    """A path part that names a file or folder inside its parent (not the root, ``..``, a drive, a control)."""
+    return part not in ("", ".", "..") and not set(part) & set("/\\:") and part.isprintable()
+
+
+def keep_faces(faces: list[dict], det_prob_threshold: float | None, limit: int | None) -> list[dict]:
+    """The faces of an answer worth listing: those the detector is at least ``det_prob_threshold`` sure of
+    (None: all it found), and of them the ``limit`` largest, largest first (None: all, in the detector's order).
+    Each face is a dict with ``box`` (x1, y1, x2, y2) and ``det_prob``."""
+    if det_prob_threshold is not None:
+        faces = [f for f in faces if f["det_prob"] >= det_prob_threshold]
+    if limit is not None:
+        faces = sorted(faces, key=lambda f: -(f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]))[:limit]
+    return faces
+
+
+def _largest(faces, photo: str) -> tuple[dict, np.ndarray]:
+    """The largest of a photo's embedded faces (``PhotoFace``) as an answer's face, and its embedding; UploadError
+    when there is none."""
+    if not faces:
+        raise UploadError("no_face", f"{photo}: no face detected")
+    chosen = max(faces, key=lambda f: (f.face.area, f.face.prob))  # select_face's "largest"
+    return {"photo": photo, "box": [round(float(v), 1) for v in chosen.face.box],
+            "det_prob": round(float(chosen.face.prob), 4), "faces_in_photo": len(faces)}, chosen.embedding
 
 
 def default_compute_slots() -> int:
