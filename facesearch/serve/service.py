@@ -83,7 +83,7 @@ class Service:
 
             load(self.clusters)  # a folder that is not one is refused at start, not on the first page
         self._editing_clusters = threading.Lock()  # one edit of the clusters folder at a time
-        self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # explain reports
+        self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # explain reports, calibration archives
         self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
         self._calibrating = threading.Lock()  # one calibration at a time: it embeds hundreds of photos
         # Detection and the model use every core already (torch's intra-op threads): more requests computing at
@@ -152,16 +152,6 @@ class Service:
         except ImageError as e:
             raise UploadError(e.status, f"{filename or 'upload'}: {e.reason}") from None
 
-    # -- recognize ----------------------------------------------------------------------------------
-
-    def read_photo(self, data: bytes, filename: str | None):
-        """An upload checked (``save_upload``) and decoded (``open_photo``); the scratch file does not outlive it."""
-        path = self.save_upload(data, filename)
-        try:
-            return self.open_photo(path, filename)
-        finally:
-            path.unlink(missing_ok=True)
-
     # -- recognize, detect, verify ------------------------------------------------------------------
 
     def recognize(self, data: bytes, filename: str | None, top_k: int, threshold: float | None,
@@ -190,7 +180,7 @@ class Service:
         landmarks and detector probability each; no embedding, no gallery search."""
         image = self.read_photo(data, filename)
         with self._computing:
-            found = self.embedder.detector.detect([image])[0]
+            found = [f.face for f in next(self.embedder.faces_of([image], select="all", embed=False)).faces]
         faces = [{"box": [round(float(v), 1) for v in f.box], "det_prob": round(float(f.prob), 4),
                   "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in f.landmarks]} for f in found]
         return {"photo": filename, "width": image.size[0], "height": image.size[1],
@@ -215,7 +205,7 @@ class Service:
         images = [(self.read_photo(data, name), name) for data, name in ([photo] if other is None else [photo, other])]
         self.gallery.check_model(self.embedder.fingerprint)
         with self._computing:
-            found = self.embedder.embed_images([image for image, _ in images], select="all")
+            found = [r.faces for r in self.embedder.faces_of([image for image, _ in images], select="all")]
         faces = [_largest(faces, name or "upload") for faces, (_, name) in zip(found, images)]
         answer = {"faces": [face for face, _ in faces]}
         if info is not None:
@@ -315,9 +305,7 @@ class Service:
             unpack_photos(archive, shown, folder, self.limits)
             with self._calibrating, self._computing:
                 try:
-                    calibration = calibrate_gallery(self.gallery.folder, folder, self.loaded.path,
-                                                    target_fpir=target_fpir, device=self.device,
-                                                    db_url=self.gallery.url)
+                    calibration = calibrate_gallery(self.gallery, self.embedder, folder, target_fpir=target_fpir)
                 except ValueError as e:  # too few photos of strangers (or of enrolled people), nobody enrolled
                     raise UploadError("cannot_calibrate", self.public(str(e)).replace(str(folder), shown)) from None
                 value, meta = self.gallery.threshold()
