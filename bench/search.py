@@ -160,7 +160,7 @@ SWEEPS = {"hnsw": ("hnsw_ef_search", [32, 64, 128, 256, 512, 1024]), "ivf": ("iv
 
 def bench_index(args) -> None:
     from facesearch.gallery import FaceIndex
-    from facesearch.gallery.index import train_pca
+    from facesearch.gallery.vectors.index import train_pca
 
     for n in args.sizes:
         data = Synthetic(n, latent=args.latent, spread=args.spread, noise=args.noise)
@@ -290,7 +290,7 @@ def bench_who(args) -> None:
     for kind in args.kinds:
         with Gallery(folder) as g:
             settings = replace(index_settings(kind, args.faces, args.pca), min_train=IndexSettings().min_train)
-            if g.index_settings != settings:
+            if g.vector_settings.faiss != settings:
                 t = time.perf_counter()
                 g.rebuild(settings)
                 print(f"rebuilt as {kind} in {time.perf_counter() - t:.0f} s", file=sys.stderr)

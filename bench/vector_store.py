@@ -134,22 +134,21 @@ def bench(n: int, url: str, server, args) -> None:
     folder = Path(tempfile.mkdtemp(prefix="pgvector-bench-gallery-"))
     with Gallery(folder, db_url, migrate=True) as g:
         if kept:  # --reuse: the faces and the HNSW index of an earlier run with the same --sizes
-            if g.stats()["faces"] < n or g.index_settings.store != "pgvector":
+            if g.stats()["faces"] < n or g.vector_settings.store != "pgvector":
                 raise SystemExit(f"--reuse: database bench_{n} holds fewer than {n} faces or was moved back to FAISS "
                                  "(a run without --no-faiss); run without --reuse")
             load_s = build_s = None
         else:
             load_s = add(g, data)
-            with g._mutation() as s:  # noqa: SLF001 - the bench's index settings, as `gallery rebuild` would store them
-                g._state(s).index_settings = {**g._state(s).index_settings, "pg_build_memory_mb": args.build_memory_mb,  # noqa: SLF001
-                                              "pg_hnsw_m": args.m, "pg_ef_construction": args.ef_construction}
+            store_settings(g, pg_build_memory_mb=args.build_memory_mb, pg_hnsw_m=args.m,
+                           pg_ef_construction=args.ef_construction)
             t = time.perf_counter()
             g.use_store("pgvector")
             build_s = round(time.perf_counter() - t, 1)
             load_s = round(load_s, 1)
-        stats, built = g.stats(), g.index_settings  # a kept database's graph is the one it was built with
-        base = {"bench": "pgvector", "n": n, "dim": args.dim, "m": built.pg_hnsw_m,
-                "ef_construction": built.pg_ef_construction, "machine": platform.machine(),
+        stats, built = g.stats(), g.vector_settings.pgvector  # a kept database's graph is the one it was built with
+        base = {"bench": "pgvector", "n": n, "dim": args.dim, "m": built.hnsw_m,
+                "ef_construction": built.ef_construction, "machine": platform.machine(),
                 "date": time.strftime("%Y-%m-%d"), "load_faces_s": load_s, "reused": kept,
                 "shared_buffers_mb": shared_buffers_mb(g), "copy_and_build_hnsw_s": build_s,
                 "vector_index_bytes": stats["vector_index_bytes"], **sizes_on_disk(g)}
@@ -157,9 +156,7 @@ def bench(n: int, url: str, server, args) -> None:
             timed_search(g.search, data.queries(args.warm, stream=4), args.warm)
         base["server_rss_bytes"] = server_rss(server)
         for ef in args.ef_search:
-            with g._mutation() as s:  # noqa: SLF001 - the bench sets the search breadth the gallery stores
-                state = g._state(s)  # noqa: SLF001
-                state.index_settings = {**state.index_settings, "pg_ef_search": ef}
+            store_settings(g, pg_ef_search=ef)
             found, latency = timed_search(g.search, xq, args.nq)
             row = {**base, "store": "pgvector", "ef_search": ef, "recall_at_10": round(recall_at_k(
                 np.array(found), truth.I[:len(found)]), 4), **latency}
@@ -173,8 +170,7 @@ def bench(n: int, url: str, server, args) -> None:
         if not args.faiss:
             return
         g.use_store("faiss")  # the same vectors in the gallery's FAISS HNSW
-        with g._mutation() as s:  # noqa: SLF001
-            g._state(s).index_settings = {**g._state(s).index_settings, "kind": "hnsw"}  # noqa: SLF001
+        store_settings(g, kind="hnsw")
         t = time.perf_counter()
         g.rebuild()
         faiss_build = time.perf_counter() - t
@@ -182,6 +178,16 @@ def bench(n: int, url: str, server, args) -> None:
         emit(args, {**base, "store": "faiss hnsw (m 48, efC 300, efS 768)", "faiss_build_s": round(faiss_build, 1),
                     "faiss_index_bytes": g.stats()["index_bytes"],
                     "recall_at_10": round(recall_at_k(np.array(found), truth.I[:len(found)]), 4), **latency})
+
+
+def store_settings(g, **changes) -> None:
+    """Store vector settings (as `gallery rebuild` names them in the database) without rebuilding anything or
+    bumping the epoch: the bench sets its own before building, and the search breadth between runs."""
+    from facesearch.gallery.transactions import state
+
+    with g._tx.mutation() as s:  # noqa: SLF001
+        row = state(s)
+        row.index_settings = {**row.index_settings, **changes}
 
 
 def shared_buffers_mb(g) -> float:

@@ -80,7 +80,7 @@ def assert_consistent(g):
     with g.engine.connect() as conn:
         rows = conn.execute(sa.select(Face.id, Face.embedding).order_by(Face.id)).all()
     if rows:
-        from facesearch.gallery.faces import decode_embeddings
+        from facesearch.gallery.embeddings import decode_embeddings
 
         xq = decode_embeddings([r[1] for r in rows], g.stats()["embedding_dim"])
         top1 = [hits[0].face_id for hits in g.search(xq, k=1)]
@@ -163,7 +163,7 @@ def test_damaged_or_stale_index_is_rebuilt(faiss_only, open_gallery, tmp_path, d
 
 
 def test_crash_between_commit_and_index_write_leaves_no_orphans(faiss_only, open_gallery, monkeypatch):
-    from facesearch.gallery.freshness import IndexKeeper
+    from facesearch.gallery.vectors.freshness import IndexKeeper
 
     g = open_gallery()
     rng = np.random.default_rng(4)
@@ -247,7 +247,7 @@ def test_hostile_names_are_stored_as_given_and_never_become_paths(open_gallery, 
 
 def test_a_tampered_crop_path_never_leaves_the_gallery_folder(tmp_path):
     """Search hits check crop paths lexically (no file-system calls); both checks refuse the same escapes."""
-    from facesearch.gallery.check import inside, inside_lexically
+    from facesearch.gallery.files import inside, inside_lexically
 
     folder = (tmp_path / "g").resolve()
     for rel in ["../escape.jpg", "crops/../../escape.jpg", "/etc/passwd", "", None]:
@@ -344,7 +344,7 @@ def test_search_breadth_of_the_store_in_use_is_set_by_rebuild(open_gallery, back
     import json
 
     from builders import NO_ENV, run_cli
-    from facesearch.gallery import Gallery
+    from facesearch.gallery.vectors.pgvector_store import PgvectorStore
 
     g = open_gallery()
     x = unit(np.random.default_rng(12), 6)
@@ -352,7 +352,7 @@ def test_search_breadth_of_the_store_in_use_is_set_by_rebuild(open_gallery, back
     g.close()
     pg = backend == "pgvector"
     if pg:  # nothing may be rebuilt: a refill here fails the test
-        monkeypatch.setattr(Gallery, "_refill_vectors", lambda self: pytest.fail("rebuilt the pgvector index"))
+        monkeypatch.setattr(PgvectorStore, "_refill", lambda self, settings=None: pytest.fail("rebuilt the pgvector index"))
     where = ["-g", str(tmp_path / "g"), *(["--db", url] if url else [])]
     out = run_cli("gallery", "rebuild", "--ef-search", "40", *where, env=NO_ENV).output
     assert ("nothing rebuilt" in out) == pg
@@ -510,7 +510,7 @@ def test_an_identity_may_not_be_called_unknown(open_gallery):
                 act()
     assert [(i.name, i.n_faces) for i in g.identities()] == [("ann", 1)]
     g.create_identity("unknown soldier")  # only the name itself is reserved
-    with g._transaction() as s:  # as an earlier facesearch allowed
+    with g._tx.transaction() as s:  # as an earlier facesearch allowed
         s.add(Identity(name="unknown"))
     g.rename("unknown", "was unknown")
     assert "unknown" not in {i.name for i in g.identities()}
@@ -550,7 +550,8 @@ def test_uploaded_photos_no_face_refers_to_are_reported_and_deleted(open_gallery
 def test_an_interrupted_rebuild_changes_nothing(faiss_only, open_gallery, monkeypatch):
     """A rebuild with new settings stored them before building; interrupted (minutes into an HNSW build of 10⁵
     faces), it left every later search to build that index first. Now the settings are stored once it is built."""
-    from facesearch.gallery import IndexSettings, sync
+    from facesearch.gallery import IndexSettings
+    from facesearch.gallery.vectors import sync
 
     g = open_gallery()
     x = unit(np.random.default_rng(25), 8)
@@ -559,7 +560,7 @@ def test_an_interrupted_rebuild_changes_nothing(faiss_only, open_gallery, monkey
     with pytest.raises(KeyboardInterrupt):
         g.rebuild(IndexSettings(kind="hnsw"))
     monkeypatch.undo()
-    assert g.index_settings.kind == "flat" and g.check().ok
+    assert g.vector_settings.faiss.kind == "flat" and g.check().ok
     g.rebuild(IndexSettings(kind="hnsw"))
     assert g.stats()["index_layout"] == "hnsw"
     assert_consistent(g)
@@ -570,7 +571,7 @@ def test_vectors_changed_outside_facesearch_are_reported_and_rebuild_records_the
     digest no longer adds up, and a rebuild indexes the vectors as they are and records their digest."""
     import sqlalchemy as sa
 
-    from facesearch.gallery.faces import encode_embedding
+    from facesearch.gallery.embeddings import encode_embedding
     from facesearch.gallery.models import Face
 
     g = open_gallery()
@@ -584,3 +585,56 @@ def test_vectors_changed_outside_facesearch_are_reported_and_rebuild_records_the
     hit = g.search(moved, k=1)[0][0]
     assert hit.face_id == ids[2] and hit.similarity == pytest.approx(1.0, abs=1e-5)
     assert_consistent(g)
+
+
+def test_both_vector_stores_implement_the_whole_protocol():
+    """The Gallery calls its store only through VectorStore: each store has every member, with its parameters."""
+    import inspect
+
+    from facesearch.gallery.vectors.base import VectorStore
+    from facesearch.gallery.vectors.faiss_store import FaissFileStore
+    from facesearch.gallery.vectors.pgvector_store import PgvectorStore
+
+    members = {name: inspect.signature(f) for name, f in vars(VectorStore).items()
+               if inspect.isfunction(f) and not name.startswith("_")}
+    assert {"add", "search", "rebuild", "describe", "check"} <= set(members)
+    for store in (FaissFileStore, PgvectorStore):
+        assert store.name in ("faiss", "pgvector")
+        for name, signature in members.items():
+            assert list(inspect.signature(getattr(store, name)).parameters) == list(signature.parameters), \
+                (store.__name__, name)
+
+
+def test_vector_settings_read_and_write_the_stored_settings_unchanged():
+    """Galleries store their vector settings as one flat JSON object (FAISS's, pgvector's as pg_*, the store): an
+    existing gallery's object reads into each store's settings and is written back key for key."""
+    from facesearch.gallery import IndexSettings, PgvectorSettings, VectorSettings
+
+    stored = {"store": "pgvector", "kind": "hnsw", "pca_dim": None, "min_train": 2000, "train_size": 50_000,
+              "hnsw_m": 48, "hnsw_ef_construction": 300, "hnsw_ef_search": 100, "ivf_nlist": None, "ivf_nprobe": 16,
+              "ivf_codec": "flat", "pq_m": 32, "max_tombstone_ratio": 0.2, "pg_hnsw_m": 16, "pg_ef_construction": 64,
+              "pg_ef_search": 40, "pg_build_memory_mb": 1024}
+    settings = VectorSettings.from_dict(stored)
+    assert settings.faiss == IndexSettings(kind="hnsw", hnsw_ef_search=100)
+    assert settings.pgvector == PgvectorSettings(hnsw_m=16, ef_construction=64, ef_search=40)
+    assert settings.in_use is settings.pgvector and settings.to_dict() == stored
+    assert list(VectorSettings().to_dict()) == list(stored)
+    assert settings.with_search_breadth(80).pgvector.ef_search == 80
+    assert settings.with_search_breadth(80).faiss.hnsw_ef_search == 100
+    with pytest.raises(ValueError, match="vector store"):
+        VectorSettings.from_dict({**stored, "store": "annoy"})
+
+
+def test_choosing_the_store_of_a_gallery_that_holds_faces_is_refused(tmp_path):
+    """`enroll --store` chooses a new gallery's store; a gallery that holds faces is moved by `gallery store`
+    only, so the choice is refused there and nothing changes."""
+    from facesearch.gallery import Gallery, GalleryError
+
+    with Gallery(tmp_path / "g") as g:
+        g.add_faces(new_faces(["ann"], unit(np.random.default_rng(30), 1)), FP)
+        before = g.stats()
+        with pytest.raises(GalleryError, match="in the faiss store"):
+            g.use_store("pgvector", only_if_empty=True)
+        assert g.use_store("faiss", only_if_empty=True) == {"store": "faiss", "faces": 1, "moved": False}
+        assert g.stats() == before
+        assert_consistent(g)

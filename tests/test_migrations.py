@@ -126,10 +126,10 @@ def test_0004_adds_face_vectors_only_where_pgvector_is(any_engine):
         assert columns == {"face_id": "BIGINT", "embedding": "HALFVEC"}
         db.check(engine)  # the table is outside the models' comparison, so check still passes
     elif backend == "postgresql":  # a plain server: the table exactly where the extension can be had
-        from facesearch.gallery import vectors
+        from facesearch.gallery.vectors import pgvector_sql
 
         with engine.connect() as conn:
-            assert has == vectors.extension_available(conn)
+            assert has == pgvector_sql.extension_available(conn)
     else:
         assert not has
     db.downgrade(engine, "0003")

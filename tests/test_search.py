@@ -379,7 +379,7 @@ def test_a_full_disk_is_named_and_searching_needs_no_space(checkpoint, people, t
     from sqlalchemy import event
 
     from facesearch.gallery import db
-    from facesearch.gallery.index import FaceIndex
+    from facesearch.gallery.vectors.index import FaceIndex
 
     env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
     run("enroll", people / "ann", "--name", "ann", "-c", checkpoint, "--device", "cpu", env=env)
@@ -414,7 +414,7 @@ def test_who_says_when_it_must_first_build_the_index(checkpoint, people, tmp_pat
     what it does and why; here with a small gallery and the announcement threshold lowered to it."""
     import sqlite3
 
-    from facesearch.gallery import freshness
+    from facesearch.gallery.vectors import freshness
 
     env = {"FACESEARCH_GALLERY": str(tmp_path / "g"), "FACESEARCH_DB": ""}
     run("enroll", people, "-c", checkpoint, "--device", "cpu", env=env)

@@ -119,16 +119,13 @@ def enroll(
             fail(f"{path}: no such file or folder")
     if not items:
         fail(f"no photos to enroll in {', '.join(map(str, paths))}")
-    from facesearch.gallery.index import STORES
+    from facesearch.gallery.vectors import STORES
 
     if store is not None and store not in STORES:  # before a new gallery is created for nothing
         fail(f"--store {store!r}: one of {', '.join(STORES)}")
     with _open(gallery, db, create=True) as g:
-        if store is not None and store != g.index_settings.store:
-            if g.stats()["faces"]:
-                fail(f"{gallery}: its vectors are in the {g.index_settings.store} store; move them with "
-                     f"`facesearch gallery store {store}`")
-            g.use_store(store)
+        if store is not None:
+            g.use_store(store, only_if_empty=True)
         embedder = _embedder(checkpoint, device, gallery=g)
         with Progress("enrolling", len(items), enabled=not as_json) as progress:
             outcomes = run_enroll(g, embedder, items, largest=largest, progress=progress.update)
@@ -386,22 +383,24 @@ def gallery_rebuild(
     from dataclasses import replace
 
     with _open(gallery, db) as g:
-        current = g.index_settings  # a pgvector gallery keeps the FAISS settings for a move back to the file
-        ef_field = "pg_ef_search" if current.store == "pgvector" else "hnsw_ef_search"
-        changes = {k: v for k, v in {"kind": index, "ivf_codec": ivf_codec, ef_field: ef_search,
-                                     "ivf_nprobe": nprobe}.items() if v is not None}
+        current = g.vector_settings  # a pgvector gallery keeps the FAISS settings for a move back to the file
+        changes = {k: v for k, v in {"kind": index, "ivf_codec": ivf_codec, "ivf_nprobe": nprobe}.items()
+                   if v is not None}
         if pca is not None:
             dim = g.stats()["embedding_dim"]
             if pca < 0 or (dim is not None and pca >= dim):
                 fail(f"--pca {pca}: the gallery's embeddings have {dim} dimensions; give fewer (0: no PCA)")
             changes["pca_dim"] = pca or None
-        result = g.rebuild(replace(current, **changes) if changes else None)
-        settings = g.index_settings
+        settings = replace(current, faiss=replace(current.faiss, **changes))
+        if ef_search is not None:
+            settings = settings.with_search_breadth(ef_search)
+        result = g.rebuild(settings if changes or ef_search is not None else None)
+        faiss = g.vector_settings.faiss
     if result["rebuilt"]:
-        waits = settings.store == "faiss" and settings.needs_training() and result["faces"] < settings.min_train
+        waits = result["trains_at"] is not None
         typer.echo(f"index rebuilt: {result['layout']}, {result['faces']} faces"
-                   + (f" (exact until the gallery holds {settings.min_train} faces: then the {settings.kind}"
-                      f"{' + PCA' if settings.pca_dim else ''} index is trained)" if waits else ""))
+                   + (f" (exact until the gallery holds {result['trains_at']} faces: then the {faiss.kind}"
+                      f"{' + PCA' if faiss.pca_dim else ''} index is trained)" if waits else ""))
     else:
         typer.echo(f"{result['layout']}: ef_search {ef_search} from the next search on, {result['faces']} faces, "
                    "nothing rebuilt")
@@ -424,7 +423,7 @@ def gallery_store(
     `facesearch serve` behind a load balancer); the faces, names and stored embeddings do not change.
     """
     with _open(gallery, db) as g:
-        result = g.use_store(store)  # an unknown store is refused there (IndexSettings)
+        result = g.use_store(store)  # an unknown store is refused there (VectorSettings)
     _echo(result, as_json, f"{printable(gallery)}: vectors in the {printable(store)} store ({result['faces']} faces)"
                            + ("" if result["moved"] else ", as they were"))
 

@@ -20,10 +20,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from facesearch.gallery.check import CROPS_DIR
-from facesearch.gallery.freshness import INDEX_NAME
-from facesearch.gallery.index import IndexFileError, read_header
+from facesearch.gallery.files import CROPS_DIR
 from facesearch.gallery.records import GalleryError
+from facesearch.gallery.vectors.index import INDEX_NAME, IndexFileError, read_header
 
 logger = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from facesearch.gallery.records import GalleryError
+
 logger = logging.getLogger(__name__)
 
 DB_NAME = "gallery.db"
@@ -240,7 +242,6 @@ def checked_revision(engine: Engine) -> str | None:
     from alembic.script import ScriptDirectory
 
     from facesearch import __version__
-    from facesearch.gallery.records import GalleryError
 
     current = current_revision(engine)
     script = ScriptDirectory.from_config(alembic_config())

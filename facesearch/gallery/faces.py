@@ -1,4 +1,5 @@
-"""Adding faces: the model a gallery's embeddings belong to, the face rows, and their crop files."""
+"""Adding faces: the model a gallery's embeddings belong to, the face rows, and their crop files (the encoding of
+the embeddings is ``embeddings.py``'s)."""
 
 from __future__ import annotations
 
@@ -10,29 +11,10 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from facesearch.gallery.check import CROPS_DIR
+from facesearch.gallery.embeddings import encode_embedding
+from facesearch.gallery.files import CROPS_DIR
 from facesearch.gallery.models import Face, GalleryState, Identity, utcnow
 from facesearch.gallery.records import GalleryError, ModelMismatchError, NewFace
-
-
-# How a face's full embedding is stored in ``faces.embedding``: float32, 4 bytes a dimension (2 KB for the base
-# model's 512). Half precision would halve that and moved a real model's cosines by at most 6e-5 (docs/
-# BENCHMARKS.md, "Storage"), but a model whose cosines crowd within 1e-4 of each other (random weights, as
-# the demo's baseline and the tests use) loses its exact self-matches; not switched. Every read and write of the
-# column goes through the two functions below.
-STORED = np.dtype(np.float32)
-
-
-def encode_embedding(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).reshape(-1).astype(STORED).tobytes()
-
-
-def decode_embeddings(blobs: Sequence[bytes], dim: int) -> np.ndarray:
-    """Stored embeddings → (n, dim) float32; a blob of another size means a mixed-model gallery."""
-    size = STORED.itemsize * dim
-    if any(len(b) != size for b in blobs):
-        raise ValueError(f"stored embeddings of a size other than {dim} values: run `facesearch gallery reembed`")
-    return np.frombuffer(b"".join(blobs), dtype=STORED).reshape(len(blobs), dim).astype(np.float32, copy=False)
 
 
 def check_model(s: Session, state: GalleryState, fingerprint: str, folder: Path) -> None:
@@ -55,7 +37,7 @@ def check_model(s: Session, state: GalleryState, fingerprint: str, folder: Path)
 
 def _shipped_base() -> str | None:
     """The fingerprint of the base model this facesearch ships (None if it cannot be read)."""
-    from facesearch.checkpoint import CheckpointError, read_checkpoint
+    from facesearch.checkpoint import CheckpointError, read_checkpoint  # torch: loaded only when a model differs
 
     try:
         return read_checkpoint("base").get("fingerprint")

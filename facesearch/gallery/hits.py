@@ -9,8 +9,8 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from facesearch.gallery.check import inside_lexically
-from facesearch.gallery.faces import decode_embeddings
+from facesearch.gallery.embeddings import decode_embeddings
+from facesearch.gallery.files import inside_lexically
 from facesearch.gallery.models import Face, Identity
 from facesearch.gallery.records import FaceHit
 

@@ -68,7 +68,7 @@ class Face(Base):
     box: Mapped[list[float] | None] = mapped_column(sa.JSON)  # x1, y1, x2, y2 in photo pixels
     landmarks: Mapped[list[list[float]] | None] = mapped_column(sa.JSON)  # (5, 2)
     det_prob: Mapped[float | None] = mapped_column(sa.Float)
-    embedding: Mapped[bytes] = mapped_column(sa.LargeBinary)  # (d,) L2-normalised, float32 (faces.STORED)
+    embedding: Mapped[bytes] = mapped_column(sa.LargeBinary)  # (d,) L2-normalised, float32 (embeddings.STORED)
     model_fingerprint: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
 
@@ -91,7 +91,7 @@ class GalleryState(Base):
     embedding_dim: Mapped[int | None] = mapped_column(sa.Integer)
     threshold: Mapped[float | None] = mapped_column(sa.Float)  # None: use store.DEFAULT_THRESHOLD
     threshold_meta: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)  # how it was calibrated
-    index_settings: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)  # IndexSettings as a dict
+    index_settings: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)  # VectorSettings as a dict
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -119,5 +119,5 @@ class FaceVector(VectorBase):
 
     face_id: Mapped[int] = mapped_column(FaceId, sa.ForeignKey(Face.id, ondelete="CASCADE"), primary_key=True)
     # No fixed dimension in the column (a gallery may move to a model of another width); the HNSW index is on
-    # the cast to halfvec(d) of the gallery's d (gallery/vectors.py), and searches order by that same cast.
+    # the cast to halfvec(d) of the gallery's d (gallery/vectors/pgvector_sql.py), and searches order by that same cast.
     embedding: Mapped[Any] = mapped_column(HALFVEC())

@@ -2,7 +2,7 @@
 
 Only on PostgreSQL, and only where the pgvector extension is available to the server: there the extension is
 created (when allowed) and the table added; elsewhere (SQLite, a PostgreSQL without pgvector) nothing changes,
-and choosing the pgvector store later says which extension is missing (``facesearch.gallery.vectors``).
+and choosing the pgvector store later says which extension is missing (``facesearch.gallery.vectors.pgvector_sql``).
 
 Revision ID: 0004
 Revises: 0003
@@ -20,11 +20,11 @@ depends_on: Union[str, Sequence[str], None] = None
 
 
 def upgrade() -> None:
-    from facesearch.gallery import vectors
+    from facesearch.gallery.vectors import pgvector_sql
 
     bind = op.get_bind()
-    if bind.dialect.name == "postgresql" and vectors.extension_available(bind):
-        vectors.create_schema(bind)
+    if bind.dialect.name == "postgresql" and pgvector_sql.extension_available(bind):
+        pgvector_sql.create_schema(bind)
 
 
 def downgrade() -> None:

@@ -24,14 +24,16 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from facesearch.gallery import db, sync
-from facesearch.gallery.index import EarlierIndexFile, FaceIndex, IndexFileError, IndexSettings, read_header
+from facesearch.gallery.db import snapshot
 from facesearch.gallery.lock import exclusive
 from facesearch.gallery.models import Face, GalleryState
+import facesearch.gallery.vectors.sync as sync
+from facesearch.gallery.vectors.index import (
+    INDEX_NAME, EarlierIndexFile, FaceIndex, IndexFileError, IndexSettings, read_header,
+)
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "index.faiss"
 ANNOUNCE_FACES = 10_000  # a search that must first build an index of this many faces says so at warning level
 
 
@@ -67,7 +69,7 @@ class IndexKeeper:
         """Bring the index up to date with SQL (``rebuild``: from scratch), write it, keep it in memory."""
         with self._syncing, self._locked() as may_write:
             index = None if rebuild else self._from_file()
-            with db.snapshot(self.engine) as conn:
+            with snapshot(self.engine) as conn:
                 key = sync.state_key(conn.execute(sa.select(GalleryState.__table__)).one())
                 if key is None:
                     index = None
@@ -84,7 +86,7 @@ class IndexKeeper:
         Nothing changes until the build is done: an interrupted rebuild leaves the gallery as it was."""
         with self._syncing, self._locked() as may_write:
             index = None
-            with db.snapshot(self.engine) as conn:
+            with snapshot(self.engine) as conn:
                 key = sync.state_key(conn.execute(sa.select(GalleryState.__table__)).one())
                 if key is not None:
                     uid, epoch, current, dim, _ = key
@@ -95,7 +97,7 @@ class IndexKeeper:
             commit(index)
             key = self._state_key()
             if key is not None and (index is None or sync.index_key(index) != key):
-                with db.snapshot(self.engine) as conn:
+                with snapshot(self.engine) as conn:
                     key = sync.state_key(conn.execute(sa.select(GalleryState.__table__)).one())
                     index = self._synced(conn, index, key, explicit=True)
             if key is None:
@@ -106,7 +108,7 @@ class IndexKeeper:
             return index
 
     def _state_key(self) -> sync.IndexKey | None:
-        with db.snapshot(self.engine) as conn:
+        with snapshot(self.engine) as conn:
             return sync.state_key(conn.execute(sa.select(GalleryState.__table__)).one())
 
     @contextlib.contextmanager

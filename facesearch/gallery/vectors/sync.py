@@ -7,20 +7,15 @@ vectors added and the epoch recorded describe the same database state.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from facesearch.gallery.digest import vector_hashes
-from facesearch.gallery.faces import decode_embeddings
-from facesearch.gallery.index import FaceIndex, IndexSettings
-from facesearch.gallery.models import Face
+from facesearch.gallery.embeddings import fetch_vectors, iter_vectors
+from facesearch.gallery.vectors.index import FaceIndex, IndexSettings
 
 logger = logging.getLogger(__name__)
-
-CHUNK = 2000  # ids per IN (...) query, vectors per index add
 
 # (database uid, epoch, settings, embedding dim, vector digest)
 IndexKey = tuple[str, int, IndexSettings, int, str]
@@ -41,33 +36,6 @@ def index_key(index: FaceIndex) -> IndexKey:
 def header_key(header: dict[str, Any]) -> IndexKey:
     return (header["uid"], header["epoch"], IndexSettings.from_dict(header["settings"]), header["dim"],
             header.get("digest"))
-
-
-def _chunk(rows, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, (n, dim) vectors, (n,) vector hashes) of (id, embedding) rows."""
-    ids, blobs = [r[0] for r in rows], [r[1] for r in rows]
-    return np.asarray(ids, dtype=np.int64), decode_embeddings(blobs, dim), vector_hashes(ids, blobs)
-
-
-def fetch_vectors(conn: Connection, ids: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, (n, dim) vectors, (n,) vector hashes) for these face ids, in chunks; ids no longer present are left out."""
-    parts = []
-    for start in range(0, len(ids), CHUNK):
-        chunk = [int(i) for i in ids[start : start + CHUNK]]
-        parts.append(_chunk(conn.execute(sa.select(Face.id, Face.embedding).where(Face.id.in_(chunk))).all(), dim))
-    if not parts:
-        return np.empty(0, np.int64), np.empty((0, dim), np.float32), np.empty(0, np.uint64)
-    return tuple(np.concatenate(column) for column in zip(*parts))
-
-
-def iter_vectors(conn: Connection, dim: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Every stored embedding, streamed in chunks of (ids, (n, dim) vectors, (n,) vector hashes)."""
-    # streaming is this statement's option, not the connection's: Connection.execution_options changes the
-    # connection itself, and the caller's next statements (inserts, with the pgvector store) would stream too
-    result = conn.execute(sa.select(Face.id, Face.embedding).order_by(Face.id)
-                          .execution_options(stream_results=True, yield_per=CHUNK))
-    for rows in result.partitions():
-        yield _chunk(rows, dim)
 
 
 def apply_diff(conn: Connection, index: FaceIndex, ids: np.ndarray) -> tuple[int, int]:

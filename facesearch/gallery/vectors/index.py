@@ -1,4 +1,4 @@
-"""The FAISS side of the gallery: vectors keyed by face id, one self-checking file.
+"""The FAISS index file: a gallery's vectors keyed by face id, in one self-checking file.
 
 Index kinds (``IndexSettings.kind``):
 
@@ -30,7 +30,7 @@ import logging
 import os
 import struct
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, BinaryIO
 
 import faiss
@@ -40,9 +40,9 @@ from facesearch.gallery.digest import combine
 
 logger = logging.getLogger(__name__)
 
+INDEX_NAME = "index.faiss"  # its name in the gallery folder
 MAGIC = b"FSINDEX2"
 OLD_MAGICS = (b"FSINDEX1",)  # files of an earlier facesearch (no vector hashes): rebuilt from SQL
-STORES = ("faiss", "pgvector")
 KINDS = ("flat", "hnsw", "ivf")
 IVF_CODECS = ("flat", "sq8", "pq")
 
@@ -58,15 +58,11 @@ class EarlierIndexFile(IndexFileError):
 
 @dataclass(frozen=True)
 class IndexSettings:
-    """Where the gallery's vectors are indexed and how. Stored in the database; ``gallery rebuild`` changes it,
-    ``gallery store`` moves a gallery between the stores.
-
-    ``store``: "faiss" (an index file in the gallery folder, rebuilt from SQL when stale; SQLite or PostgreSQL)
-    or "pgvector" (the vectors and an HNSW index in PostgreSQL itself: ``vectors.py``). The ``pg_*`` fields are
-    the pgvector HNSW index's; the others the FAISS index's.
+    """How the FAISS index file is built and searched. Stored in the database with the other store's settings
+    (``VectorSettings``: a gallery whose vectors are in pgvector keeps these for a move back); ``gallery rebuild``
+    changes them.
     """
 
-    store: str = "faiss"
     kind: str = "flat"  # "flat" | "hnsw" | "ivf"
     pca_dim: int | None = None  # reduce to this many dimensions first (None: keep the embedding's)
     min_train: int = 2000  # PCA / IVF are trained once the gallery has this many faces; exact flat before
@@ -81,18 +77,8 @@ class IndexSettings:
     ivf_codec: str = "flat"  # "flat" (exact vectors), "sq8" (1 byte per dim), "pq"
     pq_m: int = 32  # sub-quantizers for "pq" (bytes per face); must divide the (reduced) dimension
     max_tombstone_ratio: float = 0.2  # rebuild an HNSW index when this fraction of it is deleted faces
-    # pgvector's HNSW. Its own defaults (m 16, ef_construction 64) measured recall@10 0.952 at 10⁵ faces only with
-    # ef_search 100 and 0.78 at 10⁶; m 32 / ef_construction 128 gave 0.991 at 10⁵ with ef_search 100 (13.8 ms),
-    # for a 1.7x longer build; at 10⁶ ef_search 200 reaches 0.961 in 16 ms p50 where 100 gives 0.93 in 11 ms, with
-    # the index in PostgreSQL's shared_buffers (docs/BENCHMARKS.md)
-    pg_hnsw_m: int = 32
-    pg_ef_construction: int = 128
-    pg_ef_search: int = 200
-    pg_build_memory_mb: int = 1024  # maintenance_work_mem while the index is built: a graph that fits builds fast
 
     def __post_init__(self) -> None:
-        if self.store not in STORES:
-            raise ValueError(f"vector store must be one of {STORES}, not {self.store!r}")
         if self.kind not in KINDS:
             raise ValueError(f"index kind must be one of {KINDS}, not {self.kind!r}")
         if self.ivf_codec not in IVF_CODECS:
@@ -105,12 +91,18 @@ class IndexSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> IndexSettings:
+        """The FAISS settings among ``d`` (the other store's, stored beside them, are left out)."""
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in (d or {}).items() if k in known})
 
-    def pg_index(self) -> tuple[int, int]:
-        """What the pgvector HNSW index is built from (``pg_ef_search`` is read at each search)."""
-        return self.pg_hnsw_m, self.pg_ef_construction
+    def with_search_breadth(self, ef_search: int) -> IndexSettings:
+        """These settings with HNSW searching ``ef_search`` candidates."""
+        return replace(self, hnsw_ef_search=ef_search)
+
+    def trains_at(self, n_faces: int) -> int | None:
+        """The number of faces at which this index is first trained, when a gallery of ``n_faces`` still gets the
+        exact flat index that stands in for it (None: it is built as asked)."""
+        return self.min_train if self.needs_training() and n_faces < self.min_train else None
 
     def needs_training(self) -> bool:
         return self.kind == "ivf" or self.pca_dim is not None
