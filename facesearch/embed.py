@@ -87,7 +87,8 @@ class Embedder:
                  crop: CropSettings | None = None, detector=None):
         import torch
 
-        from facesearch.checkpoint import LoadedModel, load_checkpoint, require_kind, resolve_device
+        from facesearch.checkpoint import LoadedModel, load_checkpoint, require_kind
+        from facesearch.runtime import resolve_device
 
         self.device = resolve_device(device)
         if isinstance(model, LoadedModel):

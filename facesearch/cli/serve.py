@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,6 +19,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def _open(gallery: Path, db: str | None, writes: bool, starts: bool = False):
     """The gallery; one that ``starts`` it may be an empty folder (a server set up before anyone is enrolled)."""
+    # here, not at the top: `facesearch --help` stays fast
     from facesearch.gallery import Gallery
 
     return Gallery(gallery, db, create=starts and gallery.is_dir(), read_only=False if writes else None)
@@ -56,6 +58,7 @@ def serve(
     except ImportError as e:
         fail(f"facesearch serve needs FastAPI, fastapi-offline and uvicorn ({e.name} is missing): "
              "pip install 'facesearch[serve]'")
+    # here, not at the top: `facesearch --help` stays fast
     from facesearch.data.images import MAX_PIXELS
     from facesearch.serve.app import ListenError, create_app, listen
     from facesearch.serve.service import Limits, Service
@@ -63,6 +66,10 @@ def serve(
     pixels = MAX_PIXELS if max_megapixels is None else int(max_megapixels * 1e6)
     service = Service(gallery, db, checkpoint, device=device, compute_slots=compute_slots, clusters=clusters,
                       limits=Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=pixels))
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again: with its default action the process would
+    # die there, before the `finally` that removes the scratch folder (uploads in flight, explain reports: faces of
+    # the queries). As an exception it unwinds through it. (SIGINT is a KeyboardInterrupt already.)
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if not service.gallery.api_keys():
             fail(f"{service.gallery.folder}: the gallery has no API key, so nobody could use the service; "
@@ -80,6 +87,11 @@ def serve(
             uvicorn.Server(config).run(sockets=[sock])
     finally:
         service.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)  # the shell's status for a process ended by that signal
 
 
 @keys_app.command("create")

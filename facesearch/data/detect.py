@@ -114,7 +114,7 @@ class FaceDetector:
     def _detect_canvas(self, arrays: list[np.ndarray], canvas: tuple[int, int],
                        min_face: float) -> list[list[DetectedFace]]:
         """One MTCNN call on photos padded (bottom/right, grey) to their canvas, (height, width)."""
-        import torch
+        import torch  # torch and facenet load on the first detection, not on import
         from facenet_pytorch.models.utils.detect_face import detect_face
 
         mtcnn = self._model()
@@ -135,9 +135,9 @@ class FaceDetector:
 
     def _model(self):
         if self._mtcnn is None:
-            from facenet_pytorch import MTCNN
+            from facenet_pytorch import MTCNN  # facenet and torch load on the first detection, not on import
 
-            from facesearch.checkpoint import resolve_device
+            from facesearch.runtime import CHANNELS_LAST, resolve_device  # torch too: on the first detection
 
             device = str(resolve_device(self.device))
             self._mtcnn = MTCNN(
@@ -145,10 +145,8 @@ class FaceDetector:
                 thresholds=list(self.thresholds), device=device,
             )
             if device == "cpu":  # ~25 % less CPU time for these small convolutions, same results
-                import torch
-
                 for net in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
-                    net.to(memory_format=torch.channels_last)
+                    net.to(memory_format=CHANNELS_LAST)
             logger.info("MTCNN loaded on %s", device)
         return self._mtcnn
 

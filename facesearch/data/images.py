@@ -8,6 +8,7 @@ can read. Truncated files are rejected, never half-decoded (``ImageFile.LOAD_TRU
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -103,8 +104,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     Raises:
         OSError: cannot be read; ``NotAFileError`` for anything but a regular file (never blocks on a pipe).
     """
-    import hashlib
-
     digest = hashlib.sha256()
     with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -266,6 +265,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(background, rgba).convert("RGB")
     # L, 1, P, CMYK, YCbCr, LAB, HSV: Pillow's own conversions are right for these.
     return image.convert("RGB")
+
+
+def to_square_rgb(image: Image.Image, size: int) -> Image.Image:
+    """RGB, centre-cropped to a square, resized to ``size`` (antialiased bilinear). Face crops are square."""
+    image = image.convert("RGB")
+    w, h = image.size
+    if w != h:
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return image
 
 
 def _scale_to_8bit(image: Image.Image) -> Image.Image:

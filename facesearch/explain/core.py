@@ -117,7 +117,7 @@ def to_tensor(images: Sequence, view: ModelView):
 
 def as_seen(image, size: int) -> np.ndarray:
     """What the model sees, as RGB uint8 (size, size, 3), for overlays."""
-    from facesearch.data.datasets import to_square_rgb
+    from facesearch.data.images import to_square_rgb
 
     return np.asarray(to_square_rgb(image, size))
 

@@ -14,13 +14,17 @@ of cookie-authenticated changes.
   this server (``Origin``, else ``Referer``: same scheme, host and port as the request) and carry the session's
   token (form field ``csrf_token`` or header ``X-CSRF-Token``). A request with the key in a header (curl, a
   program) cannot be forged by a browser and is not checked.
+- ``flash_value`` / ``read_flash``: the message a form's change leaves for the page it goes back to travels in a
+  short-lived cookie signed by the server, never in the URL: a link cannot make a page show words of its own.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import time
 from urllib.parse import quote, unquote, urlsplit
 
 CSP = ("default-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -181,6 +185,32 @@ def csrf_token(secret: bytes, key: str) -> str:
     """The token of the session that logged in with ``key`` (HMAC with the server's secret: a page of another
     origin can neither read it nor compute it)."""
     return hmac.new(secret, b"csrf:" + key.encode(), hashlib.sha256).hexdigest()
+
+
+FLASH_COOKIE = "facesearch_flash"
+FLASH_SECONDS = 60  # a message waits this long for its page (the redirect right after the form)
+
+
+def flash_value(secret: bytes, message: dict[str, str]) -> str:
+    """A cookie value carrying ``message`` ({"message": ..., "error": ...}), signed and dated."""
+    data = json.dumps({**message, "at": int(time.time())}, ensure_ascii=False).encode()
+    body = base64.urlsafe_b64encode(data).decode().rstrip("=")  # no "=": a cookie value without quotes
+    return f"{body}.{hmac.new(secret, b'flash:' + body.encode(), hashlib.sha256).hexdigest()}"
+
+
+def read_flash(secret: bytes, value: str | None) -> dict[str, str]:
+    """The message of a ``flash_value`` cookie, or {} (none, a forged or altered one, or one too old)."""
+    body, _, sign = (value or "").partition(".")
+    expected = hmac.new(secret, b"flash:" + body.encode(), hashlib.sha256).hexdigest()
+    if not body or not hmac.compare_digest(sign.encode(), expected.encode()):
+        return {}
+    try:
+        message = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except ValueError:
+        return {}
+    if not isinstance(message, dict) or not 0 <= time.time() - message.pop("at", 0) <= FLASH_SECONDS:
+        return {}
+    return {k: v for k, v in message.items() if k in ("message", "error") and isinstance(v, str)}
 
 
 def same_origin(request) -> str | None:

@@ -9,13 +9,14 @@ still finds every enrolled photo) and the sharing of one gallery between request
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -23,6 +24,8 @@ from sqlalchemy.engine import make_url
 
 from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, load_image
 from facesearch.gallery.db import sqlite_path
+
+logger = logging.getLogger(__name__)
 
 UPLOADS = "uploads"  # inside the gallery folder: photos enrolled through the service, named by their sha256
 
@@ -43,6 +46,29 @@ class UploadError(ValueError):
     def __init__(self, status: str, reason: str, http_status: int = 422):
         super().__init__(reason)
         self.status, self.reason, self.http_status = status, reason, http_status
+
+
+@dataclass
+class ClusteringRun:
+    """A clustering started from the clusters page, as the page follows it."""
+
+    total: int  # photos to look at
+    folders: int
+    done: int = 0
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    message: str = ""
+    error: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.finished is None
+
+    def advance(self, photos: int) -> None:
+        self.done += photos
+
+    def finish(self, message: str = "", error: str = "") -> None:
+        self.message, self.error, self.finished = message, error, time.time()
 
 
 class Service:
@@ -83,6 +109,8 @@ class Service:
 
             load(self.clusters)  # a folder that is not one is refused at start, not on the first page
         self._editing_clusters = threading.Lock()  # one edit of the clusters folder at a time
+        self._starting = threading.Lock()
+        self.clustering: ClusteringRun | None = None  # the last clustering started from the page
         self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # explain reports, calibration archives
         self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
         self._calibrating = threading.Lock()  # one calibration at a time: it embeds hundreds of photos
@@ -247,6 +275,24 @@ class Service:
             self.gallery.discard_upload(kept)  # a refused or duplicate upload: kept only while a face refers to it
         return outcome
 
+    def add_face_at(self, name: str, data: bytes, filename: str | None, box: tuple[float, float, float, float]):
+        """Enroll the face at ``box`` (x1, y1, x2, y2: as ``recognize`` answered it) of an uploaded photo under
+        ``name``: the face's region, with a margin of its own size around it, is enrolled as a photo of its largest
+        face. Returns the EnrollOutcome (an UploadError for a box outside the photo)."""
+        import io
+
+        image = self.read_photo(data, filename)
+        x1, y1, x2, y2 = box
+        if x2 <= 0 or y2 <= 0 or x1 >= image.width or y1 >= image.height:
+            raise UploadError("invalid_request", f"box {list(box)} lies outside the {image.width}x{image.height} photo")
+        w, h = x2 - x1, y2 - y1
+        region = image.crop((max(0, round(x1 - w)), max(0, round(y1 - h)),
+                             min(image.width, round(x2 + w)), min(image.height, round(y2 + h))))
+        encoded = io.BytesIO()
+        region.save(encoded, format="PNG")
+        stem = Path(filename or "upload").stem
+        return self.add_photo(name, encoded.getvalue(), f"{stem}-face-{round(x1)}-{round(y1)}.png", largest=True)
+
     def remove_face(self, face_id: int):
         """``Gallery.remove_face``, and the uploaded photo it came from when nothing else refers to it."""
         info = self.gallery.remove_face(face_id)
@@ -317,23 +363,90 @@ class Service:
     # -- clusters -----------------------------------------------------------------------------------
 
     def cluster_groups(self) -> dict:
-        """The clusters folder's summary (``Clusters.summary``) with each group's face ids, closest first."""
-        from facesearch.cluster import load
+        """The clusters folder's summary (``Clusters.summary``) with each group's face ids, closest first, whom its
+        faces look like in the gallery now (``looks_like``: (name, best similarity) or None), and the ids of the
+        faces in no group (``unclustered_ids``)."""
+        from facesearch.cluster import UNCLUSTERED, load
 
         c = load(self._clusters_folder())
         summary = c.summary()
         members = c.groups()
+        looks_like = self._looks_like(c, members)
         for g in summary["group_list"]:
             g["face_ids"] = [r.face_id for r in members[g["group"]]]
+            g["looks_like"] = looks_like.get(g["group"])
+        summary["unclustered_ids"] = [r.face_id for r in c.rows if r.group == UNCLUSTERED]
         return summary
+
+    def _looks_like(self, c, members: dict) -> dict[int, tuple[str, float]]:
+        """Per group: the identity most of its faces are named as by ``who`` against the gallery as it is now (at
+        the threshold recognitions use), with the best similarity to it. Nothing for a clustering made with
+        another model (its vectors are not comparable) or an empty gallery."""
+        from collections import Counter
+
+        from facesearch.search import aggregate, answer_threshold
+
+        if c.model.get("fingerprint") != self.embedder.fingerprint or not len(c.vectors) \
+                or not self.gallery.stats()["faces"]:
+            return {}
+        threshold, _ = answer_threshold(self.gallery, self.loaded)
+        with self._computing:
+            hits = self.gallery.search(c.vectors, k=10)
+        index = {r.face_id: i for i, r in enumerate(c.rows)}
+        out = {}
+        for group, rows in members.items():
+            named = [top[0] for top in (aggregate(hits[index[r.face_id]], 1) for r in rows)
+                     if top and top[0].similarity >= threshold]
+            if named:
+                name = Counter(m.name for m in named).most_common(1)[0][0]
+                out[group] = (name, max(m.similarity for m in named if m.name == name))
+        return out
 
     def name_cluster(self, group: int, name: str) -> dict:
         """``cluster.name_group`` through ``cluster.edit``: the group's faces enrolled as ``name``."""
-        from facesearch.cluster import edit, name_group
+        from facesearch.cluster import ClusterError, edit, name_group
 
+        if self.clustering is not None and self.clustering.running:
+            raise ClusterError("a clustering is running: name the groups when it has finished")
         with self._editing_clusters, self._computing:
             result, _ = edit(self._clusters_folder(), lambda c: name_group(c, group, name, self.gallery))
         return result
+
+    def start_clustering(self) -> ClusteringRun:
+        """Cluster again, in a thread of its own, the folders the clusters folder's photos are in (``cluster_folder``:
+        new photos there join, groups keep their ids and names). ClusterError when one runs already, or no folder
+        of the clustering is left."""
+        from facesearch.cluster import ClusterError, load
+        from facesearch.data.images import list_photos
+
+        folder = self._clusters_folder()
+        with self._starting:
+            if self.clustering is not None and self.clustering.running:
+                raise ClusterError("a clustering is running already: the clusters page follows it")
+            folders = sorted({Path(r.photo).parent for r in load(folder).rows if Path(r.photo).parent.is_dir()})
+            photos = list_photos(folders)
+            if not photos:
+                raise ClusterError("none of the clustering's photo folders is left: run `facesearch cluster PHOTOS "
+                                   "--out` for new photos")
+            self.clustering = ClusteringRun(total=len(photos), folders=len(folders))
+            threading.Thread(target=self._cluster, args=(photos, self.clustering), daemon=True,
+                             name="facesearch-cluster").start()
+        return self.clustering
+
+    def _cluster(self, photos: list[Path], run: ClusteringRun) -> None:
+        from facesearch.cluster import cluster_folder
+
+        try:
+            with self._editing_clusters, self._computing:
+                report = cluster_folder(photos, self.clusters, self.embedder, gallery=self.gallery,
+                                        progress=run.advance)
+            summary = report.clusters.summary()
+            run.finish(f"clustered {len(photos)} photos ({report.new_photos} new): {summary['groups']} groups, "
+                       f"{summary['unclustered']} faces in none" + (f"; {len(report.failures)} photos without a "
+                                                                    "usable face" if report.failures else ""))
+        except Exception as e:  # told on the page; the folder is as the last save left it
+            logger.exception("clustering from the page failed")
+            run.finish(error=self.public(str(e)) or type(e).__name__)
 
     def cluster_crop(self, face_id: int) -> Path | None:
         path = self._clusters_folder() / "crops" / f"{face_id}.jpg"

@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+from facesearch.visualize.cam import overlay
 
 MATCH, RUNNER, OTHER, RANDOM = "#1a9850", "#d73027", "#9e9e9e", "#878787"
 
 
 def _agg():
-    import matplotlib
+    import matplotlib  # matplotlib loads when a report is drawn, not on import (start-up)
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -33,7 +35,7 @@ def _agg():
 
 def colourise(values: np.ndarray, cmap: str = "viridis") -> np.ndarray:
     """A 2-D map scaled to its own min..max -> RGB uint8 (h, w, 3)."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # not on import (start-up)
 
     lo, hi = float(values.min()), float(values.max())
     scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
@@ -64,8 +66,6 @@ class Mosaic:
 
     def draw(self, path: Path) -> Path:
         """Compose the canvas, letter it with Pillow (DejaVu Sans, matplotlib's font) and write a PNG."""
-        from PIL import ImageDraw
-
         step_y = self.caption_height + self.tile + self.gap
         width = self.label_width + max(len(r) for r in self.rows) * (self.tile + self.gap)
         width = max(width, int(_font(14, True).getlength(self.title)) + 24)  # room for the title
@@ -89,10 +89,8 @@ class Mosaic:
 @functools.lru_cache(maxsize=16)
 def _font(size: int, bold: bool = False):
     """DejaVu Sans from matplotlib's bundled fonts (always installed with it), else Pillow's default."""
-    from PIL import ImageFont
-
     try:
-        import matplotlib
+        import matplotlib  # not on import (start-up)
 
         name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
         return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
@@ -251,8 +249,6 @@ def render_html(title: str, subtitle: str, faces: Sequence[FaceCard], facts: Seq
 def draw_layer_maps(image: np.ndarray, maps: dict[str, np.ndarray], sizes: dict[str, tuple[int, int]],
                     path: Path, title: str, tile: int = 112) -> Path:
     """Heat maps (H, W) in [0, 1] overlaid on the image, one row per map resolution (= VGG block)."""
-    from facesearch.visualize.cam import overlay
-
     rows, captions, labels = [], [], []
     for name, heat in maps.items():
         label = "{}×{}".format(*sizes[name])
@@ -280,7 +276,8 @@ def explanation_html(e, images: dict, labels: dict, settings) -> str:
         if "runner_up" in images:
             faces.append(FaceCard(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {cosine(e.runner_up)}"))
     top3 = ", ".join(e.ranking[:3])
-    facts = [("answer", e.answer), ("runner-up", e.runner_up), ("heat-map target", f"{labels['target']} = {e.score:.4f}"),
+    verdict, answer = _verdict(e)
+    facts = [("answer", answer), ("runner-up", e.runner_up), ("heat-map target", f"{labels['target']} = {e.score:.4f}"),
              (f"decision {decision}", f"{e.margin:.4f} over {e.runner_up}"),
              ("match emerges at", e.emerges_at or "—"), ("layers carrying it (ablation)", top3),
              ("model", e.details.get("checkpoint", "")), ("time", f"{e.seconds:.1f} s")]
@@ -288,8 +285,24 @@ def explanation_html(e, images: dict, labels: dict, settings) -> str:
         facts.append(("caution", "measured without the gallery's mirror-image averaging the margin is not positive: "
                                  "the answer and the runner-up are too close to call"))
     sections = _sections(e, settings, decision)
-    title = f"Why facesearch says: {e.answer}" if e.kind == "identification" else f"Why the model says: {e.answer}"
+    title = f"Why facesearch says: {verdict}" if e.kind == "identification" else f"Why the model says: {e.answer}"
     return render_html(title, f"{e.kind} of {e.query}", faces, facts, sections)
+
+
+def _verdict(e) -> tuple[str, str]:
+    """What ``who`` answers for the face (its closest identity, or "unknown" below the threshold), and the answer
+    told with the similarity and the threshold that decide it. An explanation ``against`` a chosen identity, or
+    one without the numbers, is told as the identity explained."""
+    similarity = e.details.get("gallery_similarity", {}).get(e.answer)
+    threshold = e.details.get("threshold")
+    if e.kind != "identification" or e.details.get("against") or similarity is None or threshold is None:
+        return e.answer, e.answer
+    n = next((n for n in range(3, 7) if f"{similarity:.{n}f}" != f"{threshold:.{n}f}"), 7)  # digits that differ
+    if similarity < threshold:
+        return "unknown", (f"unknown: the closest identity, {e.answer}, reaches cosine {similarity:.{n}f}, below the "
+                           f"threshold {threshold:.{n}f}; what follows explains why the face looks most like "
+                           f"{e.answer}")
+    return e.answer, f"{e.answer}: cosine {similarity:.{n}f}, at or above the threshold {threshold:.{n}f}"
 
 
 def _sections(e, settings, decision: str) -> list:

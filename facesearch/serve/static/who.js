@@ -6,13 +6,16 @@
   const input = document.getElementById("photo"), drop = document.getElementById("drop");
   const canvas = document.getElementById("canvas"), list = document.getElementById("faces");
   const status = document.getElementById("status"), topK = document.getElementById("top-k");
-  const explainButton = document.getElementById("explain");
+  const explainButton = document.getElementById("explain"), assignForm = document.getElementById("assign");
   let current = null;
 
   function colour(face) { return face.identity === "unknown" ? "#e33" : "#2c2"; }
 
   function draw(image, result) {
-    const scale = Math.min(1, 800 / image.naturalWidth);
+    // drawn at the width it is shown (at most 800 px): on a phone the labels keep their size instead of shrinking
+    // with a canvas the browser scales down
+    const room = Math.max(200, Math.min(800, canvas.parentElement.clientWidth));
+    const scale = Math.min(1, room / image.naturalWidth);
     canvas.width = Math.round(image.naturalWidth * scale);
     canvas.height = Math.round(image.naturalHeight * scale);
     const ctx = canvas.getContext("2d");
@@ -21,9 +24,10 @@
     result.faces.forEach(function (face, i) {
       const [x1, y1, x2, y2] = face.box.map(function (v) { return v * scale; });
       ctx.strokeStyle = colour(face); ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-      const label = (i + 1) + ". " + face.identity;
-      ctx.fillStyle = "rgba(0,0,0,.65)"; ctx.fillRect(x1, Math.max(0, y1 - 22), ctx.measureText(label).width + 8, 22);
-      ctx.fillStyle = "#fff"; ctx.fillText(label, x1 + 4, Math.max(16, y1 - 6));
+      const label = (i + 1) + ". " + face.identity, wide = ctx.measureText(label).width + 8;
+      const x = Math.max(0, Math.min(x1, canvas.width - wide));  // kept inside the photo's right edge
+      ctx.fillStyle = "rgba(0,0,0,.65)"; ctx.fillRect(x, Math.max(0, y1 - 22), wide, 22);
+      ctx.fillStyle = "#fff"; ctx.fillText(label, x + 4, Math.max(16, y1 - 6));
     });
   }
 
@@ -46,7 +50,40 @@
         matches.appendChild(li);
       });
       item.appendChild(matches);
+      if (assignForm) item.appendChild(assigner(face));
       list.appendChild(item);
+    });
+  }
+
+  // A face answered here, enrolled as a person of the gallery or a new one (writers only: the page has the form)
+  function assigner(face) {
+    const form = assignForm.content.firstElementChild.cloneNode(true);
+    const said = form.querySelector(".said");
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      const body = new FormData(form);
+      body.append("photo", current); body.append("box", face.box.join(","));
+      said.textContent = "enrolling..."; said.className = "said";
+      const response = await fetch("/who/faces", { method: "POST", body: body, credentials: "same-origin",
+                                                   headers: csrf });
+      const answer = await response.json();
+      if (!response.ok) { said.textContent = "Refused: " + answer.error.reason; said.className = "said error"; return; }
+      said.textContent = answer.message + " ";
+      said.className = "said message";
+      const link = document.createElement("a");
+      link.href = answer.subject_url; link.textContent = "see " + answer.subject;
+      said.appendChild(link);
+      addPerson(answer.subject);
+    });
+    return form;
+  }
+
+  function addPerson(name) {  // a new person joins every list of the page (and the forms still to come)
+    const lists = [...document.querySelectorAll("select[name=person]"),
+                   ...assignForm.content.querySelectorAll("select[name=person]")];
+    lists.forEach(function (select) {
+      if ([...select.options].some(function (o) { return o.value === name; })) return;
+      const option = document.createElement("option"); option.textContent = name; select.appendChild(option);
     });
   }
 
@@ -59,7 +96,7 @@
   }
 
   async function recognize(file) {
-    current = file; explainButton.disabled = true;
+    current = file; explainButton.disabled = true; delete status.dataset.done;
     status.textContent = "Looking for faces in " + file.name + "...";
     const body = new FormData(); body.append("photo", file);
     const response = await fetch("/api/v1/recognize?top_k=" + encodeURIComponent(topK.value || 3),
