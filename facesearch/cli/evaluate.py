@@ -209,6 +209,8 @@ def calibrate(
 ) -> None:
     """Pick the gallery's unknown-threshold from data (at a target FPIR, or balanced), and store it; `who` uses it."""
     # here, not at the top: `facesearch --help` stays fast
+    from facesearch.cli.gallery import _open
+    from facesearch.embed import Embedder, gallery_model
     from facesearch.evaluation.calibrate import DEFAULT_FPIR, calibrate_gallery
 
     if not data_dir.is_dir():
@@ -218,7 +220,9 @@ def calibrate(
     if fpir is not None and not 0 < fpir < 1:  # also refuses nan
         fail(f"--fpir {fpir}: a share of strangers strictly between 0 and 1, e.g. 0.01")
     target = None if balanced else (DEFAULT_FPIR if fpir is None else fpir)
-    cal = calibrate_gallery(gallery, data_dir, checkpoint, target_fpir=target, device=device, db_url=db)
+    with _open(gallery, db) as g:
+        embedder = Embedder.for_queries(gallery_model(checkpoint, g), device)
+        cal = calibrate_gallery(g, embedder, data_dir, target_fpir=target)
     if as_json:
         typer.echo(json.dumps(cal.to_dict(), indent=2))
         return

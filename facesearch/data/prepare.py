@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from facesearch.data.detect import Face, FaceDetector, crop_face, select_face
+from facesearch.data.detect import DetectedFace, FaceDetector, crop_face, select_face
 from facesearch.data.images import ImageError, file_sha256, load_image
 from facesearch.data.manifest import ManifestRow, read_manifest, read_settings, write_manifest, write_settings
 from facesearch.errors import BadInput
@@ -524,7 +524,7 @@ def _crop_one(job: _Job, image, faces) -> ManifestRow:
         return replace(job.row, status="unreadable", reason=f"face detector failed: {faces}")
     if job.face is not None:
         box, landmarks, prob, n_faces = job.face
-        face = Face(box=_f32(box), landmarks=_f32(landmarks), prob=float(prob or 0.0))
+        face = DetectedFace(box=_f32(box), landmarks=_f32(landmarks), prob=float(prob or 0.0))
     else:
         n_faces = len(faces)
         face = select_face(faces, image.size, settings.select)

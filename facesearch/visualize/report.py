@@ -195,7 +195,9 @@ class Section:
 
 
 @dataclass
-class Face:
+class FaceCard:
+    """One face shown at the head of a report: its label, its pixels and a caption."""
+
     label: str
     image: np.ndarray  # RGB uint8
     caption: str = ""
@@ -219,7 +221,7 @@ dt{color:#666} dd{margin:0}
 """
 
 
-def render_html(title: str, subtitle: str, faces: Sequence[Face], facts: Sequence[tuple[str, str]],
+def render_html(title: str, subtitle: str, faces: Sequence[FaceCard], facts: Sequence[tuple[str, str]],
                 sections: Sequence[Section]) -> str:
     """The whole report as one HTML string with every image inlined."""
     e = html.escape
@@ -266,13 +268,13 @@ def explanation_html(e, images: dict, labels: dict, settings) -> str:
     """``report.html`` of an explanation (``facesearch.explain.Explanation``): the faces, the facts, one section per
     figure with what it shows, and the per-layer table."""
     decision = "margin" if e.kind == "identification" else "logit margin"
-    faces = [Face("query", images["query"], Path(e.query).name)]
+    faces = [FaceCard("query", images["query"], Path(e.query).name)]
     sims = e.details.get("gallery_similarity", {})
     cosine = lambda name: "—" if sims.get(name) is None else f"{sims[name]:.3f}"  # noqa: E731 (not in the top hits)
     if "match" in images:
-        faces.append(Face(e.answer, images["match"], f"match · gallery cosine {cosine(e.answer)}"))
+        faces.append(FaceCard(e.answer, images["match"], f"match · gallery cosine {cosine(e.answer)}"))
         if "runner_up" in images:
-            faces.append(Face(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {cosine(e.runner_up)}"))
+            faces.append(FaceCard(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {cosine(e.runner_up)}"))
     top3 = ", ".join(e.ranking[:3])
     verdict, answer = _verdict(e)
     facts = [("answer", answer), ("runner-up", e.runner_up), ("heat-map target", f"{labels['target']} = {e.score:.4f}"),
