@@ -100,8 +100,9 @@ def require_strangers(have: int, target_fpir: float | None, have_mated: int | No
     need = metrics.min_negatives(target_fpir)
     if have < need:
         raise BadInput(
-            f"{have} photos of people not in the gallery cannot measure a false-positive rate of {target_fpir:g}: "
-            f"at least {need} are needed (or raise the target: --fpir {1 / max(have, 1):.2g})"
+            f"{target_fpir:g}: {have} photos of people not in the gallery cannot measure so small a false-positive "
+            f"rate: at least {need} are needed, or a target of {1 / max(have, 1):.2g} or more",
+            param="fpir",
         )
 
 

@@ -108,7 +108,7 @@ def merge(s: Session, source: str, target: str, folder: Path, create: bool = Fal
     dst = s.scalar(sa.select(Identity).where(Identity.name == target))
     if dst is None and not create:
         raise IdentityNotFound(f"no identity named {target!r} in {folder} to merge into; rename {source!r} "
-                               "instead, or pass --create to merge into a new identity")
+                               "instead, or ask for the merge to create it")
     dst = dst or Identity(name=target)
     s.add(dst)
     s.flush()
