@@ -68,8 +68,9 @@ def serve(
                       limits=Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=pixels))
     # uvicorn stops gracefully on SIGTERM, then raises the signal again: with its default action the process would
     # die there, before the `finally` that removes the scratch folder (uploads in flight, explain reports: faces of
-    # the queries). As an exception it unwinds through it. (SIGINT is a KeyboardInterrupt already.)
-    previous = signal.signal(signal.SIGTERM, _exit_on_signal)
+    # the queries). As an exception it unwinds through it. SIGINT the same way: started in the background by a
+    # shell, a process inherits SIGINT ignored, and uvicorn's re-raised SIGINT would then end it with status 0.
+    previous = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if not service.gallery.api_keys():
             fail(f"{service.gallery.folder}: the gallery has no API key, so nobody could use the service; "
@@ -84,7 +85,8 @@ def serve(
             uvicorn.Server(config).run(sockets=[sock])
     finally:
         service.close()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _exit_on_signal(signum: int, frame) -> None:
