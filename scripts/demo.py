@@ -96,15 +96,13 @@ def plan(train_prepared: Path, train_raw: Path, gallery_prepared: Path, gallery_
 
 def who_rates(out: Path, p: dict, orl: Path) -> dict:
     """Score `who` on the probes in-process (one model load): accepted-correct and rejected shares."""
-    from facesearch.embed import Embedder
+    from facesearch.embed import Embedder, gallery_model
     from facesearch.gallery import Gallery
     from facesearch.search import UNKNOWN, who
 
-    from facesearch.checkpoint import resolve_checkpoint
-
     strangers = [q for qs in p["probe_strangers"].values() for q in qs] + sorted(orl.glob("*/*.pgm"))
     with Gallery(out / "gallery", create=False) as gallery:
-        embedder = Embedder.for_queries(resolve_checkpoint(None, gallery.model_source), device="cpu")
+        embedder = Embedder.for_queries(gallery_model(None, gallery), device="cpu")
         mated = [(name, who(gallery, embedder, q, top_k=1)) for name, qs in p["probe_mated"].items() for q in qs]
         others = [who(gallery, embedder, q, top_k=1) for q in strangers]
     answers = [(name, r.faces[0].identity) for name, r in mated if r.faces]

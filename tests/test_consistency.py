@@ -82,7 +82,7 @@ def test_who_explain_evaluate_calibrate_and_the_demo_find_the_same_faces(group):
     from facesearch.data.detect import DetectorSettings
     from facesearch.embed import Embedder
     from facesearch.evaluation.common import load_model, make_embedder
-    from facesearch.explain import _query_face
+    from facesearch.explain.identification import _query_face
     from facesearch.gallery import Gallery
     from facesearch.search import who
 
@@ -93,8 +93,8 @@ def test_who_explain_evaluate_calibrate_and_the_demo_find_the_same_faces(group):
     picture = Image.open(root / "group.jpg").convert("RGB")
     measured = make_embedder(loaded, "cpu")  # what evaluate and calibrate embed with (calibrate imports it)
     assert measured.detector.min_face_size == DetectorSettings().min_face_size == 40
-    evaluated = [[round(float(v), 1) for v in f.face.box] for f in measured.embed_images([picture], "all")[0]]
+    evaluated = [[round(float(v), 1) for v in f.face.box] for f in next(measured.faces_of([picture], "all")).faces]
     assert evaluated == boxes
     largest = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
-    explained = _query_face(root / "group.jpg", loaded, "cpu")  # explain's query face: the largest one
+    explained = _query_face(root / "group.jpg", Embedder.for_queries(loaded, "cpu"), "group.jpg")  # the largest
     assert [round(float(v), 1) for v in explained.face.box] == largest

@@ -64,6 +64,38 @@ def test_embed_photo_detects_selects_and_crops(embedder, sample_photos):
         embedder.embed_photo(photo, select="biggest")
 
 
+def test_faces_of_answers_every_photo_in_order_whatever_form_it_comes_in(embedder, sample_photos, tmp_path):
+    """One loop for paths, bytes, decoded images and Decoded photos; a failure is a value, not the end of the run."""
+    from facesearch.embed import Decoded
+
+    photo = sorted(sample_photos.glob("*/*.jpg"))[0]
+    text = tmp_path / "notes.jpg"
+    text.write_text("not a photo")
+    blank = Image.new("RGB", (120, 120), (90, 90, 90))
+    image = Image.open(photo).convert("RGB")
+    given = [photo, text, photo.read_bytes(), blank, Decoded(tmp_path / "kept.jpg", image), image, b""]
+    out = list(embedder.faces_of(given, select="largest", batch_size=3))  # batches of 3, 3 and 1
+    assert [r.status for r in out] == ["ok", "not_an_image", "ok", "no_face", "ok", "ok", "not_an_image"]
+    assert [r.path for r in out] == [str(photo), str(text), None, None, str(tmp_path / "kept.jpg"), None, None]
+    assert out[1].image is None and out[1].reason and out[3].image is not None  # undecodable vs faceless
+    vectors = [r.faces[0].embedding for r in out if r.ok]
+    for v in vectors[1:]:  # the same photo gives the same face, however it was handed over
+        np.testing.assert_allclose(v, vectors[0], atol=1e-5)
+    crops_only = next(embedder.faces_of([photo], select="all", embed=False))
+    assert crops_only.faces and all(f.embedding is None and f.crop.size == (embedder.crop.size,) * 2
+                                    for f in crops_only.faces)
+
+
+def test_select_only_refuses_a_photo_of_several_faces(embedder, sample_photos):
+    photo = Image.open(sorted(sample_photos.glob("*/*.jpg"))[0]).convert("RGB")
+    group = Image.new("RGB", (photo.width * 2, photo.height), (128, 128, 128))
+    group.paste(photo, (0, 0))
+    group.paste(photo, (photo.width, 0))
+    alone, several = embedder.faces_of([photo, group], select="only")
+    assert alone.ok and len(alone.faces) == 1 == alone.found
+    assert several.status == "several_faces" and not several.faces and several.found >= 2
+
+
 def test_embed_files_reports_unreadable_and_faceless_photos(embedder, sample_photos, tmp_path):
     from facesearch.embed import embed_files, write_embeddings
 

@@ -37,13 +37,20 @@ def settings():
     return ExplainSettings(**SMALL)
 
 
+def explain(photo, folder, checkpoint, out, **kwargs):
+    """``explain_identification`` as the command calls it: the gallery opened, the query embedder built."""
+    from facesearch.embed import Embedder
+    from facesearch.explain import explain_identification
+    from facesearch.gallery import Gallery
+
+    with Gallery(folder, create=False) as g:
+        return explain_identification(photo, g, Embedder.for_queries(checkpoint, "cpu"), out, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def explained(checkpoint, gallery, tmp_path_factory):
-    from facesearch.explain import explain_identification
-
     folder, items = gallery
-    return explain_identification(items[0][0], folder, checkpoint, tmp_path_factory.mktemp("out"),
-                                  settings=settings(), device="cpu")
+    return explain(items[0][0], folder, checkpoint, tmp_path_factory.mktemp("out"), settings=settings())
 
 
 def test_an_enrolled_photo_is_explained_with_its_own_identity(explained, gallery):
@@ -69,24 +76,23 @@ def test_the_report_is_one_self_contained_file(explained):
 
 
 def test_against_names_the_identity_to_explain(checkpoint, gallery, tmp_path):
-    from facesearch.explain import ExplainError, explain_identification
+    from facesearch.explain import ExplainError
 
     folder, items = gallery
     other = items[-1][1]
-    e = explain_identification(items[0][0], folder, checkpoint, tmp_path, against=other, settings=settings(), device="cpu")
+    e = explain(items[0][0], folder, checkpoint, tmp_path, against=other, settings=settings())
     assert e.answer == other and e.runner_up == items[0][1]  # the true match is now the runner-up
     assert e.margin < 0  # the named identity loses to the true one
     with pytest.raises(Exception, match="nobody"):
-        explain_identification(items[0][0], folder, checkpoint, tmp_path, against="nobody", settings=settings())
+        explain(items[0][0], folder, checkpoint, tmp_path, against="nobody", settings=settings())
     with pytest.raises(ExplainError, match="no face"):
         blank = tmp_path / "wall.jpg"
         Image.new("RGB", (120, 120), (200, 190, 180)).save(blank)
-        explain_identification(blank, folder, checkpoint, tmp_path, settings=settings(), device="cpu")
+        explain(blank, folder, checkpoint, tmp_path, settings=settings())
 
 
 def test_a_one_person_gallery_is_explained_against_its_threshold(checkpoint, gallery, tmp_path):
     from facesearch.embed import Embedder
-    from facesearch.explain import explain_identification
     from facesearch.gallery import Gallery
     from facesearch.gallery.enroll import enroll
 
@@ -95,8 +101,7 @@ def test_a_one_person_gallery_is_explained_against_its_threshold(checkpoint, gal
     with Gallery(tmp_path / "one") as g:
         enroll(g, Embedder(checkpoint, device="cpu"), [i for i in items if i[1] == name], largest=True)
         threshold = g.threshold()[0]
-    e = explain_identification(items[0][0], tmp_path / "one", checkpoint, tmp_path / "out", settings=settings(),
-                               device="cpu")
+    e = explain(items[0][0], tmp_path / "one", checkpoint, tmp_path / "out", settings=settings())
     assert e.answer == name and e.runner_up == f"the threshold {threshold:.3f}"
     assert e.margin == pytest.approx(e.score - threshold, abs=1e-4)  # the decision: named at all, or unknown
     assert e.layers and all(l.similarity is None for l in e.layers)  # nothing to rank one person against

@@ -457,3 +457,27 @@ def test_service_uploads_refused_as_duplicates_or_left_by_a_deleted_subject_are_
     run("identities", "remove", "bob", "--yes", env=env)
     assert list(uploads.iterdir()) == []
     assert "consistent" in run("gallery", "check", env=env).stdout
+
+
+def test_who_draws_on_the_photo_it_decoded_each_photo_decoded_once(checkpoint, people, tmp_path, monkeypatch):
+    """`who --annotate` decoded every photo twice (to answer, then to draw); the answers are drawn on the photo
+    the embedder decoded."""
+    import facesearch.data.images
+    from facesearch.embed import Embedder
+    from facesearch.gallery import Gallery
+    from facesearch.gallery.enroll import enroll
+    from facesearch.search import WhoResult, who, who_many
+
+    photos = sorted(people.rglob("*.jpg"))
+    with Gallery(tmp_path / "g") as g:
+        embedder = Embedder.for_queries(checkpoint, "cpu")
+        enroll(g, embedder, [(p, p.parent.name) for p in photos[:2]])
+        decoded, load_image = [], facesearch.data.images.load_image
+        monkeypatch.setattr(facesearch.data.images, "load_image",
+                            lambda source, **kw: decoded.append(source) or load_image(source, **kw))
+        one = who(g, embedder, photos[0], annotate_into=tmp_path / "one.jpg")
+        drawn = [tmp_path / f"{n}.png" for n in range(len(photos))]
+        many = list(who_many(g, embedder, photos, batch_size=4, annotate_into=drawn))
+    assert one.faces and Image.open(tmp_path / "one.jpg").size == Image.open(photos[0]).size
+    assert all(isinstance(r, WhoResult) for r in many) and all(d.is_file() for d in drawn)
+    assert list(map(str, decoded)) == list(map(str, [photos[0], *photos]))  # once each: answered and drawn

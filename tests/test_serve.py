@@ -220,6 +220,35 @@ def test_explain_returns_the_figures_and_serves_the_report(client, served):
     assert client.get("/explain/x/../../etc/passwd", headers=auth(served)).status_code == 404
 
 
+def test_uploads_are_decoded_from_memory_and_explain_uses_the_services_own_gallery_and_embedder(client, served,
+                                                                                             monkeypatch):
+    """No upload goes through a scratch file; explain builds no detector and opens no gallery of its own; an
+    enrolled upload is still kept (by content hash) for `gallery reembed`."""
+    import facesearch.data.detect
+    import facesearch.gallery
+    import facesearch.serve.service
+
+    service = client.app.state.service
+    name, files = next(iter(served[2].items()))
+    monkeypatch.setattr(facesearch.data.detect, "FaceDetector", None)  # building one would fail
+    monkeypatch.setattr(facesearch.gallery, "Gallery", None)  # as would opening a gallery
+    decoded, load_image = [], facesearch.serve.service.load_image
+    monkeypatch.setattr(facesearch.serve.service, "load_image",
+                        lambda source, **kw: decoded.append(type(source)) or load_image(source, **kw))
+    assert client.post("/api/v1/recognize", files=upload(files[0]), headers=auth(served)).status_code == 200
+    r = client.post("/api/v1/explain", files=upload(files[0], "mine.jpg"), headers=auth(served, "read"))
+    assert r.status_code == 200, r.text
+    assert r.json()["query"] == "mine.jpg" and r.json()["answer"] == name
+    spare = files[4]
+    added = client.post(f"/api/v1/subjects/{name}/faces", files=upload(spare), headers=auth(served))
+    assert added.status_code == 201 and added.json()["status"] == "enrolled", added.text
+    scratch = [p.relative_to(service.scratch).parts[0] for p in service.scratch.rglob("*") if p.is_file()]
+    assert set(scratch) == {"explain"}  # the report's files only
+    assert decoded == [bytes] * 3  # each upload decoded once, from memory
+    kept = service.gallery.folder / "uploads" / f"{hashlib.sha256(spare.read_bytes()).hexdigest()}.jpg"
+    assert kept.read_bytes() == spare.read_bytes()
+
+
 def test_recognitions_run_beside_an_enrollment_without_losing_anything(client, served):
     headers = auth(served)
     name, files = next(iter(served[2].items()))

@@ -16,7 +16,7 @@ import torch
 
 from facesearch import teacher as teacher_module
 from facesearch.checkpoint import load_checkpoint, read_checkpoint
-from facesearch.data.augment import AugmentConfig
+from facesearch.training.augment import AugmentConfig
 from facesearch.data.datasets import UNLABELLED, face_sources
 from facesearch.data.manifest import read_manifest, write_manifest
 from facesearch.models.vgg import VGG16, VGGConfig

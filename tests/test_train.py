@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from facesearch.checkpoint import load_checkpoint, read_checkpoint
-from facesearch.data.augment import AugmentConfig, augment
+from facesearch.training.augment import AugmentConfig, augment
 from facesearch.data.datasets import load_dataset
 from facesearch.data.manifest import read_manifest, write_manifest
 from facesearch.data.detect import CropSettings
@@ -188,7 +188,7 @@ def test_init_starts_from_a_checkpoint_with_a_head_for_the_new_identities(traine
     """--init: every conv/BN/fc layer starts as the given model's, the head is new and sized for the new people,
     the normalisation is the starting model's, and fine-tuning lowers the loss."""
     from facesearch.models.vgg import VGG16, VGGConfig
-    from facesearch.training import init_weights
+    from facesearch.training.start import init_weights
 
     run, _, _ = trained
     base = read_checkpoint(run / "best.pt")
@@ -319,9 +319,9 @@ def test_step_limit_and_save_interval_are_checked_by_the_config():
 
 
 def test_identity_sampling_draws_every_person_equally_often_and_repeats_per_seed():
-    from facesearch.data.batches import Batches
+    from facesearch.training.batches import Batches
     from facesearch.data.datasets import ImageSet
-    from facesearch.distributed import Distributed
+    from facesearch.runtime import Distributed
 
     labels = np.array([0] * 90 + [1] * 9 + [2] * 1)  # 90, 9 and 1 photos
     data = ImageSet(images=np.zeros((100, 4, 4, 3), np.uint8), labels=labels)

@@ -55,10 +55,9 @@ def cluster(
     Exit status: 0 when every photo was read (photos without a face are listed), 2 when some could not be read,
     1 when no photo gave a face (nothing is written).
     """
-    from facesearch.checkpoint import resolve_checkpoint
     from facesearch.cli.gallery import _open, _photo_list
     from facesearch.cluster import cluster_folder
-    from facesearch.embed import Embedder
+    from facesearch.embed import Embedder, gallery_model
 
     for path in photos:
         if not path.exists():
@@ -67,8 +66,7 @@ def cluster(
     given = {k: v for k, v in dict(algorithm=algorithm, eps=eps, min_size=min_size).items() if v is not None}
     g = _open(gallery, db, reads_only=True) if gallery is not None else None
     try:
-        model = resolve_checkpoint(checkpoint, g.model_source if g is not None else None)
-        embedder = Embedder.for_queries(model, device)
+        embedder = Embedder.for_queries(gallery_model(checkpoint, g), device)
         with Progress("finding faces", len(files)) as bar:
             report = cluster_folder(files, out, embedder, given, gallery=g, progress=bar.update)
     finally:

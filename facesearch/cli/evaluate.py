@@ -36,6 +36,7 @@ def _ci(interval) -> str:
 
 
 def _finish(summary: dict, results: Path, as_json: bool, lines: list[str]) -> None:
+    # here, not at the top: `facesearch --help` stays fast
     from facesearch.evaluation.common import append_result
 
     record = append_result(results, summary)
@@ -74,6 +75,7 @@ def pairs(
     as_json: JsonFlag = False,
 ) -> None:
     """LFW pairs protocol: accuracy (threshold chosen on train folds), AUC, TAR at FAR, with 95 % CIs."""
+    # here, not at the top: `facesearch --help` stays fast
     from facesearch.evaluation.verification import evaluate_pairs, parse_pairs
 
     if len(paths) not in (2, 3):
@@ -88,6 +90,7 @@ def pairs(
                                 n_boot=bootstrap, seed=seed, progress=bar.update)
     lines = _pairs_lines(report.summary)
     if out is not None:
+        # here, not at the top: `facesearch --help` stays fast
         from facesearch.evaluation.plots import save_pairs_plots
 
         lines += [f"plot: {p}" for p in save_pairs_plots(report, out)]
@@ -134,6 +137,7 @@ def open_set(
     as_json: JsonFlag = False,
 ) -> None:
     """Open-set identification: rank-1, rank-5 and DIR at FPIR 1e-2 / 1e-1 over enrolled people and strangers."""
+    # here, not at the top: `facesearch --help` stays fast
     from facesearch.evaluation.common import list_photos
     from facesearch.evaluation.identification import evaluate_open_set
 
@@ -150,6 +154,7 @@ def open_set(
                                    distractors=distractors, distractor_splits=distractor_split)
     lines = _open_set_lines(report.summary)
     if out is not None:
+        # here, not at the top: `facesearch --help` stays fast
         from facesearch.evaluation.plots import save_open_set_plots
 
         lines += [f"plot: {p}" for p in save_open_set_plots(report, out)]
@@ -167,6 +172,7 @@ def closed_set(
     as_json: JsonFlag = False,
 ) -> None:
     """Classifier accuracy on the held-out test split, and the most-confused pairs."""
+    # here, not at the top: `facesearch --help` stays fast
     from facesearch.evaluation.closed_set import evaluate_closed_set
 
     if not run_dir.exists():
@@ -201,6 +207,9 @@ def calibrate(
     as_json: JsonFlag = False,
 ) -> None:
     """Pick the gallery's unknown-threshold from data (at a target FPIR, or balanced), and store it; `who` uses it."""
+    # here, not at the top: `facesearch --help` stays fast
+    from facesearch.cli.gallery import _open
+    from facesearch.embed import Embedder, gallery_model
     from facesearch.evaluation.calibrate import DEFAULT_FPIR, calibrate_gallery
 
     if not data_dir.is_dir():
@@ -210,7 +219,9 @@ def calibrate(
     if fpir is not None and not 0 < fpir < 1:  # also refuses nan
         fail(f"--fpir {fpir}: a share of strangers strictly between 0 and 1, e.g. 0.01")
     target = None if balanced else (DEFAULT_FPIR if fpir is None else fpir)
-    cal = calibrate_gallery(gallery, data_dir, checkpoint, target_fpir=target, device=device, db_url=db)
+    with _open(gallery, db) as g:
+        embedder = Embedder.for_queries(gallery_model(checkpoint, g), device)
+        cal = calibrate_gallery(g, embedder, data_dir, target_fpir=target)
     if as_json:
         typer.echo(json.dumps(cal.to_dict(), indent=2))
         return

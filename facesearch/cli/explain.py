@@ -64,11 +64,14 @@ def explain(
     as_json: JsonFlag = False,
 ) -> None:
     """Why is this face who the gallery says? Per-layer heat maps, where the match emerges, which layers carry it."""
+    from facesearch.embed import Embedder, gallery_model
     from facesearch.explain import explain_identification
+    from facesearch.gallery import Gallery
 
     settings = _settings(fraction, seeds, maps, rule, seed)
-    result = explain_identification(photo, gallery, checkpoint, out, against=against, settings=settings,
-                                    device=device, db_url=db)
+    with Gallery(gallery, db, create=False, read_only=None) as g:
+        embedder = Embedder.for_queries(gallery_model(checkpoint, g), device)
+        result = explain_identification(photo, g, embedder, out, against=against, settings=settings)
     _print(result, as_json)
 
 

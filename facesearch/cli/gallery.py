@@ -25,16 +25,9 @@ def _open(gallery: Path, db: str | None, create: bool = False, reads_only: bool 
 
 
 def _embedder(checkpoint: Path | None, device: str, flip: bool = True, gallery=None):
-    from facesearch.embed import Embedder
+    from facesearch.embed import Embedder, gallery_model
 
-    return Embedder(_model(checkpoint, gallery), device=device, flip=flip)
-
-
-def _model(checkpoint: Path | None, gallery=None) -> Path:
-    """The checkpoint given, else the one the gallery was built with, else the shipped base model."""
-    from facesearch.checkpoint import resolve_checkpoint
-
-    return resolve_checkpoint(checkpoint, gallery.model_source if gallery is not None else None)
+    return Embedder(gallery_model(checkpoint, gallery), device=device, flip=flip)
 
 
 def _echo(data, as_json: bool, text: str) -> None:
@@ -184,8 +177,8 @@ def who(
     lines with --json); a photo that cannot be read is reported and the run goes on. Exit status: 0 when every
     photo was answered, 2 when some could not be read, 1 when none could.
     """
-    from facesearch.embed import Embedder
-    from facesearch.search import annotate as draw, who as run_who
+    from facesearch.embed import Embedder, gallery_model
+    from facesearch.search import who as run_who
 
     if threshold is not None and not -1.0 <= threshold <= 1.0:  # also refuses nan
         fail(f"--threshold {threshold}: a cosine similarity lies between -1 and 1")
@@ -196,10 +189,8 @@ def who(
         if annotate is not None:
             _check_annotate([annotate], [photo], gallery, db, overwrite)
         with _open(gallery, db, reads_only=True) as g:
-            result = run_who(g, Embedder.for_queries(_model(checkpoint, g), device, min_face), str(photo),
-                             top_k=top_k, threshold=threshold)
-            if annotate is not None:
-                draw(str(photo), result, annotate, overwrite=overwrite)
+            result = run_who(g, Embedder.for_queries(gallery_model(checkpoint, g), device, min_face), str(photo),
+                             top_k=top_k, threshold=threshold, annotate_into=annotate, overwrite=overwrite)
         _echo(result.to_dict(), as_json, _who_text(result))
         return
     listed = _photo_list(photos)
@@ -236,22 +227,20 @@ def _photo_list(paths: list[Path]) -> list[Path]:
 
 def _who_many(photos, gallery, db, checkpoint, device, min_face, top_k, threshold, drawn, overwrite, as_json) -> None:
     """``who`` for many photos; ``drawn``: the file each photo's answers are drawn into (None: not drawn)."""
-    from facesearch.embed import Embedder
-    from facesearch.search import WhoFailure, annotate as draw, who_many
+    from facesearch.embed import Embedder, gallery_model
+    from facesearch.search import WhoFailure, who_many
 
     failed = 0
     with _open(gallery, db, reads_only=True) as g:
-        embedder = Embedder.for_queries(_model(checkpoint, g), device, min_face)
+        embedder = Embedder.for_queries(gallery_model(checkpoint, g), device, min_face)
         with Progress("answering", len(photos)) as bar:
             for n, result in enumerate(who_many(g, embedder, photos, top_k=top_k, threshold=threshold,
-                                                progress=bar.update)):
+                                                progress=bar.update, annotate_into=drawn, overwrite=overwrite)):
                 if isinstance(result, WhoFailure):
                     failed += 1
                     typer.echo(json.dumps(result.to_dict()) if as_json else
                                printable(f"{result.photo}: {result.status}: {result.reason}"))
                     continue
-                if drawn is not None:
-                    draw(result.photo, result, drawn[n], overwrite=overwrite)
                 if not as_json and n - failed == 0:
                     typer.echo(f"# threshold {result.threshold:.3f} ({result.threshold_source}); photo, faces, "
                                "each face's answer and similarity")
@@ -350,6 +339,7 @@ def gallery_stats(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_js
     """Counts, model, threshold and index of the gallery. The threshold is the one `who` names faces at: the
     gallery's calibrated one, else the one its model records, else the default (`threshold_source`)."""
     from facesearch.checkpoint import CheckpointError, load_checkpoint
+    from facesearch.embed import gallery_model
     from facesearch.search import answer_threshold
 
     with _open(gallery, db, reads_only=True) as g:
@@ -357,7 +347,7 @@ def gallery_stats(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_js
         loaded = None
         if not stats["threshold_calibrated"]:  # the model's recorded threshold applies: read it
             try:
-                loaded = load_checkpoint(_model(None, g), "cpu", kind="faces")
+                loaded = load_checkpoint(gallery_model(None, g), "cpu", kind="faces")
             except (CheckpointError, OSError) as e:  # the counts are still worth showing
                 stats["model_problem"] = str(e)
         stats["threshold"], stats["threshold_source"] = answer_threshold(g, loaded)

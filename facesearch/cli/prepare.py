@@ -45,6 +45,7 @@ def prepare(
     as_json: JsonFlag = False,
 ) -> None:
     """Detect, crop and split every photo; one manifest row per file, with a status and a reason."""
+    # here, not at the top: `facesearch --help` stays fast
     from facesearch.data.prepare import PrepareSettings
     from facesearch.data.prepare import prepare as run_prepare
 

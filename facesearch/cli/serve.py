@@ -19,6 +19,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 def _open(gallery: Path, db: str | None, writes: bool, starts: bool = False):
     """The gallery; one that ``starts`` it may be an empty folder (a server set up before anyone is enrolled)."""
+    # here, not at the top: `facesearch --help` stays fast
     from facesearch.gallery import Gallery
 
     return Gallery(gallery, db, create=starts and gallery.is_dir(), read_only=False if writes else None)
@@ -60,6 +61,7 @@ def serve(
     except ImportError as e:
         fail(f"facesearch serve needs FastAPI, fastapi-offline and uvicorn ({e.name} is missing): "
              "pip install 'facesearch[serve]'")
+    # here, not at the top: `facesearch --help` stays fast
     from facesearch.data.images import MAX_PIXELS
     from facesearch.serve.app import ListenError, create_app, listen
     from facesearch.serve.service import Limits, Service

@@ -75,7 +75,7 @@ AUGMENTS = ("faces", "faces-strong", "none")
 def _run(kind: str, data: Path, out: Optional[Path], resume: Optional[Path], train_options: dict,
          model_options: dict, input_size: Optional[int], cache_dir: Optional[Path], as_json: bool,
          init: Optional[str] = None, augment: Optional[str] = None) -> None:
-    from facesearch import training
+    from facesearch import training  # torch loads when a run starts, not on import (start-up: --help)
 
     run_dir = out or resume
     if run_dir is None:
@@ -131,7 +131,7 @@ def _refuse_earlier_run(run_dir: Path) -> None:
 
 def _augment(name: Optional[str]):
     """The augmentation preset named on the command line (None: the dataset kind's default)."""
-    from facesearch.data.augment import AugmentConfig
+    from facesearch.training.augment import AugmentConfig  # torch: not on import (start-up)
 
     if name is None:
         return None

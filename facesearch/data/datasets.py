@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,9 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image
 
-from facesearch.data.images import IMAGE_SUFFIXES, load_image
+from facesearch.data.images import IMAGE_SUFFIXES, load_image, to_square_rgb
+from facesearch.data.manifest import ok_rows, read_manifest, read_settings
+from facesearch.runtime import barrier, is_main_process
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +70,6 @@ class Dataset:
     input_size: int
 
 
-def to_square_rgb(image: Image.Image, size: int) -> Image.Image:
-    """RGB, centre-cropped to a square, resized to ``size`` (antialiased bilinear). Face crops are square."""
-    image = image.convert("RGB")
-    w, h = image.size
-    if w != h:
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        image = image.crop((left, top, left + side, top + side))
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
-    return image
-
-
 def _decode(item: Item, size: int) -> np.ndarray:
     if isinstance(item, np.ndarray):
         image = Image.fromarray(item)
@@ -99,8 +89,6 @@ def face_sources(data_dir: Path, unlabelled: bool = False) -> tuple[list[str], d
     with fewer photos than ``--min-train-photos``, held out because one photo cannot teach a classifier).
     People held out on purpose (``--holdout-identities``) never train.
     """
-    from facesearch.data.manifest import ok_rows, read_manifest, read_settings
-
     rows = ok_rows(read_manifest(data_dir))
     if not rows:
         raise FileNotFoundError(f"{data_dir / 'manifest.csv'}: no usable face crops (no row with status ok)")
@@ -133,8 +121,6 @@ def identity_folders(data_dir: str | os.PathLike, sources: Sequence[Path]) -> li
 def _unlabelled_rows(rows: list, min_train_photos: int) -> list:
     """The ok rows with no identity to learn: split "unlabelled", and the strangers (split "holdout" for having
     fewer than ``min_train_photos`` photos, not people held out on purpose)."""
-    from collections import Counter
-
     photos = Counter(r.identity for r in rows)
     return [r for r in rows if r.split == "unlabelled"
             or (r.split == "holdout" and photos[r.identity] < min_train_photos)]
@@ -169,7 +155,9 @@ def _folder_items(root: Path, class_names: Sequence[str]) -> tuple[list[Item], l
 
 
 def _cifar_batches(batches: Path) -> tuple[list[str], dict[str, tuple[list[Item], list[int]]]]:
-    import torchvision  # its CIFAR10 reader checks the files' md5 and never downloads with download=False
+    # torchvision loads here, not on import (start-up): only CIFAR-10's pickled batches need it. Its CIFAR10
+    # reader checks the files' md5 and never downloads with download=False.
+    import torchvision
 
     splits = {}
     for split, train in (("train", True), ("val", False)):
@@ -224,19 +212,6 @@ def channel_stats(images: np.ndarray, chunk: int = 2048) -> tuple[list[float], l
     return mean.tolist(), std.tolist()
 
 
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def cached_split(name: str, items: Sequence[Item], labels: Sequence[int], size: int, cache_dir: Path,
                  workers: int = 4) -> tuple[ImageSet, dict]:
     """The split's images as a read-only memmap, decoding them first if no matching cache exists.
@@ -247,7 +222,7 @@ def cached_split(name: str, items: Sequence[Item], labels: Sequence[int], size: 
     key = _cache_key(name, items, labels, size)
     path = cache_dir / f"{name}-{size}px-{key}.npy"
     sidecar = path.with_suffix(".json")
-    if _is_main_process() and not sidecar.is_file():
+    if is_main_process() and not sidecar.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
         log.info("decoding %d images into %s", len(items), path)
         build_cache(path, items, size, workers)
@@ -255,7 +230,7 @@ def cached_split(name: str, items: Sequence[Item], labels: Sequence[int], size: 
         tmp = sidecar.with_name(sidecar.name + ".tmp")
         tmp.write_text(json.dumps({"n": len(items), "size": size, "mean": mean, "std": std}))
         os.replace(tmp, sidecar)  # written last: its presence says the cache is complete
-    _barrier()  # other DDP ranks wait here for rank 0's cache
+    barrier()  # other DDP ranks wait here for rank 0's cache
     images = np.load(path, mmap_mode="r")
     sources = tuple(item for item in items if isinstance(item, Path))
     return ImageSet(images, np.asarray(labels, dtype=np.int64), sources), json.loads(sidecar.read_text())
@@ -314,6 +289,4 @@ def default_input_size(kind: str, data_dir: str | os.PathLike) -> int:
     """Faces: the crop size the prepare output was made with (dataset.json, else 112); CIFAR-10: 32."""
     if kind == "cifar10":
         return 32
-    from facesearch.data.manifest import read_settings
-
     return int(read_settings(data_dir).get("size", 112))

@@ -35,7 +35,7 @@ CANVAS_STEP = 32
 
 
 @dataclass(frozen=True, eq=False)
-class Face:
+class DetectedFace:
     """One detected face, in pixels of the photo it was found in."""
 
     box: np.ndarray  # (4,) float32: x1, y1, x2, y2
@@ -91,7 +91,7 @@ class FaceDetector:
         self.retry_missed = retry_missed
         self._mtcnn = None  # built on the first detect()
 
-    def detect(self, images: list[Image.Image]) -> list[list[Face]]:
+    def detect(self, images: list[Image.Image]) -> list[list[DetectedFace]]:
         """All faces in each photo (RGB PIL images of any sizes), in the photo's own pixels."""
         faces = self._detect_all(images, self.min_face_ratio)
         if self.min_face_ratio > 0 and self.retry_missed:
@@ -100,10 +100,10 @@ class FaceDetector:
                 faces[i] = found  # MTCNN's plain search at min_face_size
         return faces
 
-    def _detect_all(self, images, min_face_ratio: float) -> list[list[Face]]:
+    def _detect_all(self, images, min_face_ratio: float) -> list[list[DetectedFace]]:
         scales = [_working_scale(im.size, self.max_side) for im in images]
         arrays = [_working_array(im, s) for im, s in zip(images, scales)]  # each (h, w, 3) uint8
-        results: list[list[Face]] = [[] for _ in images]
+        results: list[list[DetectedFace]] = [[] for _ in images]
         for canvas, batch in _group_by_canvas([a.shape[:2] for a in arrays], self.batch_size):
             min_face = max(float(self.min_face_size), min_face_ratio * min(canvas))
             found = self._detect_canvas([arrays[i] for i in batch], canvas, min_face)
@@ -111,9 +111,10 @@ class FaceDetector:
                 results[i] = [_rescale(f, 1.0 / scales[i]) for f in faces]
         return results
 
-    def _detect_canvas(self, arrays: list[np.ndarray], canvas: tuple[int, int], min_face: float) -> list[list[Face]]:
+    def _detect_canvas(self, arrays: list[np.ndarray], canvas: tuple[int, int],
+                       min_face: float) -> list[list[DetectedFace]]:
         """One MTCNN call on photos padded (bottom/right, grey) to their canvas, (height, width)."""
-        import torch
+        import torch  # torch and facenet load on the first detection, not on import
         from facenet_pytorch.models.utils.detect_face import detect_face
 
         mtcnn = self._model()
@@ -134,9 +135,9 @@ class FaceDetector:
 
     def _model(self):
         if self._mtcnn is None:
-            from facenet_pytorch import MTCNN
+            from facenet_pytorch import MTCNN  # facenet and torch load on the first detection, not on import
 
-            from facesearch.checkpoint import resolve_device
+            from facesearch.runtime import CHANNELS_LAST, resolve_device  # torch too: on the first detection
 
             device = str(resolve_device(self.device))
             self._mtcnn = MTCNN(
@@ -144,10 +145,8 @@ class FaceDetector:
                 thresholds=list(self.thresholds), device=device,
             )
             if device == "cpu":  # ~25 % less CPU time for these small convolutions, same results
-                import torch
-
                 for net in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet):
-                    net.to(memory_format=torch.channels_last)
+                    net.to(memory_format=CHANNELS_LAST)
             logger.info("MTCNN loaded on %s", device)
         return self._mtcnn
 
@@ -178,7 +177,7 @@ def _group_by_canvas(shapes: list[tuple[int, int]], batch_size: int) -> list[tup
             for k in range(0, len(members), batch_size)]
 
 
-def _faces_inside(boxes, points, shape: tuple[int, int]) -> list[Face]:
+def _faces_inside(boxes, points, shape: tuple[int, int]) -> list[DetectedFace]:
     """Faces from MTCNN's raw (k, 5) boxes and (k, 5, 2) points, dropping any centred in the padding."""
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 5)
     points = np.asarray(points, dtype=np.float32).reshape(-1, 5, 2)
@@ -187,17 +186,18 @@ def _faces_inside(boxes, points, shape: tuple[int, int]) -> list[Face]:
     for box, pts in zip(boxes, points):
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         if 0 <= cx < w and 0 <= cy < h:
-            faces.append(Face(box=box[:4].copy(), landmarks=pts.copy(), prob=float(box[4])))
+            faces.append(DetectedFace(box=box[:4].copy(), landmarks=pts.copy(), prob=float(box[4])))
     return faces
 
 
-def _rescale(face: Face, factor: float) -> Face:
+def _rescale(face: DetectedFace, factor: float) -> DetectedFace:
     if factor == 1.0:
         return face
-    return Face(box=face.box * np.float32(factor), landmarks=face.landmarks * np.float32(factor), prob=face.prob)
+    return DetectedFace(box=face.box * np.float32(factor), landmarks=face.landmarks * np.float32(factor),
+                        prob=face.prob)
 
 
-def select_face(faces: list[Face], image_size: tuple[int, int], rule: str = "largest") -> Face | None:
+def select_face(faces: list[DetectedFace], image_size: tuple[int, int], rule: str = "largest") -> DetectedFace | None:
     """The face to keep: ``"largest"`` box, or ``"center"`` (closest to the photo's centre — right for
     LFW-style photos centred on one person). ``None`` when there is no face."""
     if not faces:
@@ -252,7 +252,8 @@ class DetectorSettings:
         return {"min_face_size": self.min_face_size, "thresholds": list(self.thresholds)}
 
 
-def crop_face(image: Image.Image, face: Face, size: int = 112, margin: float = 0.2, align: bool = False) -> Image.Image:
+def crop_face(image: Image.Image, face: DetectedFace, size: int = 112, margin: float = 0.2,
+              align: bool = False) -> Image.Image:
     """A square RGB ``size`` x ``size`` crop of one face.
 
     Args:

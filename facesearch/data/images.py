@@ -8,6 +8,8 @@ can read. Truncated files are rejected, never half-decoded (``ImageFile.LOAD_TRU
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import stat
@@ -102,8 +104,6 @@ def file_sha256(path: str | os.PathLike) -> str:
     Raises:
         OSError: cannot be read; ``NotAFileError`` for anything but a regular file (never blocks on a pipe).
     """
-    import hashlib
-
     digest = hashlib.sha256()
     with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -125,12 +125,12 @@ class ImageError(Exception):
 
 
 def load_image(
-    path: str | os.PathLike, min_side: int = MIN_SIDE, max_pixels: int | None = None
+    path: str | os.PathLike | bytes, min_side: int = MIN_SIDE, max_pixels: int | None = None
 ) -> Image.Image:
     """Decode one photo into an 8-bit RGB image, EXIF orientation applied.
 
     Args:
-        path: the file.
+        path: the file, or its bytes (an upload, decoded from memory).
         min_side: photos whose shorter side is below this many pixels raise ``too_small``.
         max_pixels: the largest width x height decoded (read from the header, before decoding); ``None``:
             ``MAX_PIXELS``.
@@ -140,12 +140,13 @@ def load_image(
 
     Raises:
         ImageError: status ``not_an_image``, ``too_large``, ``truncated``, ``unreadable`` (also for anything
-            but a regular file: a folder, a named pipe, a device) or ``too_small``; its ``path`` is ``path``.
+            but a regular file: a folder, a named pipe, a device) or ``too_small``; its ``path`` is ``path`` (None for
+            bytes).
     """
     try:
         return _load(path, min_side, MAX_PIXELS if max_pixels is None else max_pixels)
     except ImageError as e:
-        e.path = path
+        e.path = None if isinstance(path, (bytes, bytearray)) else path
         raise
 
 
@@ -162,7 +163,7 @@ def _load(path, min_side: int, max_pixels: int) -> Image.Image:
             _check_pixels(opened, max_pixels)  # from the header: nothing is decoded yet
             opened.seek(0)  # animated: the first frame
             opened.load()
-            image = to_rgb(_exif_transpose(opened, path))
+            image = to_rgb(_exif_transpose(opened, "a photo in memory" if isinstance(path, (bytes, bytearray)) else path))
             if image is opened:  # closing `opened` would free the pixels we return
                 image = image.copy()
     if min(image.size) < min_side:
@@ -172,7 +173,12 @@ def _load(path, min_side: int, max_pixels: int) -> Image.Image:
 
 
 def _open_photo(path) -> BinaryIO:
-    """The photo's file, open; ``ImageError`` for one that is missing, unreadable, not a regular file or empty."""
+    """The photo's file, open; ``ImageError`` for one that is missing, unreadable, not a regular file or empty.
+    Bytes are read from memory."""
+    if isinstance(path, (bytes, bytearray)):
+        if not path:
+            raise ImageError("not_an_image", "empty file (0 bytes)")
+        return io.BytesIO(path)
     try:
         file = open_regular(path)
     except NotAFileError as e:
@@ -222,7 +228,7 @@ def _unknown_format(file: BinaryIO, path) -> str:
     file.seek(0)
     head = file.read(16)
     found = next((fmt for offset, magic, fmt in _FOREIGN_FORMATS if head[offset : offset + len(magic)] == magic),
-                 _FOREIGN_SUFFIXES.get(Path(path).suffix.lower()))
+                 None if isinstance(path, (bytes, bytearray)) else _FOREIGN_SUFFIXES.get(Path(path).suffix.lower()))
     if found:
         return f"a photo in {found} format, which this installation cannot read: convert it to JPEG or PNG"
     return "not an image format Pillow can read"
@@ -259,6 +265,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(background, rgba).convert("RGB")
     # L, 1, P, CMYK, YCbCr, LAB, HSV: Pillow's own conversions are right for these.
     return image.convert("RGB")
+
+
+def to_square_rgb(image: Image.Image, size: int) -> Image.Image:
+    """RGB, centre-cropped to a square, resized to ``size`` (antialiased bilinear). Face crops are square."""
+    image = image.convert("RGB")
+    w, h = image.size
+    if w != h:
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return image
 
 
 def _scale_to_8bit(image: Image.Image) -> Image.Image:

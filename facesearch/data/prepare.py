@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import re
+import sys
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,7 +30,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from facesearch.data.images import file_sha256
+import numpy as np
+
+from facesearch.data.detect import DetectedFace, FaceDetector, crop_face, select_face
+from facesearch.data.images import ImageError, file_sha256, load_image
 from facesearch.data.manifest import ManifestRow, read_manifest, read_settings, write_manifest, write_settings
 
 logger = logging.getLogger(__name__)
@@ -400,7 +405,7 @@ def crop_path(identity: str, sha256: str) -> str:
 
 def _run_jobs(jobs, out_dir, settings, device, workers, settled, progress) -> list[ManifestRow]:
     """Run every job (in worker processes on CPU), checkpointing the manifest as rows come back."""
-    from facesearch.checkpoint import resolve_device
+    from facesearch.runtime import resolve_device  # torch loads once there are photos to detect, not on import
 
     device = str(resolve_device(device))
     done = list(settled)
@@ -450,11 +455,8 @@ def _mp_context():
     seconds of CPU each to import it again. The workers run torch single-threaded, so they never enter an
     OpenMP parallel region, the thing that can hang after a fork (torch's DataLoader workers rely on the
     same). macOS and Windows spawn."""
-    import multiprocessing
-    import sys
-
     if sys.platform.startswith("linux"):
-        import torch  # noqa: F401 - imported once here, shared by every forked worker
+        import torch  # noqa: F401 - imported once here (not on import: start-up), shared by every forked worker
 
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
@@ -464,12 +466,10 @@ _worker: dict = {}  # per process: out_dir, settings, detector
 
 
 def _init_worker(out_dir: str, settings: PrepareSettings, device: str, threads: int | None) -> None:
-    from facesearch.data.detect import FaceDetector
-
     if threads is not None:
-        import torch
+        from facesearch.runtime import set_threads  # torch: in the worker, not on import (start-up)
 
-        torch.set_num_threads(threads)
+        set_threads(threads)
     detector = FaceDetector(
         device=device,
         batch_size=settings.batch_size if device == "cpu" else 4 * settings.batch_size,
@@ -481,8 +481,6 @@ def _init_worker(out_dir: str, settings: PrepareSettings, device: str, threads: 
 
 def _process_chunk(jobs: list[_Job]) -> list[ManifestRow]:
     """Decode every photo of the chunk, detect faces in one batched call, crop and save."""
-    from facesearch.data.images import ImageError, load_image
-
     settings: PrepareSettings = _worker["settings"]
     results: dict[int, ManifestRow] = {}
     images = {}
@@ -519,14 +517,12 @@ def _detect(detector, images) -> list:
 
 
 def _crop_one(job: _Job, image, faces) -> ManifestRow:
-    from facesearch.data.detect import Face, select_face
-
     settings: PrepareSettings = _worker["settings"]
     if isinstance(faces, Exception):
         return replace(job.row, status="unreadable", reason=f"face detector failed: {faces}")
     if job.face is not None:
         box, landmarks, prob, n_faces = job.face
-        face = Face(box=_f32(box), landmarks=_f32(landmarks), prob=float(prob or 0.0))
+        face = DetectedFace(box=_f32(box), landmarks=_f32(landmarks), prob=float(prob or 0.0))
     else:
         n_faces = len(faces)
         face = select_face(faces, image.size, settings.select)
@@ -545,15 +541,11 @@ def _crop_one(job: _Job, image, faces) -> ManifestRow:
 
 
 def _f32(values):
-    import numpy as np
-
     return np.asarray(values, dtype=np.float32)
 
 
 def _save_crop(image, face, target: Path, settings: PrepareSettings) -> None:
     """Write atomically, so a crash never leaves half a JPEG under a manifest's crop path."""
-    from facesearch.data.detect import crop_face
-
     crop = crop_face(image, face, size=settings.size, margin=settings.margin, align=settings.align)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".{os.getpid()}.tmp")

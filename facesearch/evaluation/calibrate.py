@@ -124,13 +124,11 @@ def probe_outcomes(gallery, vectors: np.ndarray, identities: list[str]) -> tuple
 
 
 def calibrate_gallery(
-    gallery_dir: str | os.PathLike,
+    gallery,
+    embedder,
     data_dir: str | os.PathLike,
-    checkpoint: str | os.PathLike | None = None,
     *,
     target_fpir: float | None = DEFAULT_FPIR,
-    device: str = "auto",
-    db_url: str | None = None,
     select: str = "largest",
     progress=None,
 ) -> Calibration:
@@ -141,44 +139,39 @@ def calibrate_gallery(
     skipped: they would match themselves.
 
     Args:
-        gallery_dir: the gallery folder.
+        gallery: an open ``facesearch.gallery.Gallery``, writable (the threshold is stored in it).
+        embedder: a ``facesearch.embed.Embedder`` of the gallery's model (``Embedder.for_queries``: the face finder
+            ``who`` uses; checked against the gallery's model first).
         data_dir: the calibration photos (or a ``prepare`` output of them).
-        checkpoint: the gallery's model (its fingerprint is checked against the gallery's); default: the one
-            the gallery records, else the shipped base model.
         target_fpir: share of strangers that may be given a name, e.g. 0.01; None: the balanced threshold.
         select: which face of each photo to use ("largest" or "center").
     Raises:
         ValueError: too few photos of people not enrolled to measure ``target_fpir``.
-        facesearch.gallery.GalleryError: no such gallery, or another model's gallery.
+        facesearch.gallery.GalleryError: another model's gallery.
     """
-    from facesearch.checkpoint import resolve_checkpoint, resolve_device
-    from facesearch.evaluation.common import make_embedder, embed_photos, list_photos, load_model
-    from facesearch.gallery import Gallery
+    from facesearch.evaluation.common import embed_photos, list_photos
 
-    device = str(resolve_device(device))
-    with Gallery(gallery_dir, db_url, create=False) as gallery:
-        loaded = load_model(resolve_checkpoint(checkpoint, gallery.model_source), device)
-        gallery.check_model(loaded.fingerprint)
-        photos = {key: identity for identity, keys in list_photos(data_dir).items() for key in keys}
-        fresh = [k for k in photos if not _already_enrolled(gallery, Path(data_dir) / k)]
-        enrolled = {info.name for info in gallery.identities()}
-        if not enrolled:  # every probe's best score would be -inf: no threshold means anything
-            raise ValueError(f"{gallery_dir}: nobody is enrolled in this gallery; enroll people before calibrating "
-                             "their unknown-threshold")
-        n_strangers = sum(photos[k] not in enrolled for k in fresh)
-        require_strangers(n_strangers, target_fpir, len(fresh) - n_strangers)  # before the slow part
-        embedded = embed_photos(make_embedder(loaded, device), fresh, data_dir, crop_size=loaded.preprocess.input_size,
-                                select=select, progress=progress)
-        keys = sorted(embedded.vectors)
-        if not keys:
-            raise ValueError(f"{data_dir}: no usable calibration photos")
-        vectors = np.stack([embedded.vectors[k] for k in keys])  # (n, d)
-        calibration = choose_threshold(*probe_outcomes(gallery, vectors, [photos[k] for k in keys]), target_fpir)
-        meta = {**calibration.to_dict(), "data_dir": str(data_dir), "fingerprint": loaded.fingerprint,
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "n_skipped_enrolled": len(photos) - len(fresh), "n_unusable": len(embedded.missing)}
-        gallery.set_threshold(calibration.threshold, meta)
-        log.info("threshold %.4f stored in %s (%s)", calibration.threshold, gallery_dir, meta)
+    gallery.check_model(embedder.fingerprint)
+    photos = {key: identity for identity, keys in list_photos(data_dir).items() for key in keys}
+    fresh = [k for k in photos if not _already_enrolled(gallery, Path(data_dir) / k)]
+    enrolled = {info.name for info in gallery.identities()}
+    if not enrolled:  # every probe's best score would be -inf: no threshold means anything
+        raise ValueError(f"{gallery.folder}: nobody is enrolled in this gallery; enroll people before calibrating "
+                         "their unknown-threshold")
+    n_strangers = sum(photos[k] not in enrolled for k in fresh)
+    require_strangers(n_strangers, target_fpir, len(fresh) - n_strangers)  # before the slow part
+    embedded = embed_photos(embedder, fresh, data_dir, crop_size=embedder.loaded.preprocess.input_size,
+                            select=select, progress=progress)
+    keys = sorted(embedded.vectors)
+    if not keys:
+        raise ValueError(f"{data_dir}: no usable calibration photos")
+    vectors = np.stack([embedded.vectors[k] for k in keys])  # (n, d)
+    calibration = choose_threshold(*probe_outcomes(gallery, vectors, [photos[k] for k in keys]), target_fpir)
+    meta = {**calibration.to_dict(), "data_dir": str(data_dir), "fingerprint": embedder.fingerprint,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "n_skipped_enrolled": len(photos) - len(fresh), "n_unusable": len(embedded.missing)}
+    gallery.set_threshold(calibration.threshold, meta)
+    log.info("threshold %.4f stored in %s (%s)", calibration.threshold, gallery.folder, meta)
     return calibration
 
 

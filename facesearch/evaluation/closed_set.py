@@ -13,16 +13,19 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from facesearch.data.images import IMAGE_SUFFIXES
+from facesearch.checkpoint import preprocess_batch, read_checkpoint
+from facesearch.data.images import IMAGE_SUFFIXES, load_image
+from facesearch.data.manifest import ok_rows, read_manifest
+from facesearch.evaluation.common import load_model, random_baseline
+from facesearch.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
 
 def dataset_of_run(run_dir: str | os.PathLike) -> tuple[str | None, str | None]:
     """``(kind, data_dir)`` the run's checkpoint was trained on, as far as it says."""
-    from facesearch.checkpoint import read_checkpoint
-
     info = read_checkpoint(run_dir).get("dataset")
     if isinstance(info, str):
         return None, info
@@ -42,8 +45,6 @@ def held_out_items(
         files = sorted(p for p in (data_dir / "test").glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
         pairs = [(p, p.parent.name) for p in files]
     else:
-        from facesearch.data.manifest import ok_rows, read_manifest
-
         pairs = [(data_dir / r.crop, r.identity) for r in ok_rows(read_manifest(data_dir), split=split)]
     known = [(p, index[name]) for p, name in pairs if name in index]
     return [p for p, _ in known], np.array([c for _, c in known], dtype=np.int64), len(pairs) - len(known)
@@ -51,11 +52,6 @@ def held_out_items(
 
 def predict(loaded, files: list[Path], device, batch_size: int = 128) -> np.ndarray:
     """(n,) argmax class of each image under the model's own preprocessing."""
-    import torch
-    from facesearch.data.images import load_image
-
-    from facesearch.checkpoint import preprocess_batch
-
     out = []
     with torch.inference_mode():
         for start in range(0, len(files), batch_size):
@@ -103,9 +99,6 @@ def evaluate_closed_set(
     Returns:
         A JSON-ready summary.
     """
-    from facesearch.checkpoint import resolve_device
-    from facesearch.evaluation.common import load_model, random_baseline
-
     run_kind, run_data = dataset_of_run(run_dir)
     kind, data_dir = kind or run_kind or "faces", data_dir or run_data
     if data_dir is None:

@@ -103,7 +103,7 @@ def embed_photos(
     """Embed the photos ``relpaths`` of a raw folder or of a ``prepare`` output.
 
     Args:
-        embedder: a ``facesearch.embed.Embedder`` (or anything with its ``embed_crops``/``embed_images``).
+        embedder: a ``facesearch.embed.Embedder`` (or anything with its ``embed_crops``/``faces_of``).
         relpaths: photo paths relative to the raw folder, e.g. ``Name/Name_0001.jpg``.
         images_dir: the raw folder, or a ``prepare`` output whose manifest lists those paths.
         raw_dir: for a ``prepare`` output, the raw folder it was made from: photos without a usable
@@ -180,7 +180,8 @@ def _embed_in_batches(embedder, loaders: Sequence[Callable], batch_size: int, pr
 
 
 def _embed_raw_photos(embedder, relpaths, images_dir: Path, crop_size, select, progress) -> Embedded:
-    """Detect, keep one face (``select``) and embed, as ``who`` does; centre crop when no face is found.
+    """Detect, keep one face (``select``) and embed, as ``who`` does (``Embedder.faces_of``); centre crop when no
+    face is found.
 
     Each photo's face is found once per process for any number of models (the trained one and its random
     baseline, say): the crops are kept in ``_FACE_CROPS`` by photo file and crop settings, and only the
@@ -194,11 +195,15 @@ def _embed_raw_photos(embedder, relpaths, images_dir: Path, crop_size, select, p
     for start in range(0, len(relpaths), step):
         batch = relpaths[start : start + step]
         crops = {rel: _FACE_CROPS.get((images_dir / rel, settings)) for rel in batch}  # (crop, centre crop?)
-        images = _load_photos(images_dir, [rel for rel in batch if crops[rel] is None], embedded.missing)
-        found = embedder.detect_and_crop(list(images.values()), select=select) if images else []
-        for (rel, image), faces in zip(images.items(), found):
-            crop = faces[0][1] if faces else center_crop(image, crop_size)
-            crops[rel] = _FACE_CROPS.put((images_dir / rel, settings), (crop, not faces))
+        todo = [rel for rel in batch if crops[rel] is None]
+        found = embedder.faces_of([images_dir / rel for rel in todo], select, batch_size=step, embed=False)
+        for rel, photo in zip(todo, found):
+            if photo.image is None:  # missing or undecodable
+                log.warning("%s: %s: %s", photo.path, photo.status, photo.reason)
+                embedded.missing.append(rel)
+                continue
+            crop = photo.faces[0].crop if photo.faces else center_crop(photo.image, crop_size)
+            crops[rel] = _FACE_CROPS.put((images_dir / rel, settings), (crop, not photo.faces))
         keys = [rel for rel in batch if crops[rel] is not None]
         embedded.vectors.update(zip(keys, embedder.embed_crops([crops[k][0] for k in keys])))
         embedded.fallback.extend(k for k in keys if crops[k][1])
@@ -249,20 +254,6 @@ class _CropCache:
 
 
 _FACE_CROPS = _CropCache()
-
-
-def _load_photos(root: Path, relpaths: Sequence[str], missing: list[str]) -> dict:
-    """The decoded photos that exist and decode; the others are appended to ``missing``."""
-    from facesearch.data.images import ImageError, load_image
-
-    images = {}
-    for rel in relpaths:
-        try:
-            images[rel] = load_image(root / rel)
-        except ImageError as err:  # load_image turns every OSError into one
-            log.warning("%s", err)
-            missing.append(rel)
-    return images
 
 
 def make_embedder(loaded, device: str):

@@ -26,6 +26,7 @@ from facesearch.evaluation.common import (
     note_photos,
     rate_key,
 )
+from facesearch.runtime import resolve_device
 
 FPIR_TARGETS = (1e-2, 1e-1)
 DISTRACTOR_PREFIX = "distractors:"  # keys and identities of photos from a distractor folder
@@ -184,8 +185,6 @@ def evaluate_open_set(
     Returns:
         An :class:`OpenSetReport`: rank-1, rank-5, DIR at each FPIR (with CIs) for the model and its baseline.
     """
-    from facesearch.checkpoint import resolve_device
-
     device = str(resolve_device(device))
     split = split_open_set(list_photos(data_dir, splits), enroll_per_identity, seed)
     if not split.enrolled:

@@ -16,7 +16,7 @@ _LABELS = {"model": "trained model", "random_baseline": "random weights (baselin
 
 
 def _pyplot():
-    import matplotlib
+    import matplotlib  # matplotlib loads when a plot is drawn, not on import (start-up)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -90,7 +90,7 @@ def save_open_set_plots(report, out_dir: str | os.PathLike) -> list[Path]:
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # not on import (start-up)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

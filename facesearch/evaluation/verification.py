@@ -25,6 +25,7 @@ from facesearch.evaluation.common import (
     note_photos,
     rate_key,
 )
+from facesearch.runtime import resolve_device
 
 FAR_TARGETS = (1e-2, 1e-3)
 
@@ -216,8 +217,6 @@ def evaluate_pairs(
     Returns:
         A :class:`PairsReport`; ``report.summary`` is JSON-ready.
     """
-    from facesearch.checkpoint import resolve_device
-
     device = str(resolve_device(device))
     if len(pairs_files) not in (1, 2):
         raise ValueError("give one 10-fold pairs file, or a train file and a test file")

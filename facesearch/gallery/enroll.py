@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from facesearch.data.images import is_photo
+from facesearch.embed import Decoded
 from facesearch.gallery.records import GalleryError, NewFace
 from facesearch.gallery.store import Gallery
 
@@ -55,7 +56,8 @@ def enroll(gallery: Gallery, embedder, items: Sequence[tuple[str | os.PathLike, 
     Args:
         gallery: the gallery.
         embedder: a ``facesearch.embed.Embedder``; must be the gallery's model (checked first).
-        items: ``(photo path, identity name)`` pairs.
+        items: ``(photo, identity name)`` pairs; a photo is a path, or a ``Decoded`` one (an upload checked and
+            kept already: not decoded again).
         largest: in a photo with several faces, enroll the largest instead of refusing the photo.
         batch_size: photos per detection batch and per transaction.
         progress: called with the number of photos done after each batch.
@@ -71,7 +73,7 @@ def enroll(gallery: Gallery, embedder, items: Sequence[tuple[str | os.PathLike, 
         try:
             named.append((i, (path, new_name(name))))
         except GalleryError as e:
-            outcomes[i] = EnrollOutcome(str(path), str(name), "bad_name", str(e))
+            outcomes[i] = EnrollOutcome(_path_of(path), str(name), "bad_name", str(e))
     if progress and outcomes:
         progress(len(outcomes))
     for start in range(0, len(named), batch_size):
@@ -91,29 +93,26 @@ def failed(outcome: EnrollOutcome) -> bool:
 
 
 def _enroll_batch(gallery: Gallery, embedder, batch, largest: bool) -> list[EnrollOutcome]:
-    from facesearch.data.detect import select_face
-
     done: dict[int, EnrollOutcome] = {}
-    loaded = _load_new_photos(gallery, batch, done)  # position → (sha256, image)
-    positions = list(loaded)
-    found = embedder.detector.detect([loaded[i][1] for i in positions]) if positions else []
-    chosen = {}  # position → Face
-    for i, faces in zip(positions, found):
-        path, name = str(batch[i][0]), batch[i][1]
-        if not faces:
-            done[i] = EnrollOutcome(path, name, "no_face", "no face detected")
-        elif len(faces) > 1 and not largest:
-            done[i] = EnrollOutcome(path, name, "several_faces", f"{len(faces)} faces: refused (pass --largest to "
-                                    "enroll the largest one)", n_faces=len(faces))
+    fresh = _new_photos(gallery, batch, done)  # position → sha256 of the photos not enrolled yet
+    new, n_faces = [], {}  # (position, NewFace); position → faces detected in the photo
+    found = embedder.faces_of([batch[i][0] for i in fresh], select="largest" if largest else "only",
+                              batch_size=max(1, len(fresh)))
+    for (i, sha), photo in zip(fresh.items(), found):
+        path, name = _path_of(batch[i][0]), batch[i][1]
+        if photo.status == "several_faces":
+            done[i] = EnrollOutcome(path, name, "several_faces", f"{photo.found} faces: refused (pass --largest to "
+                                    "enroll the largest one)", n_faces=photo.found)
+        elif not photo.ok:
+            done[i] = EnrollOutcome(path, name, photo.status, photo.reason)
         else:
-            chosen[i] = select_face(faces, loaded[i][1].size, "largest")
-    new = _embed_chosen(embedder, batch, loaded, chosen)
+            new.append((i, _new_face(name, sha, photo)))
+            n_faces[i] = photo.found
     result = gallery.add_faces([face for _, face in new], embedder.fingerprint, embedder.model_source)
     skipped = {new[k][0]: holder for k, holder in result.duplicates}
     added = iter(result.ids)
-    for i, face in new:
-        path, name = str(batch[i][0]), batch[i][1]
-        n = len(found[positions.index(i)])
+    for i, _ in new:
+        path, name, n = _path_of(batch[i][0]), batch[i][1], n_faces[i]
         if i in skipped:
             done[i] = EnrollOutcome(path, name, "duplicate", f"already enrolled as {skipped[i]!r}", n_faces=n,
                                      enrolled_as=skipped[i])
@@ -123,39 +122,35 @@ def _enroll_batch(gallery: Gallery, embedder, batch, largest: bool) -> list[Enro
     return [done[i] for i in range(len(batch))]
 
 
-def _load_new_photos(gallery: Gallery, batch, done: dict[int, EnrollOutcome]) -> dict:
-    """Hash and decode the photos not enrolled yet; outcomes for the others go into ``done``."""
-    from facesearch.data.images import ImageError, file_sha256, load_image
+def _new_photos(gallery: Gallery, batch, done: dict[int, EnrollOutcome]) -> dict[int, str]:
+    """The content hash of each photo not enrolled yet; outcomes for the others go into ``done``."""
+    from facesearch.data.images import file_sha256
 
-    loaded = {}
-    for i, (path, name) in enumerate(batch):
+    fresh = {}
+    for i, (photo, name) in enumerate(batch):
+        path = _path_of(photo)
         try:
             sha = file_sha256(path)
-            holder = gallery.enrolled_as(sha)
-            if holder is not None:
-                done[i] = EnrollOutcome(str(path), name, "duplicate", f"already enrolled as {holder!r}", enrolled_as=holder)
-                continue
-            loaded[i] = (sha, load_image(path))
-        except ImageError as e:
-            done[i] = EnrollOutcome(str(path), name, e.status, e.reason)
         except OSError as e:
             done[i] = EnrollOutcome(str(path), name, "unreadable", e.strerror or str(e))
-    return loaded
+            continue
+        holder = gallery.enrolled_as(sha)
+        if holder is not None:
+            done[i] = EnrollOutcome(str(path), name, "duplicate", f"already enrolled as {holder!r}", enrolled_as=holder)
+        else:
+            fresh[i] = sha
+    return fresh
 
 
-def _embed_chosen(embedder, batch, loaded, chosen) -> list[tuple[int, NewFace]]:
-    from facesearch.data.detect import crop_face
+def _path_of(photo) -> str:
+    return str(photo.path if isinstance(photo, Decoded) else photo)
 
-    c = embedder.crop
-    crops = {i: crop_face(loaded[i][1], face, c.size, c.margin, c.align) for i, face in chosen.items()}
-    vectors = embedder.embed_crops(list(crops.values()))
-    out = []
-    for (i, face), vector in zip(chosen.items(), vectors):
-        out.append((i, NewFace(
-            name=batch[i][1], embedding=vector, source_path=str(Path(batch[i][0]).resolve()),
-            source_sha256=loaded[i][0], box=face.box, landmarks=face.landmarks, det_prob=face.prob, crop=crops[i],
-        )))
-    return out
+
+def _new_face(name: str, sha: str, photo) -> NewFace:
+    """The face ``Embedder.faces_of`` chose in a photo, as the gallery stores it."""
+    f = photo.faces[0]
+    return NewFace(name=name, embedding=f.embedding, source_path=str(Path(f.path).resolve()), source_sha256=sha,
+                   box=f.face.box, landmarks=f.face.landmarks, det_prob=f.face.prob, crop=f.crop)
 
 
 @dataclass(frozen=True)
@@ -195,14 +190,15 @@ def reembed(gallery: Gallery, embedder, batch_size: int = 64,
 
 def _recrop(info, crop_settings):
     """The face cut again from its unchanged photo, else the stored crop; (None, "") when neither exists."""
-    from facesearch.data.detect import Face, crop_face
+    from facesearch.data.detect import DetectedFace, crop_face
     from facesearch.data.images import ImageError, file_sha256, load_image
 
     c = crop_settings
     try:
         if info.source_path and info.box and file_sha256(info.source_path) == info.source_sha256:
             landmarks = np.asarray(info.landmarks if info.landmarks else np.zeros((5, 2)), dtype=np.float32)
-            face = Face(box=np.asarray(info.box, dtype=np.float32), landmarks=landmarks, prob=info.det_prob or 0.0)
+            face = DetectedFace(box=np.asarray(info.box, dtype=np.float32), landmarks=landmarks,
+                                prob=info.det_prob or 0.0)
             return crop_face(load_image(info.source_path), face, c.size, c.margin, c.align and info.landmarks is not None), "photo"
     except (OSError, ImageError) as e:
         logger.info("face %d: photo unusable (%s), using the stored crop", info.id, e)

@@ -93,7 +93,7 @@ class VGGConfig:
     @property
     def conv_channels(self) -> list[int]:
         """Output channels of the 13 convs, in order (VGG16's configuration "D" times ``conv_width``)."""
-        from torchvision.models.vgg import cfgs
+        from torchvision.models.vgg import cfgs  # lazy: importing facesearch.models stays cheap
 
         return [round(c * self.conv_width) for c in cfgs["D"] if c != "M"]
 

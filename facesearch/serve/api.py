@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from facesearch.gallery import IdentityNotFound
 from facesearch.serve import schemas
-from facesearch.serve.app import ApiError, Caller, FaceId, caller, writer
+from facesearch.serve.auth import ApiError, Caller, FaceId, caller, writer
 from facesearch.serve.guard import subject_name
 from facesearch.serve.schemas import base64_field
 from facesearch.serve.service import UploadError

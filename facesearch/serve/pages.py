@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import math
+from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Form, Request, UploadFile
@@ -20,15 +21,17 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
+from facesearch.cluster import ClusterError
 from facesearch.gallery import GalleryError
+from facesearch.gallery.identities import clean_name
 from facesearch.search import answer_threshold
-from facesearch.serve.app import KEY_COOKIE, PACKAGE, ApiError, Caller, FaceId, caller, writer
+from facesearch.serve.auth import KEY_COOKIE, ApiError, Caller, FaceId, caller, writer
 from facesearch.serve.guard import (FLASH_COOKIE, FLASH_SECONDS, REPORT_CSP, flash_value, read_flash, same_origin,
                                     subject_name)
 from facesearch.serve.service import UploadError
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=str(PACKAGE / "templates"))
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 templates.env.filters["q"] = lambda s: quote(str(s), safe="")
 PAGE_SIZE = 60
 BACK_FROM_REPORT = ("<main><p><a href='/who'>&larr; Who is this?</a> &middot; <a href='/subjects'>Subjects</a> "
@@ -279,8 +282,6 @@ class Refused(ValueError):
 def _chosen_person(gallery, person: str, new_name: str) -> str:
     """The person a form chose: one of the list (``person``), or a new one (``new_name``) that is not an existing
     name in other letters (case, spaces): a new name never duplicates a person by accident."""
-    from facesearch.gallery.identities import clean_name
-
     person, new_name = person.strip(), new_name.strip()
     if bool(person) == bool(new_name):
         raise Refused("choose a person from the list, or type the name of a new one (one of the two)")
@@ -364,8 +365,6 @@ def clusters_page(request: Request, who: Caller = Depends(caller)):
 @router.post("/clusters/run")
 def run_clustering(request: Request, who: Caller = Depends(writer)):
     """Cluster the photo folders again (new photos join), in the background: the clusters page follows it."""
-    from facesearch.cluster import ClusterError
-
     try:
         run = request.app.state.service.start_clustering()
     except ClusterError as e:
@@ -385,8 +384,6 @@ def cluster_crop(request: Request, face_id: FaceId, who: Caller = Depends(caller
 @router.post("/clusters/{group}/name")
 async def name_cluster(request: Request, group: int, person: str = Form(""), new_name: str = Form(""),
                        who: Caller = Depends(writer)):
-    from facesearch.cluster import ClusterError
-
     service = request.app.state.service
     try:
         name = _chosen_person(service.gallery, person, new_name)

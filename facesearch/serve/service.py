@@ -9,6 +9,7 @@ for a compute slot computed as one batch (``batching``; ``search.who_images``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from sqlalchemy.engine import make_url
 
-from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, file_sha256, load_image
+from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, load_image
 from facesearch.gallery.db import sqlite_path
 from facesearch.serve.batching import Batcher
 
@@ -93,14 +94,14 @@ class Service:
                  device: str = "cpu", limits: Limits = Limits(), compute_slots: int | None = None,
                  clusters: str | os.PathLike | None = None, read_only: bool | None = None,
                  max_batch: int | None = None):
-        from facesearch.checkpoint import load_checkpoint, resolve_checkpoint
-        from facesearch.embed import Embedder
+        from facesearch.checkpoint import load_checkpoint
+        from facesearch.embed import Embedder, gallery_model
         from facesearch.gallery import Gallery
 
         # an existing empty folder starts a gallery (people are enrolled through the API); a missing one is refused
         self.gallery = Gallery(gallery, db_url, create=Path(gallery).is_dir(), read_only=read_only, concurrent=True)
         try:
-            self.loaded = load_checkpoint(resolve_checkpoint(checkpoint, self.gallery.model_source), device)
+            self.loaded = load_checkpoint(gallery_model(checkpoint, self.gallery), device)
             self.embedder = Embedder.for_queries(self.loaded, device)
             if self.gallery.model_fingerprint is not None:
                 self.gallery.check_model(self.embedder.fingerprint)
@@ -116,7 +117,7 @@ class Service:
         self._editing_clusters = threading.Lock()  # one edit of the clusters folder at a time
         self._starting = threading.Lock()
         self.clustering: ClusteringRun | None = None  # the last clustering started from the page
-        self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # uploads in flight, explain reports
+        self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # explain reports, calibration archives
         self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
         self._calibrating = threading.Lock()  # one calibration at a time: it embeds hundreds of photos
         # Detection and the model use every core already (torch's intra-op threads): more requests computing at
@@ -171,37 +172,21 @@ class Service:
         """Run detection and the model once, so the first request does not pay for lazy initialisation."""
         from PIL import Image
 
-        self.embedder.embed_images([Image.new("RGB", (160, 160), (128, 128, 128))], select="all")
+        list(self.embedder.faces_of([Image.new("RGB", (160, 160), (128, 128, 128))]))
 
     # -- uploads ------------------------------------------------------------------------------------
 
-    def save_upload(self, data: bytes, filename: str | None) -> Path:
-        """Check an upload's size and write it to the scratch folder; returns its path (``open_photo`` decodes it)."""
+    def read_photo(self, data: bytes, filename: str | None):
+        """An upload checked (its size) and decoded from memory (RGB), or UploadError with prepare's status and
+        reason."""
         if len(data) > self.limits.max_bytes:
             raise UploadError("too_large", f"{len(data)} bytes, more than the {self.limits.max_bytes} allowed", 413)
         if not data:
             raise UploadError("not_an_image", "empty upload (0 bytes)")
-        suffix = Path(filename or "").suffix.lower()
-        path = self.scratch / f"{uuid.uuid4().hex}{suffix if suffix in IMAGE_SUFFIXES else '.img'}"
-        path.write_bytes(data)
-        return path
-
-    def open_photo(self, path: Path, filename: str | None):
-        """The uploaded photo decoded (RGB), or UploadError with prepare's status and reason."""
         try:
-            return load_image(path, max_pixels=self.limits.max_pixels)
+            return load_image(data, max_pixels=self.limits.max_pixels)
         except ImageError as e:
             raise UploadError(e.status, f"{filename or 'upload'}: {e.reason}") from None
-
-    # -- recognize ----------------------------------------------------------------------------------
-
-    def read_photo(self, data: bytes, filename: str | None):
-        """An upload checked (``save_upload``) and decoded (``open_photo``); the scratch file does not outlive it."""
-        path = self.save_upload(data, filename)
-        try:
-            return self.open_photo(path, filename)
-        finally:
-            path.unlink(missing_ok=True)
 
     # -- recognize, detect, verify ------------------------------------------------------------------
 
@@ -238,7 +223,7 @@ class Service:
         landmarks and detector probability each; no embedding, no gallery search."""
         image = self.read_photo(data, filename)
         with self._computing:
-            found = self.embedder.detector.detect([image])[0]
+            found = [f.face for f in next(self.embedder.faces_of([image], select="all", embed=False)).faces]
         faces = [{"box": [round(float(v), 1) for v in f.box], "det_prob": round(float(f.prob), 4),
                   "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in f.landmarks]} for f in found]
         return {"photo": filename, "width": image.size[0], "height": image.size[1],
@@ -263,7 +248,7 @@ class Service:
         images = [(self.read_photo(data, name), name) for data, name in ([photo] if other is None else [photo, other])]
         self.gallery.check_model(self.embedder.fingerprint)
         with self._computing:
-            found = self.embedder.embed_images([image for image, _ in images], select="all")
+            found = [r.faces for r in self.embedder.faces_of([image for image, _ in images], select="all")]
         faces = [_largest(faces, name or "upload") for faces, (_, name) in zip(found, images)]
         answer = {"faces": [face for face, _ in faces]}
         if info is not None:
@@ -294,17 +279,13 @@ class Service:
     def add_photo(self, name: str, data: bytes, filename: str | None, largest: bool = False):
         """Enroll one uploaded photo under ``name`` (``gallery.enroll``); the photo is kept in the gallery's
         ``uploads/`` so that ``gallery reembed`` can cut its face again. Returns the EnrollOutcome."""
+        from facesearch.embed import Decoded
         from facesearch.gallery.enroll import enroll
 
-        path = self.save_upload(data, filename)
-        try:
-            self.open_photo(path, filename)  # a bad upload is refused before anything is stored
-            sha = file_sha256(path)  # the content hash enroll dedupes on
-            kept = self._keep(path, sha)
-            with self._computing:
-                outcome = enroll(self.gallery, self.embedder, [(kept, name)], largest=largest)[0]
-        finally:
-            path.unlink(missing_ok=True)
+        image = self.read_photo(data, filename)  # a bad upload is refused before anything is stored
+        kept = self._keep(data, filename)
+        with self._computing:  # the photo is decoded once: enroll takes it as it is
+            outcome = enroll(self.gallery, self.embedder, [(Decoded(kept, image), name)], largest=largest)[0]
         if outcome.status != "enrolled":
             self.gallery.discard_upload(kept)  # a refused or duplicate upload: kept only while a face refers to it
         return outcome
@@ -315,11 +296,7 @@ class Service:
         face. Returns the EnrollOutcome (an UploadError for a box outside the photo)."""
         import io
 
-        path = self.save_upload(data, filename)
-        try:
-            image = self.open_photo(path, filename)
-        finally:
-            path.unlink(missing_ok=True)
+        image = self.read_photo(data, filename)
         x1, y1, x2, y2 = box
         if x2 <= 0 or y2 <= 0 or x1 >= image.width or y1 >= image.height:
             raise UploadError("invalid_request", f"box {list(box)} lies outside the {image.width}x{image.height} photo")
@@ -360,13 +337,15 @@ class Service:
                     and self.gallery.enrolled_as(face.source_sha256) is None:
                 source.unlink(missing_ok=True)
 
-    def _keep(self, path: Path, sha: str) -> Path:
+    def _keep(self, data: bytes, filename: str | None) -> Path:
+        """The upload as ``uploads/<sha256><suffix>`` in the gallery folder (written whole, then renamed)."""
         folder = self.gallery.folder / UPLOADS
         folder.mkdir(mode=0o700, exist_ok=True)
-        kept = folder / f"{sha}{path.suffix}"
+        suffix = Path(filename or "").suffix.lower()
+        kept = folder / f"{hashlib.sha256(data).hexdigest()}{suffix if suffix in IMAGE_SUFFIXES else '.img'}"
         if not kept.exists():
             tmp = kept.with_name(f".{kept.name}.{uuid.uuid4().hex}.tmp")
-            shutil.copyfile(path, tmp)
+            tmp.write_bytes(data)
             os.replace(tmp, kept)
         return kept
 
@@ -387,9 +366,7 @@ class Service:
             unpack_photos(archive, shown, folder, self.limits)
             with self._calibrating, self._computing:
                 try:
-                    calibration = calibrate_gallery(self.gallery.folder, folder, self.loaded.path,
-                                                    target_fpir=target_fpir, device=self.device,
-                                                    db_url=self.gallery.url)
+                    calibration = calibrate_gallery(self.gallery, self.embedder, folder, target_fpir=target_fpir)
                 except ValueError as e:  # too few photos of strangers (or of enrolled people), nobody enrolled
                     raise UploadError("cannot_calibrate", self.public(str(e)).replace(str(folder), shown)) from None
                 value, meta = self.gallery.threshold()
@@ -500,39 +477,30 @@ class Service:
     # -- explain ------------------------------------------------------------------------------------
 
     def explain(self, data: bytes, filename: str | None, against: str | None):
-        """``explain_identification`` of the largest face of an uploaded photo; returns (report id, Explanation).
-        The report's files stay in the scratch folder, served under /explain/<id>/, until the service stops."""
+        """``explain_identification`` of the largest face of an uploaded photo, with the service's own gallery and
+        embedder; returns (report id, Explanation). The report's files stay in the scratch folder, served under
+        /explain/<id>/, until the service stops."""
         from facesearch.explain import explain_identification
 
-        path = self.save_upload(data, filename)
-        try:
-            self.open_photo(path, filename)
-            report = uuid.uuid4().hex
-            with self._explaining:
-                explanation = explain_identification(path, self.gallery.folder, self.loaded,
-                                                     self.scratch / "explain" / report, against=against,
-                                                     device=self.device, db_url=self.gallery.url)
-        finally:
-            path.unlink(missing_ok=True)
-        return report, self._publish(explanation, path, filename or "upload")
+        image = self.read_photo(data, filename)
+        report = uuid.uuid4().hex
+        with self._explaining:
+            explanation = explain_identification(image, self.gallery, self.embedder,
+                                                 self.scratch / "explain" / report, against=against,
+                                                 name=filename or "upload")
+        return report, self._publish(explanation)
 
-    def _publish(self, explanation, upload: Path, shown: str):
-        """The explanation, its report.html and explanation.json naming the photo as its caller did, without the
-        server's paths (the upload's place in the scratch folder, the gallery folder)."""
+    def _publish(self, explanation):
+        """The explanation, its report.html and explanation.json without the server's paths (the gallery folder)."""
         import dataclasses
-        import html
         import json
 
-        explanation = dataclasses.replace(explanation, query=shown, details={
+        explanation = dataclasses.replace(explanation, details={
             k: v for k, v in explanation.details.items() if k != "gallery"})
         page = explanation.files["report"]
-        text = page.read_text(encoding="utf-8")
-        for private in (str(upload), upload.name):  # the subtitle names the photo's path, the caption its file
-            text = text.replace(html.escape(private), html.escape(shown))
-        page.write_text(self.public(text), encoding="utf-8")
+        page.write_text(self.public(page.read_text(encoding="utf-8")), encoding="utf-8")
         numbers = explanation.files["json"]
         out = json.loads(numbers.read_text(encoding="utf-8"))
-        out["query"] = shown
         out["details"].pop("gallery", None)
         out["files"] = {k: Path(v).name for k, v in out["files"].items()}
         numbers.write_text(json.dumps(out, indent=1), encoding="utf-8")

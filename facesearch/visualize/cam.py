@@ -119,7 +119,7 @@ def fuse(maps: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
     """Blend a heat map (H, W) in [0, 1] over an RGB image (H, W, 3) uint8; returns uint8."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # matplotlib loads when a map is drawn, not on import (start-up)
 
     colour = colormaps[cmap](heat)[..., :3]  # (H, W, 3) in [0, 1]
     blended = (1 - alpha) * image.astype(np.float32) / 255.0 + alpha * colour

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from facesearch.visualize.hooks import Forward, Recorder, Site
+from facesearch.visualize.report import Mosaic, colourise, fit_tile
 
 RULES = ("strongest", "random")
 
@@ -72,8 +73,6 @@ def draw_feature_grid(grid: FeatureGrid, path: Path, image: np.ndarray | None = 
     Each map is scaled to its own range (viridis: dark = low, yellow = high); the tile shows *where* a
     channel fires, the caption gives its channel index and peak activation.
     """
-    from facesearch.visualize.report import Mosaic, colourise, fit_tile
-
     rows, captions, labels = [], [], []
     for name, chosen, maps in zip(grid.names, grid.channels, grid.maps):
         tiles = [fit_tile(colourise(m), 64, smooth=False) for m in maps]

@@ -87,7 +87,7 @@ def pair_view(
 def draw_pair(view: PairView, query_image: np.ndarray, gallery_image: np.ndarray, path: Path,
               labels: tuple[str, str] = ("query", "gallery")) -> Path:
     """One PNG: both faces with their maps, and the correspondences as lines between them."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib loads when a pair is drawn, not on import (start-up)
     from matplotlib import patheffects
     from matplotlib.patches import ConnectionPatch
 

@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+from facesearch.visualize.cam import overlay
 
 MATCH, RUNNER, OTHER, RANDOM = "#1a9850", "#d73027", "#9e9e9e", "#878787"
 
 
 def _agg():
-    import matplotlib
+    import matplotlib  # matplotlib loads when a report is drawn, not on import (start-up)
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -33,7 +35,7 @@ def _agg():
 
 def colourise(values: np.ndarray, cmap: str = "viridis") -> np.ndarray:
     """A 2-D map scaled to its own min..max -> RGB uint8 (h, w, 3)."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # not on import (start-up)
 
     lo, hi = float(values.min()), float(values.max())
     scaled = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
@@ -64,8 +66,6 @@ class Mosaic:
 
     def draw(self, path: Path) -> Path:
         """Compose the canvas, letter it with Pillow (DejaVu Sans, matplotlib's font) and write a PNG."""
-        from PIL import ImageDraw
-
         step_y = self.caption_height + self.tile + self.gap
         width = self.label_width + max(len(r) for r in self.rows) * (self.tile + self.gap)
         width = max(width, int(_font(14, True).getlength(self.title)) + 24)  # room for the title
@@ -89,10 +89,8 @@ class Mosaic:
 @functools.lru_cache(maxsize=16)
 def _font(size: int, bold: bool = False):
     """DejaVu Sans from matplotlib's bundled fonts (always installed with it), else Pillow's default."""
-    from PIL import ImageFont
-
     try:
-        import matplotlib
+        import matplotlib  # not on import (start-up)
 
         name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
         return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
@@ -197,7 +195,9 @@ class Section:
 
 
 @dataclass
-class Face:
+class FaceCard:
+    """One face shown at the head of a report: its label, its pixels and a caption."""
+
     label: str
     image: np.ndarray  # RGB uint8
     caption: str = ""
@@ -221,7 +221,7 @@ dt{color:#666} dd{margin:0}
 """
 
 
-def render_html(title: str, subtitle: str, faces: Sequence[Face], facts: Sequence[tuple[str, str]],
+def render_html(title: str, subtitle: str, faces: Sequence[FaceCard], facts: Sequence[tuple[str, str]],
                 sections: Sequence[Section]) -> str:
     """The whole report as one HTML string with every image inlined."""
     e = html.escape
@@ -249,8 +249,6 @@ def render_html(title: str, subtitle: str, faces: Sequence[Face], facts: Sequenc
 def draw_layer_maps(image: np.ndarray, maps: dict[str, np.ndarray], sizes: dict[str, tuple[int, int]],
                     path: Path, title: str, tile: int = 112) -> Path:
     """Heat maps (H, W) in [0, 1] overlaid on the image, one row per map resolution (= VGG block)."""
-    from facesearch.visualize.cam import overlay
-
     rows, captions, labels = [], [], []
     for name, heat in maps.items():
         label = "{}×{}".format(*sizes[name])
@@ -270,13 +268,13 @@ def explanation_html(e, images: dict, labels: dict, settings) -> str:
     """``report.html`` of an explanation (``facesearch.explain.Explanation``): the faces, the facts, one section per
     figure with what it shows, and the per-layer table."""
     decision = "margin" if e.kind == "identification" else "logit margin"
-    faces = [Face("query", images["query"], Path(e.query).name)]
+    faces = [FaceCard("query", images["query"], Path(e.query).name)]
     sims = e.details.get("gallery_similarity", {})
     cosine = lambda name: "—" if sims.get(name) is None else f"{sims[name]:.3f}"  # noqa: E731 (not in the top hits)
     if "match" in images:
-        faces.append(Face(e.answer, images["match"], f"match · gallery cosine {cosine(e.answer)}"))
+        faces.append(FaceCard(e.answer, images["match"], f"match · gallery cosine {cosine(e.answer)}"))
         if "runner_up" in images:
-            faces.append(Face(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {cosine(e.runner_up)}"))
+            faces.append(FaceCard(e.runner_up, images["runner_up"], f"runner-up · gallery cosine {cosine(e.runner_up)}"))
     top3 = ", ".join(e.ranking[:3])
     verdict, answer = _verdict(e)
     facts = [("answer", answer), ("runner-up", e.runner_up), ("heat-map target", f"{labels['target']} = {e.score:.4f}"),

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from facesearch.data.datasets import ImageSet
-from facesearch.distributed import Distributed
+from facesearch.runtime import Distributed
 
 
 SAMPLINGS = ("photos", "identities")

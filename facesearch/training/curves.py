@@ -8,7 +8,7 @@ from pathlib import Path
 def write_curves(history: list[dict], path: Path) -> Path | None:
     """Loss and accuracy (or, under a teacher, the cosine to its vectors) per epoch as a PNG; skipped (None)
     where matplotlib is not installed."""
-    try:
+    try:  # matplotlib is optional here (and loads only when a run saves, not on import)
         import matplotlib
 
         matplotlib.use("Agg")
