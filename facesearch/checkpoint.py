@@ -36,13 +36,14 @@ import numpy as np
 import torch
 
 from facesearch.data.images import to_square_rgb
+from facesearch.errors import BadInput
 from facesearch.models.vgg import VGG16, VGGConfig
 from facesearch.runtime import resolve_device
 
 FORMAT = "facesearch-checkpoint/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInput):
     """A checkpoint that cannot be used: missing, refused as unsafe, damaged, foreign, or not fitting its model.
     The message names the file and what to do."""
 

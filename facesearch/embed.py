@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from facesearch.data.detect import CropSettings
+from facesearch.errors import BadInput
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class Embedder:
             decoded, or shows no face, says why instead of stopping the run.
         """
         if select not in SELECT_RULES:
-            raise ValueError(f"select must be one of {SELECT_RULES}, not {select!r}")
+            raise BadInput(f"select must be one of {SELECT_RULES}, not {select!r}")
         for start in range(0, len(photos), batch_size):
             yield from self._faces_of_batch(photos[start : start + batch_size], select, embed)
 

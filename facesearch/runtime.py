@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from facesearch.errors import BadInput
+
 CHANNELS_LAST = torch.channels_last
 
 
@@ -36,14 +38,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device {str(device)!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+        raise BadInput(f"{str(device)!r}: not a device; use auto, cpu, cuda or cuda:N", param="device") from None
     if resolved.type == "cuda":
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (resolved.index or 0) >= have:
-            raise ValueError(f"device {str(device)!r}: this machine has {have or 'no'} CUDA GPU{'s' if have != 1 else ''}; "
-                             "use --device cpu (or auto)")
+            raise BadInput(f"{str(device)!r}: this machine has {have or 'no'} CUDA GPU{'s' if have != 1 else ''}; use "
+                           "cpu (or auto)", param="device")
     elif resolved.type != "cpu" and not (resolved.type == "mps" and torch.backends.mps.is_available()):
-        raise ValueError(f"device {str(device)!r}: not available on this machine; use auto, cpu, cuda or cuda:N")
+        raise BadInput(f"{str(device)!r}: not available on this machine; use auto, cpu, cuda or cuda:N",
+                       param="device")
     return resolved
 
 

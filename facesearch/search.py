@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from facesearch.errors import BadInput
 from facesearch.gallery.identities import UNKNOWN
 from facesearch.gallery.records import FaceHit
 from facesearch.gallery.store import Gallery
@@ -158,9 +159,9 @@ class _Rule:
     @classmethod
     def of(cls, gallery: Gallery, embedder, top_k: int, threshold: float | None) -> _Rule:
         if top_k < 1:
-            raise ValueError(f"top_k {top_k}: list at least one identity per face")
+            raise BadInput(f"{top_k}: list at least one identity per face", param="top_k")
         if threshold is not None and not -1.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold {threshold}: a cosine similarity lies between -1 and 1")
+            raise BadInput(f"{threshold}: a cosine similarity lies between -1 and 1", param="threshold")
         gallery.check_model(embedder.fingerprint)
         if threshold is not None:
             return cls(top_k, float(threshold), "given")
@@ -223,7 +224,7 @@ def annotate(photo, result: WhoResult, out: str | os.PathLike, overwrite: bool =
     if path is not None:
         problem = annotation_problem([out], [Path(path)], [], overwrite)
         if problem:
-            raise ValueError(problem)
+            raise BadInput(problem)
     if isinstance(photo, Decoded):
         image = photo.image.copy()
     else:
@@ -245,7 +246,7 @@ def annotate(photo, result: WhoResult, out: str | os.PathLike, overwrite: bool =
         with open(out, "wb" if overwrite else "xb") as f:  # "x": a file that appeared meanwhile is not replaced
             image.save(f, format=_image_format(out))
     except FileExistsError:
-        raise ValueError(f"{out}: exists already; not replaced (--overwrite replaces it)") from None
+        raise BadInput(f"{out}: exists already; not replaced (overwrite replaces it)") from None
     return out
 
 

@@ -34,6 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from facesearch.data.images import file_sha256, load_image
+from facesearch.errors import BadInput, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ _ALIGNED_BOX_112 = np.array([13.0, 26.0, 96.0, 105.0])
 _TEMPLATE_MARGIN = 0.2
 
 
-class TeacherUnavailable(RuntimeError):
+class TeacherUnavailable(Unavailable):
     """The teacher's packages are not installed (or its files are missing); the message says what to install."""
 
 
@@ -79,7 +80,7 @@ class DlibTeacher:
             import dlib
             import face_recognition_models as models
         except ImportError as e:
-            raise TeacherUnavailable(f"--teacher dlib needs dlib and its weights ({e.name} is missing): "
+            raise TeacherUnavailable(f"the dlib teacher needs dlib and its weights ({e.name} is missing): "
                                      f"{INSTALL_HINT}") from None
         recognition = Path(models.face_recognition_model_location())
         landmarks = Path(models.pose_predictor_five_point_model_location())
@@ -128,7 +129,7 @@ class DlibTeacher:
 def load_teacher(name: str) -> DlibTeacher:
     """The teacher called ``name`` (one of ``TEACHERS``); ``TeacherUnavailable`` says what to install."""
     if name not in TEACHERS:
-        raise ValueError(f"--teacher {name!r}: one of {', '.join(TEACHERS)}")
+        raise BadInput(f"{name!r}: one of {', '.join(TEACHERS)}", param="teacher")
     return DlibTeacher()
 
 

@@ -60,7 +60,7 @@ def test_narrowed_convs_keep_the_vgg16_layout_and_round_trip(tmp_path):
         assert model.forward_features(x).shape == (2, 128, 2, 2)
         loaded = load_checkpoint(save_checkpoint(tmp_path / "n.pt", model, ["a", "b", "c"], Preprocess(64)))
         assert loaded.config.conv_width == 0.25 and torch.equal(loaded.model(x), model(x))
-    with pytest.raises(ValueError, match="--conv-width"):
+    with pytest.raises(ValueError, match="conv_width"):
         VGGConfig(num_classes=3, conv_width=0.001)
 
 
@@ -118,7 +118,7 @@ def test_arcface_falls_back_past_pi_minus_m():
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="head"):
         VGGConfig(num_classes=3, head="arcface-ish")
-    with pytest.raises(ValueError, match="--input-size 16"):
+    with pytest.raises(ValueError, match="input_size 16"):
         VGGConfig(num_classes=3, input_size=16)
     with pytest.raises(ValueError, match="ArcFace margin"):
         VGGConfig(num_classes=3, head="arcface", arcface_margin=2.0)

@@ -5,10 +5,12 @@ sqlalchemy) is imported at module level anywhere under ``facesearch.cli``: ``fac
 stay fast.
 
 Errors: a command calls :func:`fail` for a failure it detects itself; every other exception reaches
-:class:`_Root`, which turns the expected ones (a bad photo, gallery, checkpoint, option or name: see
-:func:`user_message`) into one line on stderr and exit status 1 — with ``--json``, also a JSON error object on
-stdout — and anything unexpected into a short message naming the log file that holds the traceback. A
-traceback on the terminal only with ``facesearch --debug`` (or ``FACESEARCH_LOG=debug``).
+:class:`_Root`, which turns the expected ones (a ``FacesearchError``: a bad photo, gallery, checkpoint, option or
+name; a file the system refused; see :func:`user_message`) into one line on stderr and the error's exit status
+(``facesearch.errors``) — with ``--json``, also a JSON error object on stdout — and anything unexpected (a plain
+``ValueError`` too) into a short message naming the log file that holds the traceback. A library error about one
+parameter gets it spelled as the command's option (``--conv-width 5: ...``). A traceback on the terminal only with
+``facesearch --debug`` (or ``FACESEARCH_LOG=debug``).
 
 Text for a terminal: every file name, name or message a command prints passes through :func:`printable`, so a
 name holding a newline or an escape sequence can neither forge an output line nor drive the terminal (JSON output
@@ -28,10 +30,12 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, Callable, NoReturn, Optional
 
 import typer
 import typer.core
+
+from facesearch.errors import FacesearchError
 
 # -- options every command spells the same way -------------------------------------------------------------
 
@@ -137,12 +141,12 @@ def _refusing_non_finite(callback):
 # -- the one failure helper and the one error translation ------------------------------------------------------
 
 
-class CommandError(Exception):
+class CommandError(FacesearchError):
     """A failure a command detected itself: the message for the user and the exit status."""
 
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
-        self.code = code
+        self.exit_code = code
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -150,29 +154,53 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise CommandError(message, code)
 
 
-def user_message(error: BaseException) -> str | None:
-    """The one- or two-line message for an expected failure, or None for a bug."""
-    if type(error).__module__.startswith("facesearch."):
-        return str(error)  # CommandError and the library's own errors (ImageError, CheckpointError, ...) name the cause
+def user_message(error: BaseException, flag: Callable[[str], str] | None = None) -> tuple[str, int] | None:
+    """The one- or two-line message for an expected failure and the exit status, or None for a bug.
+
+    Expected: a ``FacesearchError`` (its parameter, if it names one, spelled by ``flag``: the command's option),
+    a file the system refused (``OSError``), a database that cannot be reached or read. Anything else, a plain
+    ``ValueError`` or ``KeyError`` included, is a bug.
+    """
+    if isinstance(error, FacesearchError):
+        return error.describe(flag), error.exit_code
     if isinstance(error, OSError):
         name = error.filename or ""
         reason = error.strerror or str(error)
-        return f"{name}: {reason}" if name and str(name) not in reason else reason
-    if isinstance(error, ValueError):
-        return str(error)
+        return (f"{name}: {reason}" if name and str(name) not in reason else reason), 1
     db_message = _database_message(error)
     if db_message is not None:
-        return db_message
+        return db_message, 1
     return None
 
 
 def _database_message(error: BaseException) -> str | None:
     """SQLAlchemy's errors for a database that cannot be reached, read or written."""
-    if not type(error).__module__.startswith("sqlalchemy"):
+    exc = sys.modules.get("sqlalchemy.exc")  # not imported: no database was opened, the error is not its
+    if exc is None or not isinstance(error, exc.SQLAlchemyError):
         return None
     from facesearch.gallery.db import describe_database_error
 
     return describe_database_error(error)
+
+
+def _flag_speller(ctx, words: list[str]) -> Callable[[str], str]:
+    """How the command that ``words`` (the root's arguments) ran spells a library parameter: as its option's long
+    flag (``conv_width`` -> ``--conv-width``), or its argument's name (``PHOTOS``); a parameter the command does
+    not take keeps its library name."""
+    command = ctx.command
+    while hasattr(command, "get_command"):  # a group
+        name = next((w for w in words if not w.startswith("-")), None)
+        sub = command.get_command(ctx, name) if name is not None else None
+        if sub is None:
+            break
+        command, words = sub, words[words.index(name) + 1:]
+    spelled = {}
+    for param in command.params:
+        if param.param_type_name == "option":
+            spelled[param.name] = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+        else:  # an argument
+            spelled[param.name] = param.name.upper()
+    return lambda name: spelled.get(name, name)
 
 
 def _debugging(ctx) -> bool:
@@ -232,9 +260,9 @@ class _Root(typer.core.TyperGroup):
         except Exception as e:
             if _debugging(ctx):
                 raise
-            message = user_message(e)
-            if message is not None:
-                _report(message, getattr(e, "code", 1) if isinstance(e, CommandError) else 1, as_json)
+            expected = user_message(e, _flag_speller(ctx, args))
+            if expected is not None:
+                _report(*expected, as_json)
             log = _write_crash_log(e, args)
             where = f"the traceback is in {log}" if log else "the traceback could not be saved"
             _report(f"unexpected {type(e).__name__}: {e} ({where}; rerun with `facesearch --debug ...` to see it)",

@@ -164,7 +164,8 @@ def open_set(
 @evaluate_app.command("closed-set")
 def closed_set(
     run_dir: Annotated[Path, typer.Argument(help="Training run folder (or checkpoint file).")],
-    data: Annotated[Optional[Path], typer.Option(help="Dataset; default: the one the run was trained on.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(
+        "--data", help="Dataset; default: the one the run was trained on.")] = None,
     split: Annotated[str, typer.Option(help="Manifest split to score (faces).")] = "test",
     results: Results = DEFAULT_RESULTS,
     device: Device = "auto",
@@ -177,7 +178,7 @@ def closed_set(
 
     if not run_dir.exists():
         fail(f"{run_dir}: no such run folder or checkpoint")
-    summary = evaluate_closed_set(run_dir, data_dir=data, split=split, device=device, baseline=baseline)
+    summary = evaluate_closed_set(run_dir, data_dir=data_dir, split=split, device=device, baseline=baseline)
     lines = [f"{summary['n_images']} {split} images of {summary['n_classes']} classes"]
     for name in ("model", "random_baseline"):
         if name in summary:

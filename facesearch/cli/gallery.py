@@ -135,10 +135,12 @@ def enroll(
 def _print_outcomes(outcomes, as_json: bool) -> None:
     """The outcome of each photo; exit status 2 when some failed, 1 when all did."""
     from collections import Counter
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from facesearch.gallery.enroll import failed
 
+    outcomes = [replace(o, reason=f"{o.reason} (--largest)") if o.status == "several_faces" else o
+                for o in outcomes]  # the library says what is wrong, the command names its option
     counts = Counter(o.status for o in outcomes)
     n_failed = sum(failed(o) for o in outcomes)
     if as_json:
@@ -310,8 +312,15 @@ def identities_merge(
     create: Annotated[bool, typer.Option("--create", help="Create TARGET when no identity has that name.")] = False,
 ) -> None:
     """Move every face of SOURCE to TARGET and delete SOURCE (TARGET must exist unless --create)."""
+    from facesearch.gallery import IdentityNotFound  # the gallery package loads on use: `--help` stays fast
+
     with _open(gallery, db) as g:
-        moved = g.merge(source, target, create=create)
+        try:
+            moved = g.merge(source, target, create=create)
+        except IdentityNotFound as e:
+            if create or any(i.name == target for i in g.identities()):
+                raise
+            fail(f"{e} (--create)")
     typer.echo(f"merged {source!r} into {target!r}: {moved} faces moved")
 
 

@@ -63,7 +63,7 @@ def serve(
              "pip install 'facesearch[serve]'")
     # here, not at the top: `facesearch --help` stays fast
     from facesearch.data.images import MAX_PIXELS
-    from facesearch.serve.app import ListenError, create_app, listen
+    from facesearch.serve.app import create_app, listen
     from facesearch.serve.service import Limits, Service
 
     pixels = MAX_PIXELS if max_megapixels is None else int(max_megapixels * 1e6)
@@ -77,10 +77,7 @@ def serve(
         if not service.gallery.api_keys():
             fail(f"{service.gallery.folder}: the gallery has no API key, so nobody could use the service; "
                  f"create one first: facesearch keys create NAME -g {gallery}")
-        try:
-            sock = listen(host, port)  # before the service is announced: a busy port is told, not a URL
-        except ListenError as e:
-            fail(str(e))
+        sock = listen(host, port)  # before the service is announced: a busy port is told (ListenError), not a URL
         service.warm_up()
         logging.getLogger("facesearch").setLevel(logging.INFO)
         typer.echo(f"facesearch serve: {printable(service.gallery.folder)} ({service.gallery.stats()['faces']} faces), model "

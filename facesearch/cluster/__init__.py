@@ -25,13 +25,14 @@ drawing), ``folder`` (clustering photos into a folder and editing it: where thos
 from facesearch.cluster.files import EMBEDDINGS_NAME, FACES_NAME, STATE_NAME, load, save
 from facesearch.cluster.folder import ClusterReport, cluster_folder, edit, name_group
 from facesearch.cluster.grouping import (
-    ALGORITHMS, UNCLUSTERED, ClusterError, Clusters, ClusterSettings, FaceRow, group_faces, merge, regroup, remove,
-    split,
+    ALGORITHMS, UNCLUSTERED, ClusterError, ClusterNotFound, Clusters, ClusterSettings, FaceRow, group_faces, merge,
+    regroup, remove, split,
 )
 from facesearch.cluster.sheets import draw_sheets
 
 __all__ = [
-    "ALGORITHMS", "EMBEDDINGS_NAME", "FACES_NAME", "STATE_NAME", "UNCLUSTERED", "ClusterError", "ClusterReport",
+    "ALGORITHMS", "EMBEDDINGS_NAME", "FACES_NAME", "STATE_NAME", "UNCLUSTERED", "ClusterError", "ClusterNotFound",
+    "ClusterReport",
     "ClusterSettings", "Clusters", "FaceRow", "cluster_folder", "draw_sheets", "edit", "group_faces", "load", "merge",
     "name_group", "regroup", "remove", "save", "split",
 ]

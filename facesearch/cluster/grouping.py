@@ -14,13 +14,19 @@ from typing import Sequence
 
 import numpy as np
 
+from facesearch.errors import BadInput, FacesearchError, NotFound
+
 UNCLUSTERED = -1
 SHEETS_DIR = "sheets"  # a clusters folder's contact sheets: sheets/group-<g>.png (facesearch.cluster.sheets)
 ALGORITHMS = ("complete", "average", "dbscan")  # complete/average: agglomerative linkage
 
 
-class ClusterError(Exception):
+class ClusterError(FacesearchError):
     """A clusters folder or request that cannot be used; the message says why and what to do."""
+
+
+class ClusterNotFound(ClusterError, NotFound):
+    """A group, or the clusters folder, that is not there."""
 
 
 @dataclass(frozen=True)
@@ -38,11 +44,11 @@ class ClusterSettings:
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm must be one of {ALGORITHMS}, not {self.algorithm!r}")
+            raise BadInput(f"algorithm must be one of {ALGORITHMS}, not {self.algorithm!r}")
         if not 0 < self.eps < 2:
-            raise ValueError(f"eps {self.eps}: a cosine distance between 0 and 2")
+            raise BadInput(f"{self.eps}: a cosine distance between 0 and 2", param="eps")
         if self.min_size < 2:
-            raise ValueError(f"min_size {self.min_size}: a group holds at least 2 faces")
+            raise BadInput(f"{self.min_size}: a group holds at least 2 faces", param="min_size")
 
 
 def group_faces(vectors: np.ndarray, settings: ClusterSettings = ClusterSettings()) -> np.ndarray:
@@ -196,7 +202,7 @@ def group_of(c: Clusters, group: int) -> list[FaceRow]:
     """The faces of one group; ClusterError when there is no such group."""
     members = [r for r in c.rows if r.group == group]
     if not members:
-        raise ClusterError(f"{c.folder}: no group {group} (groups: {', '.join(map(str, c.groups())) or 'none'})")
+        raise ClusterNotFound(f"{c.folder}: no group {group} (groups: {', '.join(map(str, c.groups())) or 'none'})")
     return members
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 
 from facesearch.data.images import IMAGE_SUFFIXES, load_image, to_square_rgb
 from facesearch.data.manifest import ok_rows, read_manifest, read_settings
+from facesearch.errors import BadInput
 from facesearch.runtime import barrier, is_main_process
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,14 @@ def face_sources(data_dir: Path, unlabelled: bool = False) -> tuple[list[str], d
     if not rows:
         raise FileNotFoundError(f"{data_dir / 'manifest.csv'}: no usable face crops (no row with status ok)")
     if all(r.split is None for r in rows):
-        raise ValueError(f"{data_dir / 'manifest.csv'}: rows carry no split; re-run `facesearch prepare`")
+        raise BadInput(f"{data_dir / 'manifest.csv'}: rows carry no split; re-run `facesearch prepare`")
     class_names = sorted({r.identity for r in rows if r.split == "train"})
     extra = _unlabelled_rows(rows, int(read_settings(data_dir).get("min_train_photos", 2))) if unlabelled else []
     if len(class_names) < 2:
         if not unlabelled:
             hint = ("; its faces have no names: a teacher can train on them (--teacher)"
                     if any(r.split == "unlabelled" for r in rows) else "")
-            raise ValueError(f"{data_dir / 'manifest.csv'}: the train split needs at least 2 identities{hint}")
+            raise BadInput(f"{data_dir / 'manifest.csv'}: the train split needs at least 2 identities{hint}")
         class_names, extra = [], extra + [r for r in rows if r.split == "train"]  # a teacher alone trains
     index = {name: i for i, name in enumerate(class_names)}
     splits: dict[str, tuple[list[Item], list[int]]] = {}
@@ -259,7 +260,7 @@ def load_dataset(kind: str, data_dir: str | os.PathLike, input_size: int, cache_
             sets[split], stats[split] = cached_split(f"{kind}-{split}", items, labels, input_size,
                                                      Path(cache_dir), workers)
     if "train" not in sets:
-        raise ValueError(f"{data_dir}: the train split is empty")
+        raise BadInput(f"{data_dir}: the train split is empty")
     if "val" not in sets:
         log.warning("%s: no validation images; best.pt will follow training accuracy", data_dir)
     return Dataset(kind, str(data_dir), tuple(class_names), sets["train"], sets.get("val"),
@@ -277,7 +278,7 @@ def class_names(kind: str, data_dir: str | os.PathLike, unlabelled: bool = False
 
 def _dataset_folder(kind: str, data_dir: str | os.PathLike) -> Path:
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        raise BadInput(f"kind must be one of {KINDS}, not {kind!r}")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         hint = CIFAR_HELP if kind == "cifar10" else "run `facesearch prepare RAW_DIR OUT_DIR` to make one"

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from facesearch.data.images import NEUTRAL_GREY  # padding outside the photo, as transparent pixels get
+from facesearch.errors import BadInput
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ def select_face(faces: list[DetectedFace], image_size: tuple[int, int], rule: st
     if rule == "center":
         w, h = image_size
         return min(faces, key=lambda f: ((f.center[0] - w / 2) ** 2 + (f.center[1] - h / 2) ** 2, -f.prob))
-    raise ValueError(f"unknown selection rule {rule!r}; use 'largest' or 'center'")
+    raise BadInput(f"unknown selection rule {rule!r}; use 'largest' or 'center'")
 
 
 @dataclass(frozen=True)

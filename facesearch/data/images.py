@@ -21,6 +21,8 @@ from typing import BinaryIO, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from facesearch.errors import FacesearchError
+
 logger = logging.getLogger(__name__)
 
 # What counts as a photo when a folder is listed (enroll, evaluate, calibrate, CIFAR-style folders): Pillow reads
@@ -111,8 +113,10 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-class ImageError(Exception):
-    """A photo that cannot be used, with its manifest ``status`` and a readable ``reason``."""
+class ImageError(FacesearchError):
+    """A photo that cannot be used, with its manifest ``status`` (also the service's word) and a readable ``reason``."""
+
+    http_status = 422
 
     def __init__(self, status: str, reason: str, path: str | os.PathLike | None = None):
         super().__init__(f"{status}: {reason}")

@@ -35,6 +35,7 @@ import numpy as np
 from facesearch.data.detect import DetectedFace, FaceDetector, crop_face, select_face
 from facesearch.data.images import ImageError, file_sha256, load_image
 from facesearch.data.manifest import ManifestRow, read_manifest, read_settings, write_manifest, write_settings
+from facesearch.errors import BadInput
 
 logger = logging.getLogger(__name__)
 
@@ -154,10 +155,10 @@ def prepare(
         files += found
     people = {f.identity for f in files if f.identity}
     if settings.holdout_identities > len(people):
-        raise ValueError(f"--holdout-identities {settings.holdout_identities} is more than the {len(people)} "
-                         f"people in {', '.join(str(r) for r in roots.values())}")
+        raise BadInput(f"{settings.holdout_identities} is more than the {len(people)} people in "
+                       f"{', '.join(str(r) for r in roots.values())}", param="holdout_identities")
     if settings.unlabelled and not files:
-        raise ValueError(f"{', '.join(str(r) for r in roots.values())}: no files to look for faces in")
+        raise BadInput(f"{', '.join(str(r) for r in roots.values())}: no files to look for faces in")
     rows, jobs, reused = _plan(files, out_dir, old_rows, old_settings, settings)
     if on_total:
         on_total(len(jobs))
@@ -201,19 +202,20 @@ def raw_roots(raw_dir, out_dir: Path) -> dict[str, Path]:
     relative to it, as always), else each folder's name, which must then differ between folders."""
     dirs = [raw_dir] if isinstance(raw_dir, (str, os.PathLike)) else list(raw_dir)
     if not dirs:
-        raise ValueError("no RAW_DIR given")
+        raise BadInput("no raw photo folder given")
     roots = [Path(d).resolve() for d in dirs]
     for root in roots:
         if not root.is_dir():
             raise NotADirectoryError(f"{root}: not a folder")
         if root == out_dir:
-            raise ValueError(f"{out_dir}: OUT_DIR must differ from RAW_DIR (crops would become inputs)")
+            raise BadInput(f"{out_dir}: the output folder must differ from the raw photo folders (crops would become "
+                           "inputs)")
     if len(roots) == 1:
         return {"": roots[0]}
     labels = [r.name for r in roots]
     clash = sorted({n for n in labels if labels.count(n) > 1})
     if clash:
-        raise ValueError(f"raw folders must have distinct names (their rows are told apart by it): {', '.join(clash)}")
+        raise BadInput(f"raw folders must have distinct names (their rows are told apart by it): {', '.join(clash)}")
     return dict(zip(labels, roots))
 
 
@@ -300,10 +302,10 @@ def _require_people(root: Path, files: list[_File], out_dir: Path) -> None:
                      if d.is_dir() and not d.name.startswith(".") and d.resolve() != out_dir)
     if folders:
         shown = ", ".join(folders[:3]) + (", ..." if len(folders) > 3 else "")
-        raise ValueError(f"{root}: its person folders ({shown}) hold no photos")
+        raise BadInput(f"{root}: its person folders ({shown}) hold no photos")
     loose = f"; its {len(files)} loose file(s) have no identity" if files else ""
-    raise ValueError(f"{root}: holds no person folders (one sub-folder per person, with that person's photos)"
-                     f"{loose}")
+    raise BadInput(f"{root}: holds no person folders (one sub-folder per person, with that person's photos)"
+                   f"{loose}")
 
 
 def _hash_files(files: list[_File], old_by_path: dict[str, ManifestRow]) -> list[ManifestRow]:

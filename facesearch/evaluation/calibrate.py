@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facesearch.errors import BadInput
 from facesearch.evaluation import metrics
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def choose_threshold(mated_top, mated_hit, nonmated_top, target_fpir: float | No
     nonmated_top = np.asarray(nonmated_top, dtype=np.float64)
     mated_top = np.asarray(mated_top, dtype=np.float64)
     if target_fpir is not None and not 0 < target_fpir < 1:  # also refuses nan
-        raise ValueError(f"target FPIR {target_fpir}: a share of strangers strictly between 0 and 1, e.g. 0.01")
+        raise BadInput(f"target FPIR {target_fpir}: a share of strangers strictly between 0 and 1, e.g. 0.01")
     require_strangers(len(nonmated_top), target_fpir, len(mated_top))
     if target_fpir is None:
         threshold = metrics.equal_error(mated_top, nonmated_top).threshold
@@ -93,14 +94,15 @@ def require_strangers(have: int, target_fpir: float | None, have_mated: int | No
     if target_fpir is None:
         if have < MIN_BALANCED or (have_mated is not None and have_mated < MIN_BALANCED):
             mated = "" if have_mated is None else f" and {have_mated} of enrolled people"
-            raise ValueError(f"{have} photos of people not in the gallery{mated}: the balanced threshold needs at "
-                             f"least {MIN_BALANCED} of each")
+            raise BadInput(f"{have} photos of people not in the gallery{mated}: the balanced threshold needs at "
+                           f"least {MIN_BALANCED} of each")
         return
     need = metrics.min_negatives(target_fpir)
     if have < need:
-        raise ValueError(
-            f"{have} photos of people not in the gallery cannot measure a false-positive rate of {target_fpir:g}: "
-            f"at least {need} are needed (or raise the target: --fpir {1 / max(have, 1):.2g})"
+        raise BadInput(
+            f"{target_fpir:g}: {have} photos of people not in the gallery cannot measure so small a false-positive "
+            f"rate: at least {need} are needed, or a target of {1 / max(have, 1):.2g} or more",
+            param="fpir",
         )
 
 
@@ -156,15 +158,15 @@ def calibrate_gallery(
     fresh = [k for k in photos if not _already_enrolled(gallery, Path(data_dir) / k)]
     enrolled = {info.name for info in gallery.identities()}
     if not enrolled:  # every probe's best score would be -inf: no threshold means anything
-        raise ValueError(f"{gallery.folder}: nobody is enrolled in this gallery; enroll people before calibrating "
-                         "their unknown-threshold")
+        raise BadInput(f"{gallery.folder}: nobody is enrolled in this gallery; enroll people before calibrating "
+                       "their unknown-threshold")
     n_strangers = sum(photos[k] not in enrolled for k in fresh)
     require_strangers(n_strangers, target_fpir, len(fresh) - n_strangers)  # before the slow part
     embedded = embed_photos(embedder, fresh, data_dir, crop_size=embedder.loaded.preprocess.input_size,
                             select=select, progress=progress)
     keys = sorted(embedded.vectors)
     if not keys:
-        raise ValueError(f"{data_dir}: no usable calibration photos")
+        raise BadInput(f"{data_dir}: no usable calibration photos")
     vectors = np.stack([embedded.vectors[k] for k in keys])  # (n, d)
     calibration = choose_threshold(*probe_outcomes(gallery, vectors, [photos[k] for k in keys]), target_fpir)
     meta = {**calibration.to_dict(), "data_dir": str(data_dir), "fingerprint": embedder.fingerprint,

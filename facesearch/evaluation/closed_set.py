@@ -18,6 +18,7 @@ import torch
 from facesearch.checkpoint import preprocess_batch, read_checkpoint
 from facesearch.data.images import IMAGE_SUFFIXES, load_image
 from facesearch.data.manifest import ok_rows, read_manifest
+from facesearch.errors import BadInput
 from facesearch.evaluation.common import load_model, random_baseline
 from facesearch.runtime import resolve_device
 
@@ -102,12 +103,13 @@ def evaluate_closed_set(
     run_kind, run_data = dataset_of_run(run_dir)
     kind, data_dir = kind or run_kind or "faces", data_dir or run_data
     if data_dir is None:
-        raise ValueError(f"{run_dir}: the checkpoint does not say which data it was trained on; pass --data")
+        raise BadInput(f"not given, and the checkpoint of {run_dir} does not say which data it was trained on",
+                       param="data_dir")
     device = resolve_device(device)
     loaded = load_model(run_dir, device)
     files, labels, n_unknown = held_out_items(kind, data_dir, loaded.class_names, split)
     if not files:
-        raise ValueError(f"{data_dir}: no {split} images of the {len(loaded.class_names)} trained classes")
+        raise BadInput(f"{data_dir}: no {split} images of the {len(loaded.class_names)} trained classes")
     summary = {
         "kind": "closed-set", "run": str(run_dir), "data_dir": str(data_dir), "split": split,
         "checkpoint": str(loaded.path), "fingerprint": loaded.fingerprint, "n_images": len(files),

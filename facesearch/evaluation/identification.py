@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from facesearch.errors import BadInput
 from facesearch.evaluation import metrics
 from facesearch.evaluation.common import (
     NOT_MEASURABLE,
@@ -188,7 +189,7 @@ def evaluate_open_set(
     device = str(resolve_device(device))
     split = split_open_set(list_photos(data_dir, splits), enroll_per_identity, seed)
     if not split.enrolled:
-        raise ValueError(
+        raise BadInput(
             f"{data_dir}: nobody has more than {enroll_per_identity} photo(s), so nobody can be enrolled and probed"
         )
     keys = [k for k, _ in split.enrolled + split.mated + split.nonmated]
@@ -230,7 +231,7 @@ def _distractor_probes(folder, splits) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"{folder}: no such folder of distractor photos")
     photos = list_photos(folder, splits)
     if not photos:
-        raise ValueError(f"{folder}: no distractor photos" + (f" in split(s) {', '.join(splits)}" if splits else ""))
+        raise BadInput(f"{folder}: no distractor photos" + (f" in split(s) {', '.join(splits)}" if splits else ""))
     return [(DISTRACTOR_PREFIX + k, DISTRACTOR_PREFIX + i) for i in sorted(photos) for k in sorted(photos[i])]
 
 

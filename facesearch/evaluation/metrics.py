@@ -19,6 +19,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from facesearch.errors import BadInput
+
 
 @dataclass(frozen=True)
 class Roc:
@@ -62,7 +64,7 @@ def _check_pairs(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     if scores.shape != labels.shape:
         raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in length")
     if labels.all() or not labels.any():
-        raise ValueError("need both genuine and impostor pairs")
+        raise BadInput("need both genuine and impostor pairs")
     return scores, labels
 
 
@@ -176,7 +178,7 @@ def equal_error(positives, negatives) -> EqualError:
     """
     pos, neg = np.asarray(positives, np.float64).ravel(), np.asarray(negatives, np.float64).ravel()
     if len(pos) == 0 or len(neg) == 0:
-        raise ValueError("an equal-error threshold needs both positive and negative scores")
+        raise BadInput("an equal-error threshold needs both positive and negative scores")
     roc = roc_curve(np.r_[pos, neg], np.r_[np.ones(len(pos), bool), np.zeros(len(neg), bool)])
     worst = np.maximum(roc.far, 1 - roc.tar)  # (m,)
     j = int(np.argmin(worst))  # the strictest of equally good thresholds
@@ -186,7 +188,7 @@ def equal_error(positives, negatives) -> EqualError:
 def consecutive_folds(n: int, n_folds: int = 10) -> list[np.ndarray]:
     """Indices of ``n_folds`` fixed consecutive blocks of ``0..n-1`` (the LFW protocol; never shuffled)."""
     if n % n_folds:
-        raise ValueError(f"{n} pairs do not split into {n_folds} equal folds")
+        raise BadInput(f"{n} pairs do not split into {n_folds} equal folds")
     return list(np.arange(n).reshape(n_folds, n // n_folds))
 
 

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from facesearch.errors import BadInput
 from facesearch.evaluation import metrics
 from facesearch.evaluation.common import (
     NOT_MEASURABLE,
@@ -78,7 +79,7 @@ def parse_pairs(path: str | os.PathLike) -> PairsFile:
         expected = 2 * header[-1] * (header[0] if len(header) == 2 else 1)
         if expected != len(pairs):
             said = " ".join(map(str, header))
-            raise ValueError(f"{path}: header {said} promises {expected} pairs, found {len(pairs)}")
+            raise BadInput(f"{path}: header {said} promises {expected} pairs, found {len(pairs)}")
     return PairsFile(str(path), pairs, header[0] if header and len(header) == 2 else None)
 
 
@@ -90,7 +91,7 @@ def _parse_pair_line(path, no: int, tokens: list[str]) -> Pair:
             return Pair(tokens[0], int(tokens[1]), tokens[2], int(tokens[3]), False)
     except ValueError:
         pass
-    raise ValueError(f"{path}, line {no}: expected 'name i j' or 'name1 i name2 j', got {' '.join(tokens)!r}")
+    raise BadInput(f"{path}, line {no}: expected 'name i j' or 'name1 i name2 j', got {' '.join(tokens)!r}")
 
 
 def pair_folds(pairs_file: PairsFile, default_folds: int = 10) -> list[np.ndarray]:
@@ -99,7 +100,7 @@ def pair_folds(pairs_file: PairsFile, default_folds: int = 10) -> list[np.ndarra
     same = np.array([p.same for p in pairs_file.pairs])
     for i, fold in enumerate(folds):
         if same[fold].all() or not same[fold].any():
-            raise ValueError(
+            raise BadInput(
                 f"{pairs_file.path}: fold {i + 1} holds only {'matched' if same[fold].all() else 'mismatched'} "
                 "pairs, so it is not a 10-fold file; pass a train file and a test file (LFW View 1)"
             )
@@ -219,7 +220,7 @@ def evaluate_pairs(
     """
     device = str(resolve_device(device))
     if len(pairs_files) not in (1, 2):
-        raise ValueError("give one 10-fold pairs file, or a train file and a test file")
+        raise BadInput("give one 10-fold pairs file, or a train file and a test file")
     files = [parse_pairs(p) for p in pairs_files]
     folds = pair_folds(files[0]) if len(files) == 1 else None
     relpaths = {path for f in files for pair in f.pairs for path in pair.paths}

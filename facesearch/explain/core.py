@@ -10,8 +10,12 @@ from typing import Sequence
 
 import numpy as np
 
-class ExplainError(Exception):
+from facesearch.errors import FacesearchError
+
+class ExplainError(FacesearchError):
     """The explanation cannot be made for a reason the user can act on (the message says which)."""
+
+    http_status, status = 422, "cannot_explain"
 
 
 @dataclass(frozen=True)

@@ -101,8 +101,8 @@ def _enroll_batch(gallery: Gallery, embedder, batch, largest: bool) -> list[Enro
     for (i, sha), photo in zip(fresh.items(), found):
         path, name = _path_of(batch[i][0]), batch[i][1]
         if photo.status == "several_faces":
-            done[i] = EnrollOutcome(path, name, "several_faces", f"{photo.found} faces: refused (pass --largest to "
-                                    "enroll the largest one)", n_faces=photo.found)
+            done[i] = EnrollOutcome(path, name, "several_faces", f"{photo.found} faces: refused (which one to enroll "
+                                    "is not known; the largest one can be chosen)", n_faces=photo.found)
         elif not photo.ok:
             done[i] = EnrollOutcome(path, name, photo.status, photo.reason)
         else:

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from facesearch.gallery.models import Face, Identity, utcnow
-from facesearch.gallery.records import FaceInfo, FaceNotFound, GalleryError, IdentityInfo, IdentityNotFound
+from facesearch.gallery.records import FaceInfo, FaceNotFound, GalleryError, IdentityInfo, IdentityNotFound, NameTaken
 
 
 MAX_NAME_LENGTH = 200  # characters, after normalisation
@@ -59,7 +59,7 @@ def find(s: Session, name: str, folder: Path) -> Identity:
 def create(s: Session, name: str) -> None:
     """A new identity with no faces yet (faces are added by enrolling photos under its name)."""
     if s.scalar(sa.select(Identity.id).where(Identity.name == name)) is not None:
-        raise GalleryError(f"an identity named {name!r} exists already")
+        raise NameTaken(f"an identity named {name!r} exists already")
     s.add(Identity(name=name))
 
 
@@ -95,7 +95,7 @@ def rename(s: Session, old: str, new: str, folder: Path) -> None:
     """Rename an identity (the index is keyed by face, so it does not change)."""
     ident = find(s, old, folder)
     if old != new and s.scalar(sa.select(Identity.id).where(Identity.name == new)) is not None:
-        raise GalleryError(f"an identity named {new!r} exists already; merge into it instead")
+        raise NameTaken(f"an identity named {new!r} exists already; merge into it instead")
     ident.name = new
 
 
@@ -108,7 +108,7 @@ def merge(s: Session, source: str, target: str, folder: Path, create: bool = Fal
     dst = s.scalar(sa.select(Identity).where(Identity.name == target))
     if dst is None and not create:
         raise IdentityNotFound(f"no identity named {target!r} in {folder} to merge into; rename {source!r} "
-                               "instead, or pass --create to merge into a new identity")
+                               "instead, or ask for the merge to create it")
     dst = dst or Identity(name=target)
     s.add(dst)
     s.flush()

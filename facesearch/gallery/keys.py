@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from facesearch.gallery.models import ApiKey, utcnow
-from facesearch.gallery.records import GalleryError
+from facesearch.gallery.records import GalleryError, NameTaken
 
 PREFIX = "fs_"
 
@@ -34,7 +34,7 @@ def digest(key: str) -> str:
 def create(s: Session, name: str, read_only: bool) -> str:
     """Store a new key under ``name`` (unique); returns the key, which is not stored and cannot be shown again."""
     if s.scalar(sa.select(ApiKey.id).where(ApiKey.name == name)) is not None:
-        raise GalleryError(f"an API key named {name!r} exists already; revoke it first or choose another name")
+        raise NameTaken(f"an API key named {name!r} exists already; revoke it first or choose another name")
     key = PREFIX + secrets.token_urlsafe(32)
     s.add(ApiKey(name=name, digest=digest(key), read_only=read_only, created_at=utcnow()))
     return key

@@ -18,7 +18,7 @@ from facesearch.gallery.digest import EMPTY
 from facesearch.gallery.files import CROPS_DIR
 from facesearch.gallery.lock import exclusive
 from facesearch.gallery.models import Face, GalleryState
-from facesearch.gallery.records import GalleryError
+from facesearch.gallery.records import GalleryError, GalleryReadOnly
 from facesearch.gallery.vectors.base import VectorSettings
 from facesearch.gallery.vectors.index import INDEX_NAME
 
@@ -40,8 +40,8 @@ def open_database(folder: Path, url: str, *, create: bool, migrate: bool | None,
     sqlite_file = db.sqlite_path(url)
     not_writable = _not_writable(folder, sqlite_file)
     if read_only is False and not_writable:
-        raise GalleryError(f"{folder}: the gallery is read-only for this user (no write permission); "
-                           "this command changes it: use a writable copy")
+        raise GalleryReadOnly(f"{folder}: the gallery is read-only for this user (no write permission); "
+                              "this command changes it: use a writable copy")
     read_only = not_writable if read_only is None else read_only
     if sqlite_file is not None and (not sqlite_file.exists() or sqlite_file.stat().st_size == 0):
         _refuse_lost_database(folder, sqlite_file)

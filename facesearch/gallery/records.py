@@ -9,21 +9,31 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from facesearch.errors import Conflict, FacesearchError, ModelMismatch, NotFound, ReadOnly
 
-class GalleryError(Exception):
+
+class GalleryError(FacesearchError):
     """A gallery operation failed for a reason the user can act on (message says which)."""
 
 
-class ModelMismatchError(GalleryError):
+class ModelMismatchError(GalleryError, ModelMismatch):
     """The checkpoint is not the model whose embeddings the gallery holds."""
 
 
-class IdentityNotFound(GalleryError):
+class IdentityNotFound(GalleryError, NotFound):
     pass
 
 
-class FaceNotFound(GalleryError):
+class FaceNotFound(GalleryError, NotFound):
     pass
+
+
+class NameTaken(GalleryError, Conflict):
+    """An identity or API key name already in use."""
+
+
+class GalleryReadOnly(GalleryError, ReadOnly):
+    """A change asked of a gallery opened read-only."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from facesearch.gallery.db import writer
 from facesearch.gallery.digest import combine
 from facesearch.gallery.models import GalleryState
-from facesearch.gallery.records import GalleryError
+from facesearch.gallery.records import GalleryReadOnly
 
 
 class Transactions:
@@ -33,8 +33,8 @@ class Transactions:
 
     def refuse_read_only(self) -> None:
         if self.read_only:
-            raise GalleryError(f"{self.folder}: the gallery is open read-only (no write permission, or opened "
-                               "so); this command changes it: use a writable copy")
+            raise GalleryReadOnly(f"{self.folder}: the gallery is open read-only (no write permission, or opened "
+                                  "so); this command changes it: use a writable copy")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Session]:

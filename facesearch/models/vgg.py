@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facesearch.errors import BadInput
+
 EMBEDDINGS = ("pre_relu", "post_relu")
 HEADS = ("softmax", "cosface", "arcface")
 MARGIN_HEADS = ("cosface", "arcface")
@@ -62,26 +64,28 @@ class VGGConfig:
 
     def __post_init__(self) -> None:
         if self.embedding not in EMBEDDINGS:
-            raise ValueError(f"embedding must be one of {EMBEDDINGS}, not {self.embedding!r}")
+            raise BadInput(f"embedding must be one of {EMBEDDINGS}, not {self.embedding!r}")
         if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, not {self.head!r}")
+            raise BadInput(f"head must be one of {HEADS}, not {self.head!r}")
         if self.input_size < 32:
-            raise ValueError(f"--input-size {self.input_size}: at least 32 px (five 2x2 poolings)")
+            raise BadInput(f"{self.input_size}: at least 32 px (five 2x2 poolings)", param="input_size")
         if self.num_classes < 2 and self.num_classes != 0:  # 0: no identity head (a teacher alone trains it)
-            raise ValueError(f"{self.num_classes} identities: a classifier needs at least 2")
-        if self.fc_width < 1 or (self.fc7_width is not None and self.fc7_width < 1):
-            raise ValueError(f"--fc-width {self.fc_width} / --fc7-width {self.fc7_width}: at least 1")
+            raise BadInput(f"{self.num_classes} identities: a classifier needs at least 2")
+        for name in ("fc_width", "fc7_width"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise BadInput(f"{getattr(self, name)}: at least 1", param=name)
         if self.projection < 0:
-            raise ValueError(f"--projection {self.projection}: a width, 0 for none")
+            raise BadInput(f"{self.projection}: a width, 0 for none", param="projection")
         if not 0 <= self.dropout < 1:  # also refuses nan
-            raise ValueError(f"dropout {self.dropout}: a probability from 0 up to (not including) 1")
+            raise BadInput(f"{self.dropout}: a probability from 0 up to (not including) 1", param="dropout")
         if not (0 <= self.cosface_margin < 1 and self.cosface_scale > 0):
-            raise ValueError(f"CosFace margin {self.cosface_margin} must lie in [0, 1) and scale "
-                             f"{self.cosface_scale} be positive")
+            raise BadInput(f"CosFace margin {self.cosface_margin} must lie in [0, 1) and scale "
+                           f"{self.cosface_scale} be positive")
         if not 0 <= self.arcface_margin < math.pi / 2:
-            raise ValueError(f"ArcFace margin {self.arcface_margin} must lie in [0, pi/2) radians")
+            raise BadInput(f"ArcFace margin {self.arcface_margin} must lie in [0, pi/2) radians")
         if not 0 < self.conv_width <= 4 or min(self.conv_channels) < 1:
-            raise ValueError(f"--conv-width {self.conv_width}: in (0, 4], and wide enough to leave every conv a channel")
+            raise BadInput(f"{self.conv_width}: in (0, 4], and wide enough to leave every conv a channel",
+                           param="conv_width")
 
     @property
     def margin(self) -> float | None:
@@ -125,7 +129,7 @@ class VGGConfig:
     @classmethod
     def for_kind(cls, kind: str, num_classes: int, input_size: int, **overrides) -> VGGConfig:
         if kind not in ("faces", "cifar10"):
-            raise ValueError(f"dataset kind must be 'faces' or 'cifar10', not {kind!r}")
+            raise BadInput(f"dataset kind must be 'faces' or 'cifar10', not {kind!r}")
         return (cls.faces if kind == "faces" else cls.cifar10)(num_classes, input_size, **overrides)
 
     @classmethod
@@ -139,7 +143,7 @@ class VGGConfig:
         fields it added since take their defaults."""
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"architecture fields this version does not know: {sorted(unknown)}")
+            raise BadInput(f"architecture fields this version does not know: {sorted(unknown)}")
         return cls(**d)
 
 
@@ -251,8 +255,8 @@ class VGG16(nn.Module):
             logits = self._logits(fc7, labels) if self.head is not None else None
             return logits, (self.projection(fc7) if self.projection is not None else fc7)
         if self.head is None:
-            raise ValueError("this model has no identity head (it was distilled from a teacher without labels): "
-                             "it embeds faces, it does not classify them")
+            raise BadInput("this model has no identity head (it was distilled from a teacher without labels): "
+                           "it embeds faces, it does not classify them")
         return self._logits(fc7, labels)
 
     def _logits(self, fc7: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

@@ -311,14 +311,9 @@ def delete_face(request: Request, face_id: FaceId, who: Caller = Depends(writer)
              response_model=schemas.Explained, openapi_extra=schemas.photo_body(PHOTO, {"against": {
                  "type": "string", "description": "explain the similarity to this subject instead"}}))
 async def explain(request: Request, who: Caller = Depends(caller)) -> dict:
-    from facesearch.explain import ExplainError
-
     data, filename, fields = await read_photo(request)
     against = fields.get("against") or None
-    try:
-        report, explanation = await run_in_threadpool(_service(request).explain, data, filename, against)
-    except ExplainError as e:
-        raise ApiError(422, "cannot_explain", str(e)) from None
+    report, explanation = await run_in_threadpool(_service(request).explain, data, filename, against)
     out = explanation.to_dict()
     out["query"] = filename
     out["files"] = {k: f"/explain/{report}/{v.name}" for k, v in explanation.files.items()}

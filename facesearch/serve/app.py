@@ -6,7 +6,9 @@ API key (``facesearch keys create``): header ``X-API-Key: KEY`` (or ``Authorizat
 the login page sets. A read-only key may recognize and read; changing the gallery needs a full key (and a writable
 gallery). A change authenticated by the cookie must also pass the CSRF checks (``guard``). Errors are JSON
 ``{"error": {"status", "reason"}}`` with a 4xx code for anything the caller can fix (never a traceback, never a
-server path); pages show the same reason.
+server path); pages show the same reason. A library error is answered by its type: each ``FacesearchError``
+class carries its HTTP status and status word (``facesearch.errors``); anything else is a bug (500, its traceback
+in the server's log).
 """
 
 from __future__ import annotations
@@ -23,11 +25,10 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facesearch import __version__
-from facesearch.gallery import FaceNotFound, GalleryError, IdentityNotFound, ModelMismatchError
+from facesearch.errors import FacesearchError
 from facesearch.serve import api, pages
-from facesearch.serve.auth import ApiError
 from facesearch.serve.guard import DOCS_CSP, HEADERS, BodyLimit, SecurityHeaders, SubjectSegments
-from facesearch.serve.service import Service, UploadError
+from facesearch.serve.service import Service
 
 logger = logging.getLogger(__name__)
 
@@ -86,33 +87,11 @@ def create_app(service: Service, threads: int = 16) -> FastAPI:
     def health() -> dict:
         return {"ok": True, "version": __version__}
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, e: ApiError):
+    @app.exception_handler(FacesearchError)
+    async def refusal(request: Request, e: FacesearchError):  # by type: each error class carries its status
         if e.http_status == 401 and pages.is_page(request):
             return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", status_code=303)
-        return _error(request, e.http_status, e.status, service.public(e.reason))
-
-    @app.exception_handler(UploadError)
-    async def upload_error(request: Request, e: UploadError):
-        return _error(request, e.http_status, e.status, service.public(e.reason))
-
-    @app.exception_handler(GalleryError)
-    async def gallery_error(request: Request, e: GalleryError):
-        reason = service.public(str(e))  # the server's paths stay its own
-        if isinstance(e, (IdentityNotFound, FaceNotFound)):
-            return _error(request, 404, "not_found", reason)
-        if isinstance(e, ModelMismatchError):
-            return _error(request, 409, "model_mismatch", reason)
-        if "read-only" in reason:
-            return _error(request, 403, "read_only_gallery", reason)
-        return _error(request, 409 if "exists already" in reason else 400, "refused", reason)
-
-    from facesearch.cluster import ClusterError
-
-    @app.exception_handler(ClusterError)
-    async def cluster_error(request: Request, e: ClusterError):
-        return _error(request, 404 if "no group" in str(e) or "no clusters folder" in str(e) else 400, "refused",
-                      service.public(str(e)))
+        return _error(request, e.http_status, e.status, service.public(str(e)))  # the server's paths stay its own
 
     @app.exception_handler(OSError)
     async def storage_error(request: Request, e: OSError):  # a file the server could not write (or read)
@@ -154,7 +133,7 @@ def swagger_assets() -> Path:
     return Path(fastapi_offline.__file__).resolve().parent / "static"
 
 
-class ListenError(Exception):
+class ListenError(FacesearchError):
     """The service cannot listen where it was asked to (the port is in use, the address is not this machine's)."""
 
 
@@ -171,7 +150,7 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
-            raise ListenError(f"port {port} on {host} is in use by another program (another facesearch serve?): "
-                              "stop it, or choose another port with --port") from None
+            raise ListenError(f"{port} on {host} is in use by another program (another facesearch serve?): stop it, "
+                              "or choose another", param="port") from None
         raise ListenError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     return sock

@@ -11,6 +11,7 @@ from fastapi import Depends, Request, Security
 from fastapi import Path as Path_
 from fastapi.security import APIKeyHeader
 
+from facesearch.errors import FacesearchError
 from facesearch.serve.guard import SAFE_METHODS, check_csrf, csrf_token
 
 KEY_HEADER = "X-API-Key"
@@ -26,7 +27,7 @@ class Caller:
     csrf: str | None = None  # the session's CSRF token (cookie sessions: the pages' forms carry it)
 
 
-class ApiError(Exception):
+class ApiError(FacesearchError):
     """A refusal with an HTTP status, a short machine-readable status and a reason for people."""
 
     def __init__(self, http_status: int, status: str, reason: str):

@@ -24,6 +24,7 @@ import numpy as np
 from sqlalchemy.engine import make_url
 
 from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, load_image
+from facesearch.errors import BadInput
 from facesearch.gallery.db import sqlite_path
 from facesearch.serve.batching import Batcher
 
@@ -43,7 +44,7 @@ class Limits:
     max_archive_files: int = 20_000  # photos in it
 
 
-class UploadError(ValueError):
+class UploadError(BadInput):
     """An upload the service refuses; ``status`` is prepare's vocabulary (``too_large``, ``not_an_image``...)."""
 
     def __init__(self, status: str, reason: str, http_status: int = 422):
@@ -367,7 +368,7 @@ class Service:
             with self._calibrating, self._computing:
                 try:
                     calibration = calibrate_gallery(self.gallery, self.embedder, folder, target_fpir=target_fpir)
-                except ValueError as e:  # too few photos of strangers (or of enrolled people), nobody enrolled
+                except BadInput as e:  # too few photos of strangers (or of enrolled people), nobody enrolled
                     raise UploadError("cannot_calibrate", self.public(str(e)).replace(str(folder), shown)) from None
                 value, meta = self.gallery.threshold()
                 self.gallery.set_threshold(value, {**(meta or {}), "data_dir": f"uploaded archive {shown}"})
@@ -468,10 +469,10 @@ class Service:
         return path if path.is_file() else None
 
     def _clusters_folder(self) -> Path:
-        from facesearch.cluster import ClusterError
+        from facesearch.cluster import ClusterNotFound
 
         if self.clusters is None:
-            raise ClusterError("no clusters folder: start the service with --clusters DIR (a `facesearch cluster` output)")
+            raise ClusterNotFound("no clusters folder: this service was started without one")
         return self.clusters
 
     # -- explain ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from facesearch.data.datasets import ImageSet
+from facesearch.errors import BadInput
 from facesearch.runtime import Distributed
 
 
@@ -24,11 +25,11 @@ class Batches:
     def __init__(self, data: ImageSet, batch_size: int, seed: int, ddp: Distributed, device: torch.device,
                  sampling: str = "photos"):
         if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, not {sampling!r}")
+            raise BadInput(f"sampling must be one of {SAMPLINGS}, not {sampling!r}")
         self.n, self.seed, self.ddp, self.device, self.sampling = len(data), seed, ddp, device, sampling
         self.global_batch = max(ddp.world, min(batch_size, self.n - self.n % ddp.world))
         if self.global_batch % ddp.world:
-            raise ValueError(f"batch size {batch_size} does not split over {ddp.world} processes")
+            raise BadInput(f"batch size {batch_size} does not split over {ddp.world} processes")
         self.local_batch = self.global_batch // ddp.world
         self.steps_per_epoch = self.n // self.global_batch  # drop the ragged last batch
         self.labels = torch.from_numpy(data.labels).to(device)

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from facesearch.errors import BadInput
 from facesearch.teacher import TEACHERS
 from facesearch.training.batches import SAMPLINGS
 
@@ -67,7 +68,7 @@ class TrainConfig:
     @classmethod
     def for_kind(cls, kind: str, **overrides) -> TrainConfig:
         if kind not in ("faces", "cifar10"):
-            raise ValueError(f"dataset kind must be 'faces' or 'cifar10', not {kind!r}")
+            raise BadInput(f"dataset kind must be 'faces' or 'cifar10', not {kind!r}")
         return cls.faces(**overrides) if kind == "faces" else cls.cifar10(**overrides)
 
     @classmethod
@@ -84,33 +85,34 @@ class TrainConfig:
         """A config saved by ``asdict`` (a checkpoint's ``train_config``); keys this version lacks are refused."""
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"training settings this version does not know: {sorted(unknown)}")
+            raise BadInput(f"training settings this version does not know: {sorted(unknown)}")
         return cls(**d)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
+            raise BadInput(f"optimizer must be 'sgd' or 'adamw', not {self.optimizer!r}")
         if self.sampling not in SAMPLINGS:
-            raise ValueError(f"--sampling {self.sampling!r}: one of {', '.join(SAMPLINGS)}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"--epochs {self.epochs} and --batch-size {self.batch_size} must be at least 1")
+            raise BadInput(f"{self.sampling!r}: one of {', '.join(SAMPLINGS)}", param="sampling")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise BadInput(f"{getattr(self, name)}: must be at least 1", param=name)
         if not (math.isfinite(self.lr) and self.lr > 0):  # also refuses nan
-            raise ValueError(f"--lr {self.lr}: a learning rate is a positive number")
+            raise BadInput(f"{self.lr}: a learning rate is a positive number", param="lr")
         if self.teacher is not None and self.teacher not in TEACHERS:
-            raise ValueError(f"--teacher {self.teacher!r}: one of {', '.join(TEACHERS)}")
+            raise BadInput(f"{self.teacher!r}: one of {', '.join(TEACHERS)}", param="teacher")
         if self.teacher is None and self.identity_weight == 0:
-            raise ValueError("--identity-weight 0 leaves nothing to train without a --teacher")
+            raise BadInput("0 leaves nothing to train without a teacher", param="identity_weight")
         for name in ("weight_decay", "warmup_epochs", "margin_warmup_epochs", "label_smoothing", "distill_weight",
                      "identity_weight"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"--{name.replace('_', '-')} {value}: must be a number of at least 0")
+                raise BadInput(f"{value}: must be a number of at least 0", param=name)
         if self.time_budget is not None and not (math.isfinite(self.time_budget) and self.time_budget > 0):
-            raise ValueError(f"--time-budget {self.time_budget}: seconds, more than 0")
+            raise BadInput(f"{self.time_budget}: seconds, more than 0", param="time_budget")
         if self.max_steps is not None and self.max_steps < 1:  # 0 would read as "no limit"
-            raise ValueError(f"--max-steps {self.max_steps}: must be at least 1")
+            raise BadInput(f"{self.max_steps}: must be at least 1", param="max_steps")
         if not self.checkpoint_every > 0:  # also refuses nan; inf: no mid-epoch saves
-            raise ValueError(f"--checkpoint-every {self.checkpoint_every}: seconds, more than 0")
+            raise BadInput(f"{self.checkpoint_every}: seconds, more than 0", param="checkpoint_every")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import Callable
 
 from facesearch.checkpoint import Preprocess, model_source, read_checkpoint, resolve_checkpoint
 from facesearch.data.datasets import class_names, default_input_size, load_dataset
+from facesearch.errors import BadInput
 from facesearch.models.vgg import VGGConfig
 from facesearch.runtime import setup_distributed
 from facesearch.training.augment import AugmentConfig
@@ -60,7 +61,7 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     state = read_checkpoint(run_dir / "last.pt") if resume else None
     start = None
     if model is not None and (init is not None or state is not None):
-        raise ValueError("the architecture comes from the checkpoint on resume and init; leave `model` out")
+        raise BadInput("the architecture comes from the checkpoint on resume and init; leave `model` out")
     if init is not None and state is None:  # on --resume the run's own last.pt already holds the weights
         path = resolve_checkpoint(init)
         start = {**read_checkpoint(path), "source": model_source(path)}
@@ -76,7 +77,7 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     ddp, device = setup_distributed(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.teacher is not None and kind != "faces":
-        raise ValueError(f"--teacher {cfg.teacher} is a face model: it teaches face crops, not {kind}")
+        raise BadInput(f"{cfg.teacher} is a face model: it teaches face crops, not {kind}", param="teacher")
     data = load_dataset(kind, data_dir, architecture.input_size, cache_dir or run_dir / "cache", cfg.workers,
                         unlabelled=cfg.teacher is not None)
     teacher = None
@@ -89,9 +90,9 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     if cfg.teacher is not None and cfg.identity_weight == 0:  # the teacher alone: no identity head
         data = replace(data, class_names=())
     if state is not None and list(data.class_names) != list(state["class_names"]):
-        raise ValueError(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
+        raise BadInput(f"{data_dir}: its classes differ from those of {run_dir / 'last.pt'}; cannot resume")
     if model is not None and data.class_names and model.num_classes != len(data.class_names):
-        raise ValueError(f"the model's head has {model.num_classes} classes; {data_dir} has {len(data.class_names)}")
+        raise BadInput(f"the model's head has {model.num_classes} classes; {data_dir} has {len(data.class_names)}")
     architecture = replace(architecture, num_classes=len(data.class_names))  # a new head on init
     aug = aug or (AugmentConfig.faces() if kind == "faces" else AugmentConfig.cifar())
     log.info("training %s on %s: %d classes, %d train images, device %s, %d process(es)", kind, data_dir,

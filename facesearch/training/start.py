@@ -11,6 +11,7 @@ from facesearch.checkpoint import payload_fingerprint
 from facesearch.data.datasets import Dataset
 from facesearch.data.detect import CropSettings, DetectorSettings
 from facesearch.data.manifest import read_settings
+from facesearch.errors import BadInput
 from facesearch.models.vgg import VGG16
 from facesearch.training.augment import AugmentConfig
 
@@ -57,7 +58,7 @@ def init_weights(net: VGG16, init: dict, class_names: Sequence[str] | None = Non
     # a new head, and a new teacher projection when the starting model had none, start fresh
     fresh = [k for k in missing if not k.startswith(("head.", "projection.")) and k != "embedding_mean"]
     if fresh or unexpected:
-        raise ValueError(f"{init['source']}: its layers do not fit this model (missing {fresh}, extra {unexpected})")
+        raise BadInput(f"{init['source']}: its layers do not fit this model (missing {fresh}, extra {unexpected})")
     return {"source": init["source"], "fingerprint": payload_fingerprint(init)}
 
 

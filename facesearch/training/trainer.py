@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from facesearch.checkpoint import Preprocess, save_checkpoint
 from facesearch.data.datasets import Dataset, identity_folders
+from facesearch.errors import BadInput
 from facesearch.models.vgg import VGG16, VGGConfig
 from facesearch.runtime import CHANNELS_LAST, Distributed, autocast, tune_for
 from facesearch.training.augment import AugmentConfig, augment, normalize
@@ -56,17 +57,17 @@ class Trainer:
         self.optimizer = build_optimizer(self.net, cfg)
         self.batches = Batches(data.train, cfg.batch_size, cfg.seed, ddp, device, cfg.sampling)
         if model_config.fc_batch_norm and self.batches.local_batch < 2:
-            raise ValueError(f"a batch of {self.batches.local_batch} crop per process cannot train the fully connected "
-                             "layers' BatchNorm: give --batch-size of at least 2 per process")
+            raise BadInput(f"of at least 2 per process is needed: a batch of {self.batches.local_batch} crop per "
+                           "process cannot train the fully connected layers' BatchNorm", param="batch_size")
         self.teacher = data.train.targets is not None
         if self.teacher:
             self._check_teacher(model_config, data.train.targets.shape[1])
         if cfg.sampling == "identities" and (data.train.labels < 0).any():
-            raise ValueError("--sampling identities draws people: it cannot draw the faces without an identity that "
-                             "a teacher trains on; use --sampling photos")
+            raise BadInput("'identities' draws people: it cannot draw the faces without an identity that a teacher "
+                           "trains on; use 'photos'", param="sampling")
         if cfg.margin_warmup_epochs and model_config.margin is None:
-            raise ValueError(f"--margin-warmup-epochs {cfg.margin_warmup_epochs}: the {model_config.head} head has no "
-                             "margin to warm up (use --head cosface or arcface)")
+            raise BadInput(f"{cfg.margin_warmup_epochs}: the {model_config.head} head has no margin to warm up (the "
+                           "cosface and arcface heads have one)", param="margin_warmup_epochs")
         self.val_batches = Batches(data.val, cfg.batch_size, cfg.seed, ddp, device) if data.val else None
         self.total_steps = cfg.epochs * self.batches.steps_per_epoch
         self.aug_generator = torch.Generator(device).manual_seed(cfg.seed * 1000 + ddp.rank)
@@ -125,10 +126,10 @@ class Trainer:
     def _check_teacher(self, model_config: VGGConfig, dim: int) -> None:
         width = model_config.projection or model_config.embedding_width
         if width != dim:
-            raise ValueError(f"the teacher's vectors have {dim} numbers and the distilled layer {width}: give "
-                             f"--fc7-width {dim} (fc7 itself learns the teacher's vectors) or --projection {dim}")
+            raise BadInput(f"the teacher's vectors have {dim} numbers and the distilled layer {width}: give "
+                           f"--fc7-width {dim} (fc7 itself learns the teacher's vectors) or --projection {dim}")
         if model_config.embedding != "pre_relu" and not model_config.projection:
-            raise ValueError("fc7 distilled itself must be read before its ReLU: give --embedding pre_relu")
+            raise BadInput("fc7 distilled itself must be read before its ReLU: give --embedding pre_relu")
 
     def new_sums(self) -> torch.Tensor:
         """What ``train_step`` and ``evaluate`` add up on the device: loss, correct, labelled, count, cosine."""

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from facesearch.errors import BadInput
 from facesearch.visualize.hooks import Forward, Recorder, Site
 
 Target = Callable[[torch.Tensor], torch.Tensor]  # outputs (n, d) -> scores (n,)
@@ -90,7 +91,7 @@ def _cam(act: torch.Tensor, grad: torch.Tensor, method: str) -> torch.Tensor:
     if method == "gradcam":
         weights = grad.mean(dim=(2, 3), keepdim=True)  # (n, C, 1, 1)
         return F.relu((weights * act).sum(1))
-    raise ValueError(f"unknown CAM method {method!r}; choose one of {CAM_METHODS}")
+    raise BadInput(f"unknown CAM method {method!r}; choose one of {CAM_METHODS}")
 
 
 def normalise(maps: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from facesearch.errors import BadInput
 from facesearch.visualize.hooks import Forward, Recorder, Site
 from facesearch.visualize.report import Mosaic, colourise, fit_tile
 
@@ -40,7 +41,7 @@ def choose_channels(activation: torch.Tensor, n: int, rule: str = "strongest", s
     if rule == "random":
         generator = torch.Generator().manual_seed(seed)
         return torch.sort(torch.randperm(count, generator=generator)[:n]).values.numpy()
-    raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
+    raise BadInput(f"unknown rule {rule!r}; choose one of {RULES}")
 
 
 @torch.no_grad()

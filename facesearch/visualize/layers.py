@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from facesearch.errors import BadInput
 from facesearch.visualize.cam import Attribution, Target, channel_scores
 from facesearch.visualize.hooks import ChannelAblation, Forward, Recorder, Site
 
@@ -60,7 +61,7 @@ def pool(activation: torch.Tensor, how: str = "gap", p: float = 3.0) -> torch.Te
         return activation.mean(dim=(2, 3))
     if how == "gem":
         return activation.clamp_min(1e-6).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
-    raise ValueError(f"unknown pooling {how!r}; choose 'gap' or 'gem'")
+    raise BadInput(f"unknown pooling {how!r}; choose 'gap' or 'gem'")
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from sqlalchemy.engine import Connection
 
+from facesearch.errors import BadInput
 from facesearch.gallery.models import GalleryState
 from facesearch.gallery.records import FaceHit, GalleryError
 from facesearch.gallery.vectors.index import IndexSettings
@@ -37,7 +38,7 @@ class VectorSettings:
 
     def __post_init__(self) -> None:
         if self.store not in STORES:
-            raise ValueError(f"vector store must be one of {STORES}, not {self.store!r}")
+            raise BadInput(f"vector store must be one of {STORES}, not {self.store!r}")
 
     @property
     def in_use(self) -> IndexSettings | PgvectorSettings:

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 import faiss
 import numpy as np
 
+from facesearch.errors import BadInput, Unavailable
 from facesearch.gallery.digest import combine
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ KINDS = ("flat", "hnsw", "ivf")
 IVF_CODECS = ("flat", "sq8", "pq")
 
 
-class IndexFileError(Exception):
+class IndexFileError(Unavailable):
     """The index file is missing, torn, corrupted or from another gallery: rebuild it from SQL."""
 
 
@@ -80,11 +81,11 @@ class IndexSettings:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"index kind must be one of {KINDS}, not {self.kind!r}")
+            raise BadInput(f"index kind must be one of {KINDS}, not {self.kind!r}")
         if self.ivf_codec not in IVF_CODECS:
-            raise ValueError(f"ivf codec must be one of {IVF_CODECS}, not {self.ivf_codec!r}")
+            raise BadInput(f"ivf codec must be one of {IVF_CODECS}, not {self.ivf_codec!r}")
         if self.pca_dim is not None and self.pca_dim < 1:
-            raise ValueError(f"pca_dim must be positive, not {self.pca_dim}")
+            raise BadInput(f"pca_dim must be positive, not {self.pca_dim}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,154 @@
+"""One error hierarchy (``facesearch.errors``): the CLI maps an error to its exit status, the service to its HTTP
+status, by its type; a library error about one parameter is spelled as the command's option by the CLI and as
+the field by the API; anything else (a plain ValueError from a bug) gets the crash log, not a one-line error."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from facesearch.checkpoint import CheckpointError
+from facesearch.cli._app import CommandError, _Root
+from facesearch.cluster import ClusterError, ClusterNotFound
+from facesearch.data.images import ImageError
+from facesearch.errors import (BadInput, Conflict, FacesearchError, ModelMismatch, NotFound, ReadOnly,
+                               Unavailable)
+from facesearch.explain import ExplainError
+from facesearch.gallery.vectors.index import IndexFileError
+from facesearch.gallery.records import (FaceNotFound, GalleryError, GalleryReadOnly, IdentityNotFound,
+                                        ModelMismatchError, NameTaken)
+from facesearch.teacher import TeacherUnavailable
+
+# every error type the library raises: (its instance, exit status, HTTP status, the service's status word)
+ERRORS = [
+    (FacesearchError("refused"), 1, 400, "refused"),
+    (BadInput("bad value"), 1, 422, "invalid_request"),
+    (NotFound("not there"), 1, 404, "not_found"),
+    (Conflict("taken"), 1, 409, "conflict"),
+    (ModelMismatch("other model"), 1, 409, "model_mismatch"),
+    (ReadOnly("read-only"), 1, 403, "read_only_gallery"),
+    (Unavailable("not installed"), 1, 503, "unavailable"),
+    (GalleryError("gallery says no"), 1, 400, "refused"),
+    (IdentityNotFound("no identity named 'x'"), 1, 404, "not_found"),
+    (FaceNotFound("no face with id 3"), 1, 404, "not_found"),
+    (NameTaken("an identity named 'x' exists already"), 1, 409, "conflict"),
+    (GalleryReadOnly("the gallery is open read-only"), 1, 403, "read_only_gallery"),
+    (ModelMismatchError("the gallery holds embeddings of model a"), 1, 409, "model_mismatch"),
+    (CheckpointError("x.pt: not a checkpoint"), 1, 422, "invalid_request"),
+    (ImageError("unreadable", "truncated file", "a.jpg"), 1, 422, "unreadable"),
+    (ClusterError("damaged clusters folder"), 1, 400, "refused"),
+    (ClusterNotFound("no group 7"), 1, 404, "not_found"),
+    (ExplainError("no face found"), 1, 422, "cannot_explain"),
+    (IndexFileError("index.faiss: checksum mismatch"), 1, 503, "unavailable"),
+    (TeacherUnavailable("install the teacher extra"), 1, 503, "unavailable"),
+    (CommandError("usage", code=2), 2, 400, "refused"),
+]
+
+
+def _cli(raising: BaseException) -> typer.Typer:
+    """A CLI with the real root group and one command that raises ``raising``."""
+    app = typer.Typer(cls=_Root, add_completion=False, pretty_exceptions_enable=False)
+
+    @app.command()
+    def go(conv_width: float = 1.0, photos: list[str] = typer.Argument(None),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+        raise raising
+
+    @app.command()
+    def other() -> None:  # two commands: `go` is a sub-command, as in facesearch
+        pass
+
+    return app
+
+
+@pytest.mark.parametrize("error, exit_code, http_status, status", ERRORS, ids=lambda v: type(v).__name__)
+def test_the_cli_exits_with_the_status_of_the_errors_type(error, exit_code, http_status, status):
+    result = CliRunner().invoke(_cli(error), ["go", "--json"])
+    assert result.exit_code == exit_code, result.output
+    assert f"error: {error}" in result.stderr and "unexpected" not in result.output
+    assert json.loads(result.stdout)["error"] == {"message": str(error), "exit_code": exit_code}
+
+
+def test_the_cli_spells_the_parameter_an_error_is_about_as_the_commands_option():
+    result = CliRunner().invoke(_cli(BadInput("5.0: in (0, 4]", param="conv_width")), ["go", "--conv-width", "5"])
+    assert result.exit_code == 1 and "error: --conv-width 5.0: in (0, 4]" in result.stderr, result.output
+    argument = CliRunner().invoke(_cli(BadInput("none given", param="photos")), ["go"])
+    assert "error: PHOTOS none given" in argument.stderr, argument.output
+    unknown = CliRunner().invoke(_cli(BadInput("3: too many", param="top_k")), ["go"])  # not an option of `go`
+    assert "error: top_k 3: too many" in unknown.stderr, unknown.output
+
+
+def test_a_library_message_names_the_parameter_not_a_flag():
+    from facesearch.models.vgg import VGGConfig
+
+    with pytest.raises(BadInput) as caught:
+        VGGConfig(num_classes=3, conv_width=5.0)
+    assert caught.value.param == "conv_width" and str(caught.value).startswith("conv_width 5.0: in (0, 4]")
+    assert "--" not in str(caught.value)
+
+
+@pytest.mark.parametrize("bug", [ValueError("operands could not be broadcast together with shapes (3,) (4,)"),
+                                 KeyError("fingerprint")])
+def test_a_plain_value_or_key_error_is_a_bug_with_a_crash_log_not_a_user_error(bug, tmp_path):
+    result = CliRunner().invoke(_cli(bug), ["go"], env={"XDG_STATE_HOME": str(tmp_path)})
+    assert result.exit_code == 1
+    assert f"unexpected {type(bug).__name__}" in result.stderr and "rerun with `facesearch --debug" in result.stderr
+    logs = list((tmp_path / "facesearch").glob("facesearch-error-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in result.stderr and "Traceback" in logs[0].read_text()
+
+
+# -- the service ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def raising_client():
+    """The service's real application and error handlers, over a stand-in service, with one route that raises
+    the error named in its path."""
+    from fastapi.testclient import TestClient
+
+    from facesearch.serve.app import create_app
+    from facesearch.serve.service import Limits
+
+    service = SimpleNamespace(limits=Limits(), public=lambda text: text.replace("/srv/gallery", "GALLERY"))
+    app = create_app(service)
+    errors = {str(i): error for i, (error, *_) in enumerate(ERRORS)}
+    errors["bug"] = ValueError("a bug: shapes (3,) and (4,)")
+
+    @app.get("/raise/{which}")
+    def raise_it(which: str):
+        raise errors[which]
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.mark.parametrize("which", range(len(ERRORS)), ids=[type(e[0]).__name__ for e in ERRORS])
+def test_the_service_answers_with_the_status_of_the_errors_type(raising_client, which):
+    error, _, http_status, status = ERRORS[which]
+    r = raising_client.get(f"/raise/{which}", headers={"Accept": "application/json"})
+    assert r.status_code == http_status and r.json()["error"] == {"status": status, "reason": str(error)}, r.text
+
+
+def test_the_service_names_the_field_and_keeps_its_paths_to_itself(raising_client):
+    from facesearch.serve.app import ListenError
+
+    assert str(BadInput("11: at most 10", param="top_k")) == "top_k 11: at most 10"  # the API's spelling
+    assert "--" not in str(ListenError("8000 on ::1 is in use", param="port"))
+    app = raising_client.app
+
+    @app.get("/raise-path")
+    def raise_path():
+        raise GalleryError("/srv/gallery: not a gallery")
+
+    r = raising_client.get("/raise-path")
+    assert r.status_code == 400 and r.json()["error"]["reason"] == "GALLERY: not a gallery"
+
+
+def test_a_bug_in_the_service_is_a_500_without_its_message(raising_client):
+    r = raising_client.get("/raise/bug")
+    assert r.status_code == 500 and r.json()["error"]["status"] == "internal_error"
+    assert "shapes" not in r.text and "ValueError" in r.text
