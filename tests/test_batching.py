@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from facesearch.errors import BadInput
 from facesearch.serve.batching import Batcher
 
 
@@ -91,5 +92,5 @@ def test_a_batch_function_answering_the_wrong_number_is_an_error_not_a_mixup():
     batcher = Batcher(lambda key, items: [], threading.Semaphore(1), max_batch=8)
     answers = queued_while_held(batcher, [("k", "a"), ("k", "b")])
     assert all(isinstance(e, RuntimeError) and "0 answers to 1 requests" in str(e) for e in answers.values())
-    with pytest.raises(ValueError, match="max_batch 0"):
+    with pytest.raises(BadInput, match="max_batch 0"):
         Batcher(lambda key, items: items, threading.Semaphore(1), max_batch=0)

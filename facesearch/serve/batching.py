@@ -19,6 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Hashable, Sequence, TypeVar
 
+from facesearch.errors import BadInput
+
 logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
@@ -48,7 +50,7 @@ class Batcher(Generic[Item, Answer]):
     def __init__(self, compute: Callable[[Hashable, list[Item]], Sequence[Answer]], slots: threading.Semaphore,
                  max_batch: int):
         if max_batch < 1:
-            raise ValueError(f"max_batch {max_batch}: a batch holds at least one request")
+            raise BadInput(f"{max_batch}: a batch holds at least one request", param="max_batch")
         self.compute, self.slots, self.max_batch = compute, slots, max_batch
         self._queue: deque[_Waiting] = deque()
         self._lock = threading.Lock()
