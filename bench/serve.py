@@ -6,16 +6,23 @@ separate process, uvicorn, a fresh API key), then each of C client threads posts
 to 640 px to ``/api/v1/recognize`` ``--requests`` times (after ``--warmup`` requests, not counted). Reports
 requests/s, p50/p95 latency as the client sees it, the server's own ``timings_ms.total`` p50, and errors.
 
+``--max-batch 1 8`` (and ``--compute-slots 1 2``) compares settings side by side in one run: one server per
+combination (``serve --max-batch``; 1 computes every request alone, as before batching) started at once, and each
+client count run against each server in turn, ``--rounds`` times, so that the machine's other load falls on all
+of them alike.
+
 From the repo root (idle machine)::
 
     .venv/bin/python bench/serve.py --faces 10000 --clients 1 4 16
+    .venv/bin/python bench/serve.py --faces 10000 --clients 1 4 16 --max-batch 1 8 --rounds 2
 
-Prints one JSON line per client count and appends them to ``--out``.
+Prints one JSON line per client count (and server) and appends them to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -61,20 +68,22 @@ def query_photo(args) -> Path:
     return photo
 
 
-def start_server(folder: Path, args) -> tuple[subprocess.Popen, str, str]:
+def start_server(folder: Path, args, compute_slots: int | None, max_batch: int | None) -> tuple[subprocess.Popen, str, str]:
     exe = Path(sys.executable).parent / "facesearch"
     name = f"bench-{os.getpid()}-{time.time_ns()}"
     key = subprocess.run([exe, "keys", "create", name, "-g", folder], check=True, capture_output=True,
                          text=True).stdout.strip()
     port = free_port()
     cmd = [exe, "serve", "-g", folder, "--port", str(port), "--threads", str(args.threads)]
-    if args.compute_slots:
-        cmd += ["--compute-slots", str(args.compute_slots)]
+    if compute_slots:
+        cmd += ["--compute-slots", str(compute_slots)]
+    if max_batch:
+        cmd += ["--max-batch", str(max_batch)]
     if args.checkpoint:
         cmd += ["-c", args.checkpoint]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
-    import httpx
+    import httpx2 as httpx  # the serve extra's HTTP client (pyproject), httpx's API
 
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -90,7 +99,7 @@ def start_server(folder: Path, args) -> tuple[subprocess.Popen, str, str]:
 
 
 def load(url: str, key: str, photo: Path, clients: int, requests: int, warmup: int, expect: str | None) -> dict:
-    import httpx
+    import httpx2 as httpx  # the serve extra's HTTP client (pyproject), httpx's API
 
     data = photo.read_bytes()
     latencies, server_ms, errors = [], [], []
@@ -142,7 +151,11 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=40, help="per client")
     p.add_argument("--warmup", type=int, default=2, help="per client, not counted")
     p.add_argument("--threads", type=int, default=16, help="facesearch serve --threads")
-    p.add_argument("--compute-slots", type=int, default=None, help="facesearch serve --compute-slots")
+    p.add_argument("--compute-slots", type=int, nargs="+", default=[None],
+                   help="facesearch serve --compute-slots; several: one server each (with each --max-batch)")
+    p.add_argument("--max-batch", type=int, nargs="+", default=[None],
+                   help="facesearch serve --max-batch; several: one server each, measured in turn")
+    p.add_argument("--rounds", type=int, default=1, help="times each client count is run against each server")
     p.add_argument("--checkpoint", default=None, help="default: the base model")
     p.add_argument("--gallery", type=Path, default=None,
                    help="an existing gallery instead of the synthetic one (a copy: a key is added to it)")
@@ -152,21 +165,29 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     folder = args.gallery or make_gallery(args)
     photo = query_photo(args)
-    server, url, key = start_server(folder, args)
+    servers = []
     try:
+        for slots, max_batch in itertools.product(args.compute_slots, args.max_batch):
+            servers.append(((slots, max_batch), *start_server(folder, args, slots, max_batch)))
         for clients in args.clients:
-            row = {"bench": "serve-recognize", "gallery": str(args.gallery or "synthetic"), "faces": args.faces, "photo": photo.name, "threads": args.threads,
-                   "compute_slots": args.compute_slots or "default",
-                   "cpus": os.cpu_count(), "machine": platform.machine(),
-                   "date": time.strftime("%Y-%m-%d"), **load(url, key, photo, clients, args.requests, args.warmup,
-                                           None if args.gallery else "sample person")}
-            print(json.dumps(row), flush=True)
-            if args.out:
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+            for turn in range(args.rounds):
+                for (slots, max_batch), _, url, key in servers:
+                    row = {"bench": "serve-recognize", "gallery": str(args.gallery or "synthetic"), "faces": args.faces,
+                           "photo": photo.name, "threads": args.threads,
+                           "compute_slots": slots or "default", "max_batch": max_batch or "default",
+                           "round": turn + 1, "cpus": os.cpu_count(), "machine": platform.machine(),
+                           "load_average": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M"),
+                           **load(url, key, photo, clients, args.requests, args.warmup,
+                                  None if args.gallery else "sample person")}
+                    print(json.dumps(row), flush=True)
+                    if args.out:
+                        with open(args.out, "a") as f:
+                            f.write(json.dumps(row) + "\n")
     finally:
-        server.terminate()
-        server.wait(30)
+        for _, server, _, _ in servers:
+            server.terminate()
+        for _, server, _, _ in servers:
+            server.wait(30)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,15 @@ def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | No
     return result
 
 
+def who_images(gallery: Gallery, embedder, images: Sequence, top_k: int = 5,
+               threshold: float | None = None) -> list[WhoResult]:
+    """``who`` for several photos decoded already (RGB PIL images) as one batch: one detection pass, one forward
+    pass over all their faces and one gallery query. One WhoResult per image, in order (``photo`` None). What the
+    service answers concurrent recognitions with (``facesearch.serve.batching``)."""
+    rule = _Rule.of(gallery, embedder, top_k, threshold)
+    return _answer_photos(gallery, list(embedder.faces_of(images, select="all", batch_size=max(1, len(images)))), rule)
+
+
 def who_many(gallery: Gallery, embedder, photos: Sequence[str | os.PathLike], top_k: int = 5,
              threshold: float | None = None, batch_size: int = 16,
              progress: Callable[[int], None] | None = None, annotate_into: Sequence[str | os.PathLike] | None = None,

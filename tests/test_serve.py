@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import shutil
 import socket
 import threading
+import time
 from urllib.parse import quote
 
 import pytest
@@ -271,6 +273,94 @@ def test_recognitions_run_beside_an_enrollment_without_losing_anything(client, s
     stats = client.get("/api/v1/gallery", headers=headers).json()
     assert stats["faces"] == 2 * PEOPLE + 3
     assert client.get("/api/v1/gallery/check", headers=headers).json()["ok"] is True
+
+
+@pytest.fixture()
+def one_slot(served, tmp_path, monkeypatch):
+    """A service with one compute slot behind a TestClient, and the photo counts of its detector's calls."""
+    from facesearch.serve.app import create_app
+    from facesearch.serve.service import Service
+
+    root, checkpoint, _, _ = served
+    shutil.copytree(root / "gallery", tmp_path / "gallery")
+    service = Service(tmp_path / "gallery", checkpoint=checkpoint, compute_slots=1)
+    detector, batches = service.embedder.detector, []
+    detect = detector.detect
+    monkeypatch.setattr(detector, "detect", lambda images: batches.append(len(images)) or detect(images))
+    with TestClient(create_app(service), raise_server_exceptions=False) as c:  # a 500 is answered, as served
+        yield service, c, batches
+    service.close()
+
+
+def recognize_at_once(service, c, headers, photos: dict) -> dict:
+    """POST each of ``photos`` ({name: (filename, bytes)}) to /recognize from a thread of its own while the only
+    compute slot is held, so that all of them wait for it together; each one's response, by name."""
+    answers = {}
+
+    def post(name, filename, data):
+        answers[name] = c.post("/api/v1/recognize", files={"photo": (filename, data, "image/jpeg")}, headers=headers)
+
+    with service._computing:
+        threads = [threading.Thread(target=post, args=(name, *photo)) for name, photo in photos.items()]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while len(service._recognizing._queue) < len(photos):
+            assert time.monotonic() < deadline, "the requests never queued"
+            time.sleep(0.01)
+    for t in threads:
+        t.join(120)
+    return answers
+
+
+def test_concurrent_recognitions_are_one_batch_and_each_gets_its_own_faces(served, one_slot, tmp_path):
+    """Requests waiting for a compute slot are detected and embedded together (one detector call for all), and
+    each answer is its own photo's: its name, size and faces."""
+    service, c, batches = one_slot
+    photos = {name: (files[0].name, files[0].read_bytes()) for name, files in served[2].items()}
+    grey = tmp_path / "grey.png"
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(grey)
+    photos["nobody"] = ("grey.png", grey.read_bytes())
+    answers = recognize_at_once(service, c, auth(served), photos)
+    assert batches == [len(photos)]
+    for name, r in answers.items():
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["photo"] == photos[name][0]
+        if name == "nobody":
+            assert body["faces"] == [] and (body["width"], body["height"]) == (200, 150)
+        else:
+            assert [f["identity"] for f in body["faces"]] == [name] and body["faces"][0]["similarity"] > 0.99
+            with Image.open(served[2][name][0]) as image:
+                assert (body["width"], body["height"]) == image.size
+    assert c.post("/api/v1/recognize", files=upload(next(iter(served[2].values()))[0]),
+                  headers=auth(served)).status_code == 200
+    assert batches[-1] == 1  # alone, it is computed alone at once
+
+
+def test_a_photo_that_breaks_its_batch_fails_its_own_request_only(served, one_slot, monkeypatch):
+    """A photo whose detection fails (here: memory runs out on a 'huge' one) in a batch: the batch is answered
+    again one request at a time, so that photo's request alone answers 500 and the others their own names."""
+    service, c, batches = one_slot
+    detector = service.embedder.detector
+    counted = detector.detect
+
+    def detect(images):
+        if any(image.size == (321, 123) for image in images):
+            raise MemoryError("the huge photo")
+        return counted(images)
+
+    monkeypatch.setattr(detector, "detect", detect)
+    huge = Image.new("RGB", (321, 123), (90, 90, 90))
+    buffer = io.BytesIO()
+    huge.save(buffer, format="PNG")
+    photos = {name: (files[0].name, files[0].read_bytes()) for name, files in served[2].items()}
+    photos["huge"] = ("huge.png", buffer.getvalue())
+    answers = recognize_at_once(service, c, auth(served), photos)
+    refused = answers.pop("huge")
+    assert refused.status_code == 500 and error_of(refused)["status"] == "internal_error"
+    assert {name: r.json()["faces"][0]["identity"] for name, r in answers.items()} == {n: n for n in answers}
+    assert sorted(batches) == [1] * len(answers)  # the batch failed before the detector counted it; then alone
 
 
 def test_cli_keys_and_serve_refusals(served, tmp_path):

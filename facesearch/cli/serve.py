@@ -37,6 +37,9 @@ def serve(
                                                  help="Requests handled at once (the thread pool's size).")] = 16,
     compute_slots: Annotated[Optional[int], typer.Option(min=1, max=64, help=(
         "Recognitions and enrollments computing at once; the rest wait their turn (default: the CPUs, at most 8)."))] = None,
+    max_batch: Annotated[Optional[int], typer.Option(min=1, max=64, help=(
+        "Recognitions waiting for a compute slot computed together, at most: one detection and one forward pass "
+        "for all (default: 8; 1: each alone)."))] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest photo accepted, in MB.")] = 20.0,
     max_megapixels: Annotated[Optional[float], typer.Option(min=0.01, help=(
         "Largest photo accepted, in megapixels. (default: 40, the limit every command reads photos with)"))] = None,
@@ -64,8 +67,8 @@ def serve(
     from facesearch.serve.service import Limits, Service
 
     pixels = MAX_PIXELS if max_megapixels is None else int(max_megapixels * 1e6)
-    service = Service(gallery, db, checkpoint, device=device, compute_slots=compute_slots, clusters=clusters,
-                      limits=Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=pixels))
+    service = Service(gallery, db, checkpoint, device=device, compute_slots=compute_slots, max_batch=max_batch,
+                      clusters=clusters, limits=Limits(max_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=pixels))
     # uvicorn stops gracefully on SIGTERM, then raises the signal again: with its default action the process would
     # die there, before the `finally` that removes the scratch folder (uploads in flight, explain reports: faces of
     # the queries). As an exception it unwinds through it. SIGINT the same way: started in the background by a

@@ -2,8 +2,9 @@
 
 Everything here is the CLI's own code path (``search.who``, ``gallery.enroll``, ``explain``): the service adds
 no second implementation, only uploads (size and pixel limits, stored by content hash so ``gallery reembed``
-still finds every enrolled photo) and the sharing of one gallery between request threads
-(``Gallery(concurrent=True)``: the index is updated on a copy while searches run).
+still finds every enrolled photo), the sharing of one gallery between request threads
+(``Gallery(concurrent=True)``: the index is updated on a copy while searches run), and recognitions that wait
+for a compute slot computed as one batch (``batching``; ``search.who_images``).
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from sqlalchemy.engine import make_url
 from facesearch.data.images import IMAGE_SUFFIXES, MAX_PIXELS, ImageError, load_image
 from facesearch.errors import BadInput
 from facesearch.gallery.db import sqlite_path
+from facesearch.serve.batching import Batcher
 
 logger = logging.getLogger(__name__)
 
 UPLOADS = "uploads"  # inside the gallery folder: photos enrolled through the service, named by their sha256
+MAX_BATCH = 8  # recognitions computed together at most (bench/serve.py: docs/BENCHMARKS.md)
 
 
 @dataclass(frozen=True)
@@ -82,13 +85,16 @@ class Service:
         device: where the model runs.
         limits: upload limits.
         compute_slots: recognitions and enrollments computing at once (default: ``default_compute_slots()``).
+        max_batch: recognitions waiting for a compute slot that are computed together, at most (default
+            ``MAX_BATCH``; 1: each alone). See ``facesearch.serve.batching``.
         clusters: a ``facesearch cluster`` output whose groups the pages show and name (enrolling them here).
         read_only: serve the gallery for reading only (None: exactly when the server may not write to it).
     """
 
     def __init__(self, gallery: str | os.PathLike, db_url: str | None = None, checkpoint=None,
                  device: str = "cpu", limits: Limits = Limits(), compute_slots: int | None = None,
-                 clusters: str | os.PathLike | None = None, read_only: bool | None = None):
+                 clusters: str | os.PathLike | None = None, read_only: bool | None = None,
+                 max_batch: int | None = None):
         from facesearch.checkpoint import load_checkpoint
         from facesearch.embed import Embedder, gallery_model
         from facesearch.gallery import Gallery
@@ -118,6 +124,8 @@ class Service:
         # Detection and the model use every core already (torch's intra-op threads): more requests computing at
         # once only share them worse. The others wait their turn (bench/serve.py measured the difference).
         self._computing = threading.Semaphore(compute_slots or default_compute_slots())
+        # Recognitions that wait for a slot are detected, embedded and searched together when one frees.
+        self._recognizing = Batcher(self._recognize_batch, self._computing, max_batch or MAX_BATCH)
 
     def close(self) -> None:
         self.gallery.close()
@@ -186,15 +194,13 @@ class Service:
     def recognize(self, data: bytes, filename: str | None, top_k: int, threshold: float | None,
                   det_prob_threshold: float | None = None, limit: int | None = None) -> dict:
         """``who`` on one uploaded photo: every face (``keep_faces``: the sure and large enough), its top-k
-        identities, timings in milliseconds."""
-        from facesearch.search import who
-
+        identities, timings in milliseconds. Computed together with the recognitions (of the same top_k and
+        threshold) waiting beside it for a compute slot: ``queued`` is the wait, ``detect_embed_search`` the batch's
+        time."""
         t0 = time.perf_counter()
         image = self.read_photo(data, filename)
         t1 = time.perf_counter()
-        with self._computing:
-            t_start = time.perf_counter()
-            result = who(self.gallery, self.embedder, image, top_k=top_k, threshold=threshold).to_dict()
+        t_start, result = self._recognizing.submit((top_k, threshold), image)  # computed with those waiting beside it
         t2 = time.perf_counter()
         result["photo"] = filename
         result["width"], result["height"] = image.size
@@ -202,6 +208,15 @@ class Service:
         result["timings_ms"] = {"decode": round(1000 * (t1 - t0), 1), "queued": round(1000 * (t_start - t1), 1),
                                 "detect_embed_search": round(1000 * (t2 - t_start), 1), "total": round(1000 * (t2 - t0), 1)}
         return result
+
+    def _recognize_batch(self, rule: tuple[int, float | None], images: list) -> list[tuple[float, dict]]:
+        """``who_images`` on the photos of recognitions waiting with the same (top_k, threshold); per photo, when
+        the batch started computing and its answer."""
+        from facesearch.search import who_images
+
+        started = time.perf_counter()
+        top_k, threshold = rule
+        return [(started, r.to_dict()) for r in who_images(self.gallery, self.embedder, images, top_k, threshold)]
 
     def detect(self, data: bytes, filename: str | None, det_prob_threshold: float | None = None,
                limit: int | None = None) -> dict:
