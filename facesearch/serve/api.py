@@ -175,6 +175,12 @@ class Rename(BaseModel):
     name: str = Field(description="the new name")
 
 
+def _page(rows: list, offset: int, limit: int, name: str, to_json) -> dict:
+    """One page of ``rows`` as the API answers lists: the total, where the page starts, its size, its rows."""
+    return {"total": len(rows), "offset": offset, "limit": limit,
+            name: [to_json(r) for r in rows[offset:offset + limit]]}
+
+
 class Merge(BaseModel):
     into: str = Field(description="the subject that receives every face")
     create: bool = Field(False, description="create `into` when it does not exist")
@@ -183,9 +189,7 @@ class Merge(BaseModel):
 @router.get("/subjects", summary="The subjects, by name, a page at a time", response_model=schemas.SubjectPage)
 def list_subjects(request: Request, who: Caller = Depends(caller), offset: int = Query(0, ge=0),
                   limit: int = Query(50, ge=1, le=1000)) -> dict:
-    everyone = _service(request).gallery.identities()
-    return {"total": len(everyone), "offset": offset, "limit": limit,
-            "subjects": [subject_json(i) for i in everyone[offset:offset + limit]]}
+    return _page(_service(request).gallery.identities(), offset, limit, "subjects", subject_json)
 
 
 @router.post("/subjects", status_code=201, summary="Create a subject with no faces yet",
@@ -280,9 +284,7 @@ def delete_subject(request: Request, name: Subject, who: Caller = Depends(writer
 @router.get("/faces", summary="Every enrolled face, by id, a page at a time", response_model=schemas.FacePage)
 def list_faces(request: Request, who: Caller = Depends(caller), offset: int = Query(0, ge=0),
                limit: int = Query(50, ge=1, le=1000)) -> dict:
-    faces = _service(request).gallery.face_sources()
-    return {"total": len(faces), "offset": offset, "limit": limit,
-            "faces": [face_json(f) for f in faces[offset:offset + limit]]}
+    return _page(_service(request).gallery.face_sources(), offset, limit, "faces", face_json)
 
 
 @router.get("/faces/{face_id}", summary="One enrolled face", response_model=schemas.StoredFace)
