@@ -70,7 +70,8 @@ def _resolve(name: str, known: dict) -> str | None:
 
 
 def import_graph(known: dict[str, Path]) -> dict[str, set[str]]:
-    """{module: the package's modules it imports}, from every import statement (function-local ones too)."""
+    """{module: the package's modules it imports}, from every import statement (function-local ones too);
+    ``from P import n`` counts P (its ``__init__`` runs first) and P.n when that is a module."""
     graph = {}
     for name, path in known.items():
         is_package = path.name == "__init__.py"
@@ -84,6 +85,7 @@ def import_graph(known: dict[str, Path]) -> dict[str, set[str]]:
                     here = name.split(".") if is_package else name.split(".")[:-1]
                     here = here[:len(here) - node.level + 1]
                     base = ".".join(here + ([node.module] if node.module else []))
+                targets.add(base)  # ``from P import n``: P's __init__ runs first, whatever n is
                 targets.update(f"{base}.{alias.name}" for alias in node.names)
         graph[name] = {m for t in targets if (m := _resolve(t, known)) is not None and m != name}
     return graph
@@ -211,6 +213,22 @@ def test_the_graph_sees_imports_inside_functions():
                                     "(layer 4, facesearch.checkpoint)"]
     assert upward_imports({"facesearch.training.x": {"facesearch.visualize.curves"}})  # beside: refused too
     assert upward_imports({"facesearch.nowhere": set()}) == ["facesearch.nowhere: in no layer of LAYERS (add it there)"]
+
+
+def test_a_cycle_hidden_in_a_function_or_behind_a_package_init_is_found(tmp_path):
+    """The graph on a package written for it: a function-local import closing a cycle, and ``from pkg import sub``
+    reaching a package whose ``__init__`` imports the importer, are both cycles."""
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from pkg.a import A\n")
+    (pkg / "a.py").write_text("from pkg.sub import b\nA = 1\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from .c import C\n    return C\n")
+    (pkg / "sub" / "c.py").write_text("import pkg.sub.b\nC = 2\n")
+    (pkg / "d.py").write_text("from pkg import a\n")
+    assert cycles(import_graph(modules(pkg))) == [["pkg.sub.b", "pkg.sub.c"]]
+    (pkg / "a.py").write_text("from pkg import d\nA = 1\n")  # d imports from pkg, whose __init__ imports a
+    assert sorted(cycles(import_graph(modules(pkg)))) == [["pkg", "pkg.a", "pkg.d"], ["pkg.sub.b", "pkg.sub.c"]]
 
 
 def test_every_package_ships_in_the_wheel():
