@@ -250,13 +250,22 @@ class Gallery:
 
     def remove(self, name: str) -> int:
         """Delete an identity, its faces, their vectors and their stored crops. Returns faces removed."""
+        return self._remove_faces_of(name, drop_identity=True)
+
+    def remove_faces(self, name: str) -> int:
+        """Delete every face of an identity (their vectors and stored crops) in one change; the identity stays,
+        with no faces. Returns faces removed."""
+        return self._remove_faces_of(name, drop_identity=False)
+
+    def _remove_faces_of(self, name: str, drop_identity: bool) -> int:
         name = identities.clean_name(name)
         with self._tx.mutation() as s:
             ident = identities.find(s, name, self.folder)
             rows = s.execute(sa.select(Face.id, Face.embedding, Face.crop_path, Face.source_path)
                              .where(Face.identity_id == ident.id)).all()
             s.execute(sa.delete(Face).where(Face.identity_id == ident.id))
-            s.delete(ident)
+            if drop_identity:
+                s.delete(ident)
             bump(s, vector_hashes([r.id for r in rows], [r.embedding for r in rows]))
         self._forget_files([r.crop_path for r in rows], [r.source_path for r in rows])
         return len(rows)

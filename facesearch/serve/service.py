@@ -323,12 +323,12 @@ class Service:
         return removed
 
     def remove_faces(self, name: str) -> int:
-        """Delete every face of a subject (each as ``remove_face``: its vector, crop and uploaded photo); the
-        subject stays, with no faces. Returns the faces removed."""
+        """``Gallery.remove_faces`` (every face of a subject, its vectors and crops, in one change; the subject
+        stays), and the uploaded photos they came from. Returns the faces removed."""
         faces = self.gallery.identity(name).faces
-        for face in faces:
-            self.remove_face(face.id)
-        return len(faces)
+        removed = self.gallery.remove_faces(name)
+        self._forget_uploads(faces)
+        return removed
 
     def _forget_uploads(self, faces) -> None:
         folder = (self.gallery.folder / UPLOADS).resolve()
