@@ -15,8 +15,8 @@ from facesearch.checkpoint import CheckpointError
 from facesearch.cli._app import CommandError, _Root
 from facesearch.cluster import ClusterError, ClusterNotFound
 from facesearch.data.images import ImageError
-from facesearch.errors import (BadInput, Conflict, FacesearchError, ModelMismatch, NotFound, ReadOnly,
-                               Unavailable)
+from facesearch.errors import (BadInput, Conflict, FacesearchError, MissingFile, ModelMismatch, NotFound,
+                               ReadOnly, Remedy, Unavailable)
 from facesearch.explain import ExplainError
 from facesearch.gallery.vectors.index import IndexFileError
 from facesearch.gallery.records import (FaceNotFound, GalleryError, GalleryReadOnly, IdentityNotFound,
@@ -28,6 +28,7 @@ ERRORS = [
     (FacesearchError("refused"), 1, 400, "refused"),
     (BadInput("bad value"), 1, 422, "invalid_request"),
     (NotFound("not there"), 1, 404, "not_found"),
+    (MissingFile("data/manifest.csv: no manifest"), 1, 404, "not_found"),
     (Conflict("taken"), 1, 409, "conflict"),
     (ModelMismatch("other model"), 1, 409, "model_mismatch"),
     (ReadOnly("read-only"), 1, 403, "read_only_gallery"),
@@ -152,3 +153,78 @@ def test_a_bug_in_the_service_is_a_500_without_its_message(raising_client):
     r = raising_client.get("/raise/bug")
     assert r.status_code == 500 and r.json()["error"]["status"] == "internal_error"
     assert "shapes" not in r.text and "ValueError" in r.text
+
+
+# -- remedies: what to do, in the library's terms; each front end spells them ----------------------------------
+
+
+def _remedied() -> BadInput:
+    return BadInput("the gallery holds embeddings of model a", remedy=(Remedy.run("reembed", checkpoint="NEW"),
+                                                                        Remedy.give("url")))
+
+
+def test_a_remedy_is_said_in_the_librarys_terms():
+    assert str(_remedied()) == "the gallery holds embeddings of model a (reembed: checkpoint=NEW or url)"
+    assert str(BadInput("no split", remedy=Remedy.run("prepare"))) == "no split (prepare)"
+    assert str(BadInput("too wide", remedy=Remedy.give(fc7_width=512))) == "too wide (fc7_width=512)"
+
+
+def test_the_cli_spells_a_remedy_as_a_command_line_or_the_commands_option():
+    result = CliRunner().invoke(_cli(BadInput("too wide", remedy=Remedy.give(conv_width=2))), ["go", "--json"])
+    assert "error: too wide (--conv-width 2)" in result.stderr, result.output
+    assert json.loads(result.stdout)["error"]["message"] == "too wide (--conv-width 2)"
+
+    import typer.main
+
+    from facesearch.cli import app  # the real commands: their options, arguments and environment variables
+    from facesearch.cli._app import user_message
+    from facesearch.cli.spelling import command_of, flag_speller, remedy_speller
+
+    root = typer.main.get_command(app)
+    who = command_of(root, ["who", "photo.jpg"])
+    spell = remedy_speller(root, who)
+    assert spell(Remedy.give("url")) == "--db or $FACESEARCH_DB"  # the library's url is the commands' --db
+    assert spell(Remedy.give("overwrite")) == "--overwrite"
+    assert spell(Remedy.run("enroll", items="PHOTOS", folder="FOLDER")) == "`facesearch enroll PHOTOS --gallery FOLDER`"
+    assert spell(Remedy.run("prepare", raw_dir="RAW_DIR", out_dir="OUT")) == "`facesearch prepare RAW_DIR OUT`"
+    assert spell(Remedy.run("cluster", photos="PHOTOS", out="c")) == "`facesearch cluster PHOTOS --out c`"
+    assert spell(Remedy.run("prepare", align=True, margin=0.2)) == "`facesearch prepare --align --margin 0.2`"
+    assert spell(Remedy.run("prepare", align=False, margin=0.2)) == "`facesearch prepare --no-align --margin 0.2`"
+    train = command_of(root, ["train", "data"])
+    message, code = user_message(BadInput("too wide", remedy=(Remedy.give(fc7_width=8), Remedy.give(projection=8))),
+                                 flag_speller(train), remedy_speller(root, train))
+    assert (message, code) == ("too wide (--fc7-width 8 or --projection 8)", 1)
+    assert user_message(_remedied(), flag_speller(who), remedy_speller(root, who))[0] == (
+        "the gallery holds embeddings of model a (`facesearch gallery reembed --checkpoint NEW` or --db or "
+        "$FACESEARCH_DB)")
+
+
+def test_every_library_action_has_a_command_and_the_service_a_spelling():
+    from typing import get_args
+
+    import typer.main
+
+    from facesearch.cli import app
+    from facesearch.cli.spelling import ACTIONS, command_of
+    from facesearch.errors import Action
+    from facesearch.serve.remedies import spell
+
+    assert set(ACTIONS) == set(get_args(Action))
+    root = typer.main.get_command(app)
+    for action, words in ACTIONS.items():
+        assert command_of(root, list(words)).name == words[-1], action
+        assert "facesearch" not in spell(Remedy.run(action)), action
+
+
+def test_the_service_spells_a_remedy_as_its_endpoint_and_adds_it_to_the_json(raising_client):
+    app = raising_client.app
+
+    @app.get("/raise-remedy")
+    def raise_remedy():
+        raise GalleryError("subject 'a': no face found", remedy=(Remedy.run("check"), Remedy.run("reembed")))
+
+    r = raising_client.get("/raise-remedy")
+    assert r.status_code == 400 and r.json()["error"] == {
+        "status": "refused",
+        "reason": "subject 'a': no face found (GET /api/v1/gallery/check or the gallery's administrator: reembed)",
+        "remedy": [{"action": "check", "args": {}}, {"action": "reembed", "args": {}}]}

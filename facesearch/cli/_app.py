@@ -9,7 +9,8 @@ Errors: a command calls :func:`fail` for a failure it detects itself; every othe
 name; a file the system refused; see :func:`user_message`) into one line on stderr and the error's exit status
 (``facesearch.errors``) — with ``--json``, also a JSON error object on stdout — and anything unexpected (a plain
 ``ValueError`` too) into a short message naming the log file that holds the traceback. A library error about one
-parameter gets it spelled as the command's option (``--conv-width 5: ...``). A traceback on the terminal only with
+parameter gets it spelled as the command's option (``--conv-width 5: ...``), and its remedy as a command line
+(```facesearch gallery reembed --checkpoint NEW```: ``facesearch.cli.spelling``). A traceback on the terminal only with
 ``facesearch --debug`` (or ``FACESEARCH_LOG=debug``).
 
 Text for a terminal: every file name, name or message a command prints passes through :func:`printable`, so a
@@ -35,7 +36,8 @@ from typing import Annotated, Callable, NoReturn, Optional
 import typer
 import typer.core
 
-from facesearch.errors import FacesearchError
+from facesearch.cli.spelling import command_of, flag_speller, remedy_speller
+from facesearch.errors import FacesearchError, RemedySpeller
 
 # -- options every command spells the same way -------------------------------------------------------------
 
@@ -144,8 +146,8 @@ def _refusing_non_finite(callback):
 class CommandError(FacesearchError):
     """A failure a command detected itself: the message for the user and the exit status."""
 
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
+    def __init__(self, message: str, code: int = 1, **about):  # about: ``param``, ``remedy`` (FacesearchError's)
+        super().__init__(message, **about)
         self.exit_code = code
 
 
@@ -154,53 +156,34 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise CommandError(message, code)
 
 
-def user_message(error: BaseException, flag: Callable[[str], str] | None = None) -> tuple[str, int] | None:
+def user_message(error: BaseException, flag: Callable[[str], str] | None = None,
+                 remedy: RemedySpeller = str) -> tuple[str, int] | None:
     """The one- or two-line message for an expected failure and the exit status, or None for a bug.
 
-    Expected: a ``FacesearchError`` (its parameter, if it names one, spelled by ``flag``: the command's option),
-    a file the system refused (``OSError``), a database that cannot be reached or read. Anything else, a plain
-    ``ValueError`` or ``KeyError`` included, is a bug.
+    Expected: a ``FacesearchError`` (its parameter, if it names one, spelled by ``flag``: the command's option; its
+    remedies by ``remedy``: command lines), a file the system refused (``OSError``), a database that cannot be
+    reached or read. Anything else, a plain ``ValueError`` or ``KeyError`` included, is a bug.
     """
     if isinstance(error, FacesearchError):
-        return error.describe(flag), error.exit_code
+        return error.describe(flag, remedy), error.exit_code
     if isinstance(error, OSError):
         name = error.filename or ""
         reason = error.strerror or str(error)
         return (f"{name}: {reason}" if name and str(name) not in reason else reason), 1
-    db_message = _database_message(error)
-    if db_message is not None:
-        return db_message, 1
+    db_error = _database_error(error)
+    if db_error is not None:
+        return db_error.describe(flag, remedy), 1
     return None
 
 
-def _database_message(error: BaseException) -> str | None:
-    """SQLAlchemy's errors for a database that cannot be reached, read or written."""
+def _database_error(error: BaseException) -> FacesearchError | None:
+    """SQLAlchemy's errors for a database that cannot be reached, read or written, as the library describes them."""
     exc = sys.modules.get("sqlalchemy.exc")  # not imported: no database was opened, the error is not its
     if exc is None or not isinstance(error, exc.SQLAlchemyError):
         return None
     from facesearch.gallery.db import describe_database_error
 
     return describe_database_error(error)
-
-
-def _flag_speller(ctx, words: list[str]) -> Callable[[str], str]:
-    """How the command that ``words`` (the root's arguments) ran spells a library parameter: as its option's long
-    flag (``conv_width`` -> ``--conv-width``), or its argument's name (``PHOTOS``); a parameter the command does
-    not take keeps its library name."""
-    command = ctx.command
-    while hasattr(command, "get_command"):  # a group
-        name = next((w for w in words if not w.startswith("-")), None)
-        sub = command.get_command(ctx, name) if name is not None else None
-        if sub is None:
-            break
-        command, words = sub, words[words.index(name) + 1:]
-    spelled = {}
-    for param in command.params:
-        if param.param_type_name == "option":
-            spelled[param.name] = next((o for o in param.opts if o.startswith("--")), param.opts[0])
-        else:  # an argument
-            spelled[param.name] = param.name.upper()
-    return lambda name: spelled.get(name, name)
 
 
 def _debugging(ctx) -> bool:
@@ -260,7 +243,8 @@ class _Root(typer.core.TyperGroup):
         except Exception as e:
             if _debugging(ctx):
                 raise
-            expected = user_message(e, _flag_speller(ctx, args))
+            command = command_of(ctx.command, args)
+            expected = user_message(e, flag_speller(command), remedy_speller(ctx.command, command))
             if expected is not None:
                 _report(*expected, as_json)
             log = _write_crash_log(e, args)

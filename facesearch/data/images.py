@@ -124,8 +124,8 @@ class ImageError(FacesearchError):
         self.reason = reason
         self.path = path  # set by load_image: the message then names the file
 
-    def __str__(self) -> str:
-        return f"{self.path}: {self.status}: {self.reason}" if self.path is not None else super().__str__()
+    def text(self) -> str:
+        return f"{self.path}: {self.status}: {self.reason}" if self.path is not None else super().text()
 
 
 def load_image(

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from facesearch.errors import Remedy
 from facesearch.gallery.records import GalleryError
 
 logger = logging.getLogger(__name__)
@@ -56,27 +57,29 @@ def where(url: str | Engine) -> str:
     return str(path) if path is not None else url.render_as_string(hide_password=True)
 
 
-def describe_database_error(error: BaseException) -> str:
-    """A user's message for a SQLAlchemy error: which database (every engine of ``create_engine`` names it on its
-    errors), what is wrong with it and the way out."""
+def describe_database_error(error: BaseException) -> GalleryError:
+    """A user's message for a SQLAlchemy error, as an error to raise or describe: which database (every engine of
+    ``create_engine`` names it on its errors), what is wrong with it and the way out."""
     text = (str(getattr(error, "orig", None) or error).strip().splitlines() or [type(error).__name__])[0]
     low = text.lower()
     name = getattr(error, "database", None)
     db_name = f"the gallery database {name}" if name else "the gallery database"
     if "readonly" in low or "read-only" in low:
-        return f"{db_name} is read-only ({text}): this command writes to it; use a writable copy"
+        return GalleryError(f"{db_name} is read-only ({text}): this command writes to it; use a writable copy")
     if "not a database" in low or "malformed" in low or "disk image" in low:
-        return (f"{db_name} is damaged ({text}): restore it from a backup, or enroll again into a new gallery")
+        return GalleryError(f"{db_name} is damaged ({text}): restore it from a backup, or enroll again into a new "
+                            "gallery")
     if "disk i/o" in low or "disk is full" in low or "no space" in low:
-        return (f"{db_name}: its disk is full, or failed to read or write it ({text}): free space on that disk "
-                "(or check it), then try again")
+        return GalleryError(f"{db_name}: its disk is full, or failed to read or write it ({text}): free space on that "
+                            "disk (or check it), then try again")
     if "unable to open" in low:
-        return f"cannot open {db_name} ({text}): check that the folder exists and is readable"
+        return GalleryError(f"cannot open {db_name} ({text}): check that the folder exists and is readable")
     if "locked" in low or "busy" in low:
-        return f"{db_name} is busy ({text}): another facesearch process holds it; try again"
+        return GalleryError(f"{db_name} is busy ({text}): another facesearch process holds it; try again")
     if "connect" in low or "connection" in low or "timeout" in low or "resolve host" in low:
-        return f"cannot reach {db_name} ({text}): check the --db URL and that the server runs"
-    return f"database error in {name or 'the gallery database'}: {text}"
+        return GalleryError(f"cannot reach {db_name} ({text}): check the database URL and that the server runs",
+                            remedy=Remedy.give("url"))
+    return GalleryError(f"database error in {name or 'the gallery database'}: {text}")
 
 
 def create_engine(url: str, read_only: bool = False) -> Engine:

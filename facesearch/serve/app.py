@@ -5,9 +5,9 @@ Every request but /health, the OpenAPI description (and its Swagger UI, /api/doc
 API key (``facesearch keys create``): header ``X-API-Key: KEY`` (or ``Authorization: Bearer KEY``), or the cookie
 the login page sets. A read-only key may recognize and read; changing the gallery needs a full key (and a writable
 gallery). A change authenticated by the cookie must also pass the CSRF checks (``guard``). Errors are JSON
-``{"error": {"status", "reason"}}`` with a 4xx code for anything the caller can fix (never a traceback, never a
-server path); pages show the same reason. A library error is answered by its type: each ``FacesearchError``
-class carries its HTTP status and status word (``facesearch.errors``); anything else is a bug (500, its traceback
+``{"error": {"status", "reason"}}`` (and ``remedy`` where the library says what to do: ``serve.remedies``) with a
+4xx code for anything the caller can fix (never a traceback, never a server path); pages show the same reason. A
+library error is answered by its type: each ``FacesearchError`` class carries its HTTP status and status word (``facesearch.errors``); anything else is a bug (500, its traceback
 in the server's log).
 """
 
@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facesearch import __version__
 from facesearch.errors import FacesearchError
-from facesearch.serve import api, pages
+from facesearch.serve import api, pages, remedies
 from facesearch.serve.guard import DOCS_CSP, HEADERS, BodyLimit, SecurityHeaders, SubjectSegments
 from facesearch.serve.service import Service
 
@@ -35,11 +35,13 @@ logger = logging.getLogger(__name__)
 PACKAGE = Path(__file__).resolve().parent
 
 
-def _error(request: Request, http_status: int, status: str, reason: str) -> Response:
-    """An error as the API's JSON, or as a page for a browser that asked for one."""
+def _error(request: Request, http_status: int, status: str, reason: str, remedy: list[dict] | None = None) -> Response:
+    """An error as the API's JSON (``remedy``: what to do, where the library says it), or as a page for a browser
+    that asked for one."""
     if pages.wants_page(request):
         return pages.error_page(request, http_status, reason)
-    return JSONResponse({"error": {"status": status, "reason": reason}}, status_code=http_status)
+    return JSONResponse({"error": {"status": status, "reason": reason, **({"remedy": remedy} if remedy else {})}},
+                        status_code=http_status)
 
 
 def create_app(service: Service, threads: int = 16) -> FastAPI:
@@ -91,7 +93,8 @@ def create_app(service: Service, threads: int = 16) -> FastAPI:
     async def refusal(request: Request, e: FacesearchError):  # by type: each error class carries its status
         if e.http_status == 401 and pages.is_page(request):
             return RedirectResponse(f"/login?{urlencode({'next': request.url.path})}", status_code=303)
-        return _error(request, e.http_status, e.status, service.public(str(e)))  # the server's paths stay its own
+        return _error(request, e.http_status, e.status, service.public(remedies.reason(e)),  # its paths stay its own
+                      remedies.remedies(e))
 
     @app.exception_handler(OSError)
     async def storage_error(request: Request, e: OSError):  # a file the server could not write (or read)
