@@ -66,7 +66,7 @@ def test_sqlite_gallery_upgrades_itself_but_postgresql_waits_for_db_upgrade(tmp_
     with Gallery(tmp_path / "g") as g:
         assert db.current_revision(g.engine) == db.head_revision()
     (tmp_path / "elsewhere").mkdir()
-    with pytest.raises(GalleryError, match="db upgrade"):  # what a PostgreSQL URL gets by default
+    with pytest.raises(GalleryError, match=r"\(db\.upgrade: url=URL\)"):  # what a PostgreSQL URL gets by default
         Gallery(tmp_path / "g2", db.default_url(tmp_path / "elsewhere"), migrate=False)
 
 

@@ -1,7 +1,7 @@
 """Which database a gallery folder belongs to: ``gallery.json`` in the folder records its database's uid.
 
-A folder's index file and crops are the faces of one database. Opened with another gallery's database (``--db``
-or ``$FACESEARCH_DB`` pointing elsewhere), a rebuild would overwrite that index and delete the crops as orphans.
+A folder's index file and crops are the faces of one database. Opened with another gallery's database (a ``url``
+pointing elsewhere), a rebuild would overwrite that index and delete the crops as orphans.
 So every open compares the folder's record with the database's ``gallery_state.uid`` and refuses a mismatch,
 naming both, before anything is read or written. Several folders may belong to one database (servers sharing a
 PostgreSQL gallery); a folder belongs to one database.
@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from facesearch.errors import Remedy
 from facesearch.gallery.files import CROPS_DIR
 from facesearch.gallery.records import GalleryError
 from facesearch.gallery.vectors.index import INDEX_NAME, IndexFileError, read_header
@@ -57,15 +58,15 @@ def check(folder: Path, uid: str | None, database: str, known_crops: Callable[[]
             owner = f" (gallery {record['uid']}, database {record.get('database')})" if record else ""
             raise GalleryError(
                 f"{database} holds no gallery yet, but {folder} holds another gallery's faces{owner}: "
-                f"{_and(held)}. Nothing was changed: give that gallery's database (--db, $FACESEARCH_DB), or "
-                "another folder to start a new gallery")
+                f"{_and(held)}. Nothing was changed: give another folder to start a new gallery, or that gallery's "
+                "database", remedy=Remedy.give("url"))
         return None
     if record is not None:
         if record["uid"] != uid:
             raise GalleryError(
                 f"{folder} belongs to gallery {record['uid']} (its database: {record.get('database')}), but "
-                f"{database} is the database of gallery {uid}. Nothing was changed: give the folder's own database "
-                "(--db, $FACESEARCH_DB), or that database's own folder")
+                f"{database} is the database of gallery {uid}. Nothing was changed: give that database's own "
+                "folder, or the folder's own database", remedy=Remedy.give("url"))
         return record
     try:
         indexed = read_header(folder / INDEX_NAME, any_format=True)["uid"]
@@ -74,17 +75,18 @@ def check(folder: Path, uid: str | None, database: str, known_crops: Callable[[]
     if indexed is not None and indexed != uid:
         raise GalleryError(
             f"{folder} holds the index of gallery {indexed}, but {database} is the database of gallery {uid}. "
-            "Nothing was changed: give the folder's own database (--db, $FACESEARCH_DB); or, if this database is "
-            f"the folder's and its index was copied from another gallery, delete {folder / INDEX_NAME} and try again")
+            f"Nothing was changed: if this database is the folder's and its index was copied from another gallery, "
+            f"delete {folder / INDEX_NAME} and try again; else give the folder's own database",
+            remedy=Remedy.give("url"))
     if indexed is None and (folder / CROPS_DIR).is_dir():
         files = {p.relative_to(folder).as_posix() for p in (folder / CROPS_DIR).rglob("*") if p.is_file()}
         unknown = sorted(files - known_crops())
         if unknown:
             raise GalleryError(
                 f"{folder} has no {RECORD} nor index, and {len(unknown)} of its {len(files)} crop files are no faces "
-                f"of {database} (gallery {uid}): the folder may be another database's. Nothing was changed: give the "
-                "folder's own database (--db, $FACESEARCH_DB); or, if this is its database, move the crop files it "
-                f"does not know (such as {unknown[0]}) out of the folder and try again")
+                f"of {database} (gallery {uid}): the folder may be another database's. Nothing was changed: if this "
+                f"is its database, move the crop files it does not know (such as {unknown[0]}) out of the folder "
+                "and try again; else give the folder's own database", remedy=Remedy.give("url"))
     return None
 
 

@@ -35,7 +35,7 @@ def check_gallery(engine: Engine, folder: Path, store_for: Callable[[VectorSetti
     mixed = sum(1 for f in faces if f[2] != state.model_fingerprint)
     if mixed:
         problems.append(f"{mixed} faces were embedded by a model other than the gallery's {state.model_fingerprint} "
-                        "(`facesearch gallery reembed` moves them all to one model)")
+                        "(reembed moves them all to one model)")
     referenced = {inside(folder, f[1]) for f in faces if f[1]}
     missing = sum(1 for p in referenced if p is None or not p.exists())
     orphans = orphan_crops(folder, referenced)

@@ -255,8 +255,8 @@ def checked_revision(engine: Engine) -> str | None:
             raise GalleryError(
                 f"{where(engine)}: holds gallery tables ({', '.join(tables)}) but no schema revision (the "
                 "alembic_version row is missing): the database is damaged or was not made by facesearch; nothing "
-                "was changed. Restore it from a backup; if you know which revision its tables are at, "
-                "`facesearch db stamp REVISION` records it")
+                "was changed. Restore it from a backup; if you know which revision its tables are at, record it",
+                remedy=Remedy.run("db.stamp", revision="REVISION"))
         return None
     if current not in {rev.revision for rev in script.walk_revisions()}:
         raise GalleryError(

@@ -13,7 +13,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from facesearch.errors import BadInput
+from facesearch.errors import BadInput, Remedy
 from facesearch.gallery.digest import vector_hashes
 from facesearch.gallery.models import Face
 
@@ -33,7 +33,8 @@ def decode_embeddings(blobs: Sequence[bytes], dim: int) -> np.ndarray:
     """Stored embeddings → (n, dim) float32; a blob of another size means a mixed-model gallery."""
     size = STORED.itemsize * dim
     if any(len(b) != size for b in blobs):
-        raise BadInput(f"stored embeddings of a size other than {dim} values: run `facesearch gallery reembed`")
+        raise BadInput(f"stored embeddings of a size other than {dim} values: the gallery's faces were embedded by "
+                       "several models; move them all to one", remedy=Remedy.run("reembed"))
     return np.frombuffer(b"".join(blobs), dtype=STORED).reshape(len(blobs), dim).astype(np.float32, copy=False)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from facesearch.data.images import is_photo
 from facesearch.embed import Decoded
+from facesearch.errors import Remedy
 from facesearch.gallery.records import GalleryError, NewFace
 from facesearch.gallery.store import Gallery
 
@@ -182,7 +183,7 @@ def reembed(gallery: Gallery, embedder, batch_size: int = 64,
     if lost:
         names = ", ".join(sorted({f.identity for f in lost})[:5])
         raise GalleryError(f"{len(lost)} faces ({names}...) have neither their photo nor a stored crop; "
-                           "remove them first (`facesearch identities remove`)")
+                           "remove them first", remedy=Remedy.run("identities.remove"))
     matrix = np.concatenate(vectors) if vectors else np.empty((0, embedder.dim), np.float32)
     gallery.replace_embeddings([f.id for f in faces], matrix, embedder.fingerprint, embedder.model_source)
     return ReembedReport(len(faces), len(faces) - from_crop, from_crop)

@@ -11,6 +11,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from facesearch.errors import Remedy
 from facesearch.gallery.embeddings import encode_embedding
 from facesearch.gallery.files import CROPS_DIR
 from facesearch.gallery.models import Face, GalleryState, Identity, utcnow
@@ -24,15 +25,13 @@ def check_model(s: Session, state: GalleryState, fingerprint: str, folder: Path)
         if state.model_source == "base" and held != _shipped_base():  # the base model of an earlier facesearch
             raise ModelMismatchError(
                 f"{folder}: the gallery holds embeddings of an earlier base model ({held}); this facesearch ships "
-                f"base model {fingerprint}. Move the gallery to it with `facesearch gallery reembed --checkpoint "
-                f"base -g {folder}` (every face is recomputed from its stored photo or crop), or give the earlier "
-                "model's file with --checkpoint"
-            )
+                f"base model {fingerprint}. Move the gallery to it (every face is recomputed from its stored photo "
+                "or crop), or give the earlier model's file as the checkpoint",
+                remedy=(Remedy.run("reembed", checkpoint="base", folder=folder), Remedy.give("checkpoint")))
         raise ModelMismatchError(
             f"{folder}: the gallery holds embeddings of model {held}, the checkpoint is model "
-            f"{fingerprint}; use the gallery's checkpoint, or move the gallery to the new model with "
-            f"`facesearch gallery reembed --checkpoint NEW`"
-        )
+            f"{fingerprint}; use the gallery's checkpoint, or move the gallery to the new model",
+            remedy=Remedy.run("reembed", checkpoint="NEW"))
 
 
 def _shipped_base() -> str | None:

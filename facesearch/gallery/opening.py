@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 import facesearch.gallery.binding as binding
 import facesearch.gallery.db as db
+from facesearch.errors import Remedy
 from facesearch.gallery.digest import EMPTY
 from facesearch.gallery.files import CROPS_DIR
 from facesearch.gallery.lock import exclusive
@@ -46,8 +47,8 @@ def open_database(folder: Path, url: str, *, create: bool, migrate: bool | None,
     if sqlite_file is not None and (not sqlite_file.exists() or sqlite_file.stat().st_size == 0):
         _refuse_lost_database(folder, sqlite_file)
         if read_only or not create:
-            raise GalleryError(f"{folder}: not a gallery (no {sqlite_file.name} in this folder); "
-                               "`facesearch enroll PHOTOS -g FOLDER` creates one")
+            raise GalleryError(f"{folder}: not a gallery (no {sqlite_file.name} in this folder); enrolling photos "
+                               "creates one", remedy=Remedy.run("enroll", items="PHOTOS", folder="FOLDER"))
         os.close(os.open(sqlite_file, os.O_CREAT | os.O_WRONLY, 0o600))  # SQLite keeps these permissions
     migrate = db.is_sqlite(url) if migrate is None else migrate
     engine = db.create_engine(url, read_only=read_only)
@@ -89,8 +90,8 @@ def _check_schema(folder: Path, url: str, engine: Engine, may_upgrade: bool) -> 
     head, current = db.head_revision(), db.checked_revision(engine)
     uid = _stored_uid(engine, current)
     if uid is None:
-        raise GalleryError(f"{db.where(url)}: holds no gallery yet; `facesearch enroll PHOTOS -g FOLDER` "
-                           "creates one")
+        raise GalleryError(f"{db.where(url)}: holds no gallery yet; enrolling photos creates one",
+                           remedy=Remedy.run("enroll", items="PHOTOS", folder="FOLDER"))
     if binding.check(folder, uid, db.where(url), lambda: _known_crops(engine)) is None \
             and os.access(folder, os.W_OK):
         with contextlib.suppress(GalleryError):  # recorded for the next open, where the folder allows it
@@ -99,7 +100,7 @@ def _check_schema(folder: Path, url: str, engine: Engine, may_upgrade: bool) -> 
         _upgrade(folder, url, engine)
     elif current != head:
         raise GalleryError(f"{db.where(url)}: database schema is at revision {current}, this version "
-                           f"reads {head}; upgrade it once with write access (`facesearch db upgrade`)")
+                           f"reads {head}; upgrade it once with write access", remedy=Remedy.run("db.upgrade"))
 
 
 def _stored_uid(engine: Engine, revision: str | None) -> str | None:
@@ -140,10 +141,8 @@ def _prepare_database(folder: Path, url: str, engine: Engine, migrate: bool) -> 
     record = binding.check(folder, uid, db.where(url), lambda: _known_crops(engine))
     if current != head:
         if not migrate:
-            raise GalleryError(
-                f"{db.where(url)}: database schema is not at revision {head}; "
-                f"run `facesearch db upgrade --db URL` first"
-            )
+            raise GalleryError(f"{db.where(url)}: database schema is not at revision {head}; upgrade it first",
+                               remedy=Remedy.run("db.upgrade", url="URL"))
         with exclusive(folder):
             if db.checked_revision(engine) != head:
                 db.upgrade(engine)

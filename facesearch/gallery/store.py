@@ -36,6 +36,7 @@ import facesearch.gallery.faces as face_rows
 import facesearch.gallery.files as files
 import facesearch.gallery.identities as identities
 import facesearch.gallery.keys as keys
+from facesearch.errors import Remedy
 from facesearch.gallery.check import check_gallery
 from facesearch.gallery.digest import combine, vector_hashes
 from facesearch.gallery.embeddings import encode_embedding
@@ -387,8 +388,8 @@ class Gallery:
         if there is here:
             return {"store": store, "faces": faces, "moved": False}
         if only_if_empty and faces:
-            raise GalleryError(f"{self.folder}: its vectors are in the {here.name} store; move them with "
-                               f"`facesearch gallery store {store}`")
+            raise GalleryError(f"{self.folder}: its vectors are in the {here.name} store; move them",
+                               remedy=Remedy.run("use_store", store=store))
         with self._tx.mutation() as s:
             conn, state = s.connection(), current_state(s)
             n = there.fill(conn, state, target)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 from sqlalchemy.engine import Connection
 
-from facesearch.errors import BadInput
+from facesearch.errors import BadInput, Remedy
 from facesearch.gallery.models import GalleryState
 from facesearch.gallery.records import FaceHit, GalleryError
 from facesearch.gallery.vectors.index import IndexSettings
@@ -56,8 +56,8 @@ class VectorSettings:
         if isinstance(part, PgvectorSettings):
             return replace(self, pgvector=part)
         if part.store != self.store:
-            raise GalleryError(f"moving the vectors to the {part.store} store is `facesearch gallery store "
-                               f"{part.store}`, not a rebuild")
+            raise GalleryError(f"moving the vectors to the {part.store} store is a change of store, not a rebuild",
+                               remedy=Remedy.run("use_store", store=part.store))
         return part
 
     def to_dict(self) -> dict[str, Any]:

@@ -146,8 +146,8 @@ class IndexKeeper:
             index = sync.build(conn, ids, settings, dim, uid)
             if index.digest != digest:
                 logger.warning("the database records the vector digest %s, its faces add up to %s: they were changed "
-                               "outside facesearch; the index follows the faces (`facesearch gallery rebuild` records "
-                               "their digest)", digest, index.digest)
+                               "outside facesearch; the index follows the faces (a rebuild records their digest)",
+                               digest, index.digest)
         index.epoch = epoch
         return index
 
@@ -159,7 +159,7 @@ class IndexKeeper:
         if index.uid != uid:
             return f"the index file belongs to another database (uid {index.uid}, this one is {uid})"
         if index.settings != settings:
-            return "the index was built with other settings (an interrupted `facesearch gallery rebuild`?)"
+            return "the index was built with other settings (an interrupted rebuild?)"
         if index.dim != dim:
             return f"the index holds {index.dim}-wide vectors, the gallery's are {dim}"
         return None
@@ -169,7 +169,7 @@ class IndexKeeper:
         where = "" if self.writable else " (kept in memory only: the gallery folder is not writable)"
         message = f"{self.path}: {reason}: building the {settings.kind} index of {n} faces from the database{where}"
         if n >= ANNOUNCE_FACES and not explicit:
-            logger.warning("%s; this takes a while (`facesearch gallery rebuild` builds it ahead of time)", message)
+            logger.warning("%s; this takes a while (a rebuild builds it ahead of time)", message)
         else:
             logger.info("%s", message)
 

@@ -21,6 +21,7 @@ from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy.dialects.postgresql import REGCLASS
 from sqlalchemy.engine import Connection
 
+from facesearch.errors import Remedy
 from facesearch.gallery.db import masked
 from facesearch.gallery.digest import EMPTY, combine
 from facesearch.gallery.embeddings import iter_vectors
@@ -85,8 +86,8 @@ def create_schema(conn: Connection) -> None:
 def require(conn: Connection, url) -> None:
     """Make sure this database can hold a pgvector gallery; a GalleryError says what is missing."""
     if conn.dialect.name != "postgresql":
-        raise GalleryError(f"{masked(url)}: the pgvector store needs PostgreSQL (--db postgresql+psycopg://...), "
-                           f"not {conn.dialect.name}")
+        raise GalleryError(f"{masked(url)}: the pgvector store needs PostgreSQL, not {conn.dialect.name}",
+                           remedy=Remedy.give(url="postgresql+psycopg://..."))
     if sa.inspect(conn).has_table(_TABLE.name):
         return
     if not extension_available(conn):
