@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from facesearch.data.images import to_square_rgb
-from facesearch.errors import BadInput
+from facesearch.errors import BadInput, Remedy
 from facesearch.models.vgg import VGG16, VGGConfig
 from facesearch.runtime import resolve_device
 
@@ -131,9 +131,11 @@ def require_kind(recorded: str | None, kind: str, path: str | os.PathLike | None
     if recorded is None or recorded == kind:
         return
     what = KINDS.get(recorded, f"a model trained on {recorded!r} data")
-    advice = ('give a face checkpoint (`facesearch train` on `facesearch prepare` output) or "base", the face '
-              "model shipped with facesearch" if kind == "faces" else f"give {KINDS.get(kind, kind)}")
-    raise CheckpointError(f"{path or 'the model'}: {what}, not {KINDS.get(kind, repr(kind))}; {advice}")
+    message = f"{path or 'the model'}: {what}, not {KINDS.get(kind, repr(kind))}"
+    if kind != "faces":
+        raise CheckpointError(f"{message}; give {KINDS.get(kind, kind)}")
+    raise CheckpointError(f'{message}; give a face checkpoint (one trained on prepared face crops) or "base", the '
+                          "face model shipped with facesearch", remedy=(Remedy.run("prepare"), Remedy.run("train")))
 
 
 def save_checkpoint(
@@ -179,15 +181,15 @@ def _save_atomically(payload: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-BASE = "base"  # what ``--checkpoint`` / ``--init`` call the model shipped inside the package
+BASE = "base"  # what a ``checkpoint`` (or ``init``) argument calls the model shipped inside the package
 
 
 def base_model_path() -> Path:
     """The base model that ships with facesearch (``facesearch/models/base/model.pt``; see its MODEL_CARD.md)."""
     path = Path(__file__).resolve().parent / "models" / "base" / "model.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the base model is missing from this installation; reinstall facesearch "
-                                "or give --checkpoint")
+        raise CheckpointError(f"{path}: the base model is missing from this installation; reinstall facesearch "
+                              "or give a checkpoint", remedy=Remedy.give("checkpoint"))
     return path
 
 
@@ -208,7 +210,7 @@ def model_source(path: str | os.PathLike) -> str:
     try:
         if path == base_model_path():
             return BASE
-    except FileNotFoundError:
+    except CheckpointError:  # no base model installed: this one is not it
         pass
     return str(path)
 
@@ -256,8 +258,8 @@ def _torch_load(path: Path):
     with open(path, "rb") as f:
         head = f.read(2)
     if head and not head.startswith((b"PK", b"\x80")):  # neither torch's zip format nor a pickle: a photo, text...
-        raise CheckpointError(f"{path}: not a checkpoint (facesearch checkpoints are the torch files `facesearch "
-                              "train` writes: give one, a training run folder or \"base\")")
+        raise CheckpointError(f"{path}: not a checkpoint (facesearch checkpoints are the torch files its training "
+                              'writes: give one, a training run folder or "base")', remedy=Remedy.run("train"))
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols before refusing them
             warnings.simplefilter("ignore", UserWarning)
@@ -266,8 +268,8 @@ def _torch_load(path: Path):
         if "weights only" in str(e).lower() or "weights_only" in str(e):
             raise CheckpointError(
                 f"{path}: refused: it holds Python objects, not only tensors and plain data, and loading those "
-                "could run code from the file; facesearch loads only its own checkpoints (made by `facesearch "
-                "train`); re-export the model with facesearch") from None
+                "could run code from the file; facesearch loads only its own checkpoints (made by its training); "
+                "re-export the model with facesearch", remedy=Remedy.run("train")) from None
         raise CheckpointError(f"{path}: not a checkpoint torch can read ({e})") from None
     except (EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{path}: damaged or truncated checkpoint ({type(e).__name__}); copy it again") from None

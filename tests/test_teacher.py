@@ -144,7 +144,7 @@ def test_teacher_and_identity_losses_train_together_and_check_the_widths(faces, 
     assert result.best_val_acc is not None and result.best_val_teacher_cos is not None
     assert load_checkpoint(tmp_path / "run" / "best.pt").class_names == sorted(
         p.name for p in faces.iterdir() if p.is_dir() and p.name != "teacher")
-    with pytest.raises(ValueError, match="--fc7-width 8"):
+    with pytest.raises(ValueError, match=r"\(fc7_width=8 or projection=8\)"):  # the CLI says --fc7-width 8
         train("faces", faces, tmp_path / "other", cfg,
               model_config("faces", faces, teacher=True, **{**TINY, "fc7_width": 16}), AugmentConfig.none())
     projected = train("faces", faces, tmp_path / "projected", cfg,

@@ -27,7 +27,7 @@ from PIL import Image
 
 from facesearch.data.images import IMAGE_SUFFIXES, load_image, to_square_rgb
 from facesearch.data.manifest import ok_rows, read_manifest, read_settings
-from facesearch.errors import BadInput
+from facesearch.errors import BadInput, MissingFile, Remedy
 from facesearch.runtime import barrier, is_main_process
 
 log = logging.getLogger(__name__)
@@ -94,14 +94,17 @@ def face_sources(data_dir: Path, unlabelled: bool = False) -> tuple[list[str], d
     if not rows:
         raise FileNotFoundError(f"{data_dir / 'manifest.csv'}: no usable face crops (no row with status ok)")
     if all(r.split is None for r in rows):
-        raise BadInput(f"{data_dir / 'manifest.csv'}: rows carry no split; re-run `facesearch prepare`")
+        raise BadInput(f"{data_dir / 'manifest.csv'}: rows carry no split; prepare the photos again",
+                       remedy=Remedy.run("prepare"))
     class_names = sorted({r.identity for r in rows if r.split == "train"})
     extra = _unlabelled_rows(rows, int(read_settings(data_dir).get("min_train_photos", 2))) if unlabelled else []
     if len(class_names) < 2:
         if not unlabelled:
-            hint = ("; its faces have no names: a teacher can train on them (--teacher)"
-                    if any(r.split == "unlabelled" for r in rows) else "")
-            raise BadInput(f"{data_dir / 'manifest.csv'}: the train split needs at least 2 identities{hint}")
+            message = f"{data_dir / 'manifest.csv'}: the train split needs at least 2 identities"
+            if any(r.split == "unlabelled" for r in rows):
+                raise BadInput(f"{message}; its faces have no names: a teacher can train on them",
+                               remedy=Remedy.give("teacher"))
+            raise BadInput(message)
         class_names, extra = [], extra + [r for r in rows if r.split == "train"]  # a teacher alone trains
     index = {name: i for i, name in enumerate(class_names)}
     splits: dict[str, tuple[list[Item], list[int]]] = {}
@@ -281,8 +284,10 @@ def _dataset_folder(kind: str, data_dir: str | os.PathLike) -> Path:
         raise BadInput(f"kind must be one of {KINDS}, not {kind!r}")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        hint = CIFAR_HELP if kind == "cifar10" else "run `facesearch prepare RAW_DIR OUT_DIR` to make one"
-        raise FileNotFoundError(f"{data_dir}: no such folder; {hint}")
+        if kind == "cifar10":
+            raise MissingFile(f"{data_dir}: no such folder; {CIFAR_HELP}")
+        raise MissingFile(f"{data_dir}: no such folder; prepare photos into it",
+                          remedy=Remedy.run("prepare", raw_dir="RAW_DIR", out_dir=data_dir))
     return data_dir
 
 

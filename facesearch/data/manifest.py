@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable
 
+from facesearch.errors import MissingFile, Remedy
+
 MANIFEST_NAME = "manifest.csv"
 SETTINGS_NAME = "dataset.json"
 
@@ -118,7 +120,8 @@ def read_manifest(out_dir: str | os.PathLike) -> list[ManifestRow]:
     """All rows of a ``prepare`` output; a clear error when OUT_DIR holds none."""
     path = Path(out_dir) / MANIFEST_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no manifest; run `facesearch prepare RAW_DIR {out_dir}` first")
+        raise MissingFile(f"{path}: no manifest; prepare photos into {out_dir} first",
+                          remedy=Remedy.run("prepare", raw_dir="RAW_DIR", out_dir=out_dir))
     with open(path, newline="", encoding="utf-8") as f:
         return [_decode(raw) for raw in csv.DictReader(f)]
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from facesearch.data.images import IMAGE_SUFFIXES
 from facesearch.data.manifest import MANIFEST_NAME, read_manifest, read_settings
-from facesearch.errors import BadInput
+from facesearch.errors import BadInput, Remedy
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,9 @@ def _check_crops_match(out_dir: Path, crop) -> None:
     wanted = {"align": bool(crop.align), "margin": float(crop.margin)}
     if made != wanted:
         differ = ", ".join(f"{k} {made[k]} (the model: {wanted[k]})" for k in made if made[k] != wanted[k])
-        raise BadInput(f"{out_dir}: its crops were cut with {differ}; prepare the photos again with the model's "
-                       f"crop settings ({'--align' if wanted['align'] else 'no --align'}, --margin "
-                       f"{wanted['margin']}), or give the raw photo folder")
+        raise BadInput(f"{out_dir}: its crops were cut with {differ}; give the raw photo folder, or prepare the "
+                       "photos again with the model's crop settings",
+                       remedy=Remedy.run("prepare", align=wanted["align"], margin=wanted["margin"]))
 
 
 def _prepared_sources(relpaths: list[str], out_dir: Path, raw_dir) -> tuple[dict[str, Callable], Embedded]:
@@ -278,7 +278,8 @@ def list_photos(data_dir: str | os.PathLike, splits: Sequence[str] | None = None
             if splits is None or row.split in splits:
                 photos.setdefault(row.identity, []).append(row.path)
     elif splits is not None:
-        raise BadInput(f"{data_dir}: splits are only known for a `facesearch prepare` output")
+        raise BadInput(f"{data_dir}: splits are only known for a prepared folder (prepare's output)",
+                       remedy=Remedy.run("prepare"))
     else:
         for path in sorted(data_dir.rglob("*")):
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and path.parent != data_dir:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from facesearch.checkpoint import Preprocess, save_checkpoint
 from facesearch.data.datasets import Dataset, identity_folders
-from facesearch.errors import BadInput
+from facesearch.errors import BadInput, Remedy
 from facesearch.models.vgg import VGG16, VGGConfig
 from facesearch.runtime import CHANNELS_LAST, Distributed, autocast, tune_for
 from facesearch.training.augment import AugmentConfig, augment, normalize
@@ -126,10 +126,12 @@ class Trainer:
     def _check_teacher(self, model_config: VGGConfig, dim: int) -> None:
         width = model_config.projection or model_config.embedding_width
         if width != dim:
-            raise BadInput(f"the teacher's vectors have {dim} numbers and the distilled layer {width}: give "
-                           f"--fc7-width {dim} (fc7 itself learns the teacher's vectors) or --projection {dim}")
+            raise BadInput(f"the teacher's vectors have {dim} numbers and the distilled layer {width}: give fc7 "
+                           "the teacher's width (fc7 itself learns the teacher's vectors) or a projection of it",
+                           remedy=(Remedy.give(fc7_width=dim), Remedy.give(projection=dim)))
         if model_config.embedding != "pre_relu" and not model_config.projection:
-            raise BadInput("fc7 distilled itself must be read before its ReLU: give --embedding pre_relu")
+            raise BadInput("fc7 distilled itself must be read before its ReLU",
+                           remedy=Remedy.give(embedding="pre_relu"))
 
     def new_sums(self) -> torch.Tensor:
         """What ``train_step`` and ``evaluate`` add up on the device: loss, correct, labelled, count, cosine."""
