@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from facesearch.errors import BadInput
+from facesearch.errors import BadInput, Remedy
 from facesearch.gallery.identities import UNKNOWN
 from facesearch.gallery.records import FaceHit
 from facesearch.gallery.store import Gallery
@@ -224,7 +224,7 @@ def annotate(photo, result: WhoResult, out: str | os.PathLike, overwrite: bool =
     if path is not None:
         problem = annotation_problem([out], [Path(path)], [], overwrite)
         if problem:
-            raise BadInput(problem)
+            raise problem
     if isinstance(photo, Decoded):
         image = photo.image.copy()
     else:
@@ -251,9 +251,9 @@ def annotate(photo, result: WhoResult, out: str | os.PathLike, overwrite: bool =
 
 
 def annotation_problem(outs: Sequence[Path], photos: Sequence[Path], protected: Sequence[Path],
-                       overwrite: bool) -> str | None:
-    """Why drawing the answers to ``outs`` must not go ahead (None: it may): an output that is one of the
-    ``photos`` answered, lies inside a ``protected`` folder (the gallery's: its crops, index and database are
+                       overwrite: bool) -> BadInput | None:
+    """Why drawing the answers to ``outs`` must not go ahead, as the error to raise (None: it may): an output that
+    is one of the ``photos`` answered, lies inside a ``protected`` folder (the gallery's: its crops, index and database are
     facesearch's alone) or is a file already there (unless ``overwrite``), or has no image suffix."""
     inputs = {p.resolve() for p in photos}
     folders = [f.resolve() for f in protected]
@@ -261,20 +261,21 @@ def annotation_problem(outs: Sequence[Path], photos: Sequence[Path], protected: 
     for out in outs:
         target = out.resolve()
         if target in inputs or any(out.exists() and p.exists() and os.path.samefile(out, p) for p in photos):
-            return f"{out}: that is a photo being answered; give another file or folder to draw into"
+            return BadInput(f"{out}: that is a photo being answered; give another file or folder to draw into")
         inside = next((f for f in folders if target == f or target.is_relative_to(f)), None)
         if inside is not None:
-            return (f"{out}: inside the gallery folder {inside}, whose files only facesearch writes; give a path "
-                    "outside it")
+            return BadInput(f"{out}: inside the gallery folder {inside}, whose files only facesearch writes; give a "
+                            "path outside it")
         if out.is_dir():
-            return f"{out}: a folder; give the file name to draw into"
+            return BadInput(f"{out}: a folder; give the file name to draw into")
         if _image_format(out) is None:
-            return f"{out}: {out.suffix or 'no suffix'} is not an image format (give .jpg, .png, ...)"
+            return BadInput(f"{out}: {out.suffix or 'no suffix'} is not an image format (give .jpg, .png, ...)")
         if out.exists() and not overwrite:
             existing.append(out)
     if existing:
         what = f"{existing[0]} exists" if len(existing) == 1 else f"{existing[0]} and {len(existing) - 1} more exist"
-        return f"{what} already: give another name, or --overwrite to replace {'it' if len(existing) == 1 else 'them'}"
+        return BadInput(f"{what} already: give another name, or overwrite {'it' if len(existing) == 1 else 'them'}",
+                        remedy=Remedy.give("overwrite"))
     return None
 
 

@@ -175,7 +175,7 @@ def test_cluster_refuses_another_folder_into_the_same_clusters_and_keeps_a_moved
         shutil.copy(photo, other / photo.name)
     refused = run("cluster", other, "--out", out, "-c", checkpoint, "--device", "cpu", ok=False)
     assert refused.exit_code == 1 and "Traceback" not in refused.output
-    assert str(work) in refused.stderr and str(other) in refused.stderr and "new --out" in refused.stderr
+    assert str(work) in refused.stderr and str(other) in refused.stderr and "new folder (--out)" in refused.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == stored  # nothing stored is lost
     moved = work.rename(tmp_path / "moved")  # the same photos elsewhere: found again by their content
     again = json.loads(run("cluster", moved, "--out", out, "-c", checkpoint, "--device", "cpu", "--json").stdout)

@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from facesearch.cli._app import (
-    DEFAULT_GALLERY, Checkpoint, DbUrl, Device, GalleryDir, JsonFlag, Progress, RequiredCheckpoint, app, db_app, fail,
-    gallery_app, identities_app, printable,
+    DEFAULT_GALLERY, Checkpoint, CommandError, DbUrl, Device, GalleryDir, JsonFlag, Progress, RequiredCheckpoint, app,
+    db_app, fail, gallery_app, identities_app, printable,
 )
 
 Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Average each face with its mirror image.")]
@@ -214,7 +214,7 @@ def _check_annotate(outs: list[Path], photos: list[Path], gallery: Path, db: str
     database = gdb.sqlite_path(gdb.resolve_url(gallery, db))
     problem = annotation_problem(outs, photos, [gallery] + ([database] if database is not None else []), overwrite)
     if problem:
-        fail(f"--annotate {problem}", code=2)
+        raise CommandError(problem.text(), code=2, param="annotate", remedy=problem.remedies)
 
 
 def _photo_list(paths: list[Path]) -> list[Path]:

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from facesearch.cluster.grouping import ClusterError, Clusters, ClusterSettings, FaceRow
+from facesearch.errors import Remedy
 
 FACES_NAME, EMBEDDINGS_NAME, STATE_NAME = "faces.csv", "embeddings.npy", "clusters.json"
 CROPS_DIR = "crops"
@@ -29,19 +30,20 @@ def load(folder: str | os.PathLike) -> Clusters:
     folder = Path(folder)
     state_path = folder / STATE_NAME
     if not state_path.is_file():
-        raise ClusterError(f"{folder}: not a clusters folder (no {STATE_NAME}); run `facesearch cluster PHOTOS "
-                           f"--out {folder}` first")
+        raise ClusterError(f"{folder}: not a clusters folder (no {STATE_NAME}); cluster photos into it first",
+                           remedy=Remedy.run("cluster", photos="PHOTOS", out=folder))
     try:
         state = json.loads(state_path.read_text())
         with open(folder / FACES_NAME, newline="") as f:
             rows = [_row(d) for d in csv.DictReader(f)]
         vectors = np.load(folder / EMBEDDINGS_NAME) if rows else np.empty((0, 0), np.float32)
     except (OSError, ValueError, KeyError) as e:
-        raise ClusterError(f"{folder}: damaged clusters folder ({e}); run `facesearch cluster` again into a new "
-                           "folder") from None
+        raise ClusterError(f"{folder}: damaged clusters folder ({e}); cluster the photos again into a new folder",
+                           remedy=Remedy.run("cluster")) from None
     if len(vectors) != len(rows):
         raise ClusterError(f"{folder}: {FACES_NAME} and {EMBEDDINGS_NAME} disagree ({len(rows)} faces, "
-                           f"{len(vectors)} embeddings); run `facesearch cluster` again into a new folder")
+                           f"{len(vectors)} embeddings); cluster the photos again into a new folder",
+                           remedy=Remedy.run("cluster"))
     return Clusters(folder, rows, vectors, state["model"], ClusterSettings(**state["settings"]),
                     {int(k): v for k, v in state.get("names", {}).items()}, int(state.get("next_group", 0)))
 

@@ -15,6 +15,7 @@ import numpy as np
 from facesearch.cluster.files import STATE_NAME, crop_path, load, load_crop, save
 from facesearch.cluster.grouping import ClusterError, Clusters, ClusterSettings, FaceRow, group_of, regroup
 from facesearch.cluster.sheets import draw_sheets
+from facesearch.errors import Remedy
 
 
 def edit(folder: str | os.PathLike, change: Callable[[Clusters], object]) -> tuple[object, Clusters]:
@@ -146,7 +147,7 @@ def _refuse_dropping(old: Clusters, given: set[str], shas: set[str]) -> None:
     if left:
         raise ClusterError(f"{old.folder}: holds the faces of {len(left)} photos in {_folders(left)}, which are not "
                            f"among the photos given ({_folders(given)}); this run would drop them and their groups' "
-                           "names. Give those photos too, or cluster into a new --out folder")
+                           "names. Give those photos too, or cluster into a new folder", remedy=Remedy.give("out"))
 
 
 def _folders(paths) -> str:
@@ -198,8 +199,8 @@ def name_group(c: Clusters, group: int, name: str, gallery) -> dict:
     if sum(map(len, elsewhere.values())) == len(members):
         held = ", ".join(f"{n!r} ({len(ids)} faces)" for n, ids in elsewhere.items())
         raise ClusterError(f"group {group}: none of its {len(members)} faces enrolled as {name!r}: already enrolled "
-                           f"as {held}; if they are {name!r}, rename or merge that identity (`facesearch identities "
-                           "rename|merge`)")
+                           f"as {held}; if they are {name!r}, rename or merge that identity",
+                           remedy=(Remedy.run("identities.rename"), Remedy.run("identities.merge")))
     c.names[group] = name
     for r in members:
         r.pinned = "in"
