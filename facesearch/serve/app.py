@@ -61,9 +61,9 @@ def create_app(service: Service, threads: int = 16) -> FastAPI:
     # FastAPI's own Swagger UI and ReDoc load their scripts from a CDN: /api/docs (``docs``) serves a local copy.
     app = FastAPI(title="facesearch", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   openapi_url="/api/v1/openapi.json",
-                  description="Face recognition over a facesearch gallery: recognize, subjects and their faces, "
-                              "explanations. Authenticate with the X-API-Key header. A subject's name is one path "
-                              "segment, percent-encoded (a `/` in it as `%2F`).")
+                  description="Face recognition over one gallery of enrolled faces: recognize, subjects and their "
+                              "faces, explanations. Authenticate with the X-API-Key header. A subject's name is one "
+                              "path segment, percent-encoded (a `/` in it as `%2F`).")
     app.state.service = service
     app.state.csrf_secret = secrets.token_bytes(32)  # per process: a restart makes open forms reload
     app.mount(SWAGGER_ASSETS, StaticFiles(directory=swagger_assets()), name="swagger")  # before /static: a prefix
@@ -153,7 +153,7 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
-            raise ListenError(f"{port} on {host} is in use by another program (another facesearch serve?): stop it, "
+            raise ListenError(f"{port} on {host} is in use by another program (another facesearch service?): stop it, "
                               "or choose another", param="port") from None
         raise ListenError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     return sock

@@ -11,7 +11,7 @@ from fastapi import Depends, Request, Security
 from fastapi import Path as Path_
 from fastapi.security import APIKeyHeader
 
-from facesearch.errors import FacesearchError
+from facesearch.errors import FacesearchError, Remedy
 from facesearch.serve.guard import SAFE_METHODS, check_csrf, csrf_token
 
 KEY_HEADER = "X-API-Key"
@@ -30,8 +30,8 @@ class Caller:
 class ApiError(FacesearchError):
     """A refusal with an HTTP status, a short machine-readable status and a reason for people."""
 
-    def __init__(self, http_status: int, status: str, reason: str):
-        super().__init__(reason)
+    def __init__(self, http_status: int, status: str, reason: str, **about):  # about: param, remedy
+        super().__init__(reason, **about)
         self.http_status, self.status, self.reason = http_status, status, reason
 
 
@@ -49,8 +49,8 @@ def _key_of(request: Request) -> tuple[str | None, bool]:
 
 # The key's header as the OpenAPI document's security scheme (Swagger UI's "Authorize"); ``caller`` reads the key.
 API_KEY = APIKeyHeader(name=KEY_HEADER, auto_error=False, scheme_name="APIKey",
-                       description="an API key of the gallery (`facesearch keys create NAME`); also accepted as "
-                                   "`Authorization: Bearer KEY`")
+                       description="an API key of the gallery (its administrator creates them on the server); also "
+                                   "accepted as `Authorization: Bearer KEY`")
 
 
 async def caller(request: Request, _: Annotated[str | None, Security(API_KEY)] = None) -> Caller:
@@ -58,8 +58,8 @@ async def caller(request: Request, _: Annotated[str | None, Security(API_KEY)] =
     cookie that fails the CSRF checks)."""
     key, by_cookie = _key_of(request)
     if not key:
-        raise ApiError(401, "unauthorized", f"an API key is required: send it as the {KEY_HEADER} header "
-                                            "(create one with `facesearch keys create NAME`)")
+        raise ApiError(401, "unauthorized", f"an API key is required: send it as the {KEY_HEADER} header; the "
+                       "gallery's administrator creates keys", remedy=Remedy.run("keys.create", name="NAME"))
     info = request.app.state.service.gallery.check_key(key)
     if info is None:
         raise ApiError(401, "unauthorized", "this API key is not known to the gallery (revoked, or another gallery's)")

@@ -28,6 +28,7 @@ from facesearch.search import answer_threshold
 from facesearch.serve.auth import KEY_COOKIE, ApiError, Caller, FaceId, caller, writer
 from facesearch.serve.guard import (FLASH_COOKIE, FLASH_SECONDS, REPORT_CSP, flash_value, read_flash, same_origin,
                                     subject_name)
+from facesearch.serve.remedies import reason
 from facesearch.serve.service import UploadError
 
 router = APIRouter(include_in_schema=False)
@@ -93,7 +94,7 @@ def _act(request: Request, on_error: str, action) -> RedirectResponse:
     try:
         page, message = action()
     except (GalleryError, UploadError) as e:
-        return _back(request, on_error, error=str(e))
+        return _back(request, on_error, error=reason(e))
     return _back(request, page, message=message)
 
 
@@ -165,7 +166,7 @@ def create_subject(request: Request, name: str = Form(...), who: Caller = Depend
     try:
         name = request.app.state.service.gallery.create_identity(name)
     except GalleryError as e:
-        return _back(request, "/subjects", error=str(e))
+        return _back(request, "/subjects", error=reason(e))
     return _back(request, _subject_url(name), message=f"created {name}")
 
 
@@ -219,7 +220,7 @@ async def add_face(request: Request, name: str, photo: UploadFile, who: Caller =
         data = await photo.read(service.limits.max_bytes + 1)
         outcome = await run_in_threadpool(service.add_photo, name, data, photo.filename)
     except (GalleryError, UploadError) as e:
-        return _back(request, _subject_url(name), error=str(e))
+        return _back(request, _subject_url(name), error=reason(e))
     if outcome.status != "enrolled":
         return _back(request, _subject_url(name), error=f"{photo.filename}: {outcome.reason or outcome.status}")
     return _back(request, _subject_url(name), message=f"{photo.filename}: enrolled as face {outcome.face_id}")
@@ -309,7 +310,7 @@ def _threshold(service) -> tuple[float, str]:
     meta = service.gallery.threshold()[1] or {}
     if meta.get("method") == HAND_SET:
         return value, f"set on the gallery page by key {meta.get('by')}, {meta.get('date')}"
-    return value, {"calibrated": "calibrated with facesearch calibrate",
+    return value, {"calibrated": "calibrated on photos of enrolled people and strangers",
                    "model": "the model's, measured on people it never saw: not calibrated on yours"
                    }.get(source, "the default: not calibrated")
 
@@ -368,7 +369,7 @@ def run_clustering(request: Request, who: Caller = Depends(writer)):
     try:
         run = request.app.state.service.start_clustering()
     except ClusterError as e:
-        return _back(request, "/clusters", error=str(e))
+        return _back(request, "/clusters", error=reason(e))
     return _back(request, "/clusters", message=f"clustering {run.total} photos of {run.folders} folders: this page "
                                                "follows it")
 
@@ -389,7 +390,7 @@ async def name_cluster(request: Request, group: int, person: str = Form(""), new
         name = _chosen_person(service.gallery, person, new_name)
         result = await run_in_threadpool(service.name_cluster, group, name)
     except (ClusterError, GalleryError, Refused) as e:
-        return _back(request, "/clusters", error=str(e))
+        return _back(request, "/clusters", error=reason(e))
     elsewhere = result["elsewhere"]
     named = len(result["duplicates"]) - sum(map(len, elsewhere.values()))
     skipped = (f", {named} already enrolled" if named else "") + "".join(

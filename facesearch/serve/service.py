@@ -273,7 +273,8 @@ class Service:
             if hit.identity == info.name:
                 return hit.face_id, float(hit.similarity)
         raise UploadError("no_face", f"subject {info.name!r}: none of its faces was found by the gallery's index; "
-                                     "`facesearch gallery check` compares the index with the database", 409)
+                                     "the gallery check (GET /api/v1/gallery/check) compares the index with the "
+                                     "database", 409)
 
     # -- enroll -------------------------------------------------------------------------------------
 
@@ -442,8 +443,8 @@ class Service:
             folders = sorted({Path(r.photo).parent for r in load(folder).rows if Path(r.photo).parent.is_dir()})
             photos = list_photos(folders)
             if not photos:
-                raise ClusterError("none of the clustering's photo folders is left: run `facesearch cluster PHOTOS "
-                                   "--out` for new photos")
+                raise ClusterError("none of the clustering's photo folders is left: new photos need a new clustering "
+                                   "(the server's administrator clusters them into a clusters folder)")
             self.clustering = ClusteringRun(total=len(photos), folders=len(folders))
             threading.Thread(target=self._cluster, args=(photos, self.clustering), daemon=True,
                              name="facesearch-cluster").start()
