@@ -4,7 +4,10 @@ the field by the API; anything else (a plain ValueError from a bug) gets the cra
 
 from __future__ import annotations
 
+import ast
 import json
+import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -228,3 +231,63 @@ def test_the_service_spells_a_remedy_as_its_endpoint_and_adds_it_to_the_json(rai
         "status": "refused",
         "reason": "subject 'a': no face found (GET /api/v1/gallery/check or the gallery's administrator: reembed)",
         "remedy": [{"action": "check", "args": {}}, {"action": "reembed", "args": {}}]}
+
+
+# -- library messages name no CLI flag and no `facesearch` command ------------------------------------------------
+
+PACKAGE = Path(__file__).resolve().parents[1] / "facesearch"
+
+
+def _cli_words() -> re.Pattern:
+    """A flag (``--db``, ``-g FOLDER``) or a ``facesearch`` command (``facesearch gallery``) in a message."""
+    import typer.main
+
+    from facesearch.cli import app
+
+    commands = "|".join(sorted(typer.main.get_command(app).commands, key=len, reverse=True))
+    return re.compile(rf"--[a-z][a-z0-9-]+|(?<![\w-])-[a-z] [A-Z]{{2,}}|\bfacesearch (?:{commands})\b")
+
+
+def _text(node: ast.AST) -> str | None:
+    """A string literal's text (an f-string's literal parts, ``{}`` for each value)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+    return None
+
+
+def cli_words_in_messages(source: str, pattern: re.Pattern) -> list[tuple[int, str]]:
+    """(line, text) of each string literal of ``source`` that names a CLI flag or a ``facesearch`` command, but
+    its docstrings (which may name the command a function backs): every other string may reach a user, raised,
+    logged, returned or kept for a message later."""
+    tree = ast.parse(source)
+    skip = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}  # read whole
+    skip |= {id(n.body[0].value) for n in ast.walk(tree)
+             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+             and n.body and isinstance(n.body[0], ast.Expr)}
+    return sorted({(n.lineno, text) for n in ast.walk(tree)
+                   if id(n) not in skip and (text := _text(n)) is not None and pattern.search(text)})
+
+
+def test_the_checker_finds_cli_words_in_messages_and_not_in_docstrings():
+    source = '''
+def f(x):
+    """Backs `facesearch gallery check`; --db is the CLI's."""
+    if x:
+        raise GalleryError(f"{x}: run `facesearch gallery check` first")
+    logger.warning("give --db")
+    hint = "x -g FOLDER"
+    return f"{x} exists: give --overwrite" + hint
+'''
+    assert [line for line, _ in cli_words_in_messages(source, _cli_words())] == [5, 6, 7, 8]
+
+
+def test_library_messages_name_no_cli_flag_or_facesearch_command():
+    """The library says what is wrong in its own terms; what to do is a ``Remedy`` that the CLI spells as its flags
+    and commands (``facesearch.cli.spelling``) and the service as its endpoints. Only the CLI's modules may."""
+    pattern = _cli_words()
+    found = [f"{path.relative_to(PACKAGE.parent)}:{line}: {text!r}"
+             for path in sorted(PACKAGE.rglob("*.py")) if "cli" not in path.relative_to(PACKAGE).parts[:1]
+             for line, text in cli_words_in_messages(path.read_text(), pattern)]
+    assert not found, "\n".join(found)
