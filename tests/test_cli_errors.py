@@ -264,7 +264,7 @@ def test_enroll_exit_status_says_whether_every_photo_was_enrolled(enrolled, tmp_
 def test_enroll_with_a_name_refuses_a_folder_of_person_folders(enrolled, tmp_path, sample_photos):
     gallery, _ = enrolled
     result = run("enroll", sample_photos, "--name", "X", "-g", tmp_path / "g", "--device", "cpu")
-    assert result.exit_code == 1 and "holds person folders" in result.stderr
+    assert result.exit_code == 1 and "holds identity folders" in result.stderr
     assert not (tmp_path / "g").exists()
 
 

@@ -452,7 +452,7 @@ def test_cli_evaluate_pairs_open_set_and_closed_set(tiny_checkpoint, lfw_like, t
     assert [x["kind"] for x in evaluate.read_results(results)] == ["pairs", "open-set"]
     r = runner.invoke(app, ["evaluate", "open-set", str(out), *common, "--no-baseline", "--distractors", str(out)])
     assert r.exit_code == 0, r.output
-    assert "11 never-enrolled people as distractors" in r.stdout and "26 non-mated" in r.stdout
+    assert "11 never-enrolled identities as distractors" in r.stdout and "26 non-mated" in r.stdout
     r = runner.invoke(app, ["evaluate", "open-set", str(out), *common, "--distractors", str(tmp_path / "nope")])
     assert r.exit_code != 0 and "no such folder of distractor photos" in r.output
 

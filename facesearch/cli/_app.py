@@ -71,7 +71,7 @@ _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 def printable(value) -> str:
     """``str(value)`` safe to print on a terminal: control characters shown as escapes (``\\n``, ``\\x1b``,
-    ``\\u202e``), so that a file or person name cannot forge an output line, set the terminal's title or reorder
+    ``\\u202e``), so that a file or identity name cannot forge an output line, set the terminal's title or reorder
     the text around it. The one helper for every name a command prints (JSON output needs none)."""
     return _UNPRINTABLE.sub(_escape, str(value))
 

@@ -46,7 +46,7 @@ def cluster(
     device: Device = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """Group the faces of unlabelled photos by person: every face found, embedded as `who` does, grouped.
+    """Group the faces of unlabelled photos by identity: every face found, embedded as `who` does, grouped.
 
     Writes faces.csv (one row per face: photo, box, group, distance to the group's centre), a contact sheet per
     group (sheets/group-N.png) and clusters.json. Re-running over the folder keeps the groups' ids and names.

