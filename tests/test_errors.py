@@ -226,6 +226,9 @@ def test_the_service_spells_a_remedy_as_its_endpoint_and_adds_it_to_the_json(rai
     def raise_remedy():
         raise GalleryError("subject 'a': no face found", remedy=(Remedy.run("check"), Remedy.run("reembed")))
 
+    from facesearch.serve.remedies import reason
+
+    assert reason(ValueError("choose it from the list")) == "choose it from the list"  # the pages' own refusals
     r = raising_client.get("/raise-remedy")
     assert r.status_code == 400 and r.json()["error"] == {
         "status": "refused",

@@ -27,9 +27,10 @@ def spell(remedy: Remedy) -> str:
     return str(remedy)
 
 
-def reason(error: FacesearchError) -> str:
-    """The error's message for a caller of the API or a reader of the pages, its remedies in the service's words."""
-    return error.describe(remedy=spell)
+def reason(error: Exception) -> str:
+    """The error's message for a caller of the API or a reader of the pages, its remedies in the service's words
+    (an error of the pages' own, such as a form's refused choice: its message)."""
+    return error.describe(remedy=spell) if isinstance(error, FacesearchError) else str(error)
 
 
 def remedies(error: FacesearchError) -> list[dict]:
