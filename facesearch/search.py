@@ -253,8 +253,8 @@ def annotate(photo, result: WhoResult, out: str | os.PathLike, overwrite: bool =
 def annotation_problem(outs: Sequence[Path], photos: Sequence[Path], protected: Sequence[Path],
                        overwrite: bool) -> BadInput | None:
     """Why drawing the answers to ``outs`` must not go ahead, as the error to raise (None: it may): an output that
-    is one of the ``photos`` answered, lies inside a ``protected`` folder (the gallery's: its crops, index and database are
-    facesearch's alone) or is a file already there (unless ``overwrite``), or has no image suffix."""
+    is one of the ``photos`` answered, lies inside a ``protected`` folder (the gallery's: its crops, index and
+    database are facesearch's alone) or is a file already there (unless ``overwrite``), or has no image suffix."""
     inputs = {p.resolve() for p in photos}
     folders = [f.resolve() for f in protected]
     existing = []

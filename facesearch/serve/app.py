@@ -7,8 +7,8 @@ the login page sets. A read-only key may recognize and read; changing the galler
 gallery). A change authenticated by the cookie must also pass the CSRF checks (``guard``). Errors are JSON
 ``{"error": {"status", "reason"}}`` (and ``remedy`` where the library says what to do: ``serve.remedies``) with a
 4xx code for anything the caller can fix (never a traceback, never a server path); pages show the same reason. A
-library error is answered by its type: each ``FacesearchError`` class carries its HTTP status and status word (``facesearch.errors``); anything else is a bug (500, its traceback
-in the server's log).
+library error is answered by its type: each ``FacesearchError`` class carries its HTTP status and status word
+(``facesearch.errors``); anything else is a bug (500, its traceback in the server's log).
 """
 
 from __future__ import annotations
