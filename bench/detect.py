@@ -12,12 +12,17 @@ smallest face (20 px). From the repo root::
 
     .venv/bin/python bench/detect.py --rounds 5
 
-Prints one JSON line per photo set and batch size, and appends them to ``--out`` when given.
+Prints one JSON line per photo set and batch size, and appends them to ``--out`` when given. ``--stages`` prints
+instead where each pipeline's CPU time goes on each set (batch 1): the networks' forward passes, the resampling
+(facenet-pytorch's per-scale and per-box ``imresample`` calls; facesearch's summed-area table and gathers), NMS,
+and the rest (box arithmetic, Python, conversions), as shares of the total.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import os
 import platform
@@ -87,6 +92,58 @@ def cpu_ms_per_photo(run, mtcnn, work: list[np.ndarray], min_face: int, repeat: 
     return 1000 * (time.process_time() - start) / (repeat * sum(len(b) for b in work))
 
 
+@contextlib.contextmanager
+def stage_clock(mtcnn):
+    """CPU seconds per stage while inside, by wrapping the networks and both pipelines' helpers (undone on exit)."""
+    from facenet_pytorch.models.utils import detect_face as fp
+
+    import facesearch.data.mtcnn as fs
+
+    spent: collections.Counter = collections.Counter()
+
+    def timed(name, fn):
+        def run(*a, **k):
+            start = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name(*a) if callable(name) else name] += time.process_time() - start
+        return run
+
+    def resampling(img, size):  # facenet-pytorch: the pyramid resamples the whole batch, the loops one box
+        return "resample: pyramid" if img.shape[0] > 1 or size not in ((24, 24), (48, 48)) else f"resample: boxes {size[0]} px"
+
+    patches = [(mtcnn.pnet, "forward", "P-net forward"), (mtcnn.rnet, "forward", "R-net forward"),
+               (mtcnn.onet, "forward", "O-net forward"), (fp, "imresample", resampling),
+               (fp, "batched_nms_numpy", "NMS"), (fs, "batched_nms", "NMS"), (fp, "generateBoundingBox", "P-net boxes"),
+               (fs, "_summed_area", "resample: summed-area table"),
+               (fs, "_resample_regions", lambda *a: "resample: pyramid" if a[-1] not in ((24, 24), (48, 48))
+                else f"resample: boxes {a[-1][0]} px")]
+    patches.append((fp, "batched_nms", "NMS"))  # both modules import torchvision's batched_nms by name
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
+    try:
+        for obj, attr, name in patches:
+            setattr(obj, attr, timed(name, getattr(obj, attr)))
+        yield spent
+    finally:
+        for obj, attr, fn in saved:
+            setattr(obj, attr, fn)
+
+
+def stages(mtcnn, sets, repeat: int) -> None:
+    for name, (photos, min_face) in sets.items():
+        work = batches(photos, 1)
+        for pipeline, run in (("facenet-pytorch", theirs), ("facesearch", ours)):
+            for batch in work:
+                run(mtcnn, batch, min_face)  # warm-up, outside the clock
+            with stage_clock(mtcnn) as spent:
+                total = cpu_ms_per_photo(run, mtcnn, work, min_face, repeat) * len(work) * repeat / 1000
+            shares = {k: round(100 * v / total, 1) for k, v in spent.most_common()}
+            shares["rest"] = round(100 - sum(shares.values()), 1)
+            print(json.dumps({"set": name, "pipeline": pipeline, "cpu ms/photo": round(1000 * total / len(work) / repeat, 1),
+                              "% of CPU time": shares, "load average": round(os.getloadavg()[0], 2)}), flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -95,6 +152,7 @@ def main(argv=None) -> None:
     parser.add_argument("--photos", type=int, default=8, help="photos in the 'sample' set")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, help="append the JSON lines here too")
+    parser.add_argument("--stages", action="store_true", help="where the time goes, instead of the comparison")
     args = parser.parse_args(argv)
 
     import torch
@@ -106,6 +164,8 @@ def main(argv=None) -> None:
     mtcnn = MTCNN(keep_all=True, post_process=False, device="cpu")
     for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet):  # as FaceDetector builds them on a CPU
         net.to(memory_format=CHANNELS_LAST)
+    if args.stages:
+        return stages(mtcnn, photo_sets(args.photos), args.repeat)
     pipelines = {"facenet-pytorch": theirs, "facesearch": ours}
     for name, (photos, min_face) in photo_sets(args.photos).items():
         for size in args.batch:
