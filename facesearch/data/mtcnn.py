@@ -2,8 +2,8 @@
 
 facenet-pytorch's ``detect_face`` (what ``MTCNN.detect`` runs) resamples its image pyramid with one
 ``interpolate(mode="area")`` per scale, and each candidate box of its second (R-net, 24 px) and third (O-net, 48 px)
-stages with one call per box in a Python loop: on the service's 640 px query photo, ~110 and ~17 calls, about a
-fifth of detection's CPU time with the loop's own overhead (docs/BENCHMARKS.md, "MTCNN's stages").
+stages with one call per box in a Python loop: on the service's 640 px query photo, 7 levels and ~110 and ~17
+boxes, about a third of detection's CPU time (docs/BENCHMARKS.md, "MTCNN's stages").
 
 Here every such resampling is read off one summed-area table per photo. "Area" resampling is adaptive average
 pooling: an output pixel is the mean of the input pixels in its bin, the bins drawn as PyTorch draws them
