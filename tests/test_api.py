@@ -172,6 +172,32 @@ def test_verify_refusals(client, served, photos):
             422, "no_face", "'empty' has no enrolled face")
 
 
+def test_verify_scores_a_subject_by_the_exact_cosine_to_each_of_its_faces(client, served, photos, monkeypatch):
+    """Against a subject, the photo's face is compared with each of the subject's own stored embeddings: no search
+    of the vector store (an approximate index's top k may leave the subject's faces out; a search for every face
+    costs the gallery's size), and the answer is the best face's exact cosine."""
+    import numpy as np
+    import sqlalchemy as sa
+
+    from facesearch.gallery.models import Face, Identity
+
+    service, first = client.app.state.service, photos["first"]
+
+    def search(*args, **kwargs):
+        raise AssertionError("verify searched the vector store")
+
+    monkeypatch.setattr(service.gallery, "search", search)
+    r = client.post("/api/v1/verify", files=upload(photos["other"]), data={"subject": first}, headers=auth(served))
+    assert r.status_code == 200, r.text
+    query = next(service.embedder.faces_of([photos["other"]], select="largest")).faces[0].embedding
+    with service.gallery.engine.connect() as conn:
+        rows = conn.execute(sa.select(Face.id, Face.embedding).join(Identity).where(Identity.name == first)).all()
+    cosines = {face_id: float(np.frombuffer(blob, np.float32) @ query) for face_id, blob in rows}
+    best = max(cosines, key=cosines.get)
+    assert len(cosines) == 2 and r.json()["face_id"] == best
+    assert r.json()["similarity"] == pytest.approx(cosines[best], abs=2e-6)
+
+
 # -- enrolment from a group photo ----------------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ import facesearch.gallery.keys as keys
 from facesearch.gallery.check import check_gallery
 from facesearch.gallery.digest import combine, vector_hashes
 from facesearch.gallery.embeddings import encode_embedding
+from facesearch.gallery.hits import identity_hits
 from facesearch.gallery.keys import KeyInfo
 from facesearch.gallery.models import Face, Identity
 from facesearch.gallery.opening import gallery_folder, open_database
@@ -326,6 +327,25 @@ class Gallery:
             embeddings when the index approximates them).
         """
         return self._vectors().search(np.atleast_2d(np.asarray(xq, dtype=np.float32)), k)
+
+    def score_identity(self, name: str, xq: np.ndarray) -> list[FaceHit]:
+        """Every face of identity ``name`` scored against one query, best first: the exact cosine to each of its
+        stored embeddings, with no vector store in between (an approximate index's top k may leave some out, and a
+        search over the whole gallery costs its size).
+
+        Args:
+            name: the identity (IdentityNotFound when there is none).
+            xq: (d,) float32 L2-normalised query embedding, from the gallery's model.
+        Returns:
+            One FaceHit per face of the identity (none for an identity without faces).
+        """
+        query = np.asarray(xq, dtype=np.float32).reshape(-1)
+        with self._tx.read() as s:
+            dim = current_state(s).embedding_dim
+            if dim is not None and len(query) != dim:
+                raise GalleryError(f"query embeddings have {len(query)} dimensions, the gallery {dim}")
+            ident = identities.find(s, identities.clean_name(name), self.folder)
+            return identity_hits(s, self.folder, ident.id, query)
 
     # -- maintenance --------------------------------------------------------------------------------
 

@@ -233,9 +233,9 @@ class Service:
     def verify(self, photo: tuple[bytes, str | None], other: tuple[bytes, str | None] | None, subject: str | None,
                threshold: float | None = None) -> dict:
         """Are two faces the same person? The largest face of ``photo`` against the largest of ``other``, or
-        against ``subject``'s enrolled faces (scored by the best one, as recognize scores an identity). The
-        verdict is at ``threshold``, else at the gallery's (``search.answer_threshold``: calibrated, the model's,
-        or the default), and the answer says which."""
+        against ``subject``'s enrolled faces (scored by the best one, as recognize scores an identity; exact
+        cosines to each of its stored embeddings, whatever the index). The verdict is at ``threshold``, else at the
+        gallery's (``search.answer_threshold``), and the answer says which."""
         from facesearch.search import answer_threshold
 
         if (other is None) == (subject is None):
@@ -266,14 +266,12 @@ class Service:
                 "threshold_source": source, **answer}
 
     def _best_face_of(self, info, embedding) -> tuple[int, float]:
-        """The face of subject ``info`` most similar to ``embedding``, and its cosine similarity: the gallery's
-        search over every face (an exact index ranks them all), keeping the subject's."""
-        total = sum(i.n_faces for i in self.gallery.identities())
-        for hit in self.gallery.search(embedding[None], k=total)[0]:
-            if hit.identity == info.name:
-                return hit.face_id, float(hit.similarity)
-        raise UploadError("no_face", f"subject {info.name!r}: none of its faces was found by the gallery's index; "
-                                     "`facesearch gallery check` compares the index with the database", 409)
+        """The face of subject ``info`` most similar to ``embedding``, and its cosine similarity: exact, against each
+        of the subject's stored embeddings (``Gallery.score_identity``), whatever index the gallery searches with."""
+        hits = self.gallery.score_identity(info.name, embedding)
+        if not hits:  # its faces were removed since it was looked up
+            raise UploadError("no_face", f"subject {info.name!r} has no enrolled face to compare with")
+        return hits[0].face_id, float(hits[0].similarity)
 
     # -- enroll -------------------------------------------------------------------------------------
 
