@@ -250,6 +250,36 @@ def test_faces_are_listed_a_page_at_a_time(client, served):
     refused(client.get("/api/v1/faces"), 401, "unauthorized")
 
 
+def test_the_face_and_subject_lists_are_paged_in_sql(client, served):
+    """A page of faces (of subjects) loads that page's rows only, and counts the rest with a COUNT query: the
+    database's rows loaded (the ORM's load events) and the statements sent are counted."""
+    import sqlalchemy as sa
+
+    from facesearch.gallery.models import Face, Identity
+
+    loaded, statements = [], []
+    record = lambda target, context: loaded.append(type(target).__name__)  # noqa: E731
+    sent = lambda conn, cursor, statement, *rest: statements.append(" ".join(statement.split()))  # noqa: E731
+    engine = client.app.state.service.gallery.engine
+    for cls in (Face, Identity):
+        sa.event.listen(cls, "load", record)
+    sa.event.listen(engine, "before_cursor_execute", sent)
+    try:
+        faces = client.get("/api/v1/faces?offset=2&limit=3", headers=auth(served)).json()
+        faces_loaded, faces_sent = loaded.count("Face"), list(statements)
+        loaded.clear()
+        statements.clear()
+        subjects = client.get("/api/v1/subjects?offset=1&limit=1", headers=auth(served)).json()
+    finally:
+        for cls in (Face, Identity):
+            sa.event.remove(cls, "load", record)
+        sa.event.remove(engine, "before_cursor_execute", sent)
+    assert (faces["total"], len(faces["faces"]), faces_loaded) == (2 * PEOPLE, 3, 3)
+    assert any("count(" in q.lower() for q in faces_sent) and any("LIMIT" in q and "FROM faces" in q for q in faces_sent)
+    assert (subjects["total"], len(subjects["subjects"]), loaded.count("Identity")) == (PEOPLE, 1, 1)
+    assert subjects["subjects"][0]["name"] == sorted(served[2])[1]
+
+
 def test_deleting_a_subjects_faces_keeps_the_subject(client, served):
     name = sorted(served[2])[0]
     refused(client.delete(f"/api/v1/subjects/{name}/faces"), 401, "unauthorized")

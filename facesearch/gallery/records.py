@@ -88,6 +88,14 @@ class IdentityInfo:
 
 
 @dataclass(frozen=True)
+class Page:
+    """A slice of a list kept in SQL: how many there are in all, and the rows of the slice."""
+
+    total: int
+    items: list
+
+
+@dataclass(frozen=True)
 class CheckReport:
     problems: list[str]  # empty: consistent
     details: dict[str, Any]

@@ -43,7 +43,8 @@ from facesearch.gallery.hits import identity_hits
 from facesearch.gallery.keys import KeyInfo
 from facesearch.gallery.models import Face, Identity
 from facesearch.gallery.opening import gallery_folder, open_database
-from facesearch.gallery.records import AddResult, CheckReport, FaceHit, FaceInfo, GalleryError, IdentityInfo, NewFace
+from facesearch.gallery.records import (AddResult, CheckReport, FaceHit, FaceInfo, GalleryError, IdentityInfo, NewFace,
+                                        Page)
 from facesearch.gallery.transactions import Transactions, bump, state as current_state
 from facesearch.gallery.vectors import VectorSettings, VectorStore, open_store
 from facesearch.gallery.vectors.index import INDEX_NAME, IndexSettings
@@ -203,6 +204,11 @@ class Gallery:
         """Every identity with its number of faces, by name."""
         with self._tx.read() as s:
             return identities.list_all(s)
+
+    def identity_page(self, offset: int = 0, limit: int | None = None) -> Page:
+        """``limit`` identities (None: all) from ``offset`` on, by name, with how many there are: paged in SQL."""
+        with self._tx.read() as s:
+            return Page(s.scalar(sa.select(sa.func.count(Identity.id))), identities.list_all(s, offset, limit))
 
     def identity(self, name: str) -> IdentityInfo:
         """One identity with its faces; raises IdentityNotFound."""
@@ -420,10 +426,15 @@ class Gallery:
         return {"store": store, "faces": int(n), "moved": True}
 
     def face_sources(self) -> list[FaceInfo]:
-        """Every face (no embeddings): what `reembed` recomputes from."""
-        query = sa.select(Face, Identity.name).join(Identity).order_by(Face.id)
+        """Every face (no embeddings), by id: what `reembed` recomputes from."""
         with self._tx.read() as s:
-            return [identities.face_info(self.folder, f, name) for f, name in s.execute(query)]
+            return identities.list_faces(s, self.folder)
+
+    def face_page(self, offset: int = 0, limit: int | None = None) -> Page:
+        """``limit`` faces (None: all) from ``offset`` on, by id, with how many there are: paged in SQL."""
+        with self._tx.read() as s:
+            total = s.scalar(sa.select(sa.func.count(Face.id)))
+            return Page(total, identities.list_faces(s, self.folder, offset, limit))
 
     def replace_embeddings(self, face_ids: Sequence[int], vectors: np.ndarray, fingerprint: str,
                            source: str | None = None) -> None:
