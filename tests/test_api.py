@@ -198,6 +198,44 @@ def test_verify_scores_a_subject_by_the_exact_cosine_to_each_of_its_faces(client
     assert r.json()["similarity"] == pytest.approx(cosines[best], abs=2e-6)
 
 
+def test_the_threshold_answers_say_where_it_came_from(client, served, photos):
+    """recognize, verify and the gallery's stats tell the threshold's source as it is: the default; one set by hand
+    on the gallery page ("manual", not "calibrated"); one an earlier facesearch stored without recording how
+    ("stored"; its gallery page's hand-set ones did record it: "manual"); one given with the request."""
+    import sqlalchemy as sa
+
+    from facesearch.gallery.models import GalleryState
+
+    enrolled, first = served[2][photos["first"]][0], photos["first"]
+
+    def answered(query: str = "") -> list[tuple]:
+        rec = client.post(f"/api/v1/recognize{query}", files=upload(enrolled), headers=auth(served)).json()
+        ver = client.post(f"/api/v1/verify{query}", files=upload(enrolled), data={"subject": first},
+                          headers=auth(served)).json()
+        stats = client.get("/api/v1/gallery", headers=auth(served)).json()
+        return [(rec["threshold"], rec["threshold_source"], rec["threshold_calibrated"]),
+                (ver["threshold"], ver["threshold_source"]),
+                (stats["threshold"], stats["threshold_source"], stats["threshold_calibrated"])]
+
+    def stored(value: float, meta: dict) -> None:  # as an earlier facesearch left it
+        with client.app.state.service.gallery.engine.begin() as conn:
+            conn.execute(sa.update(GalleryState).values(threshold=value, threshold_meta=meta))
+
+    assert answered() == [(0.5, "default", False), (0.5, "default"), (0.5, "default", False)]
+    by_hand = client.post("/gallery/threshold", data={"threshold": "0.25"}, headers=auth(served),
+                          follow_redirects=False)
+    assert by_hand.status_code == 303, by_hand.text
+    assert answered() == [(0.25, "manual", False), (0.25, "manual"), (0.25, "manual", False)]
+    assert answered("?threshold=0.2")[:2] == [(0.2, "given", False), (0.2, "given")]
+    stored(0.3, {"fpir": 0.01, "rule": "fpir"})
+    assert answered() == [(0.3, "stored", False), (0.3, "stored"), (0.3, "stored", False)]
+    page = client.get("/gallery", headers=auth(served)).text
+    assert "stored by an earlier facesearch" in page and "calibrated with" not in page
+    stored(0.35, {"method": "set on the gallery page", "by": "app", "date": "2026-12-01T10:00:00+00:00"})
+    assert answered()[0] == (0.35, "manual", False)
+    assert "set on the gallery page by key app, 2026-12-01" in client.get("/gallery", headers=auth(served)).text
+
+
 # -- enrolment from a group photo ----------------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ import facesearch.gallery.faces as face_rows
 import facesearch.gallery.files as files
 import facesearch.gallery.identities as identities
 import facesearch.gallery.keys as keys
+from facesearch.errors import BadInput
 from facesearch.gallery.check import check_gallery
 from facesearch.gallery.digest import combine, vector_hashes
 from facesearch.gallery.embeddings import encode_embedding
@@ -44,7 +45,7 @@ from facesearch.gallery.keys import KeyInfo
 from facesearch.gallery.models import Face, Identity
 from facesearch.gallery.opening import gallery_folder, open_database
 from facesearch.gallery.records import (AddResult, CheckReport, FaceHit, FaceInfo, GalleryError, IdentityInfo, NewFace,
-                                        Page)
+                                        Page, StoredThreshold)
 from facesearch.gallery.transactions import Transactions, bump, state as current_state
 from facesearch.gallery.vectors import VectorSettings, VectorStore, open_store
 from facesearch.gallery.vectors.index import INDEX_NAME, IndexSettings
@@ -53,6 +54,9 @@ from facesearch.gallery.vectors.pgvector_sql import PgvectorSettings
 # Cosine similarity below which `who` answers "unknown" when the gallery has no calibrated threshold
 # (`facesearch calibrate` stores one). Higher is stricter. A placeholder: calibrate on your own data.
 DEFAULT_THRESHOLD = 0.5
+SET_SOURCES = ("calibrated", "manual")  # where a stored threshold comes from (``Gallery.set_threshold``)
+SOURCE_KEY = "threshold_source"  # where it is recorded: in the threshold's meta (an earlier facesearch did not)
+PAGE_HAND_SET = "set on the gallery page"  # the ``method`` facesearch serve's gallery page records with a threshold
 
 
 class Gallery:
@@ -135,18 +139,33 @@ class Gallery:
             return VectorSettings.from_dict(current_state(s).index_settings)
 
     def threshold(self) -> tuple[float, dict[str, Any] | None]:
-        """The similarity threshold `who` uses and how it was set (None: the documented default)."""
+        """The similarity threshold `who` uses and how it was obtained (None: none is stored, the documented
+        default). Where it came from: ``stored_threshold``."""
+        stored = self.stored_threshold()
+        return (DEFAULT_THRESHOLD, None) if stored is None else (stored.value, stored.meta)
+
+    def stored_threshold(self) -> StoredThreshold | None:
+        """The threshold stored in the gallery, with where it came from and how it was obtained; None when none is
+        (`who` then uses its model's or the default: ``search.answer_threshold``)."""
         with self._tx.read() as s:
             state = current_state(s)
             if state.threshold is None:
-                return DEFAULT_THRESHOLD, None
-            return state.threshold, state.threshold_meta
+                return None
+            meta = dict(state.threshold_meta or {})
+            source = meta.pop(SOURCE_KEY, None)
+            if source is None:  # an earlier facesearch's: the gallery page's hand-set ones said so, nothing else did
+                source = "manual" if meta.get("method") == PAGE_HAND_SET else "stored"
+            return StoredThreshold(float(state.threshold), source, meta)
 
-    def set_threshold(self, value: float, meta: dict[str, Any] | None = None) -> None:
-        """Store a calibrated threshold (e.g. from `facesearch evaluate`), with how it was obtained."""
+    def set_threshold(self, value: float, meta: dict[str, Any] | None = None, source: str = "calibrated") -> None:
+        """Store the threshold `who` names faces at, with how it was obtained (``meta``) and where it came from:
+        ``source`` "calibrated" (measured on photos: `facesearch calibrate`, ``calibrate_gallery``) or "manual" (set
+        by hand)."""
+        if source not in SET_SOURCES:
+            raise BadInput(f"threshold source {source!r}: one of {SET_SOURCES}", param="source")
         with self._tx.transaction() as s:
             state = current_state(s)
-            state.threshold, state.threshold_meta = float(value), meta
+            state.threshold, state.threshold_meta = float(value), {**(meta or {}), SOURCE_KEY: source}
 
     # -- enrolling ----------------------------------------------------------------------------------
 
@@ -363,12 +382,13 @@ class Gallery:
             n_faces = s.scalar(sa.select(sa.func.count(Face.id)))
             settings = VectorSettings.from_dict(state.index_settings)
             described = self._vectors(settings).describe(s.connection(), state)
-        threshold, meta = self.threshold()
+        stored = self.stored_threshold()
         return {
             "folder": str(self.folder), "database": db.masked(self.url), "identities": n_ids, "faces": n_faces,
             "vector_store": settings.store,
             "model_fingerprint": state.model_fingerprint, "model_source": state.model_source, "embedding_dim": state.embedding_dim,
-            "threshold": threshold, "threshold_calibrated": meta is not None, "epoch": state.epoch,
+            "threshold": DEFAULT_THRESHOLD if stored is None else stored.value,
+            "threshold_calibrated": stored is not None and stored.source == "calibrated", "epoch": state.epoch,
             "index_settings": settings.to_dict(), **described,
         }
 

@@ -123,7 +123,7 @@ DetProb = Annotated[Optional[float], Query(ge=0, le=1, description=(
 FaceLimit = Annotated[Optional[int], Query(ge=1, le=1000, description=(
     "list at most this many faces, the largest first (default: all, in the detector's order)"))]
 Threshold = Annotated[Optional[float], Query(ge=-1, le=1, description=(
-    "cosine similarity needed to name a face (default: the gallery's calibrated one)"))]
+    "cosine similarity needed to name a face (default: the gallery's, as threshold_source says)"))]
 PHOTO = {"photo": "the photo (JPEG, PNG, WebP, TIFF...)"}
 
 
@@ -155,8 +155,8 @@ async def detect(request: Request, who: Caller = Depends(caller), det_prob_thres
                  {**PHOTO, "photo2": "the other photo (or give subject)"},
                  {"subject": {"type": "string", "description": "compare with this subject's faces instead"}}))
 async def verify(request: Request, who: Caller = Depends(caller), threshold: Annotated[Optional[float], Query(
-        ge=-1, le=1, description="similarity from which the faces are the same person (default: the gallery's "
-                                 "calibrated one)")] = None) -> dict:
+        ge=-1, le=1, description="similarity from which the faces are the same person (default: the gallery's, as "
+                                 "threshold_source says)")] = None) -> dict:
     """The largest face of each photo is compared; against a subject, its most similar enrolled face."""
     (photo, other), fields = await read_upload(request, ("photo", "photo2"), required=1)
     subject = fields.get("subject")
