@@ -363,6 +363,50 @@ def test_a_photo_that_breaks_its_batch_fails_its_own_request_only(served, one_sl
     assert sorted(batches) == [1] * len(answers)  # the batch failed before the detector counted it; then alone
 
 
+def test_closing_waits_for_a_clustering_started_from_the_page(served, tmp_path, monkeypatch):
+    """close() while a clustering started from the clusters page runs: it waits for it (the folder is written whole,
+    the gallery read while still open), and no clustering starts after."""
+    import facesearch.cluster
+    from facesearch.cluster import ClusterError, load
+    from facesearch.serve.service import Service
+
+    root, checkpoint, photos, _ = served
+    shutil.copytree(root / "gallery", tmp_path / "gallery")
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for name, files in photos.items():
+        for f in files[:2]:
+            shutil.copy(f, unlabelled / f"{name}-{f.name}")
+    run_cli("cluster", unlabelled, "--out", tmp_path / "clusters", "-c", checkpoint, "--eps", "0.25", "--min-size", "2")
+    service = Service(tmp_path / "gallery", checkpoint=checkpoint, clusters=tmp_path / "clusters")
+    started, release, real = threading.Event(), threading.Event(), facesearch.cluster.cluster_folder
+    events = []
+
+    def cluster_folder(*args, **kwargs):
+        started.set()
+        release.wait(60)
+        report = real(*args, **kwargs)
+        events.append("clustered")
+        return report
+
+    gallery_close = service.gallery.close
+    monkeypatch.setattr(facesearch.cluster, "cluster_folder", cluster_folder)
+    monkeypatch.setattr(service.gallery, "close", lambda: events.append("gallery closed") or gallery_close())
+    run = service.start_clustering()
+    assert started.wait(60)
+    closing = threading.Thread(target=service.close)
+    closing.start()
+    closing.join(0.5)
+    assert closing.is_alive()  # waiting for the clustering
+    release.set()
+    closing.join(120)
+    assert not closing.is_alive() and events == ["clustered", "gallery closed"]
+    assert not run.running and run.error == "" and "clustered" in run.message
+    assert len(load(tmp_path / "clusters").rows) == len(list(unlabelled.iterdir()))
+    with pytest.raises(ClusterError, match="stopping"):
+        service.start_clustering()
+
+
 def test_cli_keys_and_serve_refusals(served, tmp_path):
     root = served[0]
     gallery = tmp_path / "g"

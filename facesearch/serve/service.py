@@ -118,6 +118,8 @@ class Service:
         self._editing_clusters = threading.Lock()  # one edit of the clusters folder at a time
         self._starting = threading.Lock()
         self.clustering: ClusteringRun | None = None  # the last clustering started from the page
+        self._clustering_thread: threading.Thread | None = None  # its thread: close() waits for it
+        self._closing = False  # close() was called: no clustering starts any more
         self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # explain reports, calibration archives
         self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
         self._calibrating = threading.Lock()  # one calibration at a time: it embeds hundreds of photos
@@ -128,6 +130,17 @@ class Service:
         self._recognizing = Batcher(self._recognize_batch, self._computing, max_batch or MAX_BATCH)
 
     def close(self) -> None:
+        """Wait for a clustering started from the clusters page (it writes the clusters folder and reads the
+        gallery: stopped halfway, it would leave the folder with crops of faces it never recorded), then close the
+        gallery and delete the scratch folder. No clustering starts once this is called."""
+        with self._starting:
+            self._closing = True
+            thread = self._clustering_thread
+        if thread is not None and thread.is_alive():
+            run = self.clustering
+            logger.info("waiting for the clustering started from the clusters page to finish (%d of %d photos "
+                        "looked at)", run.done, run.total)
+            thread.join()
         self.gallery.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -435,6 +448,8 @@ class Service:
 
         folder = self._clusters_folder()
         with self._starting:
+            if self._closing:
+                raise ClusterError("the service is stopping: start the clustering when it runs again")
             if self.clustering is not None and self.clustering.running:
                 raise ClusterError("a clustering is running already: the clusters page follows it")
             folders = sorted({Path(r.photo).parent for r in load(folder).rows if Path(r.photo).parent.is_dir()})
@@ -443,8 +458,9 @@ class Service:
                 raise ClusterError("none of the clustering's photo folders is left: run `facesearch cluster PHOTOS "
                                    "--out` for new photos")
             self.clustering = ClusteringRun(total=len(photos), folders=len(folders))
-            threading.Thread(target=self._cluster, args=(photos, self.clustering), daemon=True,
-                             name="facesearch-cluster").start()
+            self._clustering_thread = threading.Thread(target=self._cluster, args=(photos, self.clustering),
+                                                       daemon=True, name="facesearch-cluster")
+            self._clustering_thread.start()
         return self.clustering
 
     def _cluster(self, photos: list[Path], run: ClusteringRun) -> None:
