@@ -313,7 +313,8 @@ def test_the_face_and_subject_lists_are_paged_in_sql(client, served):
             sa.event.remove(cls, "load", record)
         sa.event.remove(engine, "before_cursor_execute", sent)
     assert (faces["total"], len(faces["faces"]), faces_loaded) == (2 * PEOPLE, 3, 3)
-    assert any("count(" in q.lower() for q in faces_sent) and any("LIMIT" in q and "FROM faces" in q for q in faces_sent)
+    assert any("count(" in q.lower() for q in faces_sent)
+    assert any("LIMIT" in q and "FROM faces" in q for q in faces_sent)
     assert (subjects["total"], len(subjects["subjects"]), loaded.count("Identity")) == (PEOPLE, 1, 1)
     assert subjects["subjects"][0]["name"] == sorted(served[2])[1]
 

@@ -3,8 +3,9 @@
 Everything here is the CLI's own code path (``search.who``, ``gallery.enroll``, ``explain``): the service adds
 no second implementation, only uploads (size and pixel limits, stored by content hash so ``gallery reembed``
 still finds every enrolled photo), the sharing of one gallery between request threads
-(``Gallery(concurrent=True)``: the index is updated on a copy while searches run), and recognitions that wait
-for a compute slot computed as one batch (``batching``; ``search.who_images``).
+(``Gallery(concurrent=True)``: the index is updated on a copy while searches run), and recognitions,
+detections and verifications that wait for a compute slot computed as one batch (``batching``;
+``search.who_images``, ``Embedder.faces_of``).
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ class Service:
         checkpoint: the model (default: the one the gallery was built with, else the shipped base model).
         device: where the model runs.
         limits: upload limits.
-        compute_slots: recognitions and enrollments computing at once (default: ``default_compute_slots()``).
-        max_batch: recognitions waiting for a compute slot that are computed together, at most (default
-            ``MAX_BATCH``; 1: each alone). See ``facesearch.serve.batching``.
+        compute_slots: requests computing at once (default: ``default_compute_slots()``).
+        max_batch: recognitions (detections, verifications) waiting for a compute slot that are computed together,
+            at most (default ``MAX_BATCH``; 1: each alone). See ``facesearch.serve.batching``.
         clusters: a ``facesearch cluster`` output whose groups the pages show and name (enrolling them here).
         read_only: serve the gallery for reading only (None: exactly when the server may not write to it).
     """
@@ -126,8 +127,10 @@ class Service:
         # Detection and the model use every core already (torch's intra-op threads): more requests computing at
         # once only share them worse. The others wait their turn (bench/serve.py measured the difference).
         self._computing = threading.Semaphore(compute_slots or default_compute_slots())
-        # Recognitions that wait for a slot are detected, embedded and searched together when one frees.
+        # Recognitions that wait for a slot are detected, embedded and searched together when one frees; so are
+        # detections (detected together) and verifications (their photos detected and embedded together).
         self._recognizing = Batcher(self._recognize_batch, self._computing, max_batch or MAX_BATCH)
+        self._finding = Batcher(self._faces_batch, self._computing, max_batch or MAX_BATCH)
 
     def close(self) -> None:
         """Wait for a clustering started from the clusters page (it writes the clusters folder and reads the
@@ -236,12 +239,20 @@ class Service:
         """The faces of one uploaded photo as the query side finds them (the embedder's detector): box, five
         landmarks and detector probability each; no embedding, no gallery search."""
         image = self.read_photo(data, filename)
-        with self._computing:
-            found = [f.face for f in next(self.embedder.faces_of([image], select="all", embed=False)).faces]
+        found = [f.face for f in self._finding.submit(False, [image])[0]]  # with the detections waiting beside it
         faces = [{"box": [round(float(v), 1) for v in f.box], "det_prob": round(float(f.prob), 4),
                   "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in f.landmarks]} for f in found]
         return {"photo": filename, "width": image.size[0], "height": image.size[1],
                 "faces": keep_faces(faces, det_prob_threshold, limit)}
+
+    def _faces_batch(self, embed: bool, requests: list[list]) -> list[list[list]]:
+        """Every face (``PhotoFace``: embedded when ``embed``) of the photos of detections (``embed`` False) or
+        verifications (True) waiting together for a compute slot: one detection pass (and one forward pass) for all
+        their photos. Per request, per photo, its faces. ``max_batch`` counts requests, as for recognitions: a batch
+        of verifications may hold twice as many photos."""
+        photos = [image for images in requests for image in images]
+        found = iter(self.embedder.faces_of(photos, select="all", batch_size=max(1, len(photos)), embed=embed))
+        return [[next(found).faces for _ in images] for images in requests]
 
     def verify(self, photo: tuple[bytes, str | None], other: tuple[bytes, str | None] | None, subject: str | None,
                threshold: float | None = None) -> dict:
@@ -261,8 +272,7 @@ class Service:
             raise UploadError("no_face", f"subject {info.name!r} has no enrolled face to compare with")
         images = [(self.read_photo(data, name), name) for data, name in ([photo] if other is None else [photo, other])]
         self.gallery.check_model(self.embedder.fingerprint)
-        with self._computing:
-            found = [r.faces for r in self.embedder.faces_of([image for image, _ in images], select="all")]
+        found = self._finding.submit(True, [image for image, _ in images])  # with the verifications beside it
         faces = [_largest(faces, name or "upload") for faces, (_, name) in zip(found, images)]
         answer = {"faces": [face for face, _ in faces]}
         if info is not None:
