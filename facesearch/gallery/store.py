@@ -51,7 +51,7 @@ from facesearch.gallery.vectors import VectorSettings, VectorStore, open_store
 from facesearch.gallery.vectors.index import INDEX_NAME, IndexSettings
 from facesearch.gallery.vectors.pgvector_sql import PgvectorSettings
 
-# Cosine similarity below which `who` answers "unknown" when the gallery has no calibrated threshold
+# Cosine similarity below which `who` answers "unknown" when the gallery stores no threshold of its own
 # (`facesearch calibrate` stores one). Higher is stricter. A placeholder: calibrate on your own data.
 DEFAULT_THRESHOLD = 0.5
 SET_SOURCES = ("calibrated", "manual")  # where a stored threshold comes from (``Gallery.set_threshold``)
