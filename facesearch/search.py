@@ -2,9 +2,9 @@
 
 Face hits are aggregated per identity: an identity scores the cosine similarity of its best matching
 face (the face is reported too). The best identity is the answer when it reaches the threshold — the
-gallery's calibrated one (``facesearch calibrate`` stores it), else the one its model records (the base model's,
-measured on held-out people at a stated false-positive rate: its model card), else ``DEFAULT_THRESHOLD`` — and
-``"unknown"`` otherwise. Higher thresholds are stricter: fewer wrong names, more unknowns.
+gallery's own (``facesearch calibrate`` stores one, or one is set by hand), else the one its model records (the
+base model's, measured on held-out people at a stated false-positive rate: its model card), else
+``DEFAULT_THRESHOLD`` — and ``"unknown"`` otherwise. Higher thresholds are stricter: fewer wrong names, more unknowns.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 from facesearch.errors import BadInput, Remedy
 from facesearch.gallery.identities import UNKNOWN
 from facesearch.gallery.records import FaceHit
-from facesearch.gallery.store import Gallery
+from facesearch.gallery.store import DEFAULT_THRESHOLD, Gallery
 FACES_PER_IDENTITY = 10  # face hits fetched per requested identity, before aggregation
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class WhoResult:
     threshold: float
     threshold_calibrated: bool
     faces: list[FaceAnswer]
-    # "given" (the caller's), "calibrated" (the gallery's), "model" (what the model records) or "default"
+    # "given" (the caller's); the gallery's: "calibrated" (measured by calibrate), "manual" (set by hand) or "stored"
+    # (how, unrecorded); "model" (what the model records) or "default"
     threshold_source: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +89,7 @@ def who(gallery: Gallery, embedder, photo, top_k: int = 5, threshold: float | No
         embedder: a ``facesearch.embed.Embedder`` of the gallery's model (checked).
         photo: a path or an RGB PIL image.
         top_k: identities listed per face.
-        threshold: cosine similarity needed to name a face; None: the gallery's (calibrated or default).
+        threshold: cosine similarity needed to name a face; None: the gallery's (``answer_threshold``).
         annotate_into: draw the answers on the photo into this file (``annotate``; the photo is not decoded again).
         overwrite: ``annotate``'s.
     Returns:
@@ -150,7 +151,7 @@ class _Rule:
 
     top_k: int
     threshold: float
-    source: str  # "given", "calibrated", "model" or "default"
+    source: str  # "given", or answer_threshold's
 
     @property
     def calibrated(self) -> bool:
@@ -169,14 +170,15 @@ class _Rule:
 
 
 def answer_threshold(gallery: Gallery, loaded) -> tuple[float, str]:
-    """The threshold ``who`` names faces at when the caller gives none, and where it comes from: the gallery's
-    calibrated one ("calibrated"), else the one the gallery's model records ("model"), else the documented
-    ``DEFAULT_THRESHOLD`` ("default")."""
-    value, meta = gallery.threshold()
-    if meta is not None:
-        return float(value), "calibrated"
+    """The threshold ``who`` names faces at when the caller gives none, and where it comes from: the one the gallery
+    stores ("calibrated": measured by calibrate; "manual": set by hand; "stored": by an earlier facesearch that did
+    not record how), else the one the gallery's model records ("model"), else the documented ``DEFAULT_THRESHOLD``
+    ("default")."""
+    stored = gallery.stored_threshold()
+    if stored is not None:
+        return stored.value, stored.source
     recorded = (loaded.extra.get("threshold") or {}).get("value") if loaded is not None else None
-    return (float(recorded), "model") if recorded is not None else (float(value), "default")
+    return (float(recorded), "model") if recorded is not None else (float(DEFAULT_THRESHOLD), "default")
 
 
 def _answer_photos(gallery: Gallery, photos: list, rule: _Rule) -> list[WhoResult]:

@@ -172,6 +172,70 @@ def test_verify_refusals(client, served, photos):
             422, "no_face", "'empty' has no enrolled face")
 
 
+def test_verify_scores_a_subject_by_the_exact_cosine_to_each_of_its_faces(client, served, photos, monkeypatch):
+    """Against a subject, the photo's face is compared with each of the subject's own stored embeddings: no search
+    of the vector store (an approximate index's top k may leave the subject's faces out; a search for every face
+    costs the gallery's size), and the answer is the best face's exact cosine."""
+    import numpy as np
+    import sqlalchemy as sa
+
+    from facesearch.gallery.models import Face, Identity
+
+    service, first = client.app.state.service, photos["first"]
+
+    def search(*args, **kwargs):
+        raise AssertionError("verify searched the vector store")
+
+    monkeypatch.setattr(service.gallery, "search", search)
+    r = client.post("/api/v1/verify", files=upload(photos["other"]), data={"subject": first}, headers=auth(served))
+    assert r.status_code == 200, r.text
+    query = next(service.embedder.faces_of([photos["other"]], select="largest")).faces[0].embedding
+    with service.gallery.engine.connect() as conn:
+        rows = conn.execute(sa.select(Face.id, Face.embedding).join(Identity).where(Identity.name == first)).all()
+    cosines = {face_id: float(np.frombuffer(blob, np.float32) @ query) for face_id, blob in rows}
+    best = max(cosines, key=cosines.get)
+    assert len(cosines) == 2 and r.json()["face_id"] == best
+    assert r.json()["similarity"] == pytest.approx(cosines[best], abs=2e-6)
+
+
+def test_the_threshold_answers_say_where_it_came_from(client, served, photos):
+    """recognize, verify and the gallery's stats tell the threshold's source as it is: the default; one set by hand
+    on the gallery page ("manual", not "calibrated"); one an earlier facesearch stored without recording how
+    ("stored"; its gallery page's hand-set ones did record it: "manual"); one given with the request."""
+    import sqlalchemy as sa
+
+    from facesearch.gallery.models import GalleryState
+
+    enrolled, first = served[2][photos["first"]][0], photos["first"]
+
+    def answered(query: str = "") -> list[tuple]:
+        rec = client.post(f"/api/v1/recognize{query}", files=upload(enrolled), headers=auth(served)).json()
+        ver = client.post(f"/api/v1/verify{query}", files=upload(enrolled), data={"subject": first},
+                          headers=auth(served)).json()
+        stats = client.get("/api/v1/gallery", headers=auth(served)).json()
+        return [(rec["threshold"], rec["threshold_source"], rec["threshold_calibrated"]),
+                (ver["threshold"], ver["threshold_source"]),
+                (stats["threshold"], stats["threshold_source"], stats["threshold_calibrated"])]
+
+    def stored(value: float, meta: dict) -> None:  # as an earlier facesearch left it
+        with client.app.state.service.gallery.engine.begin() as conn:
+            conn.execute(sa.update(GalleryState).values(threshold=value, threshold_meta=meta))
+
+    assert answered() == [(0.5, "default", False), (0.5, "default"), (0.5, "default", False)]
+    by_hand = client.post("/gallery/threshold", data={"threshold": "0.25"}, headers=auth(served),
+                          follow_redirects=False)
+    assert by_hand.status_code == 303, by_hand.text
+    assert answered() == [(0.25, "manual", False), (0.25, "manual"), (0.25, "manual", False)]
+    assert answered("?threshold=0.2")[:2] == [(0.2, "given", False), (0.2, "given")]
+    stored(0.3, {"fpir": 0.01, "rule": "fpir"})
+    assert answered() == [(0.3, "stored", False), (0.3, "stored"), (0.3, "stored", False)]
+    page = client.get("/gallery", headers=auth(served)).text
+    assert "stored by an earlier facesearch" in page and "calibrated with" not in page
+    stored(0.35, {"method": "set on the gallery page", "by": "app", "date": "2026-12-01T10:00:00+00:00"})
+    assert answered()[0] == (0.35, "manual", False)
+    assert "set on the gallery page by key app, 2026-12-01" in client.get("/gallery", headers=auth(served)).text
+
+
 # -- enrolment from a group photo ----------------------------------------------------------------------
 
 
@@ -222,6 +286,37 @@ def test_faces_are_listed_a_page_at_a_time(client, served):
     for query, param in (("limit=0", "limit"), ("offset=-1", "offset"), ("limit=5000", "limit")):
         refused(client.get(f"/api/v1/faces?{query}", headers=auth(served)), 422, "invalid_request", param)
     refused(client.get("/api/v1/faces"), 401, "unauthorized")
+
+
+def test_the_face_and_subject_lists_are_paged_in_sql(client, served):
+    """A page of faces (of subjects) loads that page's rows only, and counts the rest with a COUNT query: the
+    database's rows loaded (the ORM's load events) and the statements sent are counted."""
+    import sqlalchemy as sa
+
+    from facesearch.gallery.models import Face, Identity
+
+    loaded, statements = [], []
+    record = lambda target, context: loaded.append(type(target).__name__)  # noqa: E731
+    sent = lambda conn, cursor, statement, *rest: statements.append(" ".join(statement.split()))  # noqa: E731
+    engine = client.app.state.service.gallery.engine
+    for cls in (Face, Identity):
+        sa.event.listen(cls, "load", record)
+    sa.event.listen(engine, "before_cursor_execute", sent)
+    try:
+        faces = client.get("/api/v1/faces?offset=2&limit=3", headers=auth(served)).json()
+        faces_loaded, faces_sent = loaded.count("Face"), list(statements)
+        loaded.clear()
+        statements.clear()
+        subjects = client.get("/api/v1/subjects?offset=1&limit=1", headers=auth(served)).json()
+    finally:
+        for cls in (Face, Identity):
+            sa.event.remove(cls, "load", record)
+        sa.event.remove(engine, "before_cursor_execute", sent)
+    assert (faces["total"], len(faces["faces"]), faces_loaded) == (2 * PEOPLE, 3, 3)
+    assert any("count(" in q.lower() for q in faces_sent)
+    assert any("LIMIT" in q and "FROM faces" in q for q in faces_sent)
+    assert (subjects["total"], len(subjects["subjects"]), loaded.count("Identity")) == (PEOPLE, 1, 1)
+    assert subjects["subjects"][0]["name"] == sorted(served[2])[1]
 
 
 def test_deleting_a_subjects_faces_keeps_the_subject(client, served):

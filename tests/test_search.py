@@ -140,6 +140,50 @@ def test_an_uncalibrated_gallery_answers_at_its_models_recorded_threshold(checkp
                 assert who(g, embedder, photo).threshold_source == "calibrated"
 
 
+def test_who_says_where_the_galleries_threshold_came_from(checkpoint, people, tmp_path):
+    """A stored threshold is "calibrated" only when calibrate measured it: one set by hand is "manual", one an
+    earlier facesearch stored without recording how is "stored" (its gallery page's hand-set ones said so:
+    "manual"); the caller's is "given"."""
+    import sqlalchemy as sa
+
+    from facesearch.embed import Embedder
+    from facesearch.errors import BadInput
+    from facesearch.gallery import Gallery
+    from facesearch.gallery.enroll import enroll, folder_items
+    from facesearch.gallery.models import GalleryState
+    from facesearch.search import who
+
+    embedder = Embedder(checkpoint, device="cpu")
+    photo = sorted((people / "ann").glob("*.jpg"))[0]
+    with Gallery(tmp_path / "g") as g:
+        enroll(g, embedder, folder_items(people))
+
+        def answered(threshold=None):
+            result = who(g, embedder, photo, threshold=threshold)
+            stored = g.stored_threshold()
+            return (result.threshold, result.threshold_source, result.threshold_calibrated,
+                    stored and stored.source, g.stats()["threshold_calibrated"])
+
+        def as_earlier_facesearch_stored(value, meta):
+            with g.engine.begin() as conn:
+                conn.execute(sa.update(GalleryState).values(threshold=value, threshold_meta=meta))
+
+        assert answered() == (0.5, "default", False, None, False)
+        g.set_threshold(0.3, {"by": "me"}, source="manual")
+        assert answered() == (0.3, "manual", False, "manual", False)
+        assert g.threshold() == (0.3, {"by": "me"})  # how it was set, as given
+        assert answered(0.2)[:3] == (0.2, "given", False)
+        g.set_threshold(0.4, {"fpir": 0.01})  # what calibrate_gallery stores
+        assert answered() == (0.4, "calibrated", True, "calibrated", True)
+        as_earlier_facesearch_stored(0.45, {"fpir": 0.01})
+        assert answered() == (0.45, "stored", False, "stored", False)
+        as_earlier_facesearch_stored(0.35, {"method": "set on the gallery page", "by": "app"})
+        assert answered() == (0.35, "manual", False, "manual", False)
+        with pytest.raises(BadInput, match="'guessed'"):
+            g.set_threshold(0.1, source="guessed")
+        assert g.threshold() == (0.35, {"method": "set on the gallery page", "by": "app"})  # unchanged
+
+
 def test_gallery_stats_shows_the_threshold_who_names_faces_at(checkpoint, people, tmp_path):
     from facesearch.checkpoint import export_checkpoint
     from facesearch.gallery import Gallery

@@ -292,20 +292,25 @@ def one_slot(served, tmp_path, monkeypatch):
     service.close()
 
 
-def recognize_at_once(service, c, headers, photos: dict) -> dict:
-    """POST each of ``photos`` ({name: (filename, bytes)}) to /recognize from a thread of its own while the only
-    compute slot is held, so that all of them wait for it together; each one's response, by name."""
+def recognize_at_once(service, c, headers, photos: dict, url: str = "/api/v1/recognize", batcher=None,
+                      data: dict | None = None) -> dict:
+    """POST each of ``photos`` ({name: (filename, bytes)}, or {name: {field: (filename, bytes)}}) to ``url`` from a
+    thread of its own while the only compute slot is held, so that all of them wait for it together in ``batcher``
+    (the recognitions'); each one's response, by name."""
     answers = {}
+    batcher = batcher or service._recognizing
 
-    def post(name, filename, data):
-        answers[name] = c.post("/api/v1/recognize", files={"photo": (filename, data, "image/jpeg")}, headers=headers)
+    def post(name, files):
+        files = {"photo": files} if isinstance(files, tuple) else files
+        answers[name] = c.post(url, files={k: (*v, "image/jpeg") for k, v in files.items()}, data=data,
+                               headers=headers)
 
     with service._computing:
-        threads = [threading.Thread(target=post, args=(name, *photo)) for name, photo in photos.items()]
+        threads = [threading.Thread(target=post, args=(name, photo)) for name, photo in photos.items()]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 60
-        while len(service._recognizing._queue) < len(photos):
+        while len(batcher._queue) < len(photos):
             assert time.monotonic() < deadline, "the requests never queued"
             time.sleep(0.01)
     for t in threads:
@@ -361,6 +366,93 @@ def test_a_photo_that_breaks_its_batch_fails_its_own_request_only(served, one_sl
     assert refused.status_code == 500 and error_of(refused)["status"] == "internal_error"
     assert {name: r.json()["faces"][0]["identity"] for name, r in answers.items()} == {n: n for n in answers}
     assert sorted(batches) == [1] * len(answers)  # the batch failed before the detector counted it; then alone
+
+
+def test_concurrent_detections_are_one_batch_and_each_gets_its_own_faces(served, one_slot, tmp_path):
+    """/detect requests waiting for the compute slot are detected together (one detector call), through the
+    batcher /recognize uses, and each answer is its own photo's: the same as asked alone."""
+    service, c, batches = one_slot
+    photos = {name: (files[0].name, files[0].read_bytes()) for name, files in served[2].items()}
+    grey = tmp_path / "grey.png"
+    Image.new("RGB", (200, 150), (128, 128, 128)).save(grey)
+    photos["nobody"] = ("grey.png", grey.read_bytes())
+    answers = recognize_at_once(service, c, auth(served), photos, "/api/v1/detect", service._finding)
+    assert batches == [len(photos)]
+    for name, (filename, data) in photos.items():
+        alone = c.post("/api/v1/detect", files={"photo": (filename, data, "image/jpeg")}, headers=auth(served))
+        assert answers[name].status_code == 200 and answers[name].json() == alone.json(), answers[name].text
+        assert len(alone.json()["faces"]) == (0 if name == "nobody" else 1)
+    assert batches[1:] == [1] * len(photos)  # alone, each is computed alone
+
+
+def test_concurrent_verifications_are_one_batch_and_each_gets_its_own_verdict(served, one_slot):
+    """/verify requests waiting for the compute slot have their photos detected and embedded together (one
+    detector call for the four photos of two requests of two photos and two of one against a subject)."""
+    service, c, batches = one_slot
+    (a, a_files), (b, b_files) = list(served[2].items())[:2]
+    photo = lambda f: (f.name, f.read_bytes())  # noqa: E731
+    pairs = {"same": {"photo": photo(a_files[0]), "photo2": photo(a_files[1])},
+             "other": {"photo": photo(a_files[0]), "photo2": photo(b_files[0])}}
+    answers = recognize_at_once(service, c, auth(served), pairs, "/api/v1/verify", service._finding)
+    subject = {"mine": photo(a_files[1]), "not": photo(b_files[1])}
+    against = recognize_at_once(service, c, auth(served), subject, "/api/v1/verify", service._finding, {"subject": a})
+    assert batches == [4, 2]
+    for asked, request, data in [(answers, pairs, None), (against, subject, {"subject": a})]:
+        for name, files in request.items():
+            files = {"photo": files} if isinstance(files, tuple) else files
+            alone = c.post("/api/v1/verify", files={k: (*v, "image/jpeg") for k, v in files.items()}, data=data,
+                           headers=auth(served))
+            assert asked[name].status_code == 200, asked[name].text
+            batched, alone = asked[name].json(), alone.json()
+            # a forward pass over 4 crops rounds a little differently from one over 2
+            assert batched.pop("similarity") == pytest.approx(alone.pop("similarity"), abs=1e-5) and batched == alone
+            assert [f["photo"] for f in alone["faces"]] == [v[0] for v in files.values()]
+    assert answers["same"].json()["similarity"] > answers["other"].json()["similarity"]
+    assert against["mine"].json()["similarity"] > against["not"].json()["similarity"]
+
+
+def test_closing_waits_for_a_clustering_started_from_the_page(served, tmp_path, monkeypatch):
+    """close() while a clustering started from the clusters page runs: it waits for it (the folder is written whole,
+    the gallery read while still open), and no clustering starts after."""
+    import facesearch.cluster
+    from facesearch.cluster import ClusterError, load
+    from facesearch.serve.service import Service
+
+    root, checkpoint, photos, _ = served
+    shutil.copytree(root / "gallery", tmp_path / "gallery")
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for name, files in photos.items():
+        for f in files[:2]:
+            shutil.copy(f, unlabelled / f"{name}-{f.name}")
+    run_cli("cluster", unlabelled, "--out", tmp_path / "clusters", "-c", checkpoint, "--eps", "0.25", "--min-size", "2")
+    service = Service(tmp_path / "gallery", checkpoint=checkpoint, clusters=tmp_path / "clusters")
+    started, release, real = threading.Event(), threading.Event(), facesearch.cluster.cluster_folder
+    events = []
+
+    def cluster_folder(*args, **kwargs):
+        started.set()
+        release.wait(60)
+        report = real(*args, **kwargs)
+        events.append("clustered")
+        return report
+
+    gallery_close = service.gallery.close
+    monkeypatch.setattr(facesearch.cluster, "cluster_folder", cluster_folder)
+    monkeypatch.setattr(service.gallery, "close", lambda: events.append("gallery closed") or gallery_close())
+    run = service.start_clustering()
+    assert started.wait(60)
+    closing = threading.Thread(target=service.close)
+    closing.start()
+    closing.join(0.5)
+    assert closing.is_alive()  # waiting for the clustering
+    release.set()
+    closing.join(120)
+    assert not closing.is_alive() and events == ["clustered", "gallery closed"]
+    assert not run.running and run.error == "" and "clustered" in run.message
+    assert len(load(tmp_path / "clusters").rows) == len(list(unlabelled.iterdir()))
+    with pytest.raises(ClusterError, match="stopping"):
+        service.start_clustering()
 
 
 def test_cli_keys_and_serve_refusals(served, tmp_path):

@@ -38,8 +38,8 @@ def serve(
     compute_slots: Annotated[Optional[int], typer.Option(min=1, max=64, help=(
         "Recognitions and enrollments computing at once; the rest wait their turn (default: the CPUs, at most 8)."))] = None,
     max_batch: Annotated[Optional[int], typer.Option(min=1, max=64, help=(
-        "Recognitions waiting for a compute slot computed together, at most: one detection and one forward pass "
-        "for all (default: 8; 1: each alone)."))] = None,
+        "Recognitions (detections, verifications) waiting for a compute slot computed together, at most: one "
+        "detection and one forward pass for all (default: 8; 1: each alone)."))] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.01, help="Largest photo accepted, in MB.")] = 20.0,
     max_megapixels: Annotated[Optional[float], typer.Option(min=0.01, help=(
         "Largest photo accepted, in megapixels. (default: 40, the limit every command reads photos with)"))] = None,

@@ -115,8 +115,7 @@ class FaceDetector:
     def _detect_canvas(self, arrays: list[np.ndarray], canvas: tuple[int, int],
                        min_face: float) -> list[list[DetectedFace]]:
         """One MTCNN call on photos padded (bottom/right, grey) to their canvas, (height, width)."""
-        import torch  # torch and facenet load on the first detection, not on import
-        from facenet_pytorch.models.utils.detect_face import detect_face
+        from facesearch.data.mtcnn import detect_equal_sized  # torch and facenet: on the first detection
 
         mtcnn = self._model()
         height, width = canvas
@@ -125,13 +124,8 @@ class FaceDetector:
         padded = np.full((len(arrays), height, width, 3), NEUTRAL_GREY[0], dtype=np.uint8)  # (n, H, W, 3)
         for k, a in enumerate(arrays):
             padded[k, : a.shape[0], : a.shape[1]] = a
-        batch = torch.from_numpy(padded).to(mtcnn.device)
-        # MTCNN.detect() would do the same after converting PIL images to exactly this tensor.
-        with torch.no_grad():
-            boxes, points = detect_face(
-                batch, min_face, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, list(self.thresholds), mtcnn.factor,
-                mtcnn.device,
-            )
+        # What MTCNN.detect() finds in these photos, computed faster (facesearch.data.mtcnn).
+        boxes, points = detect_equal_sized(padded, min_face, mtcnn, self.thresholds)
         return [_faces_inside(b, p, a.shape[:2]) for b, p, a in zip(boxes, points, arrays)]
 
     def _model(self):

@@ -34,6 +34,15 @@ def hit_rows(s: Session, ids: np.ndarray, with_embeddings: bool) -> dict[int, Hi
     return {row[0]: HitRow(*row[1:]) for row in s.execute(query)}
 
 
+def identity_hits(s: Session, folder: Path, identity_id: int, query: np.ndarray) -> list[FaceHit]:
+    """Every face of one identity scored against ``query`` ((d,) float32, unit), best first: exact cosines from the
+    stored embeddings, not the vector store's (an approximate index's top k may leave out some of them)."""
+    query_rows = sa.select(*hit_columns(True)).join(Identity).where(Face.identity_id == identity_id)
+    rows = {row[0]: HitRow(*row[1:]) for row in s.execute(query_rows)}
+    ids = np.fromiter(rows, dtype=np.int64, count=len(rows))
+    return ranked_hits(folder, query, np.zeros(len(ids), np.float32), ids, rows, exact=False)
+
+
 def ranked_hits(folder: Path, query: np.ndarray, sims: np.ndarray, ids: np.ndarray, rows: dict[int, HitRow],
                 exact: bool) -> list[FaceHit]:
     """One query's hits, best first. ``exact``: the index's similarities are exact cosines; otherwise they are

@@ -71,11 +71,18 @@ def find_face(s: Session, face_id: int, folder: Path) -> Face:
     return face
 
 
-def list_all(s: Session) -> list[IdentityInfo]:
-    """Every identity with its number of faces, by name."""
+def list_all(s: Session, offset: int = 0, limit: int | None = None) -> list[IdentityInfo]:
+    """Every identity with its number of faces, by name; ``limit`` of them from ``offset`` on (None: all)."""
     n_faces = sa.func.count(Face.id)
-    query = sa.select(Identity, n_faces).outerjoin(Face).group_by(Identity.id).order_by(Identity.name)
+    query = (sa.select(Identity, n_faces).outerjoin(Face).group_by(Identity.id).order_by(Identity.name)
+             .offset(offset).limit(limit))
     return [IdentityInfo(i.name, n, i.created_at, i.updated_at) for i, n in s.execute(query)]
+
+
+def list_faces(s: Session, folder: Path, offset: int = 0, limit: int | None = None) -> list[FaceInfo]:
+    """Every face (no embeddings), by id; ``limit`` of them from ``offset`` on (None: all)."""
+    query = sa.select(Face, Identity.name).join(Identity).order_by(Face.id).offset(offset).limit(limit)
+    return [face_info(folder, f, name) for f, name in s.execute(query)]
 
 
 def describe(s: Session, name: str, folder: Path) -> IdentityInfo:

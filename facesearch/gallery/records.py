@@ -88,6 +88,25 @@ class IdentityInfo:
 
 
 @dataclass(frozen=True)
+class StoredThreshold:
+    """The threshold a gallery stores, and where it came from."""
+
+    value: float
+    # "calibrated" (measured on photos: `facesearch calibrate`), "manual" (set by hand), or "stored" (stored by an
+    # earlier facesearch that did not record how it was set)
+    source: str
+    meta: dict[str, Any]  # how it was obtained (a calibration's figures; who set it by hand, when)
+
+
+@dataclass(frozen=True)
+class Page:
+    """A slice of a list kept in SQL: how many there are in all, and the rows of the slice."""
+
+    total: int
+    items: list
+
+
+@dataclass(frozen=True)
 class CheckReport:
     problems: list[str]  # empty: consistent
     details: dict[str, Any]

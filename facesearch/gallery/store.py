@@ -36,22 +36,27 @@ import facesearch.gallery.faces as face_rows
 import facesearch.gallery.files as files
 import facesearch.gallery.identities as identities
 import facesearch.gallery.keys as keys
-from facesearch.errors import Remedy
+from facesearch.errors import BadInput, Remedy
 from facesearch.gallery.check import check_gallery
 from facesearch.gallery.digest import combine, vector_hashes
 from facesearch.gallery.embeddings import encode_embedding
+from facesearch.gallery.hits import identity_hits
 from facesearch.gallery.keys import KeyInfo
 from facesearch.gallery.models import Face, Identity
 from facesearch.gallery.opening import gallery_folder, open_database
-from facesearch.gallery.records import AddResult, CheckReport, FaceHit, FaceInfo, GalleryError, IdentityInfo, NewFace
+from facesearch.gallery.records import (AddResult, CheckReport, FaceHit, FaceInfo, GalleryError, IdentityInfo, NewFace,
+                                        Page, StoredThreshold)
 from facesearch.gallery.transactions import Transactions, bump, state as current_state
 from facesearch.gallery.vectors import VectorSettings, VectorStore, open_store
 from facesearch.gallery.vectors.index import INDEX_NAME, IndexSettings
 from facesearch.gallery.vectors.pgvector_sql import PgvectorSettings
 
-# Cosine similarity below which `who` answers "unknown" when the gallery has no calibrated threshold
+# Cosine similarity below which `who` answers "unknown" when the gallery stores no threshold of its own
 # (`facesearch calibrate` stores one). Higher is stricter. A placeholder: calibrate on your own data.
 DEFAULT_THRESHOLD = 0.5
+SET_SOURCES = ("calibrated", "manual")  # where a stored threshold comes from (``Gallery.set_threshold``)
+SOURCE_KEY = "threshold_source"  # where it is recorded: in the threshold's meta (an earlier facesearch did not)
+PAGE_HAND_SET = "set on the gallery page"  # the ``method`` facesearch serve's gallery page records with a threshold
 
 
 class Gallery:
@@ -134,18 +139,33 @@ class Gallery:
             return VectorSettings.from_dict(current_state(s).index_settings)
 
     def threshold(self) -> tuple[float, dict[str, Any] | None]:
-        """The similarity threshold `who` uses and how it was set (None: the documented default)."""
+        """The similarity threshold `who` uses and how it was obtained (None: none is stored, the documented
+        default). Where it came from: ``stored_threshold``."""
+        stored = self.stored_threshold()
+        return (DEFAULT_THRESHOLD, None) if stored is None else (stored.value, stored.meta)
+
+    def stored_threshold(self) -> StoredThreshold | None:
+        """The threshold stored in the gallery, with where it came from and how it was obtained; None when none is
+        (`who` then uses its model's or the default: ``search.answer_threshold``)."""
         with self._tx.read() as s:
             state = current_state(s)
             if state.threshold is None:
-                return DEFAULT_THRESHOLD, None
-            return state.threshold, state.threshold_meta
+                return None
+            meta = dict(state.threshold_meta or {})
+            source = meta.pop(SOURCE_KEY, None)
+            if source is None:  # an earlier facesearch's: the gallery page's hand-set ones said so, nothing else did
+                source = "manual" if meta.get("method") == PAGE_HAND_SET else "stored"
+            return StoredThreshold(float(state.threshold), source, meta)
 
-    def set_threshold(self, value: float, meta: dict[str, Any] | None = None) -> None:
-        """Store a calibrated threshold (e.g. from `facesearch evaluate`), with how it was obtained."""
+    def set_threshold(self, value: float, meta: dict[str, Any] | None = None, source: str = "calibrated") -> None:
+        """Store the threshold `who` names faces at, with how it was obtained (``meta``) and where it came from:
+        ``source`` "calibrated" (measured on photos: `facesearch calibrate`, ``calibrate_gallery``) or "manual" (set
+        by hand)."""
+        if source not in SET_SOURCES:
+            raise BadInput(f"threshold source {source!r}: one of {SET_SOURCES}", param="source")
         with self._tx.transaction() as s:
             state = current_state(s)
-            state.threshold, state.threshold_meta = float(value), meta
+            state.threshold, state.threshold_meta = float(value), {**(meta or {}), SOURCE_KEY: source}
 
     # -- enrolling ----------------------------------------------------------------------------------
 
@@ -203,6 +223,11 @@ class Gallery:
         """Every identity with its number of faces, by name."""
         with self._tx.read() as s:
             return identities.list_all(s)
+
+    def identity_page(self, offset: int = 0, limit: int | None = None) -> Page:
+        """``limit`` identities (None: all) from ``offset`` on, by name, with how many there are: paged in SQL."""
+        with self._tx.read() as s:
+            return Page(s.scalar(sa.select(sa.func.count(Identity.id))), identities.list_all(s, offset, limit))
 
     def identity(self, name: str) -> IdentityInfo:
         """One identity with its faces; raises IdentityNotFound."""
@@ -328,6 +353,25 @@ class Gallery:
         """
         return self._vectors().search(np.atleast_2d(np.asarray(xq, dtype=np.float32)), k)
 
+    def score_identity(self, name: str, xq: np.ndarray) -> list[FaceHit]:
+        """Every face of identity ``name`` scored against one query, best first: the exact cosine to each of its
+        stored embeddings, with no vector store in between (an approximate index's top k may leave some out, and a
+        search over the whole gallery costs its size).
+
+        Args:
+            name: the identity (IdentityNotFound when there is none).
+            xq: (d,) float32 L2-normalised query embedding, from the gallery's model.
+        Returns:
+            One FaceHit per face of the identity (none for an identity without faces).
+        """
+        query = np.asarray(xq, dtype=np.float32).reshape(-1)
+        with self._tx.read() as s:
+            dim = current_state(s).embedding_dim
+            if dim is not None and len(query) != dim:
+                raise GalleryError(f"query embeddings have {len(query)} dimensions, the gallery {dim}")
+            ident = identities.find(s, identities.clean_name(name), self.folder)
+            return identity_hits(s, self.folder, ident.id, query)
+
     # -- maintenance --------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
@@ -338,12 +382,13 @@ class Gallery:
             n_faces = s.scalar(sa.select(sa.func.count(Face.id)))
             settings = VectorSettings.from_dict(state.index_settings)
             described = self._vectors(settings).describe(s.connection(), state)
-        threshold, meta = self.threshold()
+        stored = self.stored_threshold()
         return {
             "folder": str(self.folder), "database": db.masked(self.url), "identities": n_ids, "faces": n_faces,
             "vector_store": settings.store,
             "model_fingerprint": state.model_fingerprint, "model_source": state.model_source, "embedding_dim": state.embedding_dim,
-            "threshold": threshold, "threshold_calibrated": meta is not None, "epoch": state.epoch,
+            "threshold": DEFAULT_THRESHOLD if stored is None else stored.value,
+            "threshold_calibrated": stored is not None and stored.source == "calibrated", "epoch": state.epoch,
             "index_settings": settings.to_dict(), **described,
         }
 
@@ -401,10 +446,15 @@ class Gallery:
         return {"store": store, "faces": int(n), "moved": True}
 
     def face_sources(self) -> list[FaceInfo]:
-        """Every face (no embeddings): what `reembed` recomputes from."""
-        query = sa.select(Face, Identity.name).join(Identity).order_by(Face.id)
+        """Every face (no embeddings), by id: what `reembed` recomputes from."""
         with self._tx.read() as s:
-            return [identities.face_info(self.folder, f, name) for f, name in s.execute(query)]
+            return identities.list_faces(s, self.folder)
+
+    def face_page(self, offset: int = 0, limit: int | None = None) -> Page:
+        """``limit`` faces (None: all) from ``offset`` on, by id, with how many there are: paged in SQL."""
+        with self._tx.read() as s:
+            total = s.scalar(sa.select(sa.func.count(Face.id)))
+            return Page(total, identities.list_faces(s, self.folder, offset, limit))
 
     def replace_embeddings(self, face_ids: Sequence[int], vectors: np.ndarray, fingerprint: str,
                            source: str | None = None) -> None:

@@ -123,7 +123,7 @@ DetProb = Annotated[Optional[float], Query(ge=0, le=1, description=(
 FaceLimit = Annotated[Optional[int], Query(ge=1, le=1000, description=(
     "list at most this many faces, the largest first (default: all, in the detector's order)"))]
 Threshold = Annotated[Optional[float], Query(ge=-1, le=1, description=(
-    "cosine similarity needed to name a face (default: the gallery's calibrated one)"))]
+    "cosine similarity needed to name a face (default: the gallery's, as threshold_source says)"))]
 PHOTO = {"photo": "the photo (JPEG, PNG, WebP, TIFF...)"}
 
 
@@ -155,8 +155,8 @@ async def detect(request: Request, who: Caller = Depends(caller), det_prob_thres
                  {**PHOTO, "photo2": "the other photo (or give subject)"},
                  {"subject": {"type": "string", "description": "compare with this subject's faces instead"}}))
 async def verify(request: Request, who: Caller = Depends(caller), threshold: Annotated[Optional[float], Query(
-        ge=-1, le=1, description="similarity from which the faces are the same person (default: the gallery's "
-                                 "calibrated one)")] = None) -> dict:
+        ge=-1, le=1, description="similarity from which the faces are the same person (default: the gallery's, as "
+                                 "threshold_source says)")] = None) -> dict:
     """The largest face of each photo is compared; against a subject, its most similar enrolled face."""
     (photo, other), fields = await read_upload(request, ("photo", "photo2"), required=1)
     subject = fields.get("subject")
@@ -175,10 +175,9 @@ class Rename(BaseModel):
     name: str = Field(description="the new name")
 
 
-def _page(rows: list, offset: int, limit: int, name: str, to_json) -> dict:
-    """One page of ``rows`` as the API answers lists: the total, where the page starts, its size, its rows."""
-    return {"total": len(rows), "offset": offset, "limit": limit,
-            name: [to_json(r) for r in rows[offset:offset + limit]]}
+def _page(page, offset: int, limit: int, name: str, to_json) -> dict:
+    """A ``Gallery`` page as the API answers lists: the total, where the page starts, its size, its rows."""
+    return {"total": page.total, "offset": offset, "limit": limit, name: [to_json(r) for r in page.items]}
 
 
 class Merge(BaseModel):
@@ -189,7 +188,7 @@ class Merge(BaseModel):
 @router.get("/subjects", summary="The subjects, by name, a page at a time", response_model=schemas.SubjectPage)
 def list_subjects(request: Request, who: Caller = Depends(caller), offset: int = Query(0, ge=0),
                   limit: int = Query(50, ge=1, le=1000)) -> dict:
-    return _page(_service(request).gallery.identities(), offset, limit, "subjects", subject_json)
+    return _page(_service(request).gallery.identity_page(offset, limit), offset, limit, "subjects", subject_json)
 
 
 @router.post("/subjects", status_code=201, summary="Create a subject with no faces yet",
@@ -284,7 +283,7 @@ def delete_subject(request: Request, name: Subject, who: Caller = Depends(writer
 @router.get("/faces", summary="Every enrolled face, by id, a page at a time", response_model=schemas.FacePage)
 def list_faces(request: Request, who: Caller = Depends(caller), offset: int = Query(0, ge=0),
                limit: int = Query(50, ge=1, le=1000)) -> dict:
-    return _page(_service(request).gallery.face_sources(), offset, limit, "faces", face_json)
+    return _page(_service(request).gallery.face_page(offset, limit), offset, limit, "faces", face_json)
 
 
 @router.get("/faces/{face_id}", summary="One enrolled face", response_model=schemas.StoredFace)

@@ -24,6 +24,7 @@ from fastapi.templating import Jinja2Templates
 from facesearch.cluster import ClusterError
 from facesearch.gallery import GalleryError
 from facesearch.gallery.identities import clean_name
+from facesearch.gallery.store import PAGE_HAND_SET
 from facesearch.search import answer_threshold
 from facesearch.serve.auth import KEY_COOKIE, ApiError, Caller, FaceId, caller, writer
 from facesearch.serve.guard import (FLASH_COOKIE, FLASH_SECONDS, REPORT_CSP, flash_value, read_flash, same_origin,
@@ -301,16 +302,15 @@ def _chosen_person(gallery, person: str, new_name: str) -> str:
     return name
 
 
-HAND_SET = "set on the gallery page"  # the method recorded with a threshold set on the gallery page
-
-
 def _threshold(service) -> tuple[float, str]:
     """The threshold recognitions name faces at, and where it comes from, in words."""
     value, source = answer_threshold(service.gallery, service.loaded)
-    meta = service.gallery.threshold()[1] or {}
-    if meta.get("method") == HAND_SET:
-        return value, f"set on the gallery page by key {meta.get('by')}, {meta.get('date')}"
+    if source == "manual":
+        meta = service.gallery.threshold()[1] or {}
+        by = f" by key {meta['by']}, {meta.get('date')}" if meta.get("by") else ""
+        return value, f"{meta.get('method', 'set by hand')}{by}"
     return value, {"calibrated": "calibrated on photos of enrolled people and strangers",
+                   "stored": "stored by an earlier facesearch, which did not record whether it was calibrated",
                    "model": "the model's, measured on people it never saw: not calibrated on yours"
                    }.get(source, "the default: not calibrated")
 
@@ -347,7 +347,8 @@ def set_threshold(request: Request, threshold: str = Form(...), who: Caller = De
     if not -1.0 <= value <= 1.0:  # also refuses nan
         return _back(request, "/gallery", error=f"threshold {threshold!r}: a cosine similarity between -1 and 1")
     when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    request.app.state.service.gallery.set_threshold(value, {"method": HAND_SET, "by": who.key_name, "date": when})
+    request.app.state.service.gallery.set_threshold(value, {"method": PAGE_HAND_SET, "by": who.key_name, "date": when},
+                                                    source="manual")
     return _back(request, "/gallery", message=f"threshold set to {value:.4f}: faces below it are answered unknown")
 
 

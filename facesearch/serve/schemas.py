@@ -12,6 +12,9 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+THRESHOLD_SOURCES = ("given (the request's); the gallery's own: calibrated (measured by calibrate), manual (set by "
+                     "hand) or stored (by an earlier facesearch, how unrecorded); else model (what the model records) "
+                     "or default")
 
 def _open_schema(schema: dict) -> None:
     # Unnamed fields are allowed without saying so (JSON Schema's default): "additionalProperties: true" would
@@ -136,7 +139,7 @@ class Recognized(Answer):
     height: int
     threshold: float
     threshold_calibrated: bool
-    threshold_source: str = Field(description="given, calibrated, model or default")
+    threshold_source: str = Field(description=THRESHOLD_SOURCES)
     faces: list[RecognizedFace]
     timings_ms: dict[str, float]
 
@@ -166,7 +169,7 @@ class Verified(Answer):
     similarity: float = Field(description="cosine similarity of the two faces (-1 to 1)")
     same: bool = Field(description="similarity >= threshold: the same person")
     threshold: float
-    threshold_source: str = Field(description="given, calibrated, model or default")
+    threshold_source: str = Field(description=THRESHOLD_SOURCES)
     faces: list[ComparedFace]
     subject: Optional[str] = Field(None, description="the subject compared with (its best face)")
     face_id: Optional[int] = Field(None, description="that subject's best matching face")
@@ -199,7 +202,7 @@ class GalleryStats(Answer):
     identities: int
     faces: int
     threshold: float
-    threshold_source: str
+    threshold_source: str = Field(description=THRESHOLD_SOURCES)
     database: str
 
 

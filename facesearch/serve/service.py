@@ -3,8 +3,9 @@
 Everything here is the CLI's own code path (``search.who``, ``gallery.enroll``, ``explain``): the service adds
 no second implementation, only uploads (size and pixel limits, stored by content hash so ``gallery reembed``
 still finds every enrolled photo), the sharing of one gallery between request threads
-(``Gallery(concurrent=True)``: the index is updated on a copy while searches run), and recognitions that wait
-for a compute slot computed as one batch (``batching``; ``search.who_images``).
+(``Gallery(concurrent=True)``: the index is updated on a copy while searches run), and recognitions,
+detections and verifications that wait for a compute slot computed as one batch (``batching``;
+``search.who_images``, ``Embedder.faces_of``).
 """
 
 from __future__ import annotations
@@ -84,9 +85,9 @@ class Service:
         checkpoint: the model (default: the one the gallery was built with, else the shipped base model).
         device: where the model runs.
         limits: upload limits.
-        compute_slots: recognitions and enrollments computing at once (default: ``default_compute_slots()``).
-        max_batch: recognitions waiting for a compute slot that are computed together, at most (default
-            ``MAX_BATCH``; 1: each alone). See ``facesearch.serve.batching``.
+        compute_slots: requests computing at once (default: ``default_compute_slots()``).
+        max_batch: recognitions (detections, verifications) waiting for a compute slot that are computed together,
+            at most (default ``MAX_BATCH``; 1: each alone). See ``facesearch.serve.batching``.
         clusters: a ``facesearch cluster`` output whose groups the pages show and name (enrolling them here).
         read_only: serve the gallery for reading only (None: exactly when the server may not write to it).
     """
@@ -118,16 +119,31 @@ class Service:
         self._editing_clusters = threading.Lock()  # one edit of the clusters folder at a time
         self._starting = threading.Lock()
         self.clustering: ClusteringRun | None = None  # the last clustering started from the page
+        self._clustering_thread: threading.Thread | None = None  # its thread: close() waits for it
+        self._closing = False  # close() was called: no clustering starts any more
         self.scratch = Path(tempfile.mkdtemp(prefix="facesearch-serve-"))  # explain reports, calibration archives
         self._explaining = threading.Semaphore(1)  # one explanation at a time: each uses every core for seconds
         self._calibrating = threading.Lock()  # one calibration at a time: it embeds hundreds of photos
         # Detection and the model use every core already (torch's intra-op threads): more requests computing at
         # once only share them worse. The others wait their turn (bench/serve.py measured the difference).
         self._computing = threading.Semaphore(compute_slots or default_compute_slots())
-        # Recognitions that wait for a slot are detected, embedded and searched together when one frees.
+        # Recognitions that wait for a slot are detected, embedded and searched together when one frees; so are
+        # detections (detected together) and verifications (their photos detected and embedded together).
         self._recognizing = Batcher(self._recognize_batch, self._computing, max_batch or MAX_BATCH)
+        self._finding = Batcher(self._faces_batch, self._computing, max_batch or MAX_BATCH)
 
     def close(self) -> None:
+        """Wait for a clustering started from the clusters page (it writes the clusters folder and reads the
+        gallery: stopped halfway, it would leave the folder with crops of faces it never recorded), then close the
+        gallery and delete the scratch folder. No clustering starts once this is called."""
+        with self._starting:
+            self._closing = True
+            thread = self._clustering_thread
+        if thread is not None and thread.is_alive():
+            run = self.clustering
+            logger.info("waiting for the clustering started from the clusters page to finish (%d of %d photos "
+                        "looked at)", run.done, run.total)
+            thread.join()
         self.gallery.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -223,19 +239,27 @@ class Service:
         """The faces of one uploaded photo as the query side finds them (the embedder's detector): box, five
         landmarks and detector probability each; no embedding, no gallery search."""
         image = self.read_photo(data, filename)
-        with self._computing:
-            found = [f.face for f in next(self.embedder.faces_of([image], select="all", embed=False)).faces]
+        found = [f.face for f in self._finding.submit(False, [image])[0]]  # with the detections waiting beside it
         faces = [{"box": [round(float(v), 1) for v in f.box], "det_prob": round(float(f.prob), 4),
                   "landmarks": [[round(float(x), 1), round(float(y), 1)] for x, y in f.landmarks]} for f in found]
         return {"photo": filename, "width": image.size[0], "height": image.size[1],
                 "faces": keep_faces(faces, det_prob_threshold, limit)}
 
+    def _faces_batch(self, embed: bool, requests: list[list]) -> list[list[list]]:
+        """Every face (``PhotoFace``: embedded when ``embed``) of the photos of detections (``embed`` False) or
+        verifications (True) waiting together for a compute slot: one detection pass (and one forward pass) for all
+        their photos. Per request, per photo, its faces. ``max_batch`` counts requests, as for recognitions: a batch
+        of verifications may hold twice as many photos."""
+        photos = [image for images in requests for image in images]
+        found = iter(self.embedder.faces_of(photos, select="all", batch_size=max(1, len(photos)), embed=embed))
+        return [[next(found).faces for _ in images] for images in requests]
+
     def verify(self, photo: tuple[bytes, str | None], other: tuple[bytes, str | None] | None, subject: str | None,
                threshold: float | None = None) -> dict:
         """Are two faces the same person? The largest face of ``photo`` against the largest of ``other``, or
-        against ``subject``'s enrolled faces (scored by the best one, as recognize scores an identity). The
-        verdict is at ``threshold``, else at the gallery's (``search.answer_threshold``: calibrated, the model's,
-        or the default), and the answer says which."""
+        against ``subject``'s enrolled faces (scored by the best one, as recognize scores an identity; exact
+        cosines to each of its stored embeddings, whatever the index). The verdict is at ``threshold``, else at the
+        gallery's (``search.answer_threshold``), and the answer says which."""
         from facesearch.search import answer_threshold
 
         if (other is None) == (subject is None):
@@ -248,8 +272,7 @@ class Service:
             raise UploadError("no_face", f"subject {info.name!r} has no enrolled face to compare with")
         images = [(self.read_photo(data, name), name) for data, name in ([photo] if other is None else [photo, other])]
         self.gallery.check_model(self.embedder.fingerprint)
-        with self._computing:
-            found = [r.faces for r in self.embedder.faces_of([image for image, _ in images], select="all")]
+        found = self._finding.submit(True, [image for image, _ in images])  # with the verifications beside it
         faces = [_largest(faces, name or "upload") for faces, (_, name) in zip(found, images)]
         answer = {"faces": [face for face, _ in faces]}
         if info is not None:
@@ -266,15 +289,12 @@ class Service:
                 "threshold_source": source, **answer}
 
     def _best_face_of(self, info, embedding) -> tuple[int, float]:
-        """The face of subject ``info`` most similar to ``embedding``, and its cosine similarity: the gallery's
-        search over every face (an exact index ranks them all), keeping the subject's."""
-        total = sum(i.n_faces for i in self.gallery.identities())
-        for hit in self.gallery.search(embedding[None], k=total)[0]:
-            if hit.identity == info.name:
-                return hit.face_id, float(hit.similarity)
-        raise UploadError("no_face", f"subject {info.name!r}: none of its faces was found by the gallery's index; "
-                                     "the gallery check (GET /api/v1/gallery/check) compares the index with the "
-                                     "database", 409)
+        """The face of subject ``info`` most similar to ``embedding``, and its cosine similarity: exact, against each
+        of the subject's stored embeddings (``Gallery.score_identity``), whatever index the gallery searches with."""
+        hits = self.gallery.score_identity(info.name, embedding)
+        if not hits:  # its faces were removed since it was looked up
+            raise UploadError("no_face", f"subject {info.name!r} has no enrolled face to compare with")
+        return hits[0].face_id, float(hits[0].similarity)
 
     # -- enroll -------------------------------------------------------------------------------------
 
@@ -438,6 +458,8 @@ class Service:
 
         folder = self._clusters_folder()
         with self._starting:
+            if self._closing:
+                raise ClusterError("the service is stopping: start the clustering when it runs again")
             if self.clustering is not None and self.clustering.running:
                 raise ClusterError("a clustering is running already: the clusters page follows it")
             folders = sorted({Path(r.photo).parent for r in load(folder).rows if Path(r.photo).parent.is_dir()})
@@ -446,8 +468,9 @@ class Service:
                 raise ClusterError("none of the clustering's photo folders is left: new photos need a new clustering "
                                    "(the server's administrator clusters them into a clusters folder)")
             self.clustering = ClusteringRun(total=len(photos), folders=len(folders))
-            threading.Thread(target=self._cluster, args=(photos, self.clustering), daemon=True,
-                             name="facesearch-cluster").start()
+            self._clustering_thread = threading.Thread(target=self._cluster, args=(photos, self.clustering),
+                                                       daemon=True, name="facesearch-cluster")
+            self._clustering_thread.start()
         return self.clustering
 
     def _cluster(self, photos: list[Path], run: ClusteringRun) -> None:
