@@ -221,3 +221,59 @@ def test_naming_a_group_whose_faces_are_another_identitys_says_whose_and_claims_
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == stored  # still 'B', nothing pinned
     names = {i["name"] for i in json.loads(run("identities", "list", "-g", gallery, "--json").stdout)}
     assert names == {"a", "B"}
+
+
+def test_a_reader_beside_a_save_gets_one_saves_files_never_a_mix(tmp_path, monkeypatch):
+    """The pages read a clusters folder while a clustering writes it: a read between the save's renames waits
+    for the whole new set instead of pairing one save's faces.csv with another's embeddings.npy."""
+    import threading
+
+    from facesearch.cluster import FaceRow, files
+
+    x, _ = people_vectors(np.random.default_rng(3))
+    old = _clusters(tmp_path, x[:20])
+    files.save(old)
+    new = _clusters(tmp_path, x)
+    new.rows = [FaceRow(i + 1, f"/p/{i}.jpg", f"sha{i}", [0, 0, 10, 10], 0.99, 1) for i in range(len(x))]
+
+    renamed, release = threading.Event(), threading.Event()
+    real_replace = files.os.replace
+
+    def replace_then_pause(src, dst):
+        real_replace(src, dst)
+        if Path(dst).name == files.FACES_NAME:  # the new faces.csv is in place, the old embeddings still
+            renamed.set()
+            release.wait(5)
+
+    monkeypatch.setattr(files.os, "replace", replace_then_pause)
+    writer = threading.Thread(target=files.save, args=(new,))
+    writer.start()
+    assert renamed.wait(5)
+    read = {}
+    reader = threading.Thread(target=lambda: read.update(c=files.load(tmp_path)))
+    reader.start()
+    reader.join(0.3)
+    assert reader.is_alive()  # the mixed set is not taken: the reader waits
+    release.set()
+    writer.join(5)
+    reader.join(5)
+    assert len(read["c"].rows) == len(read["c"].vectors) == len(x)
+    np.testing.assert_array_equal(read["c"].vectors, x.astype(np.float32))
+
+
+def test_a_clusters_folder_changed_by_hand_is_refused_with_its_reason(tmp_path):
+    from facesearch.cluster import ClusterError, files
+
+    x, _ = people_vectors(np.random.default_rng(4))
+    files.save(_clusters(tmp_path, x))
+    assert len(files.load(tmp_path).rows) == len(x)
+    np.save(tmp_path / files.EMBEDDINGS_NAME, x[:-1])
+    with pytest.raises(ClusterError, match="not one save's .*changed by hand"):
+        files.load(tmp_path, wait=0.1)
+    state = json.loads((tmp_path / files.STATE_NAME).read_text())
+    del state["digests"]  # a folder written before the digests: the counts are checked
+    (tmp_path / files.STATE_NAME).write_text(json.dumps(state))
+    with pytest.raises(ClusterError, match=f"{len(x)} faces, {len(x) - 1} embeddings"):
+        files.load(tmp_path, wait=0.1)
+    np.save(tmp_path / files.EMBEDDINGS_NAME, x)
+    assert len(files.load(tmp_path).rows) == len(x)
