@@ -9,12 +9,15 @@ requests/s, p50/p95 latency as the client sees it, the server's own ``timings_ms
 ``--max-batch 1 8`` (and ``--compute-slots 1 2``) compares settings side by side in one run: one server per
 combination (``serve --max-batch``; 1 computes every request alone, as before batching) started at once, and each
 client count run against each server in turn, ``--rounds`` times, so that the machine's other load falls on all
-of them alike.
+of them alike. ``--code DIR ...`` adds the code as a third axis: each DIR a checkout of another commit (``git
+worktree add DIR COMMIT``) whose ``facesearch serve`` runs on the same gallery (``PYTHONPATH=DIR``), so that
+before and after a change are measured side by side; ``.`` is this checkout.
 
 From the repo root (idle machine)::
 
     .venv/bin/python bench/serve.py --faces 10000 --clients 1 4 16
     .venv/bin/python bench/serve.py --faces 10000 --clients 1 4 16 --max-batch 1 8 --rounds 2
+    .venv/bin/python bench/serve.py --clients 1 16 --code /tmp/before . --rounds 2
 
 Prints one JSON line per client count (and server) and appends them to ``--out``.
 """
@@ -68,20 +71,22 @@ def query_photo(args) -> Path:
     return photo
 
 
-def start_server(folder: Path, args, compute_slots: int | None, max_batch: int | None) -> tuple[subprocess.Popen, str, str]:
+def start_server(folder: Path, args, code: Path, compute_slots: int | None,
+                 max_batch: int | None) -> tuple[subprocess.Popen, str, str]:
     exe = Path(sys.executable).parent / "facesearch"
     name = f"bench-{os.getpid()}-{time.time_ns()}"
     key = subprocess.run([exe, "keys", "create", name, "-g", folder], check=True, capture_output=True,
                          text=True).stdout.strip()
     port = free_port()
-    cmd = [exe, "serve", "-g", folder, "--port", str(port), "--threads", str(args.threads)]
+    cmd = [sys.executable, "-m", "facesearch", "serve", "-g", folder, "--port", str(port), "--threads", str(args.threads)]
     if compute_slots:
         cmd += ["--compute-slots", str(compute_slots)]
     if max_batch:
         cmd += ["--max-batch", str(max_batch)]
     if args.checkpoint:
         cmd += ["-c", args.checkpoint]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(code.resolve())}  # this code's package before the installed one
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
     import httpx2 as httpx  # the serve extra's HTTP client (pyproject), httpx's API
 
@@ -96,6 +101,14 @@ def start_server(folder: Path, args, compute_slots: int | None, max_batch: int |
             time.sleep(0.3)
     server.kill()
     raise SystemExit("facesearch serve did not start within 180 s")
+
+
+def commit_of(code: Path) -> str:
+    """The checkout's commit (and ``+changes`` when its files differ from it)."""
+    head = subprocess.run(["git", "-C", code, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", code, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout.strip()
+    return (head.stdout.strip() or str(code)) + ("+changes" if dirty else "")
 
 
 def load(url: str, key: str, photo: Path, clients: int, requests: int, warmup: int, expect: str | None) -> dict:
@@ -155,6 +168,8 @@ def main() -> None:
                    help="facesearch serve --compute-slots; several: one server each (with each --max-batch)")
     p.add_argument("--max-batch", type=int, nargs="+", default=[None],
                    help="facesearch serve --max-batch; several: one server each, measured in turn")
+    p.add_argument("--code", type=Path, nargs="+", default=[REPO],
+                   help="checkouts whose facesearch serve to run (default: this one); several: one server each")
     p.add_argument("--rounds", type=int, default=1, help="times each client count is run against each server")
     p.add_argument("--checkpoint", default=None, help="default: the base model")
     p.add_argument("--gallery", type=Path, default=None,
@@ -167,12 +182,12 @@ def main() -> None:
     photo = query_photo(args)
     servers = []
     try:
-        for slots, max_batch in itertools.product(args.compute_slots, args.max_batch):
-            servers.append(((slots, max_batch), *start_server(folder, args, slots, max_batch)))
+        for code, slots, max_batch in itertools.product(args.code, args.compute_slots, args.max_batch):
+            servers.append(((commit_of(code), slots, max_batch), *start_server(folder, args, code, slots, max_batch)))
         for clients in args.clients:
             for turn in range(args.rounds):
-                for (slots, max_batch), _, url, key in servers:
-                    row = {"bench": "serve-recognize", "gallery": str(args.gallery or "synthetic"), "faces": args.faces,
+                for (commit, slots, max_batch), _, url, key in servers:
+                    row = {"bench": "serve-recognize", "code": commit, "gallery": str(args.gallery or "synthetic"), "faces": args.faces,
                            "photo": photo.name, "threads": args.threads,
                            "compute_slots": slots or "default", "max_batch": max_batch or "default",
                            "round": turn + 1, "cpus": os.cpu_count(), "machine": platform.machine(),
