@@ -471,9 +471,15 @@ def test_who_says_when_it_must_first_build_the_index(checkpoint, people, tmp_pat
     photo = sorted((people / "ann").glob("*.jpg"))[0]
     with caplog.at_level("WARNING", logger="facesearch"):
         run("who", photo, "-c", checkpoint, "--device", "cpu", env=env)
-    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any("built with other settings" in m and "building the hnsw index of 6 faces" in m
-               and "(a rebuild builds it ahead of time)" in m for m in warned), warned
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    announced = [r for r in warned if "built with other settings" in r.getMessage()
+                 and "building the hnsw index of 6 faces" in r.getMessage()
+                 and "(a rebuild of the index builds it ahead of time)" in r.getMessage()]
+    assert announced, [r.getMessage() for r in warned]
+    from facesearch.cli._app import _PrintableFormatter  # the CLI's log line names the command that does it
+
+    line = _PrintableFormatter("%(levelname)s %(name)s: %(message)s").format(announced[0])
+    assert line.endswith("ahead of time) (`facesearch gallery rebuild`)"), line
     caplog.clear()
     run("who", photo, "-c", checkpoint, "--device", "cpu", env=env)
     assert "building" not in caplog.text  # the index built was saved

@@ -81,11 +81,20 @@ def _escape(match: re.Match) -> str:
     return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
 
 
+# How the running command spells a library remedy (set by the root group before a command runs).
+REMEDY_SPELLER: dict[str, RemedySpeller] = {}
+
+
 class _PrintableFormatter(logging.Formatter):
-    """Log lines with their message made ``printable`` (a traceback below it keeps its lines)."""
+    """Log lines with their message made ``printable`` (a traceback below it keeps its lines), and the remedy
+    a library log record carries (``extra={"remedy": Remedy}``) spelled as the command line that does it."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return printable(super().formatMessage(record))
+        line = super().formatMessage(record)
+        remedy, spell = getattr(record, "remedy", None), REMEDY_SPELLER.get("command")
+        if remedy is not None and spell is not None:
+            line = f"{line} ({spell(remedy)})"
+        return printable(line)
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -229,6 +238,7 @@ class _Root(typer.core.TyperGroup):
     def invoke(self, ctx):
         args = [*ctx._protected_args, *ctx.args]
         as_json = _wants_json(args)
+        REMEDY_SPELLER["command"] = remedy_speller(ctx.command, command_of(ctx.command, args))
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort):

@@ -24,6 +24,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from facesearch.errors import Remedy
 from facesearch.gallery.db import snapshot
 from facesearch.gallery.lock import exclusive
 from facesearch.gallery.models import Face, GalleryState
@@ -169,7 +170,8 @@ class IndexKeeper:
         where = "" if self.writable else " (kept in memory only: the gallery folder is not writable)"
         message = f"{self.path}: {reason}: building the {settings.kind} index of {n} faces from the database{where}"
         if n >= ANNOUNCE_FACES and not explicit:
-            logger.warning("%s; this takes a while (a rebuild builds it ahead of time)", message)
+            logger.warning("%s; this takes a while (a rebuild of the index builds it ahead of time)", message,
+                           extra={"remedy": Remedy.run("rebuild")})
         else:
             logger.info("%s", message)
 
