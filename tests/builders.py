@@ -208,3 +208,20 @@ def serving(app, host: str = "127.0.0.1"):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def all_queued_then_released(slots, queue, calls: list, timeout: float = 60, join: float = 120) -> None:
+    """Run each of ``calls`` (no-argument functions) in a thread of its own while ``slots`` (a batcher's compute
+    slots) is held, let it go once ``queue`` (the batcher's) holds one entry per call, so that all of them wait
+    for a slot together, and wait for the threads to end (``join`` seconds at most)."""
+    with slots:
+        threads = [threading.Thread(target=call) for call in calls]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + timeout
+        while len(queue) < len(calls):
+            assert time.monotonic() < deadline, "the requests never queued"
+            time.sleep(0.01)
+    for t in threads:
+        t.join(join)
+    assert not any(t.is_alive() for t in threads)

@@ -4,10 +4,10 @@ own; a request alone is computed at once; a batch that fails is answered one req
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
+from builders import all_queued_then_released
 from facesearch.errors import BadInput
 from facesearch.serve.batching import Batcher
 
@@ -36,17 +36,8 @@ def queued_while_held(batcher: Batcher, requests: list[tuple[str, str]]) -> dict
         except Exception as e:  # noqa: BLE001 - the test looks at it
             out[item] = e
 
-    with batcher.slots:
-        threads = [threading.Thread(target=submit, args=r) for r in requests]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 30
-        while len(batcher._queue) < len(requests):
-            assert time.monotonic() < deadline, "the requests never queued"
-            time.sleep(0.01)
-    for t in threads:
-        t.join(30)
-    assert not any(t.is_alive() for t in threads)
+    all_queued_then_released(batcher.slots, batcher._queue,
+                             [lambda r=r: submit(*r) for r in requests], timeout=30, join=30)
     return out
 
 

@@ -10,7 +10,6 @@ import json
 import shutil
 import socket
 import threading
-import time
 from urllib.parse import quote
 
 import pytest
@@ -21,7 +20,7 @@ pytest.importorskip("httpx2")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from builders import enrolled_gallery, png_with_size, run_cli  # noqa: E402
+from builders import all_queued_then_released, enrolled_gallery, png_with_size, run_cli  # noqa: E402
 
 PEOPLE = 3
 
@@ -305,16 +304,8 @@ def recognize_at_once(service, c, headers, photos: dict, url: str = "/api/v1/rec
         answers[name] = c.post(url, files={k: (*v, "image/jpeg") for k, v in files.items()}, data=data,
                                headers=headers)
 
-    with service._computing:
-        threads = [threading.Thread(target=post, args=(name, photo)) for name, photo in photos.items()]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 60
-        while len(batcher._queue) < len(photos):
-            assert time.monotonic() < deadline, "the requests never queued"
-            time.sleep(0.01)
-    for t in threads:
-        t.join(120)
+    all_queued_then_released(service._computing, batcher._queue,
+                             [lambda n=name, p=photo: post(n, p) for name, photo in photos.items()])
     return answers
 
 
