@@ -10,7 +10,7 @@ requests/s, p50/p95 latency as the client sees it, the server's own ``timings_ms
 combination (``serve --max-batch``; 1 computes every request alone, as before batching) started at once, and each
 client count run against each server in turn, ``--rounds`` times, so that the machine's other load falls on all
 of them alike. ``--code DIR ...`` adds the code as a third axis: each DIR a checkout of another commit (``git
-worktree add DIR COMMIT``) whose ``facesearch serve`` runs on the same gallery (``PYTHONPATH=DIR``), so that
+worktree add DIR COMMIT``) whose ``facesearch serve`` runs on the same gallery (in DIR, ``PYTHONPATH=DIR``), so that
 before and after a change are measured side by side; ``.`` is this checkout.
 
 From the repo root (idle machine)::
@@ -78,15 +78,22 @@ def start_server(folder: Path, args, code: Path, compute_slots: int | None,
     key = subprocess.run([exe, "keys", "create", name, "-g", folder], check=True, capture_output=True,
                          text=True).stdout.strip()
     port = free_port()
-    cmd = [sys.executable, "-m", "facesearch", "serve", "-g", folder, "--port", str(port), "--threads", str(args.threads)]
+    cmd = [sys.executable, "-m", "facesearch", "serve", "-g", folder.resolve(), "--port", str(port),
+           "--threads", str(args.threads)]
     if compute_slots:
         cmd += ["--compute-slots", str(compute_slots)]
     if max_batch:
         cmd += ["--max-batch", str(max_batch)]
     if args.checkpoint:
-        cmd += ["-c", args.checkpoint]
-    env = {**os.environ, "PYTHONPATH": str(code.resolve())}  # this code's package before the installed one
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        cmd += ["-c", Path(args.checkpoint).resolve() if Path(args.checkpoint).exists() else args.checkpoint]
+    # This code's package, not the installed one nor the one in the working directory: `python -m` puts the
+    # working directory first on the path, so the server runs in the checkout itself (a check below).
+    env, cwd = {**os.environ, "PYTHONPATH": str(code.resolve())}, code.resolve()
+    runs = subprocess.run([sys.executable, "-c", "import facesearch; print(facesearch.__file__)"], cwd=cwd, env=env,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    if not Path(runs).resolve().is_relative_to(cwd):
+        raise SystemExit(f"{code}: python -m facesearch there imports {runs}, not the checkout's own package")
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     import httpx2 as httpx  # the serve extra's HTTP client (pyproject), httpx's API
 
