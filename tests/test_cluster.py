@@ -197,6 +197,45 @@ def test_cluster_of_missing_or_unreadable_photos_fails_and_writes_nothing(photos
     assert f"{empty}: not_an_image" in some.stdout and (tmp_path / "c3" / "clusters.json").is_file()
 
 
+def test_a_clustering_stopped_midway_leaves_the_folder_as_its_last_save(photos, tmp_path):
+    """cluster_folder stopped between photos (its progress raising: how the service cancels one) removes the crops
+    it wrote and saves nothing: the folder's files are what they were, a first run's folder stays absent."""
+    from facesearch.cluster import cluster_folder
+    from facesearch.embed import Embedder
+
+    root, folder, checkpoint, _ = photos
+    embedder = Embedder.for_queries(checkpoint, device="cpu")
+    every = sorted(folder.iterdir())
+    out = tmp_path / "clusters"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(calls: int):
+        seen = []
+
+        def progress(photos: int) -> None:
+            seen.append(photos)
+            if len(seen) > calls:
+                raise Stop
+        return progress, seen
+
+    progress, seen = stop_after(2)
+    with pytest.raises(Stop):
+        cluster_folder(every, out, embedder, progress=progress)
+    assert seen == [1, 1, 1] and not (out / "clusters.json").exists()
+    assert not list(out.rglob("*.jpg"))  # the crops of the three photos looked at, removed
+
+    cluster_folder(every[:3], out, embedder)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert any(p.suffix == ".jpg" for p in before)
+    progress, seen = stop_after(2)  # the 3 photos clustered already, then the 2 new ones, stopped at the second
+    with pytest.raises(Stop):
+        cluster_folder(every, out, embedder, progress=progress)
+    assert seen == [3, 1, 1]
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_naming_a_group_whose_faces_are_another_identitys_says_whose_and_claims_no_name(photos, tmp_path):
     import csv
 

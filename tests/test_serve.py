@@ -10,6 +10,7 @@ import json
 import shutil
 import socket
 import threading
+import time
 from urllib.parse import quote
 
 import pytest
@@ -402,11 +403,11 @@ def test_concurrent_verifications_are_one_batch_and_each_gets_its_own_verdict(se
     assert against["mine"].json()["similarity"] > against["not"].json()["similarity"]
 
 
-def test_closing_waits_for_a_clustering_started_from_the_page(served, tmp_path, monkeypatch):
-    """close() while a clustering started from the clusters page runs: it waits for it (the folder is written whole,
-    the gallery read while still open), and no clustering starts after."""
+def test_closing_stops_a_clustering_started_from_the_page(served, tmp_path, monkeypatch):
+    """close() while a clustering started from the clusters page runs: it stops it at its next photo and waits for
+    it (the folder stays as it was, the gallery read while still open), and no clustering starts after."""
     import facesearch.cluster
-    from facesearch.cluster import ClusterError, load
+    from facesearch.cluster import ClusterError
     from facesearch.serve.service import Service
 
     root, checkpoint, photos, _ = served
@@ -416,32 +417,35 @@ def test_closing_waits_for_a_clustering_started_from_the_page(served, tmp_path, 
     for name, files in photos.items():
         for f in files[:2]:
             shutil.copy(f, unlabelled / f"{name}-{f.name}")
-    run_cli("cluster", unlabelled, "--out", tmp_path / "clusters", "-c", checkpoint, "--eps", "0.25", "--min-size", "2")
-    service = Service(tmp_path / "gallery", checkpoint=checkpoint, clusters=tmp_path / "clusters")
-    started, release, real = threading.Event(), threading.Event(), facesearch.cluster.cluster_folder
-    events = []
+    clusters = tmp_path / "clusters"
+    run_cli("cluster", unlabelled, "--out", clusters, "-c", checkpoint, "--eps", "0.25", "--min-size", "2")
+    for name, files in photos.items():  # new photos: the run started from the page has faces to find
+        shutil.copy(files[2], unlabelled / f"{name}-{files[2].name}")
+    before = {p: p.read_bytes() for p in clusters.rglob("*") if p.is_file()}
+    service = Service(tmp_path / "gallery", checkpoint=checkpoint, clusters=clusters)
+    started, events, real = threading.Event(), [], facesearch.cluster.cluster_folder
 
-    def cluster_folder(*args, **kwargs):
-        started.set()
-        release.wait(60)
-        report = real(*args, **kwargs)
-        events.append("clustered")
-        return report
+    def cluster_folder(*args, progress, **kwargs):
+        def looked_at(photos: int) -> None:
+            started.set()
+            while not service.clustering.stopping:  # photos are being looked at; the service is asked to close
+                time.sleep(0.01)
+            events.append("stopping seen")
+            progress(photos)
+        try:
+            return real(*args, progress=looked_at, **kwargs)
+        finally:
+            events.append("clustering ended")
 
     gallery_close = service.gallery.close
     monkeypatch.setattr(facesearch.cluster, "cluster_folder", cluster_folder)
     monkeypatch.setattr(service.gallery, "close", lambda: events.append("gallery closed") or gallery_close())
     run = service.start_clustering()
     assert started.wait(60)
-    closing = threading.Thread(target=service.close)
-    closing.start()
-    closing.join(0.5)
-    assert closing.is_alive()  # waiting for the clustering
-    release.set()
-    closing.join(120)
-    assert not closing.is_alive() and events == ["clustered", "gallery closed"]
-    assert not run.running and run.error == "" and "clustered" in run.message
-    assert len(load(tmp_path / "clusters").rows) == len(list(unlabelled.iterdir()))
+    service.close()
+    assert events == ["stopping seen", "clustering ended", "gallery closed"]
+    assert not run.running and "stopped when the service stopped" in run.error and run.message == ""
+    assert {p: p.read_bytes() for p in clusters.rglob("*") if p.is_file()} == before
     with pytest.raises(ClusterError, match="stopping"):
         service.start_clustering()
 

@@ -51,6 +51,8 @@ def cluster_folder(photos: Sequence[str | os.PathLike], out: str | os.PathLike, 
         embedder: ``Embedder.for_queries(model)``: the same face finder and embedder as ``who``.
         changes: ``ClusterSettings`` fields to change from the earlier run's settings (else from the defaults).
         gallery: label faces that match an enrolled identity above the gallery's threshold.
+        progress: called with the number of photos looked at, as they are. An exception it raises stops the run
+            there (how a caller cancels one): the folder stays as the last save left it.
 
     Raises:
         ClusterError: ``out`` was clustered with another model, or holds faces of photos still on disk that are not
@@ -120,22 +122,29 @@ def _earlier_faces(old: Clusters | None, given: list[str]):
 def _new_faces(out: Path, embedder, fresh: list[tuple[str, str]], next_face: int, failures: dict[str, str],
                progress) -> tuple[list[FaceRow], list[np.ndarray]]:
     """Find and embed every face of the ``fresh`` photos (``Embedder.faces_of``): a row each (numbered from
-    ``next_face``), its vector, and its crop kept in ``out``. Why a photo gave none goes into ``failures``."""
-    rows, vectors = [], []
-    for (path, sha), photo in zip(fresh, embedder.faces_of([path for path, _ in fresh], select="all")):
-        if not photo.ok:
-            failures[path] = f"{photo.status}: {photo.reason}"
-        for f in photo.faces:
-            row = FaceRow(next_face, path, sha, [round(float(v), 1) for v in f.face.box],
-                          round(float(f.face.prob), 4), len(photo.faces))
-            crop = crop_path(out, next_face)
-            crop.parent.mkdir(parents=True, exist_ok=True)
-            f.crop.save(crop, quality=95)
-            rows.append(row)
-            vectors.append(np.asarray(f.embedding, dtype=np.float32))
-            next_face += 1
-        if progress:
-            progress(1)
+    ``next_face``), its vector, and its crop kept in ``out``. Why a photo gave none goes into ``failures``. Stopped
+    by an error (or by ``progress``), it removes the crops it wrote: no save records them."""
+    rows, vectors, crops = [], [], []
+    try:
+        for (path, sha), photo in zip(fresh, embedder.faces_of([path for path, _ in fresh], select="all")):
+            if not photo.ok:
+                failures[path] = f"{photo.status}: {photo.reason}"
+            for f in photo.faces:
+                row = FaceRow(next_face, path, sha, [round(float(v), 1) for v in f.face.box],
+                              round(float(f.face.prob), 4), len(photo.faces))
+                crop = crop_path(out, next_face)
+                crop.parent.mkdir(parents=True, exist_ok=True)
+                crops.append(crop)
+                f.crop.save(crop, quality=95)
+                rows.append(row)
+                vectors.append(np.asarray(f.embedding, dtype=np.float32))
+                next_face += 1
+            if progress:
+                progress(1)
+    except BaseException:
+        for crop in crops:
+            crop.unlink(missing_ok=True)
+        raise
     return rows, vectors
 
 

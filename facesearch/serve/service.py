@@ -53,6 +53,10 @@ class UploadError(BadInput):
         self.status, self.reason, self.http_status = status, reason, http_status
 
 
+class ClusteringStopped(Exception):
+    """A clustering started from the page, stopped because the service is closing (the folder stays as it was)."""
+
+
 @dataclass
 class ClusteringRun:
     """A clustering started from the clusters page, as the page follows it."""
@@ -64,12 +68,16 @@ class ClusteringRun:
     finished: float | None = None
     message: str = ""
     error: str = ""
+    stopping: bool = False  # the service is closing: the run ends at its next photo
 
     @property
     def running(self) -> bool:
         return self.finished is None
 
     def advance(self, photos: int) -> None:
+        """``cluster_folder``'s progress: counts the photos looked at, and stops the run once ``stopping``."""
+        if self.stopping:
+            raise ClusteringStopped
         self.done += photos
 
     def finish(self, message: str = "", error: str = "") -> None:
@@ -133,16 +141,17 @@ class Service:
         self._finding = Batcher(self._faces_batch, self._computing, max_batch or MAX_BATCH)
 
     def close(self) -> None:
-        """Wait for a clustering started from the clusters page (it writes the clusters folder and reads the
-        gallery: stopped halfway, it would leave the folder with crops of faces it never recorded), then close the
-        gallery and delete the scratch folder. No clustering starts once this is called."""
+        """Stop a clustering started from the clusters page at its next photo (the clusters folder stays as its
+        last save left it; one already saving finishes its save), wait for it, then close the gallery and delete
+        the scratch folder. No clustering starts once this is called."""
         with self._starting:
             self._closing = True
             thread = self._clustering_thread
         if thread is not None and thread.is_alive():
             run = self.clustering
-            logger.info("waiting for the clustering started from the clusters page to finish (%d of %d photos "
-                        "looked at)", run.done, run.total)
+            run.stopping = True
+            logger.info("stopping the clustering started from the clusters page (%d of %d photos looked at; the "
+                        "clusters folder stays as it was)", run.done, run.total)
             thread.join()
         self.gallery.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
@@ -484,6 +493,9 @@ class Service:
             run.finish(f"clustered {len(photos)} photos ({report.new_photos} new): {summary['groups']} groups, "
                        f"{summary['unclustered']} faces in none" + (f"; {len(report.failures)} photos without a "
                                                                     "usable face" if report.failures else ""))
+        except ClusteringStopped:
+            run.finish(error=f"stopped when the service stopped, after {run.done} of {run.total} photos; the groups "
+                             "are as before it started")
         except Exception as e:  # told on the page; the folder is as the last save left it
             logger.exception("clustering from the page failed")
             run.finish(error=self.public(str(e)) or type(e).__name__)
