@@ -195,12 +195,16 @@ def test_gallery_stats_shows_the_threshold_who_names_faces_at(checkpoint, people
 
     def shown():
         stats = json.loads(run("gallery", "stats", "--json", env=env).stdout)
-        return stats["threshold"], stats["threshold_source"], stats["threshold_calibrated"]
+        return stats["threshold"], stats["threshold_source"], stats["threshold_calibrated"], "model_problem" in stats
 
-    assert shown() == (0.7, "model", False)  # never calibrated: the model's (it showed the 0.5 default)
+    assert shown() == (0.7, "model", False, False)  # never calibrated: the model's (it showed the 0.5 default)
     with Gallery(tmp_path / "g") as g:
         g.set_threshold(0.4, {"source": "test"})
-    assert shown() == (0.4, "calibrated", True)
+    assert shown() == (0.4, "calibrated", True, False)
+    recorded.rename(tmp_path / "moved.pt")  # the gallery's model is gone: only a threshold of its own is shown
+    with Gallery(tmp_path / "g") as g:
+        g.set_threshold(0.45, source="manual")
+    assert shown() == (0.45, "manual", False, False)  # the model's threshold does not apply: it is not read
 
 
 def test_who_answers_many_photos_in_one_run_as_each_alone_and_goes_on_past_a_bad_one(checkpoint, people, tmp_path):

@@ -354,7 +354,7 @@ def gallery_stats(gallery: GalleryDir = DEFAULT_GALLERY, db: DbUrl = None, as_js
     with _open(gallery, db, reads_only=True) as g:
         stats = g.stats()
         loaded = None
-        if not stats["threshold_calibrated"]:  # the model's recorded threshold applies: read it
+        if g.stored_threshold() is None:  # none of the gallery's own (calibrated or set): the model's applies
             try:
                 loaded = load_checkpoint(gallery_model(None, g), "cpu", kind="faces")
             except (CheckpointError, OSError) as e:  # the counts are still worth showing
