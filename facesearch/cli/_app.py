@@ -238,7 +238,8 @@ class _Root(typer.core.TyperGroup):
     def invoke(self, ctx):
         args = [*ctx._protected_args, *ctx.args]
         as_json = _wants_json(args)
-        REMEDY_SPELLER["command"] = remedy_speller(ctx.command, command_of(ctx.command, args))
+        command = command_of(ctx.command, args)
+        spell_remedy = REMEDY_SPELLER["command"] = remedy_speller(ctx.command, command)  # log records' too
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort):
@@ -253,8 +254,7 @@ class _Root(typer.core.TyperGroup):
         except Exception as e:
             if _debugging(ctx):
                 raise
-            command = command_of(ctx.command, args)
-            expected = user_message(e, flag_speller(command), remedy_speller(ctx.command, command))
+            expected = user_message(e, flag_speller(command), spell_remedy)
             if expected is not None:
                 _report(*expected, as_json)
             log = _write_crash_log(e, args)
