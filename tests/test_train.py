@@ -300,7 +300,8 @@ def test_cli_refuses_a_run_folder_that_holds_a_run_and_leaves_it_alone(trained, 
 
 @pytest.mark.parametrize("option, value", [("--max-steps", "0"), ("--max-steps", "-1"), ("--input-size", "0"),
                                            ("--input-size", "1025"), ("--checkpoint-every", "0"),
-                                           ("--checkpoint-every", "nan"), ("--fc-width", "0"), ("--workers", "0")])
+                                           ("--checkpoint-every", "nan"), ("--fc-width", "0"), ("--workers", "0"),
+                                           ("--precision", "fp16")])
 def test_cli_out_of_range_training_options_are_named_before_training(faces, tmp_path, option, value):
     from builders import run_cli
 
@@ -309,6 +310,34 @@ def test_cli_out_of_range_training_options_are_named_before_training(faces, tmp_
     result = run_cli("train", faces, "--out", tmp_path / "run", *small, option, value, ok=False)
     assert result.exit_code in (1, 2) and option in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_bf16_trains_on_a_cpu_with_bf16_instructions_and_is_refused_where_it_would_be_emulated(faces, tmp_path,
+                                                                                                monkeypatch):
+    import facesearch.runtime as runtime
+    import facesearch.training.trainer as trainer
+    from builders import run_cli
+
+    cpu = torch.device("cpu")
+    assert not runtime.uses_bf16("auto", cpu) and not runtime.uses_bf16("fp32", cpu)  # the CPU's default: float32
+    with monkeypatch.context() as m:
+        m.setattr(runtime, "cpu_has_bf16", lambda: False)
+        with pytest.raises(ValueError, match="no bf16 instructions"):
+            runtime.uses_bf16("bf16", cpu)
+        refused = run_cli("train", faces, "--out", tmp_path / "refused", "--precision", "bf16", "--device", "cpu",
+                          "--max-steps", "1", ok=False)
+        assert refused.exit_code == 1 and "--precision bf16" in refused.stderr and "no bf16" in refused.stderr
+        assert not (tmp_path / "refused" / "last.pt").exists()
+    if not runtime.cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 instructions (AVX512-BF16 or AMX): --precision bf16 is refused on it")
+    used, real = [], trainer.autocast
+    monkeypatch.setattr(trainer, "autocast", lambda device, bf16: used.append(bf16) or real(device, bf16))
+    cfg = TrainConfig(epochs=3, batch_size=12, lr=0.02, warmup_epochs=0, precision="bf16", device="cpu")
+    result = train("faces", faces, tmp_path / "bf16", cfg, model_config("faces", faces, **TINY_MODEL),
+                   AugmentConfig.none())
+    losses = [h["train_loss"] for h in result.history]
+    assert used and all(used) and np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert read_checkpoint(tmp_path / "bf16" / "last.pt")["train_config"]["precision"] == "bf16"
 
 
 def test_step_limit_and_save_interval_are_checked_by_the_config():

@@ -2,7 +2,8 @@
 
 The dataset differences live in ``facesearch.data.datasets``; this package sees a ``Dataset`` of uint8
 arrays. Per step: take a batch of indices from the epoch's permutation, gather the uint8 images (resident on
-the device when they fit), augment and normalise on the device, bf16 autocast forward (CUDA), backward, step.
+the device when they fit), augment and normalise on the device, bf16 autocast forward (CUDA; a CPU with bf16
+instructions with ``precision="bf16"``), backward, step.
 
 Multi-GPU: start the same command under ``torchrun``; RANK / WORLD_SIZE / LOCAL_RANK select
 DistributedDataParallel (NCCL + SyncBatchNorm on CUDA, gloo + plain BatchNorm on CPU). ``batch_size`` is the

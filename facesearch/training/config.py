@@ -7,11 +7,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from facesearch.errors import BadInput
+from facesearch.runtime import PRECISIONS
 from facesearch.teacher import TEACHERS
 from facesearch.training.batches import SAMPLINGS
 
 # Settings that may differ on --resume without changing what is computed (where and how fast, not what).
-RUNTIME_FIELDS = ("device", "compile", "workers", "time_budget", "max_steps", "checkpoint_every", "log_every",
+RUNTIME_FIELDS = ("device", "precision", "compile", "workers", "time_budget", "max_steps", "checkpoint_every", "log_every",
                   "save_gap", "eval_every")
 
 
@@ -42,6 +43,7 @@ class TrainConfig:
     eval_every: int = 1  # validate every this many epochs (and at the end)
     log_every: int = 20  # steps between progress reports
     device: str = "auto"
+    precision: str = "auto"  # compute precision (runtime.uses_bf16): "auto" (bf16 on CUDA), "bf16" or "fp32"
     compile: bool = False  # torch.compile the model (CUDA: a one-off compile, then faster steps)
     workers: int = 4  # threads decoding images when the uint8 cache is built
     eval_batch_size: int = 500
@@ -98,6 +100,8 @@ class TrainConfig:
                 raise BadInput(f"{getattr(self, name)}: must be at least 1", param=name)
         if not (math.isfinite(self.lr) and self.lr > 0):  # also refuses nan
             raise BadInput(f"{self.lr}: a learning rate is a positive number", param="lr")
+        if self.precision not in PRECISIONS:
+            raise BadInput(f"{self.precision!r}: one of {', '.join(PRECISIONS)}", param="precision")
         if self.teacher is not None and self.teacher not in TEACHERS:
             raise BadInput(f"{self.teacher!r}: one of {', '.join(TEACHERS)}", param="teacher")
         if self.teacher is None and self.identity_weight == 0:

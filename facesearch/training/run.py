@@ -14,6 +14,7 @@ from facesearch.errors import BadInput
 from facesearch.models.vgg import VGGConfig
 from facesearch.runtime import setup_distributed
 from facesearch.training.augment import AugmentConfig
+from facesearch.runtime import uses_bf16
 from facesearch.training.config import RUNTIME_FIELDS, TrainConfig, TrainResult
 from facesearch.training.start import augment_from_dict, face_crop_settings, warn_on_other_crops
 from facesearch.training.targets import with_teacher_targets
@@ -75,6 +76,7 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
     if start is None and state is None:
         architecture = model or model_config(kind, data_dir)
     ddp, device = setup_distributed(cfg.device)
+    bf16 = uses_bf16(cfg.precision, device)  # a precision this device cannot compute in is refused before the data loads
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.teacher is not None and kind != "faces":
         raise BadInput(f"{cfg.teacher} is a face model: it teaches face crops, not {kind}", param="teacher")
@@ -95,6 +97,7 @@ def train(kind: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, cf
         raise BadInput(f"the model's head has {model.num_classes} classes; {data_dir} has {len(data.class_names)}")
     architecture = replace(architecture, num_classes=len(data.class_names))  # a new head on init
     aug = aug or (AugmentConfig.faces() if kind == "faces" else AugmentConfig.cifar())
-    log.info("training %s on %s: %d classes, %d train images, device %s, %d process(es)", kind, data_dir,
-             len(data.class_names), len(data.train), device, ddp.world)
+    log.info("training %s on %s: %d classes, %d train images, device %s (%s), %d process(es)", kind, data_dir,
+             len(data.class_names), len(data.train), device, "bf16" if bf16 else "float32",
+             ddp.world)
     return Trainer(data, run_dir, cfg, architecture, aug, ddp, device, on_progress, state, start, teacher).run()

@@ -17,7 +17,7 @@ from facesearch.checkpoint import Preprocess, save_checkpoint
 from facesearch.data.datasets import Dataset, identity_folders
 from facesearch.errors import BadInput, Remedy
 from facesearch.models.vgg import VGG16, VGGConfig
-from facesearch.runtime import CHANNELS_LAST, Distributed, autocast, tune_for
+from facesearch.runtime import CHANNELS_LAST, Distributed, autocast, tune_for, uses_bf16
 from facesearch.training.augment import AugmentConfig, augment, normalize
 from facesearch.training.batches import Batches
 from facesearch.training.config import TrainConfig, TrainResult
@@ -40,6 +40,7 @@ class Trainer:
         self.data_teacher = teacher  # TeacherInfo.to_dict() of the distilled teacher, for the checkpoints
         self.ddp, self.device, self.on_progress = ddp, device, on_progress
         self.cuda = device.type == "cuda"
+        self.bf16 = uses_bf16(cfg.precision, device)
         tune_for(device)
         self.preprocess = Preprocess(data.input_size, data.mean, data.std)
         # whose faces train (faces: identity folders, those without a trainable identity too): what a model must
@@ -144,7 +145,7 @@ class Trainer:
         self._set_margin()
         x = normalize(augment(x, self.aug, self.aug_generator), self.data.mean, self.data.std)
         x = x.contiguous(memory_format=CHANNELS_LAST)
-        with autocast(self.device):
+        with autocast(self.device, self.bf16):
             if t is None:
                 logits, student = self.model(x, y), None  # y: a margin head's true class; ignored by softmax
             else:
@@ -246,7 +247,7 @@ class Trainer:
             x, y = batches.take(idx)
             x = normalize(x, self.data.mean, self.data.std)
             x = x.contiguous(memory_format=CHANNELS_LAST)
-            with autocast(self.device):
+            with autocast(self.device, self.bf16):
                 logits, student = self.net(x, distill=True)
                 if self.cfg.eval_flip and logits is not None:
                     logits = (logits.float() + self.net(x.flip(3)).float()) / 2
@@ -315,7 +316,7 @@ class Trainer:
         for idx in torch.arange(min(len(self.data.train), max_images)).split(self.cfg.eval_batch_size):
             x, _ = self.batches.take(idx.to(self.device) if resident else idx)
             x = normalize(x, self.data.mean, self.data.std).contiguous(memory_format=CHANNELS_LAST)
-            with autocast(self.device):
+            with autocast(self.device, self.bf16):
                 emb = net.forward_embedding(x).float().sum(0)
             total, count = (emb if total is None else total + emb), count + len(idx)
         net.train(was_training)
